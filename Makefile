@@ -1,0 +1,30 @@
+# sibnn: two commands on a fresh machine.
+#   make build   install (once) and compile the shipped default model for the Pynq-Z2
+#   make test    install (once) and run the default test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BOARD ?= pynq-z2
+STAMP := $(VENV)/.sibnn-installed
+
+.PHONY: install build test test-slow bench lint clean
+
+install:
+	@bash scripts/install.sh
+
+build: install
+	$(PY) flow/build.py --board $(BOARD)
+
+test: install
+	$(PY) -m pytest
+
+test-slow: install
+	$(PY) -m pytest -m slow
+
+bench: install
+	$(PY) -m bench
+
+lint: install
+	$(VENV)/bin/ruff check quant_models flow tests bench
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,20 @@
+"""sibnn model zoo: W1A1 SI-ResNets, their FP teacher twins, quantizers and checkpoints."""
+
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    SibnnError,
+    UnknownModelError,
+    UserError,
+    VerificationError,
+)
+from .networks import NetSpec, SIResNet, TapOutputs
+from .registry import TEACHER_OF, build_model, list_models, register_model, resolve_spec
+
+__all__ = [
+    "CheckpointError", "ConfigError", "NetSpec", "SIResNet", "SibnnError", "TEACHER_OF",
+    "TapOutputs", "UnknownModelError", "UserError", "VerificationError", "build_model",
+    "list_models", "load_checkpoint", "model_from_checkpoint", "register_model", "resolve_spec",
+    "save_checkpoint",
+]

@@ -1,0 +1,100 @@
+"""Self-describing checkpoints, written atomically and loaded with ``weights_only=True``.
+
+Layout (plain types only)::
+
+    {"format_version": 1, "arch": str, "model_args": dict, "state_dict": {name: Tensor},
+     "optimizer": dict | None, "epoch": int, "metrics": dict, "config": dict}
+
+``model_args`` is the :class:`~quant_models.networks.NetSpec` as a dict, so the network rebuilds
+without any config file (nanoGPT's ``model_args``).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format_version", "arch", "model_args", "state_dict", "optimizer", "epoch",
+                 "metrics", "config")
+
+
+def make_checkpoint(model: nn.Module, *, arch: str | None = None, optimizer: Any = None,
+                    epoch: int = 0, metrics: dict | None = None, config: dict | None = None) -> dict:
+    arch = arch or getattr(model, "arch", None)
+    spec = getattr(model, "spec", None)
+    if arch is None or spec is None:
+        raise ValueError("model has no arch/spec; build it with quant_models.build_model")
+    return {
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "model_args": spec.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer,
+        "epoch": int(epoch),
+        "metrics": dict(metrics or {}),
+        "config": dict(config or {}),
+    }
+
+
+def save_checkpoint(path: str | Path, model: nn.Module | None = None, *, ckpt: dict | None = None,
+                    **kwargs) -> Path:
+    """Write a checkpoint atomically: a temp file in the same directory, then ``os.replace``."""
+    path = Path(path)
+    if ckpt is None:
+        ckpt = make_checkpoint(model, **kwargs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(ckpt, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict:
+    """Load and validate a checkpoint; every failure is a one-line :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
+            OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first[:120]})") from None
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+        raise CheckpointError(f"{path} is not a sibnn checkpoint (no format_version); "
+                              "save with quant_models.checkpoint.save_checkpoint")
+    if ckpt["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path} has checkpoint format {ckpt['format_version']}, "
+                              f"this sibnn reads format {FORMAT_VERSION}")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks key(s) {', '.join(missing)}")
+    if expected_arch is not None and ckpt["arch"] != expected_arch:
+        raise CheckpointError(f"checkpoint {path} is a {ckpt['arch']!r} checkpoint, "
+                              f"not {expected_arch!r}")
+    return ckpt
+
+
+def model_from_checkpoint(path: str | Path, expected_arch: str | None = None) -> nn.Module:
+    """Rebuild the network a checkpoint describes and load its weights (eval mode)."""
+    from .registry import build_model
+
+    ckpt = load_checkpoint(path, expected_arch)
+    return build_model(ckpt["arch"], pretrained=path)

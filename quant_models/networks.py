@@ -1,0 +1,138 @@
+"""The SI-ResNet family: one description (:class:`NetSpec`), three registered builds.
+
+* ``si_resnet_w1a1``: the W1A1 student with an SI shortcut in every block;
+* ``resnet_w1a1``: the same network without SI (ablation, hardware-overhead reference);
+* ``si_resnet_fp``: the floating-point teacher twin, same blocks, same tap names.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from .blocks import BinaryBlock, Flavour, Head, Stem
+
+DATASET_SHAPES = {"fmnist": (1, 28, 28), "mnist": (1, 28, 28), "digits": (1, 8, 8),
+                  "cifar10": (3, 32, 32)}
+"""Input shapes (C, H, W) for the ``dataset`` override."""
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """Everything needed to build a network of the family (stored as ``model_args``)."""
+
+    in_channels: int = 1
+    """Input channels (1 for Fashion-MNIST, 3 for CIFAR-10)."""
+    input_size: int = 28
+    """Input height = width in pixels."""
+    num_classes: int = 10
+    """Output classes."""
+    width: int = 32
+    """Channels of the stem and the first stage; stage i has ``width * 2**i``."""
+    depth: tuple[int, ...] = (1, 1, 2)
+    """Blocks per stage. Every stage after the first starts with a stride-2 block."""
+    r: int = 4
+    """SI squeeze ratio: the SI branch is ``C -> C/r -> C``."""
+    si: bool = True
+    """Whether blocks carry the SI shortcut."""
+    binary: bool = True
+    """W1A1 student (True) or FP teacher (False)."""
+    res_bits: int = 4
+    """Bit width of the residual-stream grid shared by all adds."""
+    res_scale_log2: int = -1
+    """The residual grid's step is ``2**res_scale_log2``."""
+    si_act_bits: int = 1
+    """SI squeeze activation bits (1 = bipolar)."""
+    si_weight_bits: int = 1
+    """SI conv weight bits (1 = binary)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "depth", tuple(int(d) for d in self.depth))
+        checks = [
+            (self.in_channels >= 1, "in_channels must be >= 1"),
+            (self.input_size >= 4, "input_size must be >= 4"),
+            (self.num_classes >= 2, "num_classes must be >= 2"),
+            (self.width >= 1, "width must be >= 1"),
+            (len(self.depth) >= 1 and all(d >= 1 for d in self.depth),
+             "depth must be a non-empty list of positive block counts"),
+            (self.r >= 1, "r must be >= 1"),
+            (2 <= self.res_bits <= 8, "res_bits must be in 2..8"),
+            (1 <= self.si_act_bits <= 8, "si_act_bits must be in 1..8"),
+            (1 <= self.si_weight_bits <= 8, "si_weight_bits must be in 1..8"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(msg)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.input_size, self.input_size)
+
+    def final_size(self) -> int:
+        s = self.input_size
+        for _ in self.depth[1:]:
+            s = (s - 1) // 2 + 1
+        return s
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["depth"] = list(self.depth)
+        return d
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+class SIResNet(nn.Module):
+    """A binary (or FP) residual network. ``forward`` returns logits; ``forward_taps`` also
+    returns every block output under its tap name (``stem``, ``block_0``, ...)."""
+
+    def __init__(self, spec: NetSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        f = Flavour(binary=spec.binary, res_bits=spec.res_bits,
+                    res_scale_log2=spec.res_scale_log2, si_act_bits=spec.si_act_bits,
+                    si_weight_bits=spec.si_weight_bits)
+        self.stem = Stem(f, spec.in_channels, spec.width)
+        blocks = []
+        c = spec.width
+        for stage, n in enumerate(spec.depth):
+            c_out = spec.width * 2**stage
+            for i in range(n):
+                stride = 2 if (stage > 0 and i == 0) else 1
+                blocks.append(BinaryBlock(f, c, c_out, stride, spec.r if spec.si else None))
+                c = c_out
+        self.blocks = nn.ModuleList(blocks)
+        self.head = Head(f, c, spec.num_classes, spec.final_size() ** 2)
+
+    @property
+    def tap_names(self) -> list[str]:
+        return ["stem"] + [f"block_{i}" for i in range(len(self.blocks))]
+
+    def forward_taps(self, x: torch.Tensor) -> tuple[torch.Tensor, OrderedDict]:
+        taps: OrderedDict[str, torch.Tensor] = OrderedDict()
+        h = self.stem(x)
+        taps["stem"] = h
+        for i, block in enumerate(self.blocks):
+            h = block(h)
+            taps[f"block_{i}"] = h
+        return self.head(h), taps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_taps(x)[0]
+
+
+class TapOutputs(nn.Module):
+    """Wrap a network so that ``forward`` returns ``(logits, *taps)`` (for export with taps)."""
+
+    def __init__(self, net: SIResNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        logits, taps = self.net.forward_taps(x)
+        return (logits, *taps.values())

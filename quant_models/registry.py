@@ -1,0 +1,163 @@
+"""Model registry in timm's style: ``@register_model``, :func:`build_model`, :func:`list_models`.
+
+Nothing is downloaded, ever. ``pretrained=True`` loads a checkpoint shipped inside the package
+and verified by sha256; ``pretrained="path.pt"`` loads a user checkpoint of the same architecture.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import nn
+
+from .errors import CheckpointError, ConfigError, UnknownModelError
+from .networks import DATASET_SHAPES, NetSpec, SIResNet
+
+PRETRAINED_DIR = Path(__file__).parent / "pretrained"
+
+
+@dataclass(frozen=True)
+class PretrainedEntry:
+    """A shipped checkpoint (file inside ``quant_models/pretrained``) and what it was measured at."""
+
+    file: str
+    """File name under ``quant_models/pretrained/``."""
+    sha256: str
+    """Expected sha256 of the file; checked before loading."""
+    dataset: str
+    """Dataset it was trained on."""
+    input_shape: tuple[int, int, int]
+    """(C, H, W) of the input."""
+    top1: float
+    """Test top-1 accuracy (%) measured after training."""
+    teacher_top1: float | None = None
+    """Test top-1 (%) of the FP teacher it was distilled from."""
+    command: str = ""
+    """The one command that reproduces it."""
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., nn.Module]
+    defaults: dict
+    pretrained: PretrainedEntry | None
+    doc: str
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+OVERRIDE_KEYS = ("dataset",) + tuple(n for n in NetSpec.field_names() if n not in ("si", "binary"))
+
+
+def register_model(name: str, *, defaults: dict, pretrained: PretrainedEntry | None = None):
+    """Register ``fn(spec) -> nn.Module`` under ``name`` with fixed spec ``defaults``."""
+
+    def deco(fn: Callable[..., nn.Module]):
+        if name in _REGISTRY:
+            raise ValueError(f"model {name!r} registered twice")
+        _REGISTRY[name] = ModelEntry(name, fn, dict(defaults), pretrained, (fn.__doc__ or "").strip())
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> ModelEntry:
+    if name not in _REGISTRY:
+        raise UnknownModelError(
+            f"unknown model {name!r}; valid models: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def resolve_spec(name: str, **overrides) -> NetSpec:
+    """The :class:`NetSpec` that ``build_model(name, **overrides)`` builds."""
+    entry = get_entry(name)
+    unknown = sorted(set(overrides) - set(OVERRIDE_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown override key(s) {', '.join(unknown)} for {name}; "
+                          f"valid keys: {', '.join(OVERRIDE_KEYS)}")
+    kw = dict(overrides)
+    dataset = kw.pop("dataset", None)
+    if dataset is not None:
+        if dataset not in DATASET_SHAPES:
+            raise ConfigError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASET_SHAPES)}")
+        c, h, _ = DATASET_SHAPES[dataset]
+        kw.setdefault("in_channels", c)
+        kw.setdefault("input_size", h)
+        if dataset == "cifar10":
+            kw.setdefault("width", 64)
+    try:
+        return NetSpec(**{**kw, **entry.defaults})
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid model arguments for {name}: {err}") from None
+
+
+def build_model(name: str, pretrained: bool | str | Path = False, **overrides) -> nn.Module:
+    """Build a registered model.
+
+    Args:
+        name: a name from :func:`list_models`.
+        pretrained: ``True`` for the shipped checkpoint (sha256-verified), a path for a user
+            checkpoint, ``False`` for fresh weights.
+        **overrides: :data:`OVERRIDE_KEYS` (``dataset``, ``width``, ``depth``, ``r``, ...).
+    """
+    from .checkpoint import load_checkpoint
+
+    entry = get_entry(name)
+    if pretrained is True:
+        if entry.pretrained is None:
+            raise CheckpointError(f"no pretrained checkpoint is shipped for {name}; "
+                                  "train one with sibnn-train or pass a checkpoint path")
+        path = PRETRAINED_DIR / entry.pretrained.file
+        verify_sha256(path, entry.pretrained.sha256)
+        pretrained = path
+    if pretrained:
+        ckpt = load_checkpoint(pretrained, expected_arch=name)
+        if overrides:
+            raise ConfigError("overrides cannot be combined with a checkpoint: "
+                              "the checkpoint's model_args define the network")
+        model = entry.builder(NetSpec(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["state_dict"])
+        model.arch = name
+        return model.eval()
+    model = entry.builder(resolve_spec(name, **overrides))
+    model.arch = name
+    return model
+
+
+def verify_sha256(path: Path, expected: str) -> None:
+    if not Path(path).is_file():
+        raise CheckpointError(f"shipped checkpoint {path} is missing; reinstall sibnn")
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    if digest != expected:
+        raise CheckpointError(f"checkpoint {path} has sha256 {digest[:12]}..., expected "
+                              f"{expected[:12]}...: the file is corrupt or was replaced")
+
+
+@register_model("si_resnet_w1a1", defaults={"si": True, "binary": True})
+def si_resnet_w1a1(spec: NetSpec) -> nn.Module:
+    """W1A1 residual network with an SI shortcut in every block (the student)."""
+    return SIResNet(spec)
+
+
+@register_model("resnet_w1a1", defaults={"si": False, "binary": True})
+def resnet_w1a1(spec: NetSpec) -> nn.Module:
+    """The same W1A1 network without SI (ablation and hardware-overhead reference)."""
+    return SIResNet(spec)
+
+
+@register_model("si_resnet_fp", defaults={"si": True, "binary": False})
+def si_resnet_fp(spec: NetSpec) -> nn.Module:
+    """The floating-point teacher twin of si_resnet_w1a1: same blocks, same taps."""
+    return SIResNet(spec)
+
+
+TEACHER_OF = {"si_resnet_w1a1": "si_resnet_fp", "resnet_w1a1": "si_resnet_fp"}
+"""The FP teacher twin used to distil each student."""

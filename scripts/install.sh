@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv/ with the pinned sibnn environment. Idempotent: a stamp file records the hash of
+# the pins, so a second run with unchanged pins installs nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-python3}
+STAMP="$VENV/.sibnn-installed"
+want=$(cat requirements.txt scripts/install.sh pyproject.toml | sha256sum | cut -d' ' -f1)
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
+  exit 0
+fi
+echo "[install] creating $VENV (torch 2.13.0 CPU, finn-plus 1.6.1, brevitas 0.13.4) ..."
+[[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+"${PIP[@]}" install --upgrade pip
+"${PIP[@]}" install "torch==2.13.0"
+"${PIP[@]}" install --no-deps "finn-plus==1.6.1"
+"${PIP[@]}" install -r requirements.txt
+"${PIP[@]}" install --no-deps -e .
+"$VENV/bin/python" -c "import torch, brevitas, finn, qonnx, onnxruntime; print('[install] ok: torch', torch.__version__, 'brevitas', brevitas.__version__)"
+echo "$want" > "$STAMP"
