@@ -9,6 +9,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /opt/sibnn
 COPY . .
+ENV TORCH_INDEX=https://download.pytorch.org/whl/cpu
 RUN bash scripts/install.sh
 ENV PATH=/opt/sibnn/.venv/bin:$PATH
 CMD ["make", "build"]

@@ -14,7 +14,9 @@ echo "[install] creating $VENV (torch 2.13.0 CPU, finn-plus 1.6.1, brevitas 0.13
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade pip
-"${PIP[@]}" install "torch==2.13.0"
+# TORCH_INDEX (e.g. https://download.pytorch.org/whl/cpu) avoids the multi-GB CUDA wheel on
+# machines without a local torch file; see Dockerfile.
+"${PIP[@]}" install "torch==2.13.0" ${TORCH_INDEX:+--index-url "$TORCH_INDEX" --extra-index-url https://pypi.org/simple}
 "${PIP[@]}" install --no-deps "finn-plus==1.6.1"
 "${PIP[@]}" install -r requirements.txt
 "${PIP[@]}" install --no-deps -e .
