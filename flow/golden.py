@@ -1,0 +1,232 @@
+"""The golden model: the integer IR emitted as standard ONNX for stock ONNX Runtime.
+
+Contract of ``reference.onnx`` (documented in the model's ``metadata_props`` too):
+
+* input ``pixels``: **uint8, NHWC** ``(N, H, W, C)``, raw pixels, the same layout and type the
+  FINN accelerator consumes. The trained model sees ``x = pixels / 255`` in NCHW.
+* outputs:
+  - ``scores``: int32 ``(N, classes)``, the exact integer class scores;
+  - ``logits``: float32, ``scores`` through the model's final float ops. For sibnn networks that is
+    one multiply, so ``logits == scores * scale`` with ``scale`` in ``metadata_props["sibnn.scale"]``,
+    bit-equal to Brevitas' logits;
+  - ``top1``: int64 ``(N,)``, ``argmax(logits)`` (first index on ties, as torch);
+  - every other QONNX output (the block taps ``stem``, ``block_0``, ...) as int32 tensors on their
+    quantizer grids (scales in ``metadata_props["sibnn.tap_scales"]``).
+* only default-domain ONNX ops; every integer is carried in float32, exact because every
+  intermediate is bounded by 2**24 (checked when the IR is built).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from .integerize import FloatOp, IntegerIR
+
+OPSET = 17
+
+
+class _Emitter:
+    def __init__(self) -> None:
+        self.nodes: list = []
+        self.inits: list = []
+        self._n = 0
+
+    def name(self, hint: str) -> str:
+        self._n += 1
+        return f"{hint}__{self._n}"
+
+    def const(self, arr, hint: str, dtype=np.float32) -> str:
+        n = self.name(hint)
+        self.inits.append(numpy_helper.from_array(np.asarray(arr, dtype=dtype), n))
+        return n
+
+    def node(self, op: str, inputs: list[str], output: str | None = None, hint: str = "",
+             **attrs) -> str:
+        out = output or self.name(hint or op.lower())
+        self.nodes.append(helper.make_node(op, inputs, [out], name=self.name(op), **attrs))
+        return out
+
+
+def _channel_shape(rank: int, c: int) -> tuple[int, ...]:
+    return (1, c) + (1,) * (rank - 2)
+
+
+def _emit_float_op(e: _Emitter, x: str, op: FloatOp, rank: int) -> str:
+    k, p = op.kind, op.params
+    if k in ("mul", "add", "sub", "div"):
+        onnx_op = {"mul": "Mul", "add": "Add", "sub": "Sub", "div": "Div"}[k]
+        return e.node(onnx_op, [x, e.const(p[0], k)])
+    if k == "rsub":
+        return e.node("Sub", [e.const(p[0], k), x])
+    if k == "relu":
+        return e.node("Relu", [x])
+    if k == "clip":
+        return e.node("Clip", [x, e.const(p[0], "lo"), e.const(p[1], "hi")])
+    if k == "bn":
+        mean, var, w, b, eps = p
+        return e.node("BatchNormalization", [x, e.const(w, "g"), e.const(b, "b"), e.const(mean, "m"),
+                                             e.const(var, "v")], epsilon=float(eps))
+    raise AssertionError(k)
+
+
+def build_golden(ir: IntegerIR, *, primary: str | None = None) -> onnx.ModelProto:
+    """Emit the golden ONNX model of ``ir``. ``primary`` names the logits output (default: the
+    first QONNX output)."""
+    e = _Emitter()
+    shapes = {n: t.shape for n, t in ir.tensors.items()}
+    N = "N"
+    in_c, in_h, in_w = ir.input_shape[1:]
+    graph_inputs = [helper.make_tensor_value_info("pixels_nhwc", TensorProto.UINT8,
+                                                  [N, in_h, in_w, in_c])]
+    for nd in ir.nodes:
+        a = nd.attrs
+        rank = len(shapes[nd.output])
+        if nd.op == "input":
+            f = e.node("Cast", ["pixels_nhwc"], to=TensorProto.FLOAT)
+            e.node("Transpose", [f], nd.output, perm=[0, 3, 1, 2])
+        elif nd.op == "conv":
+            e.node("Conv", [nd.inputs[0], e.const(a["weight"], "w")], nd.output, pads=a["pads"],
+                   strides=a["strides"], dilations=a["dilations"], group=a["group"],
+                   kernel_shape=a["kernel_shape"])
+        elif nd.op == "matmul":
+            e.node("MatMul", [nd.inputs[0], e.const(a["weight"], "w")], nd.output)
+        elif nd.op == "threshold":
+            thr, d = a["thresholds"], a["direction"]
+            C, K = thr.shape
+            cs = _channel_shape(rank, C)
+            x = nd.inputs[0]
+            if np.any(d != 1):
+                x = e.node("Mul", [x, e.const(d.reshape(cs), "dir")])
+            xu = e.node("Unsqueeze", [x, e.const([-1], "ax", np.int64)])
+            cmp = e.node("GreaterOrEqual", [xu, e.const(thr.reshape(cs + (K,)), "thr")])
+            cnt = e.node("ReduceSum", [e.node("Cast", [cmp], to=TensorProto.FLOAT),
+                                       e.const([-1], "ax", np.int64)], keepdims=0)
+            if a["step"] != 1:
+                cnt = e.node("Mul", [cnt, e.const(np.float32(a["step"]), "step")])
+            e.node("Add", [cnt, e.const(np.float32(a["base"]), "base")], nd.output)
+        elif nd.op == "clip":
+            e.node("Clip", [nd.inputs[0], e.const(np.float32(a["min"]), "lo"),
+                            e.const(np.float32(a["max"]), "hi")], nd.output)
+        elif nd.op == "add":
+            e.node("Add", nd.inputs, nd.output)
+        elif nd.op == "shift":
+            e.node("Mul", [nd.inputs[0], e.const(np.float32(a["factor"]), "f")], nd.output)
+        elif nd.op == "pad":
+            e.node("Pad", [nd.inputs[0], e.const(a["pads"], "pads", np.int64),
+                           e.const(np.float32(a["value"]), "pv")], nd.output, mode="constant")
+        elif nd.op == "maxpool":
+            e.node("MaxPool", nd.inputs, nd.output, **{k: v for k, v in a.items()})
+        elif nd.op == "sum":
+            e.node("ReduceSum", [nd.inputs[0], e.const(a["axes"], "axes", np.int64)], nd.output,
+                   keepdims=a["keepdims"])
+        elif nd.op == "reshape":
+            if "perm" in a:
+                e.node("Transpose", nd.inputs, nd.output, perm=a["perm"])
+            else:
+                e.node("Reshape", [nd.inputs[0], e.const([0] + a["shape"][1:], "shape", np.int64)],
+                       nd.output)
+        else:
+            raise AssertionError(nd.op)
+
+    outputs = []
+    meta = {"sibnn.input": "pixels_nhwc: uint8 (N, H, W, C); the model sees pixels / 255, NCHW",
+            "sibnn.format": "1"}
+    prim = primary or ir.outputs[0].name
+    tap_scales = {}
+    for o in ir.outputs:
+        t = ir.tensors[o.tensor]
+        if o.name == prim:
+            e.node("Cast", [o.tensor], "scores", to=TensorProto.INT32)
+            x = o.tensor
+            for op in o.chain:
+                x = _emit_float_op(e, x, op, len(t.shape))
+            e.node("Identity", [x], "logits")
+            e.node("ArgMax", ["logits"], "top1", axis=1, keepdims=0)
+            n_cls = t.shape[-1]
+            outputs += [helper.make_tensor_value_info("scores", TensorProto.INT32, [N, n_cls]),
+                        helper.make_tensor_value_info("logits", TensorProto.FLOAT, [N, n_cls]),
+                        helper.make_tensor_value_info("top1", TensorProto.INT64, [N])]
+            s = np.asarray(o.scale, np.float64)
+            meta["sibnn.scale"] = repr(float(s)) if s.size == 1 and np.isfinite(s) else "none"
+            meta["sibnn.logits"] = ("logits == scores * scale" if meta["sibnn.scale"] != "none"
+                                    else "logits = final float ops applied to scores")
+        else:
+            if o.chain and not _chain_is_identity(o):
+                raise ValueError(f"tap output {o.name} is not quantised")
+            e.node("Cast", [o.tensor], o.name, to=TensorProto.INT32)
+            outputs.append(helper.make_tensor_value_info(o.name, TensorProto.INT32,
+                                                         [N, *t.shape[1:]]))
+            tap_scales[o.name] = np.asarray(o.scale, np.float64).tolist()
+    meta["sibnn.tap_scales"] = json.dumps(tap_scales)
+    meta["sibnn.notes"] = json.dumps(ir.notes)
+    graph = helper.make_graph(e.nodes, "sibnn_golden", graph_inputs, outputs, e.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
+                              producer_name="sibnn.golden")
+    model.ir_version = 8
+    for k, v in meta.items():
+        helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, k: v})
+    onnx.checker.check_model(model)
+    return model
+
+
+def _chain_is_identity(o) -> bool:
+    return all(op.kind == "mul" for op in o.chain)
+
+
+@dataclass
+class GoldenModel:
+    """A loaded golden model: deterministic ORT session (no graph optimisation)."""
+
+    path: Path | None
+    proto: onnx.ModelProto
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(self.proto.SerializeToString(), so,
+                                            providers=["CPUExecutionProvider"])
+        self.meta = {p.key: p.value for p in self.proto.metadata_props}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    @classmethod
+    def load(cls, path: str | Path, threads: int = 1) -> GoldenModel:
+        return cls(Path(path), onnx.load(str(path)), threads)
+
+    @property
+    def scale(self) -> float | None:
+        s = self.meta.get("sibnn.scale", "none")
+        return None if s == "none" else float(s)
+
+    @property
+    def tap_scales(self) -> dict[str, float]:
+        return json.loads(self.meta.get("sibnn.tap_scales", "{}"))
+
+    @property
+    def tap_names(self) -> list[str]:
+        return [n for n in self.output_names if n not in ("scores", "logits", "top1")]
+
+    def run(self, pixels_nhwc: np.ndarray) -> dict[str, np.ndarray]:
+        if pixels_nhwc.dtype != np.uint8 or pixels_nhwc.ndim != 4:
+            raise ValueError("golden input must be uint8 NHWC pixels")
+        outs = self.session.run(None, {"pixels_nhwc": pixels_nhwc})
+        return dict(zip(self.output_names, outs, strict=True))
+
+
+def golden_from_qonnx(qonnx_model, threads: int = 1) -> tuple[GoldenModel, IntegerIR]:
+    """Integerize a cleaned QONNX ``ModelWrapper`` and load its golden model."""
+    from .integerize import integerize
+
+    ir = integerize(qonnx_model)
+    return GoldenModel(None, build_golden(ir), threads), ir
