@@ -64,3 +64,134 @@ def _rename_io(mw, in_names: list[str], out_names: list[str]) -> None:
     for old, new in mapping.items():
         if old != new:
             mw.rename_tensor(old, new)
+
+
+# ------------------------------------------------------------------------------------------------
+# Export bundle: QONNX + golden + golden I/O pair + verification report
+# ------------------------------------------------------------------------------------------------
+def export_bundle(out_dir: str | Path, *, model: nn.Module | None = None,
+                  qonnx_path: str | Path | None = None, n_inputs: int = 64, seed: int = 0,
+                  check_qonnx: bool = True) -> dict:
+    """Write ``model.qonnx.onnx``, ``reference.onnx``, ``input.npy``, ``expected_output.npy`` and
+    ``verification.json`` into ``out_dir`` atomically, after proving golden == Brevitas (and
+    QONNX) on integers. Give a torch ``model`` or an existing QONNX file (``qonnx_path``)."""
+    import json
+    import time
+
+    import numpy as np
+    import onnx
+
+    from .atomic import atomic_output_dir
+    from .golden import GoldenModel, build_golden
+    from .integerize import integerize
+    from .verify import load_real_images, make_inputs, verify
+
+    if (model is None) == (qonnx_path is None):
+        raise ValueError("give exactly one of model / qonnx_path")
+    t0 = time.perf_counter()
+    with atomic_output_dir(out_dir, "export") as tmp:
+        if model is not None:
+            qonnx = export_qonnx_model(model, tmp / "model.qonnx.onnx")
+            with_taps = export_qonnx_model(model, tmp / "taps.qonnx.onnx", with_taps=True)
+            (tmp / "taps.qonnx.onnx").unlink()
+            ir = integerize(with_taps)
+            source = getattr(model, "arch", type(model).__name__)
+        else:
+            qonnx = load_qonnx(qonnx_path)
+            qonnx.save(str(tmp / "model.qonnx.onnx"))
+            with_taps = qonnx
+            ir = integerize(qonnx)
+            source = str(qonnx_path)
+        proto = build_golden(ir)
+        onnx.save(proto, str(tmp / "reference.onnx"))
+        golden = GoldenModel(tmp / "reference.onnx", proto)
+        c, h, w = ir.input_shape[1:]
+        real = load_real_images(n_inputs, seed) if (c, h, w) == (1, 28, 28) else None
+        px = make_inputs((h, w, c), n_inputs, seed, real)
+        rep = verify(golden, px, torch_model=model,
+                     qonnx_model=with_taps if check_qonnx else None)
+        out = golden.run(px)
+        np.save(tmp / "input.npy", px)
+        np.save(tmp / "expected_output.npy", out["scores"])
+        report = {
+            "tool": "sibnn-export", "source": source, "exact": rep.exact,
+            "reference": {"input": "pixels_nhwc uint8 (N,H,W,C)", "scale": golden.scale,
+                          "outputs": golden.output_names, "tap_scales": golden.tap_scales},
+            "golden_io": {"input.npy": list(px.shape), "expected_output.npy": "scores int32"},
+            "verification": rep.to_dict(), "notes": ir.notes,
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+        (tmp / "verification.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
+def load_qonnx(path: str | Path):
+    """Load a QONNX file, with one-line errors for a missing or malformed file."""
+    import onnx
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.cleanup import cleanup_model
+
+    from quant_models.errors import UnsupportedGraphError, UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"ONNX file {path} does not exist")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as err:  # onnx raises DecodeError and friends
+        raise UnsupportedGraphError(f"{path} is not a readable ONNX file ({type(err).__name__})") \
+            from None
+    if len(proto.graph.node) == 0:
+        raise UnsupportedGraphError(f"{path} has an empty graph")
+    has_quant = any(n.op_type in ("Quant", "BipolarQuant") for n in proto.graph.node)
+    if not has_quant:
+        raise UnsupportedGraphError(f"{path} is not a QONNX model (no Quant/BipolarQuant nodes)")
+    return cleanup_model(ModelWrapper(proto))
+
+
+def _resolve_model(name: str | None, checkpoint: str | None):
+    from quant_models import build_model, model_from_checkpoint
+
+    if checkpoint:
+        return model_from_checkpoint(checkpoint, expected_arch=name)
+    return build_model(name or "si_resnet_w1a1", pretrained=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from quant_models.errors import cli_errors
+
+    return cli_errors(_main)(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="sibnn-export", description=(
+        "Export a model to QONNX and build its bit-exact golden model (reference.onnx)."))
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", help="registered model (default: the shipped si_resnet_w1a1)")
+    src.add_argument("--onnx", help="an existing QONNX file (e.g. a Brevitas bnn_pynq export)")
+    p.add_argument("--checkpoint", help="checkpoint of --model (default: the shipped weights)")
+    p.add_argument("--out", required=True, help="output directory (written atomically)")
+    p.add_argument("--n-inputs", type=int, default=64, help="verification images (default 64)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.onnx:
+        if args.checkpoint:
+            from quant_models.errors import ConfigError
+            raise ConfigError("--checkpoint cannot be combined with --onnx")
+        rep = export_bundle(args.out, qonnx_path=args.onnx, n_inputs=args.n_inputs,
+                            seed=args.seed)
+    else:
+        rep = export_bundle(args.out, model=_resolve_model(args.model, args.checkpoint),
+                            n_inputs=args.n_inputs, seed=args.seed)
+    v = rep["verification"]
+    print(f"exported {rep['source']} to {args.out}: golden == "
+          f"{' and '.join(sorted({c['between'].split(' vs ')[1] for c in v['comparisons']}))} on "
+          f"{v['n_inputs']} inputs ({len(v["comparisons"])} tensors, "
+          f"np.array_equal) in {rep['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

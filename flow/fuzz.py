@@ -46,8 +46,8 @@ def randomize_bn(model: torch.nn.Module, rng: np.random.Generator, ties: bool = 
                 m.eps = 0.0
                 m.running_var.fill_(1.0)
                 m.running_mean.zero_()
-                m.weight.data = sign * 2.0 ** torch.randint(-2, 2, (c,), generator=gen).float()
-                m.bias.data = torch.randint(-6, 7, (c,), generator=gen).float() * 0.25
+                m.weight.data = sign * 2.0 ** torch.randint(-3, 2, (c,), generator=gen).float()
+                m.bias.data = torch.randint(-12, 13, (c,), generator=gen).float() * 0.125
             else:
                 m.running_mean.uniform_(-3, 3, generator=gen)
                 m.running_var.uniform_(0.3, 10.0, generator=gen)

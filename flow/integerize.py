@@ -612,6 +612,19 @@ class Integerizer:
         self.env[node.output[0]] = out
 
     def shape_op(self, node) -> None:
+        v = self.env.get(node.input[0])
+        if isinstance(v, Pending):
+            # a reshape commutes with a chain of scalar float ops: reshape the integers instead
+            if not all(all(np.size(p) == 1 for p in op.params if isinstance(p, np.ndarray))
+                       for op in v.all_ops()):
+                raise UnsupportedGraphError(
+                    f"{node.op_type} {node.name}: reshapes a tensor with per-channel float ops "
+                    "pending; quantise it first")
+            self.env[node.input[0]] = v.base
+            self.shape_op(node)
+            self.env[node.input[0]] = v
+            self.env[node.output[0]] = Pending(self.env[node.output[0]], list(v.ops), v.pre)
+            return
         x = self.need_int(node, node.input[0])
         out_shape = self.shape(node.output[0])
         keeps_channels = len(out_shape) >= 2 and out_shape[1] == x.channels and (

@@ -82,12 +82,16 @@ def run_qonnx(model, pixels_nhwc: np.ndarray) -> dict[str, np.ndarray]:
 
     x = pixels_to_x(pixels_nhwc).numpy()
     in_name = model.graph.input[0].name
-    outs: dict[str, list] = {o.name: [] for o in model.graph.output}
+    shape = model.get_tensor_shape(in_name)
+    names = [o.name for o in model.graph.output]
+    outs: dict[str, list] = {o: [] for o in names}
     for i in range(len(x)):
-        r = execute_onnx(model, {in_name: x[i:i + 1]})
+        r = execute_onnx(model, {in_name: x[i:i + 1].reshape(shape)})
         for k in outs:
             outs[k].append(r[k])
-    return {k: np.concatenate(v) for k, v in outs.items()}
+    res = {k: np.concatenate(v) for k, v in outs.items()}
+    res["logits"] = res.pop(names[0])  # the primary output, whatever the exporter named it
+    return res
 
 
 # ------------------------------------------------------------------------------------------------

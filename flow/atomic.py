@@ -1,0 +1,68 @@
+"""Atomic output directories: build in a temp sibling, then swap in with renames.
+
+A failed or interrupted run leaves the previous directory untouched; a directory that exists and
+was not written by sibnn (no marker file) is never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from quant_models.errors import OutputDirError
+
+MARKER = ".sibnn-output.json"
+
+
+def check_target(path: Path, kind: str) -> None:
+    """Refuse a target that exists and is not a sibnn ``kind`` directory, or is unwritable."""
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise OutputDirError(f"output path {path} exists and is not a directory")
+        marker = path / MARKER
+        if any(path.iterdir()) and not marker.is_file():
+            raise OutputDirError(f"output directory {path} exists and was not written by sibnn; "
+                                 "choose another --out/--output-dir or remove it")
+        if marker.is_file():
+            try:
+                owner = json.loads(marker.read_text()).get("kind")
+            except (OSError, ValueError):
+                owner = None
+            if owner != kind:
+                raise OutputDirError(f"output directory {path} holds a sibnn {owner!r} result, "
+                                     f"not {kind!r}; choose another directory")
+    parent = path.parent if path.parent != Path("") else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputDirError(f"cannot create {parent}: {err.strerror}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputDirError(f"output directory {parent} is not writable")
+
+
+@contextlib.contextmanager
+def atomic_output_dir(path: str | Path, kind: str) -> Iterator[Path]:
+    """Yield a temp directory; on success it replaces ``path`` (with a marker file)."""
+    path = Path(path)
+    check_target(path, kind)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    try:
+        yield tmp
+        (tmp / MARKER).write_text(json.dumps({"kind": kind, "written": time.time()}))
+        old = None
+        if path.exists():
+            old = path.parent / f".{path.name}.{os.getpid()}.old"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
