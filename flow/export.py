@@ -188,7 +188,7 @@ def _main(argv: list[str] | None) -> int:
     v = rep["verification"]
     print(f"exported {rep['source']} to {args.out}: golden == "
           f"{' and '.join(sorted({c['between'].split(' vs ')[1] for c in v['comparisons']}))} on "
-          f"{v['n_inputs']} inputs ({len(v["comparisons"])} tensors, "
+          f"{v['n_inputs']} inputs ({len(v['comparisons'])} tensors, "
           f"np.array_equal) in {rep['seconds']} s")
     return 0
 
