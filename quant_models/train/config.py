@@ -1,0 +1,381 @@
+"""Training configuration: frozen dataclasses, file defaults -> YAML -> ``--set`` overrides.
+
+Unknown keys are errors (finn-plus' ``forbid_extra_keys``), as are values of the wrong type. The
+resolved configuration is plain data (:func:`to_dict`) and is written into the run directory.
+
+A schedule is a list of :class:`Stage`. A stage trains one registered model (``student``) and may
+distil from a frozen ``teacher`` (an earlier stage's name or a checkpoint path) and start from
+``init_from`` (likewise). Example: stage ``teacher`` trains ``si_resnet_fp`` with CE; stage
+``student`` trains ``si_resnet_w1a1`` with CE + logit KD + block-wise MSE from ``teacher``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..data import DatasetName
+from ..errors import ConfigError
+from ..registry import OVERRIDE_KEYS, TEACHER_OF, list_models
+
+
+class OptimizerName(str, Enum):
+    """Optimizers a stage may use."""
+
+    ADAM = "adam"
+    ADAMW = "adamw"
+    SGD = "sgd"
+
+
+class TapNorm(str, Enum):
+    """How block outputs are normalised before the block-wise MSE.
+
+    ``l2``: each sample's flattened tap divided by its L2 norm. ``attention``: the spatial map
+    ``mean_c(x**2)`` per sample, L2-normalised (Zagoruyko & Komodakis; Real-to-Binary).
+    """
+
+    L2 = "l2"
+    ATTENTION = "attention"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Which data to train on and how to split it."""
+
+    name: DatasetName = DatasetName.FMNIST
+    """Dataset: fmnist, mnist, digits or cifar10."""
+    data_dir: str | None = None
+    """Directory with the dataset files (default: the Debian package's directory)."""
+    val_size: int = 5000
+    """Samples of the official training set held out for validation (never tune on test)."""
+    split_seed: int = 0
+    """Seed of the fixed train/validation split."""
+    train_subset: int | None = None
+    """Train on only the first N training samples (quick runs); None = all."""
+    hflip: bool = False
+    """Random horizontal flips during training (seeded per epoch)."""
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of the loss terms: ``ce * CE + kd * T**2 * KL(T) + block * sum_tap w_tap * MSE``."""
+
+    ce: float = 1.0
+    """Cross entropy on the labels."""
+    kd: float = 0.0
+    """Logit distillation (KL between temperature-softened teacher and student outputs)."""
+    temperature: float = 4.0
+    """Softmax temperature of the logit distillation."""
+    block: float = 0.0
+    """Block-wise distillation: MSE between normalised student and teacher taps."""
+    taps: dict[str, float] | None = None
+    """Per-tap weights, e.g. ``{stem: 0.5, block_3: 2}``; None = every tap with weight 1."""
+    tap_norm: TapNorm = TapNorm.L2
+    """Normalisation of the taps before the MSE."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the schedule."""
+
+    name: str
+    """Stage name; the stage writes ``runs/<experiment>/<name>/``."""
+    student: str
+    """Registered model trained in this stage (e.g. si_resnet_fp, si_resnet_w1a1)."""
+    epochs: int
+    """Epochs of this stage."""
+    teacher: str | None = None
+    """Frozen teacher: an earlier stage's name or a checkpoint path; None = no distillation."""
+    init_from: str | None = None
+    """Initial weights: an earlier stage's name or a checkpoint path (tensors matched by name
+    and shape); None = fresh initialisation."""
+    loss_weights: LossWeights = field(default_factory=LossWeights)
+    """Loss terms and their weights."""
+    optimizer: OptimizerName = OptimizerName.ADAM
+    """Optimizer."""
+    lr: float = 1e-3
+    """Peak learning rate (cosine decay to 0 over the stage, after a linear warm-up)."""
+    warmup_epochs: float = 0.0
+    """Linear warm-up length in epochs."""
+    weight_decay: float = 0.0
+    """Weight decay (decoupled for adamw)."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    batch_size: int = 256
+    """Global batch size (split across DDP processes)."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A whole experiment."""
+
+    experiment: str
+    """Name of the run; output goes to ``<out_dir>/<experiment>/<stage>/``."""
+    stages: tuple[Stage, ...]
+    """The schedule, run in order."""
+    out_dir: str = "runs"
+    """Root of all runs."""
+    seed: int = 0
+    """Seed of initialisation, shuffling and augmentation."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Data."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """Model overrides for every stage (width, depth, r, res_bits, ...); dataset is implied."""
+    eval_batch_size: int = 1000
+    """Batch size of validation and test passes."""
+    num_threads: int | None = None
+    """torch intra-op threads per process; None = torch's default."""
+    progress: bool = True
+    """Show a progress bar (rank 0 only)."""
+
+    def stage(self, name: str) -> Stage:
+        for s in self.stages:
+            if s.name == name:
+                return s
+        raise ConfigError(f"no stage named {name!r}; stages: {', '.join(s.name for s in self.stages)}")
+
+
+RUNTIME_KEYS = ("progress", "num_threads", "eval_batch_size")
+"""Keys that may differ between a run and its ``--resume`` without changing its results."""
+
+
+# -- dict <-> dataclass ------------------------------------------------------------------------
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, where)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        try:
+            return tp(value)
+        except ValueError:
+            valid = ", ".join(str(m.value) for m in tp)
+            raise ConfigError(f"{where}: {value!r} is not one of {valid}") from None
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return {_coerce(args[0], k, where): _coerce(args[1], v, f"{where}.{k}")
+                for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def from_dict(cls: type, data: dict, where: str = "config") -> Any:
+    """Build dataclass ``cls`` from plain data; unknown or missing keys are :class:`ConfigError`."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
+                          f"valid keys: {', '.join(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _coerce(hints[f.name], data[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{where}.{f.name} is required")
+    return cls(**kwargs)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain data (dicts, lists, str, numbers) of a config, for YAML, JSON and checkpoints."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, Enum):
+        return obj.value
+    if isinstance(obj, tuple | list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+# -- overrides -----------------------------------------------------------------------------------
+
+def parse_set(items: list[str]) -> list[tuple[str, Any]]:
+    """``["a.b=1", ...]`` -> ``[("a.b", 1), ...]``; values are YAML scalars/lists (no eval)."""
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r} is not KEY=VALUE")
+        try:
+            out.append((key.strip(), yaml.safe_load(raw)))
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+    return out
+
+
+def apply_override(data: dict, key: str, value: Any) -> None:
+    """Set dotted ``key`` in plain config ``data``. ``stages.<name>.<field>`` addresses a stage by
+    name; ``stages.*.<field>`` sets it in every stage."""
+    parts = key.split(".")
+    if parts[0] == "stages" and len(parts) >= 3:
+        stages = data.get("stages") or []
+        hits = [s for s in stages if isinstance(s, dict) and (parts[1] == "*" or s.get("name") == parts[1])]
+        if not hits:
+            names = ", ".join(str(s.get("name")) for s in stages if isinstance(s, dict))
+            raise ConfigError(f"--set {key}: no stage named {parts[1]!r}; stages: {names}")
+        for s in hits:
+            _set_path(s, parts[2:], value, key)
+        return
+    _set_path(data, parts, value, key)
+
+
+def _set_path(d: dict, parts: list[str], value: Any, key: str) -> None:
+    for p in parts[:-1]:
+        nxt = d.get(p)
+        if nxt is None:
+            nxt = d[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {key}: {p} is not a mapping")
+        d = nxt
+    d[parts[-1]] = value
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"config file {path} is not valid YAML{at}: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, not {type(data).__name__}")
+    return data
+
+
+def build_config(data: dict, overrides: list[tuple[str, Any]] = ()) -> TrainConfig:
+    """Plain data + overrides -> validated :class:`TrainConfig`."""
+    data = yaml.safe_load(yaml.safe_dump(data))  # deep copy, plain types only
+    for key, value in overrides:
+        apply_override(data, key, value)
+    cfg = from_dict(TrainConfig, data)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[tuple[str, Any]] = ()) -> TrainConfig:
+    """File defaults -> YAML file -> overrides."""
+    return build_config(load_yaml(path) if path else {}, overrides)
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Cross-field checks (names, references, ranges)."""
+    if not cfg.experiment or "/" in cfg.experiment or cfg.experiment in (".", ".."):
+        raise ConfigError(f"experiment {cfg.experiment!r} must be a plain directory name")
+    if not cfg.stages:
+        raise ConfigError("stages must list at least one stage")
+    unknown = sorted(set(cfg.model) - set(OVERRIDE_KEYS) | ({"dataset"} & set(cfg.model)))
+    if unknown:
+        raise ConfigError(f"unknown model key(s) {', '.join(unknown)}; valid: "
+                          f"{', '.join(k for k in OVERRIDE_KEYS if k != 'dataset')} "
+                          "(the dataset comes from data.name)")
+    if cfg.eval_batch_size < 1:
+        raise ConfigError("eval_batch_size must be >= 1")
+    if cfg.num_threads is not None and cfg.num_threads < 1:
+        raise ConfigError("num_threads must be >= 1")
+    if cfg.data.train_subset is not None and cfg.data.train_subset < 1:
+        raise ConfigError("data.train_subset must be >= 1")
+    seen: list[str] = []
+    for s in cfg.stages:
+        w = f"stage {s.name!r}"
+        if not s.name or "/" in s.name or s.name in (".", ".."):
+            raise ConfigError(f"stage name {s.name!r} must be a plain directory name")
+        if s.name in seen:
+            raise ConfigError(f"stage name {s.name!r} is used twice")
+        if s.student not in list_models():
+            raise ConfigError(f"{w}: unknown model {s.student!r}; valid: {', '.join(list_models())}")
+        if s.epochs < 1 or s.batch_size < 1 or s.lr <= 0 or s.weight_decay < 0:
+            raise ConfigError(f"{w}: epochs and batch_size must be >= 1, lr > 0, weight_decay >= 0")
+        if s.warmup_epochs < 0 or s.warmup_epochs > s.epochs:
+            raise ConfigError(f"{w}: warmup_epochs must be in 0..epochs")
+        lw = s.loss_weights
+        if min(lw.ce, lw.kd, lw.block) < 0 or lw.ce + lw.kd + lw.block == 0:
+            raise ConfigError(f"{w}: loss weights must be >= 0 and not all 0")
+        if lw.temperature <= 0:
+            raise ConfigError(f"{w}: loss_weights.temperature must be > 0")
+        if (lw.kd > 0 or lw.block > 0) and s.teacher is None:
+            raise ConfigError(f"{w}: kd/block loss weights need a teacher")
+        for ref_name, ref in (("teacher", s.teacher), ("init_from", s.init_from)):
+            if ref is not None and not is_path_ref(ref) and ref not in seen:
+                raise ConfigError(f"{w}: {ref_name} {ref!r} is neither an earlier stage "
+                                  f"({', '.join(seen) or 'none'}) nor a .pt checkpoint path")
+        if s.teacher is not None and not is_path_ref(s.teacher):
+            t = cfg.stage(s.teacher).student
+            want = TEACHER_OF.get(s.student)
+            if want is not None and t != want:
+                raise ConfigError(f"{w}: teacher stage {s.teacher!r} trains {t!r}, but the teacher "
+                                  f"of {s.student} is {want!r}")
+        seen.append(s.name)
+
+
+def is_path_ref(ref: str) -> bool:
+    """A stage reference that is a checkpoint path rather than a stage name."""
+    return ref.endswith(".pt") or "/" in ref
+
+
+def config_diff(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain configs."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        key = f"{prefix}{k}"
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, key + ".")
+        elif va != vb:
+            out.append(key)
+    return out

@@ -1,0 +1,436 @@
+"""The training loop: stages in order, DDP-aware, exactly resumable.
+
+Each stage writes ``<out_dir>/<experiment>/<stage>/``:
+
+* ``metrics.jsonl``: one JSON line per epoch (losses, accuracies, lr, time), then a ``final`` line
+  with the test accuracy (reported only; model selection uses the validation split);
+* ``last.pt``: model, optimizer, scheduler, RNG states and metric history, written atomically
+  after every epoch (``--resume`` continues from it);
+* ``final.pt``: the trained model alone (no optimizer), written when the stage completes.
+
+Resuming is exact: the data order and augmentation of every epoch come from generators seeded by
+``(seed, stage, epoch)``, and the global RNG states, optimizer and scheduler are restored, so a
+resumed run produces the same weights and metrics as an uninterrupted one (same process count
+and thread count).
+
+The same code runs as one process or under ``torchrun --nproc_per_node N`` (DDP, gloo on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from ..checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from ..data import Split, Splits, load_splits
+from ..errors import CheckpointError, ConfigError, OutputDirError
+from ..registry import TEACHER_OF, build_model
+from .config import (
+    RUNTIME_KEYS,
+    OptimizerName,
+    Stage,
+    TrainConfig,
+    config_diff,
+    is_path_ref,
+    to_dict,
+)
+from .losses import distillation_loss, resolve_tap_weights
+
+GEOMETRY_KEYS = ("in_channels", "input_size", "num_classes", "width", "depth")
+"""model_args a teacher must share with its student so that every tap has the same shape."""
+
+
+# -- distributed -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process' place in a ``torchrun`` job (rank 0 of 1 when run plainly)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def dist_env() -> DistEnv:
+    """Read ``torchrun``'s environment (the one place that does) and join the process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistEnv()
+    if not dist.is_initialized():
+        dist.init_process_group("gloo")
+    return DistEnv(dist.get_rank(), dist.get_world_size())
+
+
+def _all_sum(values: list[float], env: DistEnv) -> list[float]:
+    if env.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def _barrier(env: DistEnv) -> None:
+    if env.world > 1:
+        dist.barrier()
+
+
+# -- seeds -----------------------------------------------------------------------------------------
+
+def derive_seed(*parts: int) -> int:
+    """A stable 63-bit seed from integers (no Python ``hash``, which is salted per process)."""
+    s = 0x9E3779B97F4A7C15
+    for p in parts:
+        s = (s * 6364136223846793005 + int(p) + 1442695040888963407) % (1 << 63)
+    return s
+
+
+# -- models ----------------------------------------------------------------------------------------
+
+class _Taps(nn.Module):
+    """``forward`` = ``forward_taps``, so DDP's hooks see the pass that computes the taps."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor):
+        return self.net.forward_taps(x)
+
+
+def _ref_path(cfg: TrainConfig, ref: str) -> Path:
+    return Path(ref) if is_path_ref(ref) else stage_dir(cfg, ref) / "final.pt"
+
+
+def _geometry_mismatch(a: dict, b: dict) -> list[str]:
+    return [f"{k} {a.get(k)} vs {b.get(k)}" for k in GEOMETRY_KEYS
+            if (list(a[k]) if k == "depth" else a.get(k)) != (list(b[k]) if k == "depth" else b.get(k))]
+
+
+def load_teacher(cfg: TrainConfig, stage: Stage, student: nn.Module) -> nn.Module:
+    """The frozen teacher of ``stage``: architecture and tap geometry are checked."""
+    path = _ref_path(cfg, stage.teacher)
+    want = TEACHER_OF.get(stage.student)
+    ckpt = load_checkpoint(path, expected_arch=want)
+    bad = _geometry_mismatch(ckpt["model_args"], student.spec.to_dict())
+    if bad:
+        raise CheckpointError(f"teacher checkpoint {path} does not match the student "
+                              f"({'; '.join(bad)})")
+    teacher = build_model(ckpt["arch"], pretrained=path)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval()
+
+
+def init_weights(cfg: TrainConfig, stage: Stage, model: nn.Module) -> int:
+    """Copy every tensor of ``stage.init_from`` whose name and shape match; returns the count."""
+    path = _ref_path(cfg, stage.init_from)
+    src = load_checkpoint(path)["state_dict"]
+    own = model.state_dict()
+    hits = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    if not hits:
+        raise CheckpointError(f"init_from checkpoint {path} ({len(src)} tensors) shares no tensor "
+                              f"of the same name and shape with {stage.student}")
+    model.load_state_dict(hits, strict=False)
+    return len(hits)
+
+
+def _optimizer(stage: Stage, model: nn.Module) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": stage.weight_decay},
+              {"params": rest, "weight_decay": 0.0}]
+    if stage.optimizer is OptimizerName.SGD:
+        return torch.optim.SGD(groups, lr=stage.lr, momentum=stage.momentum, nesterov=True)
+    if stage.optimizer is OptimizerName.ADAMW:
+        return torch.optim.AdamW(groups, lr=stage.lr)
+    # Adam's weight_decay is L2 added to the gradient
+    return torch.optim.Adam(groups, lr=stage.lr)
+
+
+class WarmupCosine:
+    """Learning-rate factor per step: linear warm-up, then cosine decay to 0."""
+
+    def __init__(self, warmup_steps: int, total_steps: int) -> None:
+        self.warmup = warmup_steps
+        self.total = max(1, total_steps)
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        t = (step - self.warmup) / max(1, self.total - self.warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 1000,
+             env: DistEnv | None = None) -> dict[str, float]:
+    """Mean cross entropy and top-1 accuracy (%) of ``model`` on ``split`` (sharded over DDP
+    processes, summed with all-reduce)."""
+    env = env or DistEnv()
+    n = len(split)
+    lo, hi = n * env.rank // env.world, n * (env.rank + 1) // env.world
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0.0
+    for i in range(lo, hi, batch_size):
+        x, y = split.x[i:min(i + batch_size, hi)], split.y[i:min(i + batch_size, hi)]
+        logits = model(x)
+        loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        correct += float((logits.argmax(1) == y).sum())
+    model.train(was_training)
+    loss_sum, correct = _all_sum([loss_sum, correct], env)
+    return {"loss": loss_sum / n, "acc": 100.0 * correct / n}
+
+
+# -- run directories -------------------------------------------------------------------------------
+
+def exp_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.out_dir) / cfg.experiment
+
+
+def stage_dir(cfg: TrainConfig, stage: str) -> Path:
+    return exp_dir(cfg) / stage
+
+
+def _comparable(resolved: dict) -> dict:
+    return {k: v for k, v in resolved.items() if k not in RUNTIME_KEYS}
+
+
+def prepare_run_dir(cfg: TrainConfig, resume: bool, env: DistEnv) -> None:
+    """Check (and on rank 0 write) ``<exp>/config.yaml``; a resume must match it."""
+    path = exp_dir(cfg) / "config.yaml"
+    resolved = to_dict(cfg)
+    if path.exists():
+        if not resume:
+            raise OutputDirError(f"run directory {exp_dir(cfg)} already holds a run; pass --resume "
+                                 "to continue it or choose another experiment name")
+        try:
+            old = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            raise OutputDirError(f"{path} is not valid YAML; the run directory is damaged") from None
+        diff = config_diff(_comparable(old or {}), _comparable(resolved))
+        if diff:
+            shown = ", ".join(diff[:6]) + (", ..." if len(diff) > 6 else "")
+            raise ConfigError(f"--resume: {exp_dir(cfg)} was run with another config "
+                              f"(differs in {shown}); use the same config or a new experiment")
+    elif resume:
+        raise OutputDirError(f"--resume: no run to resume at {exp_dir(cfg)} (no config.yaml)")
+    _barrier(env)
+    if env.main:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".yaml.tmp")
+        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
+        os.replace(tmp, path)
+    _barrier(env)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    os.replace(tmp, path)
+
+
+# -- one stage -------------------------------------------------------------------------------------
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(total=total, desc=desc, leave=tty, dynamic_ncols=True,
+                mininterval=0.5 if tty else 60.0)
+
+
+def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
+              log=print) -> dict[str, Any]:
+    """Train one stage (resuming from its ``last.pt`` if present); returns its final metrics."""
+    stage = cfg.stages[index]
+    sdir = stage_dir(cfg, stage.name)
+    final_path = sdir / "final.pt"
+    if final_path.exists():
+        done = load_checkpoint(final_path, expected_arch=stage.student)
+        if env.main:
+            log(f"[{stage.name}] already complete: {done['metrics']}")
+        return dict(done["metrics"])
+
+    torch.manual_seed(derive_seed(cfg.seed, index, 0))
+    student = build_model(stage.student, dataset=cfg.data.name.value, **cfg.model)
+    if stage.init_from is not None:
+        n = init_weights(cfg, stage, student)
+        if env.main:
+            log(f"[{stage.name}] initialised {n} tensors from {stage.init_from}")
+    teacher = load_teacher(cfg, stage, student) if stage.teacher is not None else None
+    tap_weights = resolve_tap_weights(stage.loss_weights, student.tap_names)
+    need_taps = stage.loss_weights.block > 0
+
+    train = splits.train.subset(cfg.data.train_subset)
+    if stage.batch_size % env.world:
+        raise ConfigError(f"stage {stage.name!r}: batch_size {stage.batch_size} is not divisible "
+                          f"by the {env.world} processes")
+    steps = len(train) // stage.batch_size
+    if steps == 0:
+        raise ConfigError(f"stage {stage.name!r}: batch_size {stage.batch_size} exceeds the "
+                          f"{len(train)} training samples")
+    local_b = stage.batch_size // env.world
+
+    wrapped: nn.Module = _Taps(student)
+    if env.world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(wrapped)
+    opt = _optimizer(stage, student)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, WarmupCosine(round(stage.warmup_epochs * steps), stage.epochs * steps))
+
+    history: list[dict] = []
+    start_epoch = 0
+    last_path = sdir / "last.pt"
+    if last_path.exists():
+        ck = load_checkpoint(last_path, expected_arch=stage.student)
+        extra = ck.get("resume")
+        if not isinstance(extra, dict) or extra.get("world") != env.world:
+            raise CheckpointError(f"--resume: {last_path} was written by a run with "
+                                  f"{(extra or {}).get('world')} process(es), this run has "
+                                  f"{env.world}; resume with the same process count")
+        student.load_state_dict(ck["state_dict"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["rng_cpu"])
+        history = list(extra["history"])
+        start_epoch = int(ck["epoch"])
+        if env.main:
+            log(f"[{stage.name}] resuming after epoch {start_epoch}/{stage.epochs}")
+    if env.main:
+        sdir.mkdir(parents=True, exist_ok=True)
+        _write_jsonl(sdir / "metrics.jsonl", history)
+
+    for epoch in range(start_epoch, stage.epochs):
+        g = torch.Generator().manual_seed(derive_seed(cfg.seed, index, epoch + 1))
+        perm = torch.randperm(len(train), generator=g)
+        flips = torch.rand(len(train), generator=g) < 0.5 if cfg.data.hflip else None
+        student.train()
+        sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "block": 0.0, "correct": 0.0, "n": 0.0}
+        bar = _progress(steps, f"{stage.name} {epoch + 1}/{stage.epochs}",
+                        cfg.progress and env.main)
+        t0 = time.perf_counter()
+        for step in range(steps):
+            idx = perm[step * stage.batch_size:(step + 1) * stage.batch_size]
+            idx = idx[env.rank * local_b:(env.rank + 1) * local_b]
+            x, y = train.x[idx], train.y[idx]
+            if flips is not None:
+                f = flips[idx]
+                x = torch.where(f[:, None, None, None], x.flip(3), x)
+            t_logits = t_taps = None
+            if teacher is not None:
+                with torch.no_grad():
+                    t_logits, t_taps = teacher.forward_taps(x)
+            logits, taps = wrapped(x)
+            loss, parts = distillation_loss(logits, taps, y, stage.loss_weights, tap_weights,
+                                            t_logits, t_taps if need_taps else None)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            b = len(y)
+            sums["loss"] += float(loss.detach()) * b
+            for k, v in parts.items():
+                sums[k] += float(v) * b
+            sums["correct"] += float((logits.detach().argmax(1) == y).sum())
+            sums["n"] += b
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}",
+                                acc=f"{100 * sums['correct'] / sums['n']:.1f}", refresh=False)
+        train_time = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        keys = list(sums)
+        tot = dict(zip(keys, _all_sum([sums[k] for k in keys], env), strict=True))
+        val = evaluate(student, splits.val, cfg.eval_batch_size, env)
+        row = {"epoch": epoch + 1, "train_loss": tot["loss"] / tot["n"],
+               **{f"train_{k}": tot[k] / tot["n"] for k in ("ce", "kd", "block") if tot[k]},
+               "train_acc": 100.0 * tot["correct"] / tot["n"], "val_loss": val["loss"],
+               "val_acc": val["acc"], "lr": opt.param_groups[0]["lr"],
+               "epoch_time_s": round(train_time, 3), "step_time_s": round(train_time / steps, 5)}
+        history.append(row)
+        if env.main:
+            ck = make_checkpoint(student, arch=stage.student, optimizer=opt, epoch=epoch + 1,
+                                 metrics=row, config={**to_dict(cfg), "stage": stage.name})
+            ck["resume"] = {"scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
+                            "history": history, "world": env.world}
+            save_checkpoint(last_path, ckpt=ck)
+            _write_jsonl(sdir / "metrics.jsonl", history)
+            log(f"[{stage.name}] epoch {epoch + 1}/{stage.epochs} loss {row['train_loss']:.4f} "
+                f"train {row['train_acc']:.2f}% val {row['val_acc']:.2f}% "
+                f"({train_time:.0f}s)")
+        _barrier(env)
+
+    test = evaluate(student, splits.test, cfg.eval_batch_size, env)
+    last = history[-1]
+    metrics = {"epochs": stage.epochs, "val_acc": last["val_acc"], "val_loss": last["val_loss"],
+               "test_acc": test["acc"], "test_loss": test["loss"],
+               "train_time_s": round(sum(r["epoch_time_s"] for r in history), 1)}
+    if env.main:
+        save_checkpoint(final_path, student, optimizer=None, epoch=stage.epochs, metrics=metrics,
+                        config={**to_dict(cfg), "stage": stage.name})
+        _write_jsonl(sdir / "metrics.jsonl", history + [{"final": True, **metrics}])
+        log(f"[{stage.name}] done: val {metrics['val_acc']:.2f}% test {metrics['test_acc']:.2f}%")
+    _barrier(env)
+    return metrics
+
+
+def precheck_refs(cfg: TrainConfig) -> None:
+    """Fail before any training if a teacher/init checkpoint given as a path is missing, corrupt
+    or of the wrong architecture (stage references are checked when their stage has run)."""
+    for stage in cfg.stages:
+        if stage.teacher is not None and is_path_ref(stage.teacher):
+            load_checkpoint(stage.teacher, expected_arch=TEACHER_OF.get(stage.student))
+        if stage.init_from is not None and is_path_ref(stage.init_from):
+            load_checkpoint(stage.init_from)
+
+
+# -- the library entry point -----------------------------------------------------------------------
+
+def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> dict[str, dict]:
+    """Run every stage of ``cfg`` in order; returns ``{stage name: final metrics}``.
+
+    Args:
+        cfg: a validated :class:`TrainConfig` (see :func:`~quant_models.train.config.load_config`).
+        resume: continue the run in ``<out_dir>/<experiment>`` (its config must match ``cfg``).
+        log: where one-line progress messages go (rank 0 only).
+    """
+    if cfg.num_threads is not None:
+        torch.set_num_threads(cfg.num_threads)
+    env = dist_env()
+    splits = load_splits(cfg.data.name, cfg.data.data_dir, val_size=cfg.data.val_size,
+                         split_seed=cfg.data.split_seed)
+    precheck_refs(cfg)
+    prepare_run_dir(cfg, resume, env)
+    results = {}
+    for i, stage in enumerate(cfg.stages):
+        results[stage.name] = run_stage(cfg, i, splits, env, log=log if env.main else _quiet)
+    if env.main:
+        summary = exp_dir(cfg) / "results.json"
+        tmp = summary.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        os.replace(tmp, summary)
+    return results
+
+
+def _quiet(*_args, **_kwargs) -> None:
+    return None
