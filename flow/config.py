@@ -1,0 +1,236 @@
+"""Build and board configuration: frozen dataclasses, YAML/JSON, unknown keys are errors.
+
+Precedence is one way: dataclass defaults -> ``--config FILE.yaml`` -> CLI flags
+(:func:`resolve_build_config`). The resolved config is written into the output directory
+(``build_config.yaml``), as timm's ``train.py`` writes ``args.yaml``. Board files under
+``hw_configs/`` keep FINN's vocabulary (``board``, ``fpga_part``, ``synth_clk_period_ns``,
+``shell_flow_type``) plus the device capacity and the budget fraction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+import yaml
+
+from quant_models.errors import ConfigError
+
+HW_CONFIG_DIR = Path(__file__).resolve().parent.parent / "hw_configs"
+"""Where the board files live (one YAML per board, named ``<board-id>.yaml``)."""
+
+RESOURCES = ("LUT", "FF", "BRAM_18K", "URAM", "DSP")
+BUDGETED = ("LUT", "BRAM_18K", "URAM", "DSP")
+"""Resources the folding keeps within budget (FINN's estimates do not model FF)."""
+
+DEFAULT_MODEL = "si_resnet_w1a1"
+
+
+class ShellFlow(str, Enum):
+    """FINN's ``shell_flow_type``."""
+
+    VIVADO_ZYNQ = "vivado_zynq"
+    VITIS_ALVEO = "vitis_alveo"
+
+
+@dataclass(frozen=True)
+class BoardConfig:
+    """One FPGA board (a file in ``hw_configs/``)."""
+
+    name: str
+    """Our board id, the file stem (``pynq-z2``)."""
+    board: str
+    """FINN's board name (``Pynq-Z2``), as in ``DataflowBuildConfig.board``."""
+    fpga_part: str
+    """The Xilinx part (``xc7z020clg400-1``)."""
+    synth_clk_period_ns: float
+    """Target clock period in ns (10.0 = 100 MHz)."""
+    shell_flow_type: ShellFlow
+    """FINN's shell flow for the bitfile."""
+    capacity: dict[str, int]
+    """Device resources: LUT, FF, BRAM_18K, URAM, DSP."""
+    budget_fraction: float = 0.8
+    """Fraction of each resource the accelerator may use (folding target)."""
+    capacity_source: str = ""
+    """Where the capacity numbers come from."""
+
+    @property
+    def budget(self) -> dict[str, int]:
+        """Per-resource budget: ``floor(capacity * budget_fraction)``."""
+        return {k: int(self.capacity[k] * self.budget_fraction) for k in BUDGETED}
+
+    @property
+    def clock_mhz(self) -> float:
+        return 1000.0 / self.synth_clk_period_ns
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything one ``flow/build.py`` run needs (FINN's ``DataflowBuildConfig`` is the model)."""
+
+    board: str = "pynq-z2"
+    """Board id: a file ``hw_configs/<board>.yaml``."""
+    model: str | None = None
+    """Registry model name; None with no ``onnx`` means the default model."""
+    onnx: str | None = None
+    """A QONNX file to build instead of a registry model."""
+    checkpoint: str | None = None
+    """Checkpoint for ``model``; None uses the shipped one when it exists, else seeded weights."""
+    output_dir: str | None = None
+    """Output directory; None means ``build/<model>_<board>``."""
+    folding: str | None = None
+    """A FINN-schema folding JSON to apply instead of automatic folding."""
+    start_step: str | None = None
+    """First step to run (needs the previous step's intermediate model in the output dir)."""
+    stop_step: str | None = None
+    """Last step to run."""
+    target_fps: int | None = None
+    """Throughput target for folding; None maximises throughput within the board budget."""
+    budget_fraction: float | None = None
+    """Override of the board file's budget fraction."""
+    verify_inputs: int = 4
+    """How many inputs every executable stage is checked on (seeded, with extremes)."""
+    seed: int = 0
+    """Seed of the verification inputs and of untrained weights."""
+    model_overrides: dict = field(default_factory=dict)
+    """Registry overrides for an untrained model (e.g. ``{"depth": [1, 1]}``)."""
+    mvau_wwidth_max: int = 36
+    """FINN's cap on MVAU weight-stream width per PE (bits)."""
+    require_bitfile: bool = False
+    """Fail (exit 2) instead of skipping when Vivado-only outputs cannot be produced."""
+
+    @property
+    def model_name(self) -> str:
+        if self.onnx:
+            return Path(self.onnx).name.removesuffix(".onnx").removesuffix(".qonnx")
+        return self.model or DEFAULT_MODEL
+
+    def resolved_output_dir(self) -> Path:
+        if self.output_dir:
+            return Path(self.output_dir)
+        return Path("build") / f"{self.model_name}_{self.board}"
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _check_keys(cls, data: dict, where: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
+                          f"valid keys: {', '.join(sorted(known))}")
+
+
+def _load_mapping(path: Path) -> dict:
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    try:
+        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ConfigError(f"malformed config file {path}: {first}") from None
+    return {} if data is None else data
+
+
+def list_boards() -> list[str]:
+    return sorted(p.stem for p in HW_CONFIG_DIR.glob("*.yaml"))
+
+
+def load_board(name: str, budget_fraction: float | None = None) -> BoardConfig:
+    """Load ``hw_configs/<name>.yaml`` (or a path to a board YAML)."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else HW_CONFIG_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"unknown board {name!r}; valid boards: {', '.join(list_boards())}")
+    data = _load_mapping(path)
+    _check_keys(BoardConfig, {**data, "name": path.stem}, str(path))
+    cap = data.get("capacity")
+    if not isinstance(cap, dict) or sorted(cap) != sorted(RESOURCES):
+        raise ConfigError(f"{path}: capacity must list exactly {', '.join(RESOURCES)}")
+    try:
+        board = BoardConfig(
+            name=path.stem, board=str(data["board"]), fpga_part=str(data["fpga_part"]),
+            synth_clk_period_ns=float(data["synth_clk_period_ns"]),
+            shell_flow_type=ShellFlow(data["shell_flow_type"]),
+            capacity={k: int(v) for k, v in cap.items()},
+            budget_fraction=float(budget_fraction if budget_fraction is not None
+                                  else data.get("budget_fraction", 0.8)),
+            capacity_source=str(data.get("capacity_source", "")),
+        )
+    except KeyError as err:
+        raise ConfigError(f"{path}: missing key {err.args[0]}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{path}: {err}") from None
+    if not 0.0 < board.budget_fraction <= 1.0:
+        raise ConfigError(f"{path}: budget_fraction must be in (0, 1], got {board.budget_fraction}")
+    if board.synth_clk_period_ns <= 0:
+        raise ConfigError(f"{path}: synth_clk_period_ns must be positive")
+    return board
+
+
+_TYPES = {f.name: f.type for f in dataclasses.fields(BuildConfig)}
+
+
+def _coerce(key: str, value):
+    t = str(_TYPES[key])
+    if value is None:
+        if "None" not in t:
+            raise ConfigError(f"config key {key} must not be null")
+        return None
+    try:
+        if t.startswith("int"):
+            if isinstance(value, bool):
+                raise ValueError
+            return int(value)
+        if t.startswith("float"):
+            return float(value)
+        if t.startswith("bool"):
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if t.startswith("dict"):
+            if not isinstance(value, dict):
+                raise ValueError
+            return dict(value)
+        if "int | None" in t:
+            return int(value)
+        if "float | None" in t:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key {key}: invalid value {value!r} (expected {t})") from None
+
+
+def resolve_build_config(config_file: str | Path | None = None, **cli) -> BuildConfig:
+    """Defaults -> YAML/JSON file -> CLI values (``None`` CLI values do not override)."""
+    merged: dict = {}
+    if config_file is not None:
+        data = _load_mapping(Path(config_file))
+        _check_keys(BuildConfig, data, str(config_file))
+        merged.update(data)
+    _check_keys(BuildConfig, cli, "command line")
+    merged.update({k: v for k, v in cli.items() if v is not None})
+    cfg = BuildConfig(**{k: _coerce(k, v) for k, v in merged.items()})
+    if cfg.model and cfg.onnx:
+        raise ConfigError("give either --model or --onnx, not both")
+    if cfg.onnx and cfg.checkpoint:
+        raise ConfigError("--checkpoint applies to --model, not to --onnx")
+    if cfg.verify_inputs < 1:
+        raise ConfigError("verify_inputs must be >= 1")
+    return cfg
+
+
+def write_config(cfg: BuildConfig, board: BoardConfig, out_dir: Path) -> Path:
+    """Write the resolved build and board config to ``out_dir/build_config.yaml``."""
+    b = dataclasses.asdict(board)
+    b["shell_flow_type"] = board.shell_flow_type.value
+    path = Path(out_dir) / "build_config.yaml"
+    path.write_text(yaml.safe_dump({"build": cfg.to_dict(), "board": b}, sort_keys=False))
+    return path

@@ -1,0 +1,193 @@
+"""Folding: automatic to the board budget, or a user's FINN-schema JSON checked against the graph.
+
+Automatic folding searches FINN's own ``SetFolding`` heuristic over its one knob, the target
+cycles per frame ``T``: it keeps the smallest ``T`` (highest estimated throughput) for which every
+budgeted resource estimate (FINN's ``res_estimation``: LUT, BRAM_18K, URAM, DSP) is within the board
+budget. The search is a bisection on ``T`` between 1 and the fully folded design's cycles, which
+ends after ``log2`` steps (no iteration count to tune); every evaluated point is kept and the best
+feasible one wins, so a non-monotone estimate cannot make it pick an infeasible design.
+
+The result is written as FINN's folding JSON (``"Defaults"`` + node names), which
+``--folding`` reads back.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.custom_op.registry import getCustomOp
+
+from quant_models.errors import ConfigError
+
+from .config import BUDGETED, BoardConfig
+
+FOLDING_ATTRS = ("PE", "SIMD", "parallel_window", "ram_style", "ram_style_thresholds",
+                 "resType", "mem_mode", "runtime_writeable_weights", "depth_trigger_uram",
+                 "depth_trigger_bram", "impl_style")
+"""Node attributes a folding file may set (FINN's ``hw_attrs`` list, minus transformer ones)."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """FINN's estimates for one folded graph."""
+
+    resources: dict[str, float]
+    """Totals over all nodes: LUT, BRAM_18K, URAM, DSP."""
+    max_cycles: int
+    """Cycles per frame of the slowest node (sets the throughput)."""
+    critical_path_cycles: int
+    """Pessimistic latency in cycles (sum along the critical path)."""
+    bottleneck: str
+    """Name of the slowest node."""
+
+    def fps(self, clock_ns: float) -> float:
+        return 1e9 / (clock_ns * self.max_cycles)
+
+    def latency_ns(self, clock_ns: float) -> float:
+        return self.critical_path_cycles * clock_ns
+
+    def within(self, budget: dict[str, int]) -> bool:
+        return all(self.resources.get(k, 0) <= budget[k] for k in BUDGETED)
+
+
+def estimate(model: ModelWrapper, fpga_part: str) -> Estimate:
+    """Sum FINN's per-node resource estimates and read its cycle estimates."""
+    from finn.analysis.fpgadataflow.dataflow_performance import dataflow_performance
+    from finn.analysis.fpgadataflow.res_estimation import res_estimation
+    from finn.transformation.fpgadataflow.annotate_cycles import AnnotateCycles
+
+    model = model.transform(AnnotateCycles())
+    per_node = model.analysis(lambda m: res_estimation(m, fpga_part))
+    totals = {k: 0.0 for k in BUDGETED}
+    for res in per_node.values():
+        for k in BUDGETED:
+            totals[k] += float(res.get(k, 0))
+    perf = model.analysis(dataflow_performance)
+    return Estimate(totals, int(perf["max_cycles"]), int(perf["critical_path_cycles"]),
+                    str(perf["max_cycles_node_name"]))
+
+
+def _fold(model: ModelWrapper, target_cycles: int, wwidth_max: int) -> ModelWrapper:
+    from finn.transformation.fpgadataflow.set_folding import SetFolding
+
+    return model.transform(SetFolding(target_cycles, mvau_wwidth_max=wwidth_max,
+                                      two_pass_relaxation=True))
+
+
+@dataclass(frozen=True)
+class FoldingResult:
+    model: ModelWrapper
+    estimate: Estimate
+    target_cycles: int
+    feasible: bool
+    evaluated: int
+
+
+def auto_fold(model: ModelWrapper, board: BoardConfig, *, target_fps: int | None = None,
+              wwidth_max: int = 36) -> FoldingResult:
+    """Fold ``model`` (specialised HW layers) for ``board``.
+
+    With ``target_fps`` FINN's ``SetFolding`` is applied for that target once (FINN's behaviour);
+    otherwise the fastest folding whose estimates fit the budget is searched. When even the fully
+    folded design exceeds the budget, that design is returned with ``feasible=False``.
+    """
+    budget = board.budget
+    clock = board.synth_clk_period_ns
+    if target_fps is not None:
+        t = max(1, int(1e9 / (clock * target_fps)))
+        m = _fold(model, t, wwidth_max)
+        est = estimate(m, board.fpga_part)
+        return FoldingResult(m, est, t, est.within(budget), 1)
+    slow = _fold(model, 10**12, wwidth_max)
+    slow_est = estimate(slow, board.fpga_part)
+    best = FoldingResult(slow, slow_est, slow_est.max_cycles, slow_est.within(budget), 1)
+    lo, hi = 1, slow_est.max_cycles  # hi is feasible iff the folded-out design fits
+    evaluated = 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        m = _fold(model, mid, wwidth_max)
+        est = estimate(m, board.fpga_part)
+        evaluated += 1
+        if est.within(budget):
+            if not best.feasible or est.max_cycles < best.estimate.max_cycles:
+                best = FoldingResult(m, est, mid, True, evaluated)
+            hi = mid
+        else:
+            lo = mid + 1
+    return FoldingResult(best.model, best.estimate, best.target_cycles, best.feasible, evaluated)
+
+
+def folding_dict(model: ModelWrapper) -> dict:
+    """The graph's folding in FINN's JSON schema (``"Defaults"`` + one entry per HW node)."""
+    cfg: dict = {"Defaults": {}}
+    for n in model.graph.node:
+        if not n.domain.startswith("finn.custom_op.fpgadataflow"):
+            continue
+        inst = getCustomOp(n)
+        entry = {}
+        for a in FOLDING_ATTRS:
+            try:
+                v = inst.get_nodeattr(a)
+            except AttributeError:
+                continue
+            entry[a] = v.tolist() if hasattr(v, "tolist") else v
+        if entry:
+            cfg[n.name] = entry
+    return cfg
+
+
+def write_folding(model: ModelWrapper, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(folding_dict(model), indent=2, sort_keys=True))
+    return path
+
+
+def load_folding(path: str | Path) -> dict:
+    """Read a folding JSON; malformed files are :class:`ConfigError`."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read folding file {path}: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"malformed folding file {path}: {err.msg} at line {err.lineno}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise ConfigError(f"folding file {path}: expected an object of objects (FINN schema)")
+    return data
+
+
+def validate_folding(data: dict, model: ModelWrapper, source: str = "folding file") -> None:
+    """Every name must be a node of ``model`` and every attribute one that node has.
+
+    Raises :class:`ConfigError` naming all unknown nodes, or the first unused attribute.
+    """
+    nodes = {n.name: n for n in model.graph.node}
+    unknown = sorted(k for k in data if k != "Defaults" and k not in nodes)
+    if unknown:
+        hw = sorted(k for k, n in nodes.items() if n.domain.startswith("finn.custom_op.fpgadataflow"))
+        raise ConfigError(f"{source} names unknown node(s) {', '.join(unknown)}; "
+                          f"nodes of this graph: {', '.join(hw)}")
+    for name, attrs in data.items():
+        if name == "Defaults":
+            continue
+        node = nodes[name]
+        if not node.domain.startswith("finn.custom_op.fpgadataflow"):
+            raise ConfigError(f"{source}: node {name} ({node.op_type}) is not a hardware layer")
+        inst = getCustomOp(node)
+        for a in attrs:
+            try:
+                inst.get_nodeattr(a)
+            except AttributeError:
+                raise ConfigError(f"{source}: node {name} ({node.op_type}) has no attribute "
+                                  f"{a!r}, so the entry would be unused") from None
+
+
+def apply_folding(model: ModelWrapper, data: dict, source: str = "folding file") -> ModelWrapper:
+    """Validate, then apply with FINN's ``ApplyConfig`` (the same schema it exports)."""
+    from finn.transformation.general import ApplyConfig
+
+    validate_folding(data, model, source)
+    return model.transform(ApplyConfig(data))

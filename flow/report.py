@@ -1,0 +1,117 @@
+"""Read, build and print the build reports (the one module that knows their layout).
+
+Files under ``<build>/``:
+
+* ``report/summary.json``: the issue's schema (``schema_version`` 1);
+* ``report/verification.json``: one entry per stage;
+* ``report/estimate_*.json``: FINN's own estimate reports;
+* ``report/folding_config.json``: the folding, FINN schema;
+* ``time_per_step.json``, ``status.json``, ``build_config.yaml``.
+
+Notebooks call :func:`load_summary` and :func:`format_summary`; they hold no logic of their own.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .config import BUDGETED, BoardConfig
+
+SCHEMA_VERSION = 1
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+def finn_estimates(out_dir: Path) -> dict:
+    """Totals from FINN's ``estimate_layer_resources.json`` and ``estimate_network_performance.json``."""
+    rep = Path(out_dir) / "report"
+    res = _read_json(rep / "estimate_layer_resources.json")["total"]
+    perf = _read_json(rep / "estimate_network_performance.json")
+    est = {k: float(res.get(k, 0)) for k in BUDGETED}
+    est["throughput_fps"] = float(perf["estimated_throughput_fps"])
+    est["latency_ns"] = float(perf["estimated_latency_ns"])
+    return est
+
+
+def build_summary(*, model_name: str, board: BoardConfig, out_dir: Path, final_model,
+                  records, outputs: dict[str, str], extra: dict | None = None) -> dict:
+    """``summary.json`` as the issue specifies it."""
+    from .steps import non_hw_nodes
+
+    non_hw = non_hw_nodes(final_model) if final_model is not None else []
+    try:
+        est = finn_estimates(out_dir)
+    except FileNotFoundError:
+        est = None
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "model": model_name,
+        "board": board.name,
+        "fpga_part": board.fpga_part,
+        "clock_ns": board.synth_clk_period_ns,
+        "all_nodes_hw": final_model is not None and not non_hw,
+        "non_hw_nodes": non_hw,
+        "estimates": est,
+        "budget": board.budget,
+        "capacity": board.capacity,
+        "verification": [r.verification for r in records if r.verification is not None],
+        "outputs": outputs,
+    }
+    if extra:
+        summary.update(extra)
+    return summary
+
+
+def write_summary(summary: dict, out_dir: Path) -> Path:
+    path = Path(out_dir) / "report" / "summary.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2))
+    return path
+
+
+def load_summary(out_dir: str | Path) -> dict:
+    """Load ``report/summary.json`` of a build directory and check its schema version."""
+    data = _read_json(Path(out_dir) / "report" / "summary.json")
+    if data.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"summary schema {data.get('schema_version')} != {SCHEMA_VERSION}")
+    return data
+
+
+def load_times(out_dir: str | Path) -> dict[str, float]:
+    return _read_json(Path(out_dir) / "time_per_step.json")
+
+
+def format_summary(summary: dict) -> str:
+    """A short table: resources against the board, FPS, latency, verification per stage."""
+    lines = [f"{summary['model']} on {summary['board']} ({summary['fpga_part']}, "
+             f"{1000.0 / summary['clock_ns']:.0f} MHz)"]
+    est = summary.get("estimates")
+    cap = summary.get("capacity", {})
+    bud = summary["budget"]
+    lines.append(f"  {'resource':<10}{'estimate':>10}{'budget':>10}{'board':>10}{'use':>8}")
+    for k in BUDGETED:
+        e = est[k] if est else float("nan")
+        use = f"{100.0 * e / cap[k]:.1f}%" if est and cap.get(k) else "-"
+        lines.append(f"  {k:<10}{e:>10.0f}{bud[k]:>10}{cap.get(k, 0):>10}{use:>8}")
+    if est:
+        lines.append(f"  throughput {est['throughput_fps']:.1f} fps, latency "
+                     f"{est['latency_ns'] / 1000.0:.1f} us (FINN estimates)")
+    lines.append(f"  all nodes in hardware: {summary['all_nodes_hw']}"
+                 + (f" (outside: {', '.join(summary['non_hw_nodes'])})"
+                    if summary["non_hw_nodes"] else ""))
+    lines.append("  verification:")
+    for v in summary["verification"]:
+        state = "exact" if v["exact"] else ("MISMATCH" if v["exact"] is False else "not verified")
+        why = f" ({v['reason']})" if v.get("reason") else ""
+        lines.append(f"    {v['step']:<28}{state:<14}{v['n_inputs']:>3} inputs{why}")
+    lines.append("  outputs:")
+    for k, v in summary["outputs"].items():
+        lines.append(f"    {k:<22}{v}")
+    return "\n".join(lines)
+
+
+def print_summary(out_dir: str | Path) -> None:
+    print(format_summary(load_summary(out_dir)))

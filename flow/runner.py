@@ -1,0 +1,201 @@
+"""Run the ordered steps: progress, intermediate models, timings, verification, status file.
+
+* prints ``[i/N] step (seconds)`` as each step ends;
+* saves ``intermediate_models/NN_<step>.onnx`` (NN = the step's index in :data:`flow.steps.STEPS`);
+* writes ``time_per_step.json`` and ``report/verification.json``;
+* calls the verifier after every step whose graph executes here (qonnx ``execute_onnx``); graphs
+  with specialised ``*_hls``/``*_rtl`` layers need cppsim/rtlsim, so they are reported as not
+  verified with the reason;
+* *raises* on failure (no debugger, no return codes).
+
+A verifier is any callable ``verifier(step_name, model) -> {"step", "exact", "n_inputs"}`` that
+raises :class:`~quant_models.errors.VerificationError` on a mismatch. :class:`ChainVerifier` is the
+local one: it checks every executable stage's integer scores against the first stage's, and the
+first stage's against the exported model's float logits through the recorded output scale.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from qonnx.core.datatype import DataType
+from qonnx.core.modelwrapper import ModelWrapper
+
+from quant_models.errors import VerificationError
+
+from . import transforms as T
+from .steps import STEPS, FlowContext, Step
+
+Verifier = Callable[[str, ModelWrapper], dict]
+
+
+def is_executable(model: ModelWrapper) -> tuple[bool, str]:
+    """Whether qonnx ``execute_onnx`` can run ``model`` here, and if not, why."""
+    special = [n.name for n in model.graph.node if n.op_type.endswith(("_hls", "_rtl"))]
+    if special:
+        return False, ("specialised HLS/RTL layers execute only in cppsim/rtlsim, which need "
+                       "Vivado/Vitis HLS (not verified here)")
+    if any(n.op_type == "StreamingDataflowPartition" for n in model.graph.node):
+        return False, "a dataflow partition node (its child model is verified instead)"
+    return True, ""
+
+
+def stage_input(model: ModelWrapper, pixels: np.ndarray) -> np.ndarray:
+    """The input ``model`` expects for uint8 ``pixels`` (NCHW): raw pixels once the input is
+    ``UINT8``, ``pixels / 255`` (float32, like ``ToTensor``) before; NHWC when recorded."""
+    name = model.graph.input[0].name
+    if model.get_tensor_datatype(name) == DataType["UINT8"]:
+        x = pixels.astype(np.float32)
+    else:
+        x = (pixels.astype(np.float32) / np.float32(255.0)).astype(np.float32)
+    if model.get_metadata_prop(T.INPUT_LAYOUT_KEY) == "NHWC":
+        x = x.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(x)
+
+
+def execute_stage(model: ModelWrapper, pixels: np.ndarray) -> np.ndarray:
+    """Run ``model`` on every image of ``pixels`` (batch 1 each, as FINN graphs are built)."""
+    from qonnx.core.onnx_exec import execute_onnx
+
+    x = stage_input(model, pixels)
+    iname, oname = model.graph.input[0].name, model.graph.output[0].name
+    outs = [execute_onnx(model, {iname: x[i:i + 1]})[oname] for i in range(x.shape[0])]
+    return np.concatenate(outs, axis=0)
+
+
+def verification_pixels(shape: tuple[int, ...], n: int, seed: int) -> np.ndarray:
+    """``n`` uint8 NCHW images (shape without batch): all-0, all-255, then seeded uniform noise."""
+    rng = np.random.default_rng(seed)
+    imgs = [np.zeros(shape, np.uint8), np.full(shape, 255, np.uint8)]
+    while len(imgs) < n:
+        imgs.append(rng.integers(0, 256, size=shape, dtype=np.uint8))
+    return np.stack(imgs[:n])
+
+
+def _first_mismatch(a: np.ndarray, b: np.ndarray) -> tuple[tuple, float, float]:
+    idx = tuple(int(i) for i in np.argwhere(a != b)[0])
+    return idx, float(a[idx]), float(b[idx])
+
+
+@dataclass
+class ChainVerifier:
+    """Local integer-exactness check (used until ``flow.verify.check_stage`` is wired in).
+
+    The first call must see the exported model (float logits). Later stages must output integer
+    scores ``s`` with ``apply_output_affine(s, recorded) == logits`` bit for bit and ``s`` equal to
+    the first stage's scores (``np.array_equal``).
+    """
+
+    pixels: np.ndarray
+    logits: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    scores_step: str = ""
+
+    def __call__(self, step: str, model: ModelWrapper) -> dict:
+        y = execute_stage(model, self.pixels)
+        tensor = model.graph.output[0].name
+        recorded = json.loads(model.get_metadata_prop(T.OUTPUT_AFFINE_KEY) or "[]")
+        if self.logits is None:
+            self.logits = y
+            if not recorded and np.array_equal(y, np.round(y)):
+                self.scores, self.scores_step = y, step
+            return {"step": step, "exact": True, "n_inputs": int(len(y))}
+        if y.shape != self.logits.shape:
+            raise VerificationError(f"step {step}: output {tensor} has shape {y.shape}, "
+                                    f"expected {self.logits.shape}")
+        back = T.apply_output_affine(y, recorded)
+        if not np.array_equal(back, self.logits):
+            idx, a, b = _first_mismatch(back, self.logits)
+            raise VerificationError(f"step {step}: output {tensor} index {idx}: gives logit "
+                                    f"{a!r}, the exported model gives {b!r}")
+        if not recorded and self.scores is None:
+            return {"step": step, "exact": True, "n_inputs": int(len(y))}
+        if not np.array_equal(y, np.round(y)):
+            idx = tuple(int(i) for i in np.argwhere(y != np.round(y))[0])
+            raise VerificationError(f"step {step}: output {tensor}[{idx}] = {y[idx]!r} is not an "
+                                    "integer score")
+        if self.scores is None:
+            self.scores, self.scores_step = y, step
+        elif not np.array_equal(y, self.scores):
+            idx, a, b = _first_mismatch(y, self.scores)
+            raise VerificationError(f"step {step}: output {tensor} index {idx}: {a!r} != {b!r} "
+                                    f"after step {self.scores_step}")
+        return {"step": step, "exact": True, "n_inputs": int(len(y))}
+
+
+@dataclass
+class StepRecord:
+    index: int
+    name: str
+    seconds: float
+    status: str
+    """``done``, ``skipped: <reason>``."""
+    verification: dict | None = None
+    verify_seconds: float = 0.0
+    ops: dict = field(default_factory=dict)
+
+
+def run_steps(model: ModelWrapper, steps: list[Step], ctx: FlowContext,
+              verifier: Verifier | None, *, echo: Callable[[str], None] = print
+              ) -> tuple[ModelWrapper, list[StepRecord]]:
+    """Run ``steps`` on ``model`` inside ``ctx.out_dir``; raise on the first failure."""
+    from .steps import op_histogram
+
+    inter = ctx.out_dir / "intermediate_models"
+    inter.mkdir(parents=True, exist_ok=True)
+    records: list[StepRecord] = []
+    total = len(steps)
+    for i, step in enumerate(steps, start=1):
+        index = STEPS.index(step)
+        if step.vivado and not ctx.tools.has_vivado:
+            rec = StepRecord(index, step.name, 0.0, ctx.tools.skipped)
+            records.append(rec)
+            echo(f"[{i}/{total}] {step.name} ({ctx.tools.skipped})")
+            continue
+        t0 = time.perf_counter()
+        model = step.fn(model, ctx)
+        dt = time.perf_counter() - t0
+        model.save(str(inter / f"{index:02d}_{step.name}.onnx"))
+        rec = StepRecord(index, step.name, dt, "done", ops=op_histogram(model))
+        ok, why = is_executable(model)
+        if verifier is not None:
+            if ok:
+                t1 = time.perf_counter()
+                rec.verification = verifier(step.name, model)
+                rec.verify_seconds = time.perf_counter() - t1
+            else:
+                rec.verification = {"step": step.name, "exact": None, "n_inputs": 0,
+                                    "reason": why}
+        records.append(rec)
+        v = ""
+        if rec.verification is not None:
+            v = ("  exact" if rec.verification["exact"] else "  not verified") + \
+                (f" ({rec.verify_seconds:.1f} s)" if rec.verify_seconds else "")
+        echo(f"[{i}/{total}] {step.name} ({dt:.2f} s){v}")
+        _write_progress(ctx.out_dir, records)
+    return model, records
+
+
+def _write_progress(out_dir: Path, records: list[StepRecord]) -> None:
+    (out_dir / "time_per_step.json").write_text(json.dumps(
+        {r.name: round(r.seconds, 4) for r in records if r.status == "done"}, indent=2))
+    ver = [r.verification for r in records if r.verification is not None]
+    report = out_dir / "report"
+    report.mkdir(exist_ok=True)
+    (report / "verification.json").write_text(json.dumps(
+        {"stages": ver, "verify_seconds": {r.name: round(r.verify_seconds, 4) for r in records
+                                           if r.verification is not None}}, indent=2))
+
+
+def write_status(out_dir: Path, status: str, **extra) -> Path:
+    """Write ``status.json`` (always: running, ok or failed, with the error)."""
+    path = Path(out_dir) / "status.json"
+    data = {"tool": "sibnn-build", "status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **extra}
+    path.write_text(json.dumps(data, indent=2, default=str))
+    return path

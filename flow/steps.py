@@ -1,0 +1,271 @@
+"""The build as one explicit, ordered list of plain steps ``step_<verb>(model, ctx) -> model``.
+
+FINN's own steps (``finn.builder.build_dataflow_steps``) are called by name where they fit; our
+steps close the gaps for the SI fork/join, the bipolar padding, the sum pool and the uint8
+interface (see :mod:`flow.transforms`). ``ctx`` is a :class:`FlowContext`: our configs, FINN's
+``DataflowBuildConfig`` and the tool status.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.transformation.composed import ComposedTransformation
+from qonnx.transformation.general import GiveUniqueNodeNames, RemoveUnusedTensors
+from qonnx.transformation.infer_data_layouts import InferDataLayouts
+from qonnx.transformation.infer_datatypes import InferDataTypes
+from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
+from qonnx.util.basic import get_by_name
+
+from quant_models.errors import ConfigError, UnsupportedGraphError
+
+from . import transforms as T
+from .config import BoardConfig, BuildConfig
+from .finn_env import ToolStatus
+
+HW_DOMAIN = "finn.custom_op.fpgadataflow"
+
+
+@dataclass
+class FlowContext:
+    """What every step may read (and where steps leave results for the report)."""
+
+    cfg: BuildConfig
+    board: BoardConfig
+    tools: ToolStatus
+    finn_cfg: Any
+    """FINN's ``DataflowBuildConfig`` (output_dir = the build's working directory)."""
+    finn_steps: ModuleType
+    """``finn.builder.build_dataflow_steps``, imported through :mod:`flow.finn_env`."""
+    out_dir: Path
+    results: dict = field(default_factory=dict)
+    """Step results the report needs (folding estimate, skipped outputs, ...)."""
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    fn: Callable[[ModelWrapper, FlowContext], ModelWrapper]
+    vivado: bool = False
+    """Needs Vivado / Vitis HLS; skipped (and reported as such) without them."""
+    output: str | None = None
+    """The ``summary.json["outputs"]`` key this step produces, if any."""
+
+
+# -- what we can map -------------------------------------------------------------------------
+
+SUPPORTED_OPS = {
+    "Quant", "BipolarQuant", "BinaryQuant", "Trunc", "MultiThreshold", "Conv", "MatMul",
+    "BatchNormalization", "Add", "Sub", "Mul", "Div", "Pad", "Reshape", "Flatten", "MaxPool",
+    "ReduceSum", "GlobalAveragePool", "Transpose", "Identity", "Relu",
+}
+"""ONNX/QONNX ops the front end plus our steps can take to hardware (with the checks below)."""
+
+
+def unsupported_nodes(model: ModelWrapper) -> list[str]:
+    """``"op (node): reason"`` for every node the flow cannot map."""
+    bad = []
+    for n in model.graph.node:
+        name = f"{n.op_type} ({n.name or 'unnamed'})"
+        if n.op_type not in SUPPORTED_OPS:
+            bad.append(name)
+            continue
+        if n.op_type == "Pad":
+            mode = get_by_name(n.attribute, "mode")
+            if mode is not None and mode.s.decode() != "constant":
+                bad.append(f"{name}: mode {mode.s.decode()}")
+        if n.op_type == "Conv":
+            dil = get_by_name(n.attribute, "dilations")
+            if dil is not None and any(d != 1 for d in dil.ints):
+                bad.append(f"{name}: dilated convolution")
+        if n.op_type == "ReduceSum" and len(n.input) > 1:
+            axes = model.get_initializer(n.input[1])
+            shape = model.get_tensor_shape(n.input[0])
+            if axes is None or shape is None or len(shape) != 4 or \
+                    sorted(int(a) % 4 for a in axes.reshape(-1)) != [2, 3]:
+                bad.append(f"{name}: only a global sum over H, W maps")
+    return bad
+
+
+def step_check_supported(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+    """Name every layer the flow cannot map, before any work is done."""
+    if len(model.graph.input) != 1 or len(model.graph.output) != 1:
+        raise UnsupportedGraphError(
+            f"the graph has {len(model.graph.input)} inputs and {len(model.graph.output)} "
+            "outputs; the flow maps single-input single-output networks")
+    bad = unsupported_nodes(model)
+    if bad:
+        raise UnsupportedGraphError("unsupported layer(s): " + "; ".join(bad))
+    return model
+
+
+def step_prepare_io(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+    """uint8 pixel input (``/255`` in front) and integer-score output (trailing scale recorded)."""
+    model = model.transform(T.InsertPixelPreprocessing())
+    model = model.transform(ComposedTransformation([T.StripOutputAffine()]))
+    return model
+
+
+def step_qonnx_to_finn(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+    return ctx.finn_steps.step_qonnx_to_finn(model, ctx.finn_cfg)
+
+
+def step_tidy_up(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+    return ctx.finn_steps.step_tidy_up(model, ctx.finn_cfg)
+
+
+def step_streamline(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+    """FINN's streamlining for fork/join graphs, plus our XNOR, pooling and interface rewrites.
+
+    Order: ``StreamlinePlus`` (moves the residual scales past the adds and forks) -> conv lowering
+    -> :class:`~flow.transforms.ConvertBipolarToXnor` (all consumers of a fork at once) ->
+    ``StreamlinePlus`` again -> sum pool, NHWC padding and input transpose rewrites -> a last
+    ``StreamlinePlus`` -> drop the identity pixel threshold -> integer constant annotation.
+    """
+    import finn.transformation.streamline.absorb as absorb
+    from finn.transformation.streamline.reorder import MakeMaxPoolNHWC
+    from finn.transformation.streamline.streamline_plus import StreamlinePlus
+
+    model = model.transform(absorb.AbsorbScalarBiasIntoMultiThreshold())
+    model = model.transform(StreamlinePlus())
+    model = model.transform(LowerConvsToMatMul())
+    model = model.transform(MakeMaxPoolNHWC())
+    model = model.transform(absorb.AbsorbTransposeIntoMultiThreshold())
+    model = model.transform(MakeMaxPoolNHWC())
+    model = model.transform(absorb.AbsorbConsecutiveTransposes())
+    model = model.transform(ComposedTransformation([T.ConvertBipolarToXnor()]))
+    model = model.transform(StreamlinePlus())
+    rewrites = [T.GlobalSumPoolToAccPool(), T.MovePadBeforeTranspose(),
+                absorb.AbsorbConsecutiveTransposes(), T.AbsorbInputTranspose()]
+    model = model.transform(ComposedTransformation(rewrites))
+    model = model.transform(StreamlinePlus())
+    model = model.transform(ComposedTransformation(rewrites))
+    model = model.transform(ComposedTransformation([T.RemoveIdentityMultiThreshold()]))
+    model = model.transform(InferDataTypes())
+    model = model.transform(T.AnnotateIntegerInitializers())
+    model = model.transform(InferDataLayouts())
+    model = model.transform(RemoveUnusedTensors())
+    return model
+
+
+def step_convert_to_hw(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+    """FINN's conversion to HW layers; then every node must be a HW layer (else: name them)."""
+    model = ctx.finn_steps.step_convert_to_hw(model, ctx.finn_cfg)
+    left = non_hw_nodes(model)
+    if left:
+        raise UnsupportedGraphError(
+            "no hardware layer for: " + ", ".join(left) +
+            " (these would run on the CPU; the flow requires an all-HW graph)")
+    floats = [f"{n.name} ({model.get_tensor_datatype(n.output[0]).name})"
+              for n in model.graph.node if not model.get_tensor_datatype(n.output[0]).is_integer()]
+    if floats:
+        raise UnsupportedGraphError("hardware layers with non-integer outputs: " + ", ".join(floats))
+    return model
+
+
+def non_hw_nodes(model: ModelWrapper) -> list[str]:
+    return [f"{n.op_type} ({n.name})" for n in model.graph.node if not n.domain.startswith(HW_DOMAIN)]
+
+
+def step_create_dataflow_partition(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+    return ctx.finn_steps.step_create_dataflow_partition(model, ctx.finn_cfg)
+
+
+def step_specialize_layers(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+    return ctx.finn_steps.step_specialize_layers(model, ctx.finn_cfg)
+
+
+def step_fold(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+    """Auto-fold to the board budget, or apply (after validating) the user's folding file."""
+    from . import folding
+
+    model = model.transform(GiveUniqueNodeNames())
+    report = ctx.out_dir / "report"
+    if ctx.cfg.folding:
+        data = folding.load_folding(ctx.cfg.folding)
+        model = folding.apply_folding(model, data, source=f"folding file {ctx.cfg.folding}")
+        est = folding.estimate(model, ctx.board.fpga_part)
+        ctx.results["folding"] = {"mode": "user", "file": str(ctx.cfg.folding)}
+    else:
+        res = folding.auto_fold(model, ctx.board, target_fps=ctx.cfg.target_fps,
+                                wwidth_max=ctx.cfg.mvau_wwidth_max)
+        model, est = res.model, res.estimate
+        ctx.results["folding"] = {"mode": "auto", "target_cycles": res.target_cycles,
+                                  "feasible": res.feasible, "evaluated": res.evaluated}
+    folding.write_folding(model, report / "folding_config.json")
+    ctx.results["folding"].update({
+        "estimate": est.resources, "max_cycles": est.max_cycles, "bottleneck": est.bottleneck,
+        "within_budget": est.within(ctx.board.budget)})
+    return model
+
+
+def step_minimize_bit_width(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+    return ctx.finn_steps.step_minimize_bit_width(model, ctx.finn_cfg)
+
+
+def step_generate_estimate_reports(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+    return ctx.finn_steps.step_generate_estimate_reports(model, ctx.finn_cfg)
+
+
+def step_hw_codegen(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+    return ctx.finn_steps.step_hw_codegen(model, ctx.finn_cfg)
+
+
+def _finn(name: str) -> Callable[[ModelWrapper, FlowContext], ModelWrapper]:
+    def step(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+        return getattr(ctx.finn_steps, name)(model, ctx.finn_cfg)
+
+    step.__name__ = name
+    step.__doc__ = f"FINN's own ``{name}`` (needs Vivado)."
+    return step
+
+
+STEPS: list[Step] = [
+    Step("check_supported", step_check_supported),
+    Step("prepare_io", step_prepare_io),
+    Step("qonnx_to_finn", step_qonnx_to_finn),
+    Step("tidy_up", step_tidy_up),
+    Step("streamline", step_streamline),
+    Step("convert_to_hw", step_convert_to_hw),
+    Step("create_dataflow_partition", step_create_dataflow_partition),
+    Step("specialize_layers", step_specialize_layers),
+    Step("fold", step_fold),
+    Step("minimize_bit_width", step_minimize_bit_width),
+    Step("generate_estimate_reports", step_generate_estimate_reports, output="estimates"),
+    Step("hw_codegen", step_hw_codegen, output="hls_rtl_sources"),
+    Step("hw_ipgen", _finn("step_hw_ipgen"), vivado=True, output="ip_cores"),
+    Step("set_fifo_depths", _finn("step_set_fifo_depths"), vivado=True, output="fifo_depths"),
+    Step("create_stitched_ip", _finn("step_create_stitched_ip"), vivado=True, output="stitched_ip"),
+    Step("synthesize_bitfile", _finn("step_synthesize_bitfile"), vivado=True, output="bitfile"),
+    Step("make_driver", _finn("step_make_driver"), vivado=True, output="pynq_driver"),
+    Step("deployment_package", _finn("step_deployment_package"), vivado=True,
+         output="deployment_package"),
+]
+"""The build, in order."""
+
+
+def step_names() -> list[str]:
+    return [s.name for s in STEPS]
+
+
+def select_steps(start: str | None, stop: str | None) -> list[Step]:
+    """The slice ``start..stop`` (inclusive) of :data:`STEPS`; unknown names are ConfigError."""
+    names = step_names()
+    for flag, s in (("--start-step", start), ("--stop-step", stop)):
+        if s is not None and s not in names:
+            raise ConfigError(f"{flag} {s!r} is not a step; steps: {', '.join(names)}")
+    i = names.index(start) if start else 0
+    j = names.index(stop) if stop else len(names) - 1
+    if i > j:
+        raise ConfigError(f"--start-step {start} comes after --stop-step {stop}")
+    return STEPS[i:j + 1]
+
+
+def op_histogram(model: ModelWrapper) -> dict[str, int]:
+    return dict(Counter(n.op_type for n in model.graph.node))

@@ -1,0 +1,461 @@
+"""sibnn's own graph rewrites, as qonnx ``Transformation`` subclasses returning ``(model, changed)``.
+
+They close the gaps FINN's default flow leaves for binary residual nets (FINDINGS.md):
+
+* :class:`InsertPixelPreprocessing`: the accelerator eats uint8 pixels (finn-examples' bnn-pynq
+  ``ToTensor``: a ``Div`` by 255 in front, input annotated ``UINT8``); streamlining absorbs it.
+* :class:`StripOutputAffine`: a trailing chain of scalar ``Mul/Div/Add/Sub`` after the last
+  integer tensor (a logit scale, Brevitas' ``TensorNorm``) is removed and *recorded* in the model
+  metadata, so the accelerator outputs integer class scores. ``logits = f(scores)`` with the
+  recorded chain; a positive overall scale keeps the arg-max.
+* :class:`ConvertBipolarToXnor`: FINN's ``ConvertBipolarMatMulToXnorPopcount`` follows one path up
+  from each MatMul and fails on a *fork* of a bipolar tensor. This version starts from each bipolar
+  ``MultiThreshold`` and rewrites *all* its consumers at once: the threshold emits {0, 1}; ``Pad``
+  by -1 becomes ``Pad`` by 0 (the same number in the XNOR domain); every bipolar-weight ``MatMul``
+  becomes ``XnorPopcountMatMul`` with its ``2p - K`` correction; a sum reduction gets
+  ``2s - N``; any other consumer gets ``2b - 1`` back. Every rewrite is exact.
+* :class:`GlobalSumPoolToAccPool`: ``ReduceSum`` over the spatial axes (our global sum pool) becomes
+  FINN's ``GlobalAccPool`` on the NHWC stream.
+* :class:`RemoveIdentityMultiThreshold`: a threshold on an integer tensor that maps every integer
+  to itself (the 8-bit pixel quantizer after ``/255 * 255``) is dropped.
+* :class:`AnnotateIntegerInitializers`: integer-valued constants of ``Mul``/``Add`` get the
+  smallest integer ``DataType``, so the integer adds and scales after streamlining become integer
+  ``ElementwiseAdd``/``ElementwiseMul`` layers instead of float ones.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from onnx import TensorProto, helper
+from qonnx.core.datatype import DataType
+from qonnx.core.modelwrapper import ModelWrapper
+from qonnx.custom_op.registry import getCustomOp
+from qonnx.transformation.base import Transformation
+from qonnx.transformation.infer_datatypes import InferDataTypes
+from qonnx.transformation.infer_shapes import InferShapes
+from qonnx.util.basic import get_by_name
+
+OUTPUT_AFFINE_KEY = "sibnn_output_affine"
+"""Model metadata key holding the JSON list of removed output ops (op, constant, operand side)."""
+
+_AFFINE_OPS = ("Mul", "Div", "Add", "Sub")
+_TRANSPARENT = ("Transpose", "Reshape", "Flatten", "Im2Col", "MaxPool", "MaxPoolNHWC")
+"""Ops through which a bipolar value stays bipolar (and binary stays binary): pure data movement
+or a max (monotone, so max commutes with ``b -> 2b - 1``)."""
+
+
+def _new_tensor(model: ModelWrapper, shape) -> str:
+    name = model.make_new_valueinfo_name()
+    model.graph.value_info.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, shape))
+    return name
+
+
+def _const(model: ModelWrapper, value, dtype: DataType | None = None) -> str:
+    arr = np.asarray(value, dtype=np.float32)
+    name = model.make_new_valueinfo_name()
+    model.set_initializer(name, arr)
+    if dtype is not None:
+        model.set_tensor_datatype(name, dtype)
+    return name
+
+
+def _scalar_const(model: ModelWrapper, tensor: str) -> float | None:
+    init = model.get_initializer(tensor)
+    if init is None or init.size != 1:
+        return None
+    return float(np.asarray(init).reshape(-1)[0])
+
+
+def _insert_after(model: ModelWrapper, anchor, new_nodes) -> None:
+    """Insert ``new_nodes`` right after node ``anchor`` (keeps the graph topologically sorted)."""
+    idx = list(model.graph.node).index(anchor)
+    for k, n in enumerate(new_nodes):
+        model.graph.node.insert(idx + 1 + k, n)
+
+
+class InsertPixelPreprocessing(Transformation):
+    """Put ``x / 255`` in front of the graph and make its input ``UINT8`` pixels.
+
+    The float model's input is ``pixel / 255`` (``ToTensor``); ``Div`` is the same float32 op, so
+    the preprocessed graph equals the original on every uint8 image bit for bit. Idempotent: a
+    graph whose input is already ``UINT8`` is left alone.
+    """
+
+    def apply(self, model: ModelWrapper):
+        inp = model.graph.input[0].name
+        if model.get_tensor_datatype(inp) == DataType["UINT8"]:
+            return model, False
+        div_out = _new_tensor(model, model.get_tensor_shape(inp))
+        for n in model.graph.node:
+            for k, t in enumerate(n.input):
+                if t == inp:
+                    n.input[k] = div_out
+        div = helper.make_node("Div", [inp, _const(model, 255.0)], [div_out],
+                               name="Preprocess_Div255")
+        model.graph.node.insert(0, div)
+        model.set_tensor_datatype(inp, DataType["UINT8"])
+        return model.transform(InferShapes()), False
+
+
+class StripOutputAffine(Transformation):
+    """Remove the trailing scalar ``Mul/Div/Add/Sub`` chain in front of the graph output.
+
+    The removed ops are appended (outermost last) to the JSON list under
+    :data:`OUTPUT_AFFINE_KEY` in the model metadata, so ``logits`` can be recomputed from the
+    integer scores with the same float32 ops. Stops at the first op that is not such a chain link.
+    """
+
+    def apply(self, model: ModelWrapper):
+        out = model.graph.output[0].name
+        prod = model.find_producer(out)
+        if prod is None or prod.op_type not in _AFFINE_OPS:
+            return model, False
+        consts = [_scalar_const(model, t) for t in prod.input]
+        if sum(c is not None for c in consts) != 1:
+            return model, False
+        side = 1 if consts[1] is not None else 0
+        if prod.op_type in ("Div", "Sub") and side == 0:
+            return model, False  # c / x or c - x: not an affine map of x we record
+        data_in = prod.input[1 - side]
+        if len(model.find_consumers(data_in)) != 1 or model.get_initializer(data_in) is not None:
+            return model, False
+        # rewire: the producer's data input becomes the graph output
+        recorded = json.loads(model.get_metadata_prop(OUTPUT_AFFINE_KEY) or "[]")
+        recorded.insert(0, {"op": prod.op_type, "const": consts[side], "node": prod.name})
+        model.set_metadata_prop(OUTPUT_AFFINE_KEY, json.dumps(recorded))
+        upstream = model.find_producer(data_in)
+        upstream.output[list(upstream.output).index(data_in)] = out
+        model.graph.node.remove(prod)
+        return model, True
+
+
+def apply_output_affine(scores: np.ndarray, recorded: list[dict]) -> np.ndarray:
+    """Recompute the float outputs from the integer scores with the recorded float32 ops."""
+    y = np.asarray(scores, dtype=np.float32)
+    for step in recorded:
+        c = np.float32(step["const"])
+        y = {"Mul": np.multiply, "Div": np.divide, "Add": np.add, "Sub": np.subtract}[step["op"]](y, c)
+        y = y.astype(np.float32)
+    return y
+
+
+def output_affine_scale_sign(recorded: list[dict]) -> int:
+    """+1 when the recorded chain is increasing (arg-max of scores = arg-max of logits)."""
+    sign = 1
+    for step in recorded:
+        if step["op"] in ("Mul", "Div") and step["const"] < 0:
+            sign = -sign
+    return sign
+
+
+class RemoveIdentityMultiThreshold(Transformation):
+    """Drop a ``MultiThreshold`` whose input is an integer type and that maps each integer of that
+    type to itself (out_scale 1, out_bias = input min, one threshold per level in (k-1, k])."""
+
+    def apply(self, model: ModelWrapper):
+        for n in model.graph.node:
+            if n.op_type != "MultiThreshold":
+                continue
+            idt = model.get_tensor_datatype(n.input[0])
+            if not idt.is_integer() or idt.bitwidth() > 16:
+                continue
+            inst = getCustomOp(n)
+            if inst.get_nodeattr("out_scale") != 1.0 or inst.get_nodeattr("out_bias") != idt.min():
+                continue
+            if DataType[inst.get_nodeattr("out_dtype")] != idt:
+                continue
+            thr = model.get_initializer(n.input[1])
+            levels = np.arange(idt.min() + 1, idt.max() + 1, dtype=np.float64)
+            if thr is None or thr.shape[-1] != levels.size:
+                continue
+            ok = np.all((thr > levels - 1) & (thr <= levels))
+            if not ok:
+                continue
+            inp, out = n.input[0], n.output[0]
+            for c in model.find_consumers(out) or []:
+                for k, t in enumerate(c.input):
+                    if t == out:
+                        c.input[k] = inp
+            if out == model.graph.output[0].name:
+                continue
+            model.graph.node.remove(n)
+            return model.transform(InferDataTypes()), True
+        return model, False
+
+
+class ConvertBipolarToXnor(Transformation):
+    """Rewrite every bipolar ``MultiThreshold`` and *all* its consumers into the XNOR domain.
+
+    For ``b = (x + 1) / 2`` in {0, 1}: ``x . w = 2 popcount(xnor(b, w_b)) - K``, ``Pad(x, -1) =
+    2 Pad(b, 0) - 1``, ``sum_N x = 2 sum_N b - N``. Runs after conv lowering. Returns after one
+    threshold; compose it to a fixed point.
+    """
+
+    def apply(self, model: ModelWrapper):
+        for mt in model.graph.node:
+            if mt.op_type != "MultiThreshold":
+                continue
+            inst = getCustomOp(mt)
+            if inst.get_nodeattr("out_dtype") != "BIPOLAR":
+                continue
+            if inst.get_nodeattr("out_scale") != 2.0 or inst.get_nodeattr("out_bias") != -1.0:
+                continue
+            self._convert(model, mt, inst)
+            model = model.transform(InferShapes())
+            model = model.transform(InferDataTypes())
+            return model, True
+        return model, False
+
+    def _convert(self, model: ModelWrapper, mt, inst) -> None:
+        inst.set_nodeattr("out_dtype", "BINARY")
+        inst.set_nodeattr("out_scale", 1.0)
+        inst.set_nodeattr("out_bias", 0.0)
+        frontier = [mt.output[0]]
+        while frontier:
+            t = frontier.pop()
+            model.set_tensor_datatype(t, DataType["BINARY"])
+            if t in [o.name for o in model.graph.output]:
+                self._decode_output(model, t)
+                continue
+            for c in list(model.find_consumers(t) or []):
+                frontier.extend(self._rewrite_consumer(model, c, t))
+
+    def _rewrite_consumer(self, model: ModelWrapper, c, t: str) -> list[str]:
+        """Rewrite consumer ``c`` of binary tensor ``t``; return tensors that stay binary."""
+        if c.op_type in _TRANSPARENT and c.input[0] == t:
+            return [c.output[0]]
+        if c.op_type == "Pad" and c.input[0] == t and self._pad_value(model, c) == -1.0:
+            mode = get_by_name(c.attribute, "mode")
+            if mode is None or mode.s.decode() == "constant":
+                c.input[2] = _const(model, 0.0)
+                return [c.output[0]]
+        if c.op_type == "MatMul" and c.input[0] == t and \
+                model.get_tensor_datatype(c.input[1]) == DataType["BIPOLAR"] and \
+                model.get_initializer(c.input[1]) is not None:
+            self._to_xnor(model, c)
+            return []
+        if c.op_type == "ReduceSum" and c.input[0] == t:
+            self._decode_reduce_sum(model, c)
+            return []
+        self._decode_edge(model, c, t)
+        return []
+
+    @staticmethod
+    def _pad_value(model: ModelWrapper, pad) -> float | None:
+        if len(pad.input) < 3 or pad.input[2] == "":
+            return 0.0
+        return _scalar_const(model, pad.input[2])
+
+    @staticmethod
+    def _to_xnor(model: ModelWrapper, mm) -> None:
+        w = model.get_initializer(mm.input[1])
+        k = w.shape[0]
+        model.set_initializer(mm.input[1], (w + 1) / 2)
+        model.set_tensor_datatype(mm.input[1], DataType["BINARY"])
+        out = mm.output[0]
+        pop = _new_tensor(model, model.get_tensor_shape(out))
+        mm.op_type = "XnorPopcountMatMul"
+        mm.domain = "qonnx.custom_op.general"
+        mm.output[0] = pop
+        model.set_tensor_datatype(pop, DataType["UINT32"])
+        dbl = _new_tensor(model, model.get_tensor_shape(out))
+        _insert_after(model, mm, [
+            helper.make_node("Mul", [pop, _const(model, [2.0], DataType["UINT2"])], [dbl]),
+            helper.make_node("Add", [dbl, _const(model, [-float(k)], DataType.get_smallest_possible(-k))], [out]),
+        ])
+
+    @staticmethod
+    def _decode_reduce_sum(model: ModelWrapper, rs) -> None:
+        shape = model.get_tensor_shape(rs.input[0])
+        axes = model.get_initializer(rs.input[1]) if len(rs.input) > 1 else None
+        axes = list(range(len(shape))) if axes is None else [int(a) % len(shape) for a in axes]
+        n = int(np.prod([shape[a] for a in axes]))
+        out = rs.output[0]
+        s = _new_tensor(model, model.get_tensor_shape(out))
+        dbl = _new_tensor(model, model.get_tensor_shape(out))
+        rs.output[0] = s
+        _insert_after(model, rs, [
+            helper.make_node("Mul", [s, _const(model, [2.0], DataType["UINT2"])], [dbl]),
+            helper.make_node("Add", [dbl, _const(model, [-float(n)], DataType.get_smallest_possible(-n))], [out]),
+        ])
+
+    @staticmethod
+    def _decode_edge(model: ModelWrapper, c, t: str) -> None:
+        shape = model.get_tensor_shape(t)
+        dbl, bip = _new_tensor(model, shape), _new_tensor(model, shape)
+        prod = model.find_producer(t)
+        nodes = [helper.make_node("Mul", [t, _const(model, [2.0], DataType["UINT2"])], [dbl]),
+                 helper.make_node("Add", [dbl, _const(model, [-1.0], DataType["INT2"])], [bip])]
+        _insert_after(model, prod, nodes)
+        for k, x in enumerate(c.input):
+            if x == t:
+                c.input[k] = bip
+        model.set_tensor_datatype(bip, DataType["BIPOLAR"])
+
+    @staticmethod
+    def _decode_output(model: ModelWrapper, t: str) -> None:
+        raise NotImplementedError("a bipolar graph output in the XNOR domain")
+
+
+class GlobalSumPoolToAccPool(Transformation):
+    """``ReduceSum`` over H, W of a 4D tensor (global sum pool) -> FINN ``GlobalAccPool``.
+
+    Matches ``Transpose(perm=[0,3,1,2])`` (NHWC -> NCHW) followed by ``ReduceSum(axes=[2,3])``, the
+    form it takes after conv lowering, and pools the NHWC stream directly; the output is reshaped
+    to ``[N, C]`` when ``keepdims=0``. The input must have an integer type.
+    """
+
+    def apply(self, model: ModelWrapper):
+        for rs in model.graph.node:
+            if rs.op_type != "ReduceSum" or len(rs.input) < 2:
+                continue
+            axes = model.get_initializer(rs.input[1])
+            shape = model.get_tensor_shape(rs.input[0])
+            if axes is None or shape is None or len(shape) != 4:
+                continue
+            if sorted(int(a) % 4 for a in np.atleast_1d(axes)) != [2, 3]:
+                continue
+            tr = model.find_producer(rs.input[0])
+            if tr is None or tr.op_type != "Transpose" or \
+                    list(get_by_name(tr.attribute, "perm").ints) != [0, 3, 1, 2]:
+                continue
+            if len(model.find_consumers(tr.output[0])) != 1:
+                continue
+            nhwc = tr.input[0]
+            idt = model.get_tensor_datatype(nhwc)
+            if not idt.is_integer():
+                continue
+            n, h, w, c = model.get_tensor_shape(nhwc)
+            keep = get_by_name(rs.attribute, "keepdims")
+            keepdims = 1 if keep is None else keep.i
+            out = rs.output[0]
+            pooled = _new_tensor(model, [n, 1, 1, c])
+            pool = helper.make_node("GlobalAccPool", [nhwc], [pooled],
+                                    domain="finn.custom_op.fpgadataflow", backend="fpgadataflow",
+                                    NumChannels=c, PE=1, inputDataType=idt.name,
+                                    numInputVectors=[n, h, w], name=f"GlobalAccPool_{rs.name}")
+            shape_out = [n, c] if not keepdims else [n, c, 1, 1]
+            if keepdims:
+                tail = helper.make_node("Transpose", [pooled], [out], perm=[0, 3, 1, 2])
+            else:
+                tail = helper.make_node("Reshape", [pooled, _const(model, np.array(shape_out, dtype=np.int64))], [out])
+                model.set_initializer(tail.input[1], np.array(shape_out, dtype=np.int64))
+            idx = list(model.graph.node).index(rs)
+            model.graph.node.insert(idx, pool)
+            model.graph.node.insert(idx + 1, tail)
+            model.graph.node.remove(rs)
+            model.graph.node.remove(tr)
+            model.set_tensor_layout(pooled, ["N", "H", "W", "C"])
+            model = model.transform(InferShapes())
+            model = model.transform(InferDataTypes())
+            return model, True
+        return model, False
+
+
+class AnnotateIntegerInitializers(Transformation):
+    """Give integer-valued constant operands of ``Mul``/``Add``/``Sub`` the smallest integer type."""
+
+    def apply(self, model: ModelWrapper):
+        changed = False
+        for n in model.graph.node:
+            if n.op_type not in ("Mul", "Add", "Sub"):
+                continue
+            for t in n.input:
+                init = model.get_initializer(t)
+                if init is None or model.get_tensor_datatype(t) != DataType["FLOAT32"]:
+                    continue
+                if init.size == 0 or not np.all(np.isfinite(init)) or \
+                        not np.array_equal(init, np.round(init)):
+                    continue
+                lo, hi = float(init.min()), float(init.max())
+                dt = DataType.get_smallest_possible(lo if abs(lo) > abs(hi) else hi)
+                if lo < 0 and not dt.signed():
+                    dt = DataType.get_smallest_possible(-max(abs(lo), abs(hi)) - 1)
+                if not (dt.allowed(lo) and dt.allowed(hi)):
+                    continue
+                model.set_tensor_datatype(t, dt)
+                changed = True
+        if changed:
+            model = model.transform(InferDataTypes())
+        return model, False
+
+
+def _perm(node) -> list[int] | None:
+    attr = get_by_name(node.attribute, "perm")
+    return list(attr.ints) if attr is not None else None
+
+
+class MovePadBeforeTranspose(Transformation):
+    """``Transpose(NHWC->NCHW) -> Pad(H, W only)`` becomes ``Pad(NHWC, axes=[1, 2]) -> Transpose``.
+
+    FINN's ``FMPadding`` wants an NHWC ``Pad`` with ``axes=[1, 2]``; conv lowering leaves our
+    explicit ``Pad`` in NCHW between two transposes, which then cancel.
+    """
+
+    def apply(self, model: ModelWrapper):
+        for pad in model.graph.node:
+            if pad.op_type != "Pad" or len(pad.input) < 2:
+                continue
+            tr = model.find_producer(pad.input[0])
+            if tr is None or tr.op_type != "Transpose" or _perm(tr) != [0, 3, 1, 2]:
+                continue
+            pads = model.get_initializer(pad.input[1])
+            if pads is None or len(pads) != 8 or (len(pad.input) > 3 and pad.input[3]):
+                continue
+            pads = [int(p) for p in pads]
+            if pads[0] or pads[1] or pads[4] or pads[5]:
+                continue
+            value = pad.input[2] if len(pad.input) > 2 else ""
+            n, h, w, c = model.get_tensor_shape(tr.input[0])
+            padded = _new_tensor(model, [n, h + pads[2] + pads[6], w + pads[3] + pads[7], c])
+            new_pad = helper.make_node(
+                "Pad", [tr.input[0], _const(model, np.array([pads[2], pads[3], pads[6], pads[7]], dtype=np.int64)),
+                        value, _const(model, np.array([1, 2], dtype=np.int64))],
+                [padded], mode="constant", name=pad.name)
+            model.set_initializer(new_pad.input[1], np.array([pads[2], pads[3], pads[6], pads[7]], dtype=np.int64))
+            model.set_initializer(new_pad.input[3], np.array([1, 2], dtype=np.int64))
+            new_tr = helper.make_node("Transpose", [padded], [pad.output[0]], perm=[0, 3, 1, 2],
+                                      name=f"{pad.name}_to_nchw")
+            idx = list(model.graph.node).index(pad)
+            model.graph.node.insert(idx, new_pad)
+            model.graph.node.insert(idx + 1, new_tr)
+            model.graph.node.remove(pad)
+            if not model.find_consumers(tr.output[0]):
+                model.graph.node.remove(tr)
+            model.set_tensor_datatype(padded, model.get_tensor_datatype(tr.input[0]))
+            model.set_tensor_layout(padded, ["N", "H", "W", "C"])
+            return model.transform(InferShapes()), True
+        return model, False
+
+
+INPUT_LAYOUT_KEY = "sibnn_input_layout"
+"""Model metadata key: ``NHWC`` once the input transpose has been folded into the interface."""
+
+
+class AbsorbInputTranspose(Transformation):
+    """A graph input consumed only by ``Transpose(NCHW->NHWC)``: make the input NHWC instead.
+
+    The accelerator then reads NHWC pixels (the order the camera/DMA delivers them) and no
+    transpose stays outside the dataflow partition. Recorded under :data:`INPUT_LAYOUT_KEY`.
+    """
+
+    def apply(self, model: ModelWrapper):
+        inp = model.graph.input[0]
+        cons = model.find_consumers(inp.name) or []
+        if len(cons) != 1 or cons[0].op_type != "Transpose" or _perm(cons[0]) != [0, 2, 3, 1]:
+            return model, False
+        tr = cons[0]
+        dt = model.get_tensor_datatype(inp.name)
+        new_shape = model.get_tensor_shape(tr.output[0])
+        for c in model.find_consumers(tr.output[0]) or []:
+            for k, t in enumerate(c.input):
+                if t == tr.output[0]:
+                    c.input[k] = inp.name
+        model.graph.node.remove(tr)
+        model.set_tensor_shape(inp.name, new_shape)
+        model.set_tensor_datatype(inp.name, dt)
+        model.set_tensor_layout(inp.name, ["N", "H", "W", "C"])
+        model.set_metadata_prop(INPUT_LAYOUT_KEY, "NHWC")
+        return model.transform(InferShapes()), True
