@@ -1,0 +1,106 @@
+"""Self-describing checkpoints: round trip, atomic writes, and every bad checkpoint."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from quant_models import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
+from quant_models.checkpoint import REQUIRED_KEYS
+from quant_models.errors import CheckpointError
+from quant_models.registry import get_entry
+
+from .conftest import assert_one_line_error, run_cli
+
+
+def _trained_like(name="si_resnet_w1a1", **kw):
+    m = build_model(name, width=8, depth=[1, 1], **kw)
+    for mod in m.modules():  # non-default buffers so a round trip is meaningful
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-1, 1)
+            mod.running_var.uniform_(0.5, 2)
+    return m.eval()
+
+
+def test_round_trip(tmp_path):
+    m = _trained_like()
+    opt = torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9)
+    path = save_checkpoint(tmp_path / "a.pt", m, optimizer=opt, epoch=3,
+                           metrics={"val_top1": 12.5}, config={"lr": 0.1})
+    ckpt = torch.load(path, weights_only=True)  # plain types only
+    assert set(REQUIRED_KEYS) <= set(ckpt)
+    assert ckpt["arch"] == "si_resnet_w1a1" and ckpt["epoch"] == 3
+    m2 = model_from_checkpoint(path)
+    assert not m2.training
+    x = torch.rand(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(m(x), m2(x))
+    assert m2.spec == m.spec
+
+
+def test_pretrained_path_loads_same_arch(tmp_path):
+    m = _trained_like("resnet_w1a1")
+    save_checkpoint(tmp_path / "b.pt", m)
+    m2 = build_model("resnet_w1a1", pretrained=tmp_path / "b.pt")
+    assert m2.spec == m.spec
+
+
+def test_checkpoint_of_another_architecture(tmp_path):
+    save_checkpoint(tmp_path / "plain.pt", _trained_like("resnet_w1a1"))
+    with pytest.raises(CheckpointError, match="is a 'resnet_w1a1' checkpoint, not 'si_resnet_w1a1'"):
+        build_model("si_resnet_w1a1", pretrained=tmp_path / "plain.pt")
+
+
+def test_truncated_checkpoint(tmp_path):
+    path = save_checkpoint(tmp_path / "c.pt", _trained_like())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(path)
+
+
+def test_garbage_checkpoint(tmp_path):
+    (tmp_path / "g.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path / "g.pt")
+
+
+def test_foreign_checkpoint(tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "f.pt")
+    with pytest.raises(CheckpointError, match="not a sibnn checkpoint"):
+        load_checkpoint(tmp_path / "f.pt")
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_atomic_save_keeps_previous_file(tmp_path):
+    m = _trained_like()
+    path = save_checkpoint(tmp_path / "d.pt", m, epoch=1)
+    before = path.read_bytes()
+    with pytest.raises(Exception):
+        save_checkpoint(path, m, epoch=2, config={"bad": lambda: None})  # unpicklable
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["d.pt"]
+
+
+def test_shipped_pretrained():
+    entry = get_entry("si_resnet_w1a1")
+    if entry.pretrained is None:
+        with pytest.raises(CheckpointError, match="no pretrained checkpoint is shipped"):
+            build_model("si_resnet_w1a1", pretrained=True)
+    else:
+        m = build_model("si_resnet_w1a1", pretrained=True)
+        assert not m.training
+        assert tuple(m.spec.input_shape) == tuple(entry.pretrained.input_shape)
+
+
+def test_cli_reports_corrupt_checkpoint(tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"\x00" * 100)
+    code = ("from quant_models import build_model\n"
+            "from quant_models.errors import cli_errors\n"
+            f"raise SystemExit(cli_errors(lambda: build_model('si_resnet_w1a1', "
+            f"pretrained={str(tmp_path / 'x.pt')!r}))())")
+    assert_one_line_error(run_cli(["-c", code]), "corrupt or truncated")

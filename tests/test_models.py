@@ -1,0 +1,151 @@
+"""The model zoo: every registered model, taps, the SI overhead, quantizer grids."""
+
+from __future__ import annotations
+
+import brevitas.nn as qnn
+import pytest
+import torch
+
+from quant_models import TEACHER_OF, build_model, list_models, resolve_spec
+from quant_models.errors import ConfigError, UnknownModelError
+from quant_models.info import summary
+
+from .conftest import assert_one_line_error, run_cli
+
+DATASETS = {"fmnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+@pytest.mark.parametrize("name", list_models())
+def test_every_model_builds_and_runs(name, dataset):
+    model = build_model(name, dataset=dataset).eval()
+    x = torch.rand(2, *DATASETS[dataset])
+    with torch.no_grad():
+        logits, taps = model.forward_taps(x)
+    assert logits.shape == (2, 10)
+    assert torch.isfinite(logits).all()
+    assert list(taps) == model.tap_names
+    assert model.tap_names[0] == "stem" and model.tap_names[1] == "block_0"
+
+
+@pytest.mark.parametrize("dataset", sorted(DATASETS))
+@pytest.mark.parametrize("student", sorted(TEACHER_OF))
+def test_student_and_teacher_taps_match(student, dataset):
+    s = build_model(student, dataset=dataset).eval()
+    t = build_model(TEACHER_OF[student], dataset=dataset).eval()
+    x = torch.rand(1, *DATASETS[dataset])
+    with torch.no_grad():
+        _, st = s.forward_taps(x)
+        _, tt = t.forward_taps(x)
+    assert list(st) == list(tt)
+    assert {k: v.shape for k, v in st.items()} == {k: v.shape for k, v in tt.items()}
+
+
+@pytest.mark.parametrize("kw", [{"dataset": "fmnist"}, {"dataset": "cifar10"},
+                                {"dataset": "fmnist", "width": 16, "depth": [2, 2]},
+                                {"dataset": "cifar10", "width": 32, "depth": [1, 1, 1, 1]},
+                                {"dataset": "fmnist", "r": 8}])
+def test_si_overhead_at_most_ten_percent(kw):
+    with_si = summary(build_model("si_resnet_w1a1", **kw))["total_params"]
+    without = summary(build_model("resnet_w1a1", **kw))["total_params"]
+    assert with_si > without
+    assert with_si <= 1.10 * without, (with_si, without)
+
+
+def test_si_params_counted_per_block():
+    s = summary(build_model("si_resnet_w1a1"))
+    assert s["si_params"] > 0
+    assert s["si_params"] == sum(b["si"] for b in s["blocks"])
+    plain = summary(build_model("resnet_w1a1"))
+    assert s["total_params"] - s["si_params"] == plain["total_params"]
+
+
+def test_overrides_change_the_network():
+    spec = resolve_spec("si_resnet_w1a1", dataset="cifar10", width=8, depth=[1, 2], r=2)
+    assert spec.input_shape == (3, 32, 32) and spec.width == 8 and spec.depth == (1, 2)
+    m = build_model("si_resnet_w1a1", width=8, depth=[1, 2], r=2)
+    assert len(m.blocks) == 3
+    assert m.blocks[0].si.squeeze.out_channels == 4
+
+
+def _quant_layers(model):
+    return [m for m in model.modules() if isinstance(m, qnn.QuantIdentity)]
+
+
+def test_student_activations_lie_on_their_grids():
+    model = build_model("si_resnet_w1a1", si_act_bits=2).eval()
+    seen = []
+
+    def hook(mod, args, out):
+        q = mod.act_quant
+        bits, scale = int(q.bit_width()), float(q.scale())
+        z = out / scale
+        assert torch.equal(z, torch.round(z)), "off the grid"
+        if bits == 1:
+            assert set(torch.unique(out).tolist()) <= {-1.0, 1.0}
+        else:
+            signed = bool(q.is_signed) if hasattr(q, "is_signed") else True
+            lo = -(2 ** (bits - 1)) if signed else 0
+            hi = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+            assert lo <= z.min() and z.max() <= hi
+        seen.append(bits)
+
+    hooks = [m.register_forward_hook(hook) for m in _quant_layers(model)]
+    with torch.no_grad():
+        _, taps = model.forward_taps(torch.rand(4, 1, 28, 28))
+    for h in hooks:
+        h.remove()
+    assert {1, 2, 4, 8} <= set(seen)
+    for name, t in taps.items():
+        z = t / 0.5  # the default residual grid: 4-bit, step 2**-1
+        assert torch.equal(z, torch.round(z)) and z.min() >= -8 and z.max() <= 7, name
+
+
+def test_every_weight_layer_is_binary_by_default():
+    model = build_model("si_resnet_w1a1")
+    layers = [m for m in model.modules() if isinstance(m, (qnn.QuantConv2d, qnn.QuantLinear))]
+    assert layers
+    for m in layers:
+        assert int(m.quant_weight().bit_width) == 1
+        assert set(torch.unique(m.quant_weight().value).tolist()) <= {-1.0, 1.0}
+
+
+def test_bipolar_padding_is_minus_one():
+    model = build_model("si_resnet_w1a1").eval()
+    pads = []
+    model.blocks[0].pad.register_forward_hook(lambda m, a, o: pads.append(o))
+    with torch.no_grad():
+        model(torch.rand(1, 1, 28, 28))
+    border = torch.cat([pads[0][..., 0, :].flatten(), pads[0][..., -1, :].flatten()])
+    assert torch.all(border == -1.0)
+
+
+def test_unknown_model_lists_valid_ones():
+    with pytest.raises(UnknownModelError, match="valid models: resnet_w1a1, si_resnet_fp"):
+        build_model("resnet50")
+
+
+def test_unknown_override_key():
+    with pytest.raises(ConfigError, match="unknown override key.*widht"):
+        build_model("si_resnet_w1a1", widht=8)
+
+
+def test_invalid_override_value():
+    with pytest.raises(ConfigError, match="r must be"):
+        build_model("si_resnet_w1a1", r=0)
+
+
+def test_info_cli_prints_si_share():
+    proc = run_cli(["-m", "quant_models", "info", "si_resnet_w1a1", "--set", "dataset=cifar10"])
+    assert proc.returncode == 0, proc.stderr
+    assert "SI overhead vs the same network without SI" in proc.stdout
+    assert "block_0" in proc.stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["info", "nope"], "unknown model 'nope'"),
+    (["info", "si_resnet_w1a1", "--set", "bogus=1"], "unknown override key(s) bogus"),
+    (["info", "si_resnet_w1a1", "--set", "width"], "not KEY=VALUE"),
+])
+def test_info_cli_bad_input(args, needle):
+    assert_one_line_error(run_cli(["-m", "quant_models", *args]), needle)
