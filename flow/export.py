@@ -146,6 +146,13 @@ def load_qonnx(path: str | Path):
     has_quant = any(n.op_type in ("Quant", "BipolarQuant") for n in proto.graph.node)
     if not has_quant:
         raise UnsupportedGraphError(f"{path} is not a QONNX model (no Quant/BipolarQuant nodes)")
+    from .integerize import SUPPORTED
+
+    bad = [f"{n.op_type} ({n.name or f'node {i}'})" for i, n in enumerate(proto.graph.node)
+           if n.op_type not in SUPPORTED]
+    if bad:
+        raise UnsupportedGraphError(f"{path}: unsupported op(s) {', '.join(bad[:8])}"
+                                    f"{' ...' if len(bad) > 8 else ''}")
     return cleanup_model(ModelWrapper(proto))
 
 

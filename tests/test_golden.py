@@ -1,0 +1,160 @@
+"""The golden model is bit-exact with Brevitas and QONNX, ties included, on our family and on
+Brevitas' own bnn_pynq networks."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from flow.export import export_qonnx_model
+from flow.fuzz import count_ties, random_model, randomize_bn
+from flow.golden import GoldenModel, build_golden, golden_from_qonnx
+from flow.integerize import integerize
+from flow.verify import load_real_images, make_inputs, pixels_to_x, verify
+from quant_models import build_model
+from quant_models.errors import UnsupportedGraphError, VerificationError
+
+
+def _golden_for(model, tmp_path, name="m"):
+    mw = export_qonnx_model(model, tmp_path / f"{name}.onnx", with_taps=True)
+    golden, ir = golden_from_qonnx(mw)
+    return mw, golden, ir
+
+
+@pytest.fixture(scope="module")
+def default_student(tmp_path_factory):
+    """The default-size student with trained-like BatchNorm statistics (seeded)."""
+    torch.manual_seed(1)
+    m = build_model("si_resnet_w1a1")
+    randomize_bn(m, np.random.default_rng(1))
+    m.eval()
+    mw, golden, ir = _golden_for(m, tmp_path_factory.mktemp("default"))
+    return m, mw, golden, ir
+
+
+def test_default_student_exact_on_random_extreme_and_real_images(default_student):
+    m, mw, golden, _ = default_student
+    px = make_inputs((28, 28, 1), 48, seed=3, real=load_real_images(64))
+    rep = verify(golden, px, torch_model=m)
+    assert rep.exact
+    tensors = {c.tensor for c in rep.comparisons}
+    assert {"scores", "logits (float32 bits)", "stem", "block_0"} <= tensors
+    rep = verify(golden, px[:6], qonnx_model=mw)
+    assert rep.exact
+
+
+def test_logits_are_scores_times_scale(default_student):
+    m, _, golden, _ = default_student
+    px = make_inputs((28, 28, 1), 16, seed=4)
+    out = golden.run(px)
+    with torch.no_grad():
+        logits = m(pixels_to_x(px)).numpy()
+    assert out["scores"].dtype == np.int32
+    prod = out["scores"].astype(np.float32) * np.float32(golden.scale)
+    assert np.array_equal(prod, logits)
+    assert np.array_equal(out["top1"], logits.argmax(1))
+
+
+def test_reference_uses_only_default_domain_ops(default_student):
+    proto = default_student[2].proto
+    assert {n.domain for n in proto.graph.node} <= {""}
+    assert all(o.domain in ("", "ai.onnx") for o in proto.opset_import)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    inp = sess.get_inputs()[0]
+    assert inp.type == "tensor(uint8)" and inp.shape[1:] == [28, 28, 1]  # NHWC pixels
+
+
+def test_taps_exposed_as_integer_outputs(default_student):
+    golden = default_student[2]
+    assert golden.tap_names == default_student[0].tap_names
+    out = golden.run(make_inputs((28, 28, 1), 2, seed=0))
+    for tap in golden.tap_names:
+        assert out[tap].dtype == np.int32
+        assert out[tap].min() >= -8 and out[tap].max() <= 7  # 4-bit residual grid
+
+
+@pytest.mark.parametrize("seed", [0, 1, 6])
+@pytest.mark.parametrize("ties", [False, True])
+def test_random_topologies(seed, ties, tmp_path):
+    m, arch, kw = random_model(seed, ties=ties)
+    mw, golden, _ = _golden_for(m, tmp_path)
+    px = make_inputs((kw["input_size"], kw["input_size"], kw["in_channels"]), 60, seed)
+    assert verify(golden, px, torch_model=m, qonnx_model=mw if seed == 0 else None).exact
+
+
+def test_tie_models_really_hit_ties_and_half_up_rounding_would_fail():
+    """The tie fixture is not vacuous: quantizer inputs land on n + 0.5, where FINN's
+    ``(k - 0.5) * s`` thresholds (ties up) disagree with Brevitas (ties to even)."""
+    m, _, kw = random_model(1, ties=True)
+    px = make_inputs((kw["input_size"], kw["input_size"], kw["in_channels"]), 20, 1)
+    counts = count_ties(m, pixels_to_x(px))
+    assert counts["multi_bit"] > 100 and counts["bipolar"] > 0
+    y = torch.tensor([0.5, 1.5, 2.5, -0.5])
+    assert not torch.equal(torch.round(y), torch.floor(y + 0.5))
+
+
+def test_mismatch_names_tensor_and_index(default_student, tmp_path):
+    m, _, golden, ir = default_student
+    node = next(n for n in ir.nodes if n.op == "threshold" and n.source.startswith("Quant"))
+    saved = node.attrs["thresholds"].copy()
+    try:
+        node.attrs["thresholds"] = saved + 1000  # a broken stage: every level unreachable
+        broken = GoldenModel(None, build_golden(ir))
+    finally:
+        node.attrs["thresholds"] = saved
+    with pytest.raises(VerificationError, match=r"tensor \S+ differs at index \[.*expected .*got"):
+        verify(broken, make_inputs((28, 28, 1), 4, 0), torch_model=m)
+
+
+def test_unsupported_op_is_named(tmp_path):
+    m = build_model("si_resnet_w1a1", width=4, depth=[1]).eval()
+    mw = export_qonnx_model(m, tmp_path / "m.onnx")
+    node = next(n for n in mw.graph.node if n.op_type == "ReduceSum")
+    node.op_type = "ReduceMax"
+    node.name = "the_pool"
+    with pytest.raises(UnsupportedGraphError, match=r"ReduceMax \(the_pool\)"):
+        integerize(mw)
+
+
+@pytest.mark.parametrize("net,shape", [("tfc_1w1a", (1, 1, 28, 28)), ("cnv_1w1a", (1, 3, 32, 32))])
+def test_brevitas_bnn_pynq_networks(net, shape, tmp_path):
+    from brevitas_examples.bnn_pynq.models import model_with_cfg
+
+    torch.manual_seed(0)
+    m, _ = model_with_cfg(net, pretrained=False)
+    randomize_bn(m, np.random.default_rng(0))
+    m.eval()
+    mw = export_qonnx_model(m, tmp_path / f"{net}.onnx", input_shape=shape)
+    golden, _ = golden_from_qonnx(mw)
+    px = make_inputs((shape[2], shape[3], shape[1]), 24, 0)
+    assert verify(golden, px, torch_model=m).exact
+    assert verify(golden, px[:3], qonnx_model=mw).exact
+    assert {n.domain for n in golden.proto.graph.node} <= {""}
+
+
+@pytest.mark.slow
+def test_fuzz_fifty_topologies_two_hundred_inputs(tmp_path):
+    """>= 50 random topologies x 200 inputs (ties in half of them); QONNX on every 10th."""
+    n_top = 0
+    for seed in range(100, 150):
+        ties = seed % 2 == 0
+        m, _, kw = random_model(seed, ties=ties)
+        mw, golden, _ = _golden_for(m, tmp_path, f"t{seed}")
+        px = make_inputs((kw["input_size"], kw["input_size"], kw["in_channels"]), 200, seed)
+        assert verify(golden, px, torch_model=m).exact
+        if seed % 10 == 0:
+            assert verify(golden, px[:20], qonnx_model=mw).exact
+        n_top += 1
+    assert n_top == 50
+
+
+def test_golden_model_file_round_trip(default_student, tmp_path):
+    golden = default_student[2]
+    onnx.save(golden.proto, str(tmp_path / "reference.onnx"))
+    g2 = GoldenModel.load(tmp_path / "reference.onnx")
+    px = make_inputs((28, 28, 1), 4, 0)
+    assert all(np.array_equal(a, b) for a, b in zip(golden.run(px).values(), g2.run(px).values()))
+    assert g2.scale == golden.scale
