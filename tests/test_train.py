@@ -1,0 +1,266 @@
+"""Training: config handling, a digits smoke run, exact resume, DDP on CPU, and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from quant_models import build_model, load_checkpoint, save_checkpoint
+from quant_models.errors import ConfigError, OutputDirError
+from quant_models.train import build_config, load_config, train
+from quant_models.train.cli import main as train_main
+from quant_models.train.config import TapNorm, to_dict
+from quant_models.train.losses import block_mse, logit_kd, normalise_tap
+
+REPO = Path(__file__).resolve().parents[1]
+TIME_KEYS = ("epoch_time_s", "step_time_s", "train_time_s")
+
+
+def tiny(out_dir, **top) -> dict:
+    """A two-stage digits experiment that trains in seconds."""
+    d = {
+        "experiment": "tiny", "out_dir": str(out_dir), "seed": 0, "num_threads": 1,
+        "progress": False,
+        "data": {"name": "digits", "val_size": 300, "train_subset": 512},
+        "model": {"width": 8, "depth": [1, 1]},
+        "eval_batch_size": 400,
+        "stages": [
+            {"name": "teacher", "student": "si_resnet_fp", "epochs": 3, "lr": 0.01,
+             "batch_size": 64},
+            {"name": "student", "student": "si_resnet_w1a1", "teacher": "teacher",
+             "init_from": "teacher", "epochs": 2, "lr": 0.005, "batch_size": 64,
+             "loss_weights": {"ce": 1.0, "kd": 1.0, "temperature": 2.0, "block": 1.0}},
+        ],
+    }
+    d.update(top)
+    return d
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def strip_time(rs: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in TIME_KEYS} for r in rs]
+
+
+def run_cli(capsys, *argv) -> tuple[int, str]:
+    rc = train_main([str(a) for a in argv])
+    return rc, capsys.readouterr().err
+
+
+# -- losses ---------------------------------------------------------------------------------------
+
+def test_losses_are_scale_free_and_zero_at_match():
+    torch.manual_seed(0)
+    t = torch.randn(4, 8, 5, 5)
+    for how in TapNorm:
+        n = normalise_tap(t, how)
+        assert torch.allclose(n.norm(dim=1), torch.ones(4))
+        assert float(block_mse({"a": 7 * t}, {"a": t}, {"a": 1.0}, how)) < 1e-10
+        assert float(block_mse({"a": -t}, {"a": t}, {"a": 1.0}, TapNorm.L2)) == pytest.approx(4.0)
+    logits = torch.randn(4, 10)
+    assert float(logit_kd(logits, logits, 4.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(logit_kd(logits, -logits, 4.0)) > 0
+
+
+# -- config ---------------------------------------------------------------------------------------
+
+def test_config_roundtrip_and_overrides(tmp_path):
+    cfg = build_config(tiny(tmp_path), [("stages.student.epochs", 5), ("stages.*.lr", 0.1),
+                                        ("data.hflip", True)])
+    assert cfg.stage("student").epochs == 5 and cfg.stage("teacher").lr == 0.1
+    assert cfg.data.hflip is True
+    assert to_dict(build_config(to_dict(cfg))) == to_dict(cfg)
+    shipped = load_config(REPO / "configs" / "fmnist_si_resnet.yaml")
+    assert [s.name for s in shipped.stages] == ["teacher", "student"]
+    assert shipped.stage("student").loss_weights.block > 0
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("stages.teacher.lrr", 1, "unknown key.*lrr"),
+    ("data.nmae", "x", "unknown key.*nmae"),
+    ("stages.teacher.epochs", "three", "expected an integer"),
+    ("stages.student.teacher", "nobody", "neither an earlier stage"),
+    ("stages.student.loss_weights.kdd", 1, "unknown key.*kdd"),
+    ("stages.teacher.optimizer", "lion", "not one of"),
+    ("model.widht", 4, "unknown model key"),
+    ("stages.ghost.epochs", 1, "no stage named"),
+])
+def test_config_errors(tmp_path, key, value, match):
+    with pytest.raises(ConfigError, match=match):
+        build_config(tiny(tmp_path), [(key, value)])
+
+
+def test_teacher_must_be_fp_twin(tmp_path):
+    d = tiny(tmp_path)
+    d["stages"][0]["student"] = "resnet_w1a1"
+    with pytest.raises(ConfigError, match="teacher of si_resnet_w1a1 is 'si_resnet_fp'"):
+        build_config(d)
+
+
+# -- training -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    results = train(build_config(tiny(out)), log=lambda *_: None)
+    return out / "tiny", results
+
+
+def test_smoke_loss_falls(tiny_run):
+    run, results = tiny_run
+    teacher = rows(run / "teacher" / "metrics.jsonl")
+    student = rows(run / "student" / "metrics.jsonl")
+    assert [r["epoch"] for r in teacher[:-1]] == [1, 2, 3] and teacher[-1]["final"]
+    assert teacher[2]["train_loss"] < teacher[0]["train_loss"]
+    assert teacher[2]["val_acc"] > 30.0  # chance is 10 %
+    assert student[1]["train_loss"] < student[0]["train_loss"]
+    assert {"train_ce", "train_kd", "train_block"} <= set(student[0])
+    assert results["student"]["test_acc"] == student[-1]["test_acc"]
+
+
+def test_run_directory_contents(tiny_run):
+    run, _ = tiny_run
+    resolved = yaml.safe_load((run / "config.yaml").read_text())
+    assert resolved["stages"][1]["loss_weights"]["tap_norm"] == "l2"
+    assert json.loads((run / "results.json").read_text()).keys() == {"teacher", "student"}
+    ck = load_checkpoint(run / "student" / "last.pt", expected_arch="si_resnet_w1a1")
+    assert ck["epoch"] == 2 and ck["optimizer"] is not None
+    model = build_model("si_resnet_w1a1", pretrained=run / "student" / "final.pt")
+    assert not model.training and model.spec.width == 8
+    assert not list((run / "student").glob("*.tmp"))
+
+
+def test_resume_is_exact(tmp_path):
+    """Interrupt after student epoch 1 (of 2), resume, and compare with an uninterrupted run."""
+    full = train(build_config(tiny(tmp_path / "a")), log=lambda *_: None)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_student_epoch_1(msg):
+        if msg.startswith("[student] epoch 1/"):
+            raise Stop
+
+    cfg_b = build_config(tiny(tmp_path / "b"))
+    with pytest.raises(Stop):
+        train(cfg_b, log=stop_after_student_epoch_1)
+    assert not (tmp_path / "b/tiny/student/final.pt").exists()
+    resumed = train(cfg_b, resume=True, log=lambda *_: None)
+
+    assert strip_time([resumed["student"]]) == strip_time([full["student"]])
+    a, b = tmp_path / "a/tiny/student", tmp_path / "b/tiny/student"
+    assert strip_time(rows(a / "metrics.jsonl")) == strip_time(rows(b / "metrics.jsonl"))
+    sa = load_checkpoint(a / "final.pt")["state_dict"]
+    sb = load_checkpoint(b / "final.pt")["state_dict"]
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_resume_other_config_is_one_line_error(tmp_path, capsys):
+    cfg_path = tmp_path / "c.yaml"
+    d = tiny(tmp_path / "runs")
+    d["stages"] = d["stages"][:1]
+    d["stages"][0]["epochs"] = 1
+    d["data"]["train_subset"] = 128
+    cfg_path.write_text(yaml.safe_dump(d))
+    assert run_cli(capsys, "--config", cfg_path)[0] == 0
+    rc, err = run_cli(capsys, "--config", cfg_path)
+    assert rc == 2 and "--resume" in err and err.count("\n") == 1
+    rc, err = run_cli(capsys, "--config", cfg_path, "--resume", "--set", "seed=1")
+    assert rc == 2 and err.count("\n") == 1
+    assert "another config" in err and "seed" in err
+    # a runtime-only key may change on resume; the completed stage is not retrained
+    rc, err = run_cli(capsys, "--config", cfg_path, "--resume", "--set", "num_threads=2")
+    assert rc == 0, err
+
+
+def test_ddp_two_processes(tmp_path):
+    d = tiny(tmp_path / "runs")
+    d["data"]["train_subset"] = 256
+    d["stages"][0]["epochs"] = 1
+    d["stages"][1]["epochs"] = 1
+    cfg_path = tmp_path / "ddp.yaml"
+    cfg_path.write_text(yaml.safe_dump(d))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "quant_models.train.cli", "--config", str(cfg_path)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=240,
+                          env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "runs" / "tiny"
+    ck = load_checkpoint(run / "student" / "last.pt")
+    assert ck["resume"]["world"] == 2
+    m = rows(run / "student" / "metrics.jsonl")
+    assert m[0]["epoch"] == 1 and m[-1]["final"] and 0 <= m[-1]["test_acc"] <= 100
+
+
+# -- bad input ------------------------------------------------------------------------------------
+
+def test_bad_yaml(tmp_path, capsys):
+    p = tmp_path / "bad.yaml"
+    p.write_text("experiment: x\nstages: [1, 2\n")
+    rc, err = run_cli(capsys, "--config", p)
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1
+    assert "not valid YAML" in err and "line" in err
+
+
+def test_missing_config_and_unknown_key(tmp_path, capsys):
+    rc, err = run_cli(capsys, "--config", tmp_path / "nope.yaml")
+    assert rc == 2 and "does not exist" in err
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(tiny(tmp_path)))
+    rc, err = run_cli(capsys, "--config", p, "--set", "stages.teacher.lrr=0.1")
+    assert rc == 2 and err.count("\n") == 1 and "lrr" in err
+    rc, err = run_cli(capsys, "--config", p, "--set", "nonsense")
+    assert rc == 2 and "KEY=VALUE" in err
+
+
+def test_wrong_arch_teacher_checkpoint(tmp_path, capsys):
+    wrong = tmp_path / "wrong.pt"
+    save_checkpoint(wrong, build_model("resnet_w1a1", dataset="digits", width=8, depth=[1, 1]))
+    d = tiny(tmp_path / "runs")
+    d["stages"] = [{**d["stages"][1], "teacher": str(wrong), "init_from": None}]
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(d))
+    rc, err = run_cli(capsys, "--config", p)
+    assert rc == 2 and err.count("\n") == 1
+    assert "'resnet_w1a1' checkpoint, not 'si_resnet_fp'" in err
+    assert not (tmp_path / "runs").exists()  # failed before anything was written
+
+
+def test_teacher_of_other_geometry(tmp_path, capsys):
+    other = tmp_path / "wide.pt"
+    save_checkpoint(other, build_model("si_resnet_fp", dataset="digits", width=16, depth=[1, 1]))
+    d = tiny(tmp_path / "runs")
+    d["stages"] = [{**d["stages"][1], "teacher": str(other), "init_from": None}]
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(d))
+    rc, err = run_cli(capsys, "--config", p)
+    assert rc == 2 and "does not match the student (width 16 vs 8)" in err
+
+
+def test_missing_data_dir(tmp_path, capsys):
+    p = tmp_path / "c.yaml"
+    d = tiny(tmp_path / "runs")
+    d["data"] = {"name": "fmnist"}
+    p.write_text(yaml.safe_dump(d))
+    rc, err = run_cli(capsys, "--config", p, "--data-dir", tmp_path / "nowhere")
+    assert rc == 2 and err.count("\n") == 1
+    assert "does not exist" in err and "apt-get install dataset-fashion-mnist" in err
+
+
+def test_existing_run_without_resume_is_refused(tmp_path):
+    d = tiny(tmp_path)
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "config.yaml").write_text(yaml.safe_dump(d))
+    with pytest.raises(OutputDirError, match="already holds a run"):
+        train(build_config(d))
+    with pytest.raises(OutputDirError, match="no run to resume"):
+        train(build_config(tiny(tmp_path / "fresh")), resume=True)
