@@ -171,7 +171,10 @@ def test_resume_other_config_is_one_line_error(tmp_path, capsys):
     d["stages"][0]["epochs"] = 1
     d["data"]["train_subset"] = 128
     cfg_path.write_text(yaml.safe_dump(d))
-    assert run_cli(capsys, "--config", cfg_path)[0] == 0
+    assert run_cli(capsys, "--config", cfg_path, "--export", tmp_path / "m" / "exp.pt")[0] == 0
+    exported = build_model("si_resnet_fp", pretrained=tmp_path / "m" / "exp.pt")
+    assert not exported.training
+    assert load_checkpoint(tmp_path / "m" / "exp.pt")["optimizer"] is None
     rc, err = run_cli(capsys, "--config", cfg_path)
     assert rc == 2 and "--resume" in err and err.count("\n") == 1
     rc, err = run_cli(capsys, "--config", cfg_path, "--resume", "--set", "seed=1")

@@ -10,24 +10,49 @@ Three layers (qonnx style): :func:`~quant_models.train.engine.train` works on a 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch.distributed as dist
 
 from ..errors import cli_errors
-from .config import load_config, parse_set
-from .engine import train
+from .config import TrainConfig, load_config, parse_set
+from .engine import stage_dir, train
+
+
+def export_final(cfg: TrainConfig, dest: str | Path) -> Path:
+    """Copy the last stage's ``final.pt`` (model only, self-describing) to ``dest`` atomically."""
+    src = stage_dir(cfg, cfg.stages[-1].name) / "final.pt"
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return dest
 
 
 def train_file(config: str | Path, sets: list[str] = (), *, resume: bool = False,
-               data_dir: str | None = None, out_dir: str | None = None) -> dict[str, dict]:
-    """Load ``config`` (YAML), apply ``--set`` overrides and train; returns per-stage metrics."""
+               data_dir: str | None = None, out_dir: str | None = None,
+               export: str | Path | None = None) -> dict[str, dict]:
+    """Load ``config`` (YAML), apply ``--set`` overrides and train; returns per-stage metrics.
+    With ``export``, the last stage's model is copied there (e.g. into quant_models/pretrained)."""
     overrides = parse_set(list(sets))
     if data_dir is not None:
         overrides.append(("data.data_dir", data_dir))
     if out_dir is not None:
         overrides.append(("out_dir", out_dir))
-    return train(load_config(config, overrides), resume=resume)
+    cfg = load_config(config, overrides)
+    results = train(cfg, resume=resume)
+    if export is not None and (not dist.is_initialized() or dist.get_rank() == 0):
+        export_final(cfg, export)
+    return results
 
 
 @cli_errors
@@ -40,12 +65,14 @@ def main(argv: list[str] | None = None) -> int:
                         "(stages.*.KEY sets it in every stage); repeatable")
     p.add_argument("--data-dir", help="dataset directory (same as --set data.data_dir=...)")
     p.add_argument("--out-dir", help="root of the run directories (same as --set out_dir=...)")
+    p.add_argument("--export", metavar="PATH",
+                   help="copy the last stage's final model (no optimizer state) to PATH")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in <out_dir>/<experiment> exactly where it stopped")
     args = p.parse_args(argv)
     try:
         train_file(args.config, args.sets, resume=args.resume, data_dir=args.data_dir,
-                   out_dir=args.out_dir)
+                   out_dir=args.out_dir, export=args.export)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

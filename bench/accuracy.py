@@ -1,0 +1,232 @@
+"""Accuracy ablation on the Fashion-MNIST test set, and the cost of a distillation step.
+
+Variants (all trained for the same epochs, each with every seed):
+
+=============  ================  ==========================  =======================
+variant        model             loss                        teacher
+=============  ================  ==========================  =======================
+teacher        si_resnet_fp      CE                          -
+plain          resnet_w1a1       CE                          -
+kd             resnet_w1a1       CE + logit KD               teacher (same seed)
+si_kd          si_resnet_w1a1    CE + logit KD               teacher (same seed)
+full           si_resnet_w1a1    CE + logit KD + block MSE   teacher (same seed)
+=============  ================  ==========================  =======================
+
+Hyper-parameters (optimizer, lr, batch, loss weights, temperature) come from the shipped recipe
+``configs/fmnist_si_resnet.yaml``; only epochs, seeds and the training subset change here. By
+default every student starts from its teacher's weights, as the recipe does (``--student-init
+scratch`` starts them fresh). Model selection is never done on the test set; the numbers are the
+last epoch's.
+
+The step-cost ratio is measured in one process: a distillation step (frozen teacher forward +
+student forward with taps + CE/KD/block loss + backward + Adam) against a plain CE step of the same
+student, interleaved, same batch, median of ``--cost-steps`` each.
+
+    python -m bench.accuracy --epochs 1 --train-subset 6400 --seeds 0 1   # what fits a CPU hour
+    python -m bench.accuracy --quick                                       # the same, shorter
+    python -m bench.accuracy --cost-only
+
+Results: ``bench/results/accuracy.json`` and ``accuracy.md``, rewritten after every finished
+variant, with exactly what was run (epochs, seeds, subset, threads) and ``complete: false`` until
+all variants of all seeds are done.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import write_results
+from quant_models import build_model, load_checkpoint
+from quant_models.train.config import build_config, load_yaml, to_dict
+from quant_models.train.engine import exp_dir, train
+from quant_models.train.losses import distillation_loss, resolve_tap_weights
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "configs" / "fmnist_si_resnet.yaml"
+
+VARIANTS = {
+    "teacher": ("si_resnet_fp", "FP teacher (si_resnet_fp), CE"),
+    "plain": ("resnet_w1a1", "W1A1 plain (resnet_w1a1), CE"),
+    "kd": ("resnet_w1a1", "W1A1 + logit KD"),
+    "si_kd": ("si_resnet_w1a1", "W1A1 + SI + logit KD"),
+    "full": ("si_resnet_w1a1", "W1A1 + SI + logit KD + block-wise KD (full)"),
+}
+
+
+def ablation_config(seed: int, epochs: int, train_subset: int | None, student_init: str,
+                    runs_dir: str, data_dir: str | None, threads: int):
+    """One experiment per seed: the teacher stage, then the four students."""
+    recipe = load_yaml(RECIPE)
+    t_stage = next(s for s in recipe["stages"] if s["name"] == "teacher")
+    s_stage = next(s for s in recipe["stages"] if s["name"] == "student")
+    lw = dict(s_stage["loss_weights"])
+    losses = {"plain": {"ce": lw["ce"]},
+              "kd": {"ce": lw["ce"], "kd": lw["kd"], "temperature": lw["temperature"]},
+              "si_kd": {"ce": lw["ce"], "kd": lw["kd"], "temperature": lw["temperature"]},
+              "full": lw}
+    stages = [{**t_stage, "epochs": epochs}]
+    for name, loss in losses.items():
+        st = {**s_stage, "name": name, "student": VARIANTS[name][0], "epochs": epochs,
+              "loss_weights": loss,
+              "teacher": "teacher" if ("kd" in loss or "block" in loss) else None,
+              "init_from": "teacher" if student_init == "teacher" else None}
+        stages.append(st)
+    sub = f"_n{train_subset}" if train_subset else ""
+    data = {**recipe["data"], "train_subset": train_subset}
+    if data_dir:
+        data["data_dir"] = data_dir
+    d = {**recipe, "experiment": f"ablation_e{epochs}{sub}_{student_init}_s{seed}",
+         "out_dir": runs_dir, "seed": seed, "stages": stages, "data": data,
+         "num_threads": threads, "progress": False}
+    return build_config(d)
+
+
+def step_cost(steps: int, batch: int, data_dir: str | None) -> dict:
+    """Median seconds of a distillation step and of a plain CE step of the same student."""
+    from quant_models.data import load_splits
+
+    torch.manual_seed(0)
+    try:
+        x = load_splits("fmnist", data_dir).train.x[:batch]
+        source = "fmnist"
+    except Exception:  # noqa: BLE001 - any missing data: time on uniform random pixels instead
+        x = torch.randint(0, 256, (batch, 1, 28, 28)).float() / 255
+        source = "random pixels"
+    y = torch.randint(0, 10, (batch,))
+    recipe = build_config(load_yaml(RECIPE))
+    lw_full = recipe.stage("student").loss_weights
+    lw_ce = type(lw_full)(ce=1.0)
+    student = build_model("si_resnet_w1a1", dataset="fmnist", **recipe.model)
+    teacher = build_model("si_resnet_fp", dataset="fmnist", **recipe.model).eval()
+    tap_w = resolve_tap_weights(lw_full, student.tap_names)
+    opt = torch.optim.Adam(student.parameters(), 1e-4)
+
+    def plain():
+        logits, taps = student.forward_taps(x)
+        loss, _ = distillation_loss(logits, taps, y, lw_ce, tap_w)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    def distil():
+        with torch.no_grad():
+            t_logits, t_taps = teacher.forward_taps(x)
+        logits, taps = student.forward_taps(x)
+        loss, _ = distillation_loss(logits, taps, y, lw_full, tap_w, t_logits, t_taps)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    student.train()
+    plain(), distil()  # warm-up
+    tp, td = [], []
+    for _ in range(steps):
+        for fn, acc in ((plain, tp), (distil, td)):
+            t0 = time.perf_counter()
+            fn()
+            acc.append(time.perf_counter() - t0)
+    p, d = statistics.median(tp), statistics.median(td)
+    return {"batch": batch, "steps_each": steps, "inputs": source,
+            "threads": torch.get_num_threads(), "plain_step_s": round(p, 4),
+            "distill_step_s": round(d, 4), "ratio": round(d / p, 3), "goal_ratio_max": 1.6}
+
+
+def summarise(per_seed: dict, seeds: list[int]) -> dict:
+    out = {}
+    for v in VARIANTS:
+        accs = [per_seed[s][v]["test_acc"] for s in seeds if v in per_seed.get(s, {})]
+        if accs:
+            out[v] = {"test_acc_mean": round(statistics.fmean(accs), 2),
+                      "test_acc_std": round(statistics.pstdev(accs), 2) if len(accs) > 1 else None,
+                      "seeds_done": len(accs)}
+    return out
+
+
+def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None) -> list[list[str]]:
+    rows = [["variant", *[f"seed {s} test %" for s in seeds], "mean %", "vs previous row"]]
+    prev = None
+    for v, (_, label) in VARIANTS.items():
+        if v not in summary:
+            continue
+        cells = [f"{per_seed[s][v]['test_acc']:.2f}" if v in per_seed.get(s, {}) else "-"
+                 for s in seeds]
+        mean = summary[v]["test_acc_mean"]
+        delta = "" if prev is None or v == "plain" else f"{mean - prev:+.2f}"
+        rows.append([label, *cells, f"{mean:.2f}", delta])
+        prev = mean
+    if cost:
+        rows.append([f"distillation step / plain step (batch {cost['batch']})",
+                     *[""] * len(seeds), f"{cost['ratio']:.3f}x", "goal <= 1.6x"])
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--epochs", type=int, default=4, help="epochs of every variant")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--train-subset", type=int, default=None,
+                   help="train on the first N training images (default: all 55,000)")
+    p.add_argument("--quick", action="store_true",
+                   help="--epochs 1 --train-subset 6400 (minutes per variant on one core)")
+    p.add_argument("--student-init", choices=["teacher", "scratch"], default="teacher")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--runs-dir", default=str(REPO / "runs"))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--cost-steps", type=int, default=10)
+    p.add_argument("--cost-only", action="store_true", help="only measure the step-cost ratio")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.epochs, args.train_subset = 1, 6400
+    torch.set_num_threads(args.threads)
+
+    cost = step_cost(args.cost_steps, 256, args.data_dir)
+    print(f"step cost: distill {cost['distill_step_s']}s / plain {cost['plain_step_s']}s "
+          f"= {cost['ratio']}x")
+    run = {"epochs": args.epochs, "seeds": args.seeds, "train_subset": args.train_subset,
+           "student_init": args.student_init, "threads": args.threads, "recipe": str(RECIPE.name),
+           "dataset": "fmnist", "evaluated_on": "fmnist test set (10,000), last epoch"}
+    per_seed: dict[int, dict] = {}
+    configs = {}
+
+    def save(complete: bool) -> None:
+        summary = summarise(per_seed, args.seeds)
+        data = {"complete": complete, "run": run, "step_cost": cost, "summary": summary,
+                "per_seed": {str(s): r for s, r in per_seed.items()},
+                "configs": {str(s): c for s, c in configs.items()}}
+        write_results("accuracy", data, table(summary, per_seed, args.seeds, cost))
+
+    save(complete=False)
+    if args.cost_only:
+        return 0
+    for seed in args.seeds:
+        cfg = ablation_config(seed, args.epochs, args.train_subset, args.student_init,
+                              args.runs_dir, args.data_dir, args.threads)
+        configs[seed] = to_dict(cfg)
+        resume = (exp_dir(cfg) / "config.yaml").exists()
+        per_seed[seed] = {}
+
+        def log(msg: str, seed=seed, cfg=cfg) -> None:
+            print(f"[seed {seed}] {msg}", flush=True)
+            if msg.endswith("%") and " done: " in msg:
+                stage = msg[1:msg.index("]")]
+                m = load_checkpoint(exp_dir(cfg) / stage / "final.pt")["metrics"]
+                per_seed[seed][stage] = {k: m[k] for k in ("test_acc", "val_acc", "epochs",
+                                                           "train_time_s")}
+                save(complete=False)
+
+        results = train(cfg, resume=resume, log=log)
+        per_seed[seed] = {k: {m: v[m] for m in ("test_acc", "val_acc", "epochs", "train_time_s")}
+                          for k, v in results.items()}
+        save(complete=False)
+    save(complete=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
