@@ -75,9 +75,19 @@ def _emit_float_op(e: _Emitter, x: str, op: FloatOp, rank: int) -> str:
     raise AssertionError(k)
 
 
-def build_golden(ir: IntegerIR, *, primary: str | None = None) -> onnx.ModelProto:
+def build_golden(ir: IntegerIR, *, primary: str | None = None,
+                 thresholds: str = "table") -> onnx.ModelProto:
     """Emit the golden ONNX model of ``ir``. ``primary`` names the logits output (default: the
-    first QONNX output)."""
+    first QONNX output).
+
+    ``thresholds`` picks how a multi-level threshold node ``q = base + step * sum_k [x >= t_k]``
+    is computed: ``"compare"`` broadcasts the K comparisons and sums them; ``"table"`` (default,
+    several times faster) tabulates that same sum once, at build time, for every integer of the
+    input's proven range and looks it up with ``Gather``. Both are exact and are tested equal;
+    single-threshold (bipolar) nodes are always one comparison.
+    """
+    if thresholds not in ("table", "compare"):
+        raise ValueError(f"thresholds must be 'table' or 'compare', not {thresholds!r}")
     e = _Emitter()
     shapes = {n: t.shape for n, t in ir.tensors.items()}
     N = "N"
@@ -97,19 +107,7 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None) -> onnx.ModelProt
         elif nd.op == "matmul":
             e.node("MatMul", [nd.inputs[0], e.const(a["weight"], "w")], nd.output)
         elif nd.op == "threshold":
-            thr, d = a["thresholds"], a["direction"]
-            C, K = thr.shape
-            cs = _channel_shape(rank, C)
-            x = nd.inputs[0]
-            if np.any(d != 1):
-                x = e.node("Mul", [x, e.const(d.reshape(cs), "dir")])
-            xu = e.node("Unsqueeze", [x, e.const([-1], "ax", np.int64)])
-            cmp = e.node("GreaterOrEqual", [xu, e.const(thr.reshape(cs + (K,)), "thr")])
-            cnt = e.node("ReduceSum", [e.node("Cast", [cmp], to=TensorProto.FLOAT),
-                                       e.const([-1], "ax", np.int64)], keepdims=0)
-            if a["step"] != 1:
-                cnt = e.node("Mul", [cnt, e.const(np.float32(a["step"]), "step")])
-            e.node("Add", [cnt, e.const(np.float32(a["base"]), "base")], nd.output)
+            _emit_threshold(e, nd, ir.tensors[nd.inputs[0]], rank, thresholds)
         elif nd.op == "clip":
             e.node("Clip", [nd.inputs[0], e.const(np.float32(a["min"]), "lo"),
                             e.const(np.float32(a["max"]), "hi")], nd.output)
@@ -175,6 +173,41 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None) -> onnx.ModelProt
     return model
 
 
+def _emit_threshold(e: _Emitter, nd, src, rank: int, mode: str) -> None:
+    """``q = base + step * sum_k [d_c * x >= t_ck]`` (see :func:`build_golden`)."""
+    a = nd.attrs
+    thr, d = a["thresholds"], a["direction"]
+    C, K = thr.shape
+    cs = _channel_shape(rank, C)
+    base, step = np.float32(a["base"]), np.float32(a["step"])
+    x = nd.inputs[0]
+    if K == 1 and np.all(d == 1):
+        ge = e.node("GreaterOrEqual", [x, e.const(thr.reshape(cs), "thr")])
+        e.node("Where", [ge, e.const(base + step, "hi"), e.const(base, "lo")], nd.output)
+    elif mode == "compare" or K == 1:
+        if np.any(d != 1):
+            x = e.node("Mul", [x, e.const(d.reshape(cs), "dir")])
+        xu = e.node("Unsqueeze", [x, e.const([-1], "ax", np.int64)])
+        cmp = e.node("GreaterOrEqual", [xu, e.const(thr.reshape(cs + (K,)), "thr")])
+        cnt = e.node("ReduceSum", [e.node("Cast", [cmp], to=TensorProto.FLOAT),
+                                   e.const([-1], "ax", np.int64)], keepdims=0)
+        if step != 1:
+            cnt = e.node("Mul", [cnt, e.const(step, "step")])
+        e.node("Add", [cnt, e.const(base, "base")], nd.output)
+    else:
+        # table[c, x - lo_c] = base + step * sum_k [d_c * x >= t_ck] for every integer x of the
+        # input's proven range [lo_c, hi_c]: the same thresholds, evaluated once at build time
+        lo = np.broadcast_to(np.asarray(src.lo), (C,)).astype(np.int64)
+        hi = np.broadcast_to(np.asarray(src.hi), (C,)).astype(np.int64)
+        L = int(np.max(hi - lo)) + 1
+        vals = lo[:, None] + np.arange(L)[None, :]
+        cnt = ((d[:, None, None] * vals[:, :, None]) >= thr[:, None, :]).sum(-1)
+        table = (base + step * cnt).astype(np.float32)  # (C, L)
+        offset = (np.arange(C) * L - lo).astype(np.float32).reshape(cs)
+        idx = e.node("Cast", [e.node("Add", [x, e.const(offset, "off")])], to=TensorProto.INT32)
+        e.node("Gather", [e.const(table.reshape(-1), "table"), idx], nd.output, axis=0)
+
+
 def _chain_is_identity(o) -> bool:
     return all(op.kind == "mul" for op in o.chain)
 
@@ -217,11 +250,14 @@ class GoldenModel:
     def tap_names(self) -> list[str]:
         return [n for n in self.output_names if n not in ("scores", "logits", "top1")]
 
-    def run(self, pixels_nhwc: np.ndarray) -> dict[str, np.ndarray]:
+    def run(self, pixels_nhwc: np.ndarray, outputs: list[str] | None = None
+            ) -> dict[str, np.ndarray]:
+        """Run on uint8 NHWC pixels; ``outputs`` limits what is computed (default: all)."""
         if pixels_nhwc.dtype != np.uint8 or pixels_nhwc.ndim != 4:
             raise ValueError("golden input must be uint8 NHWC pixels")
-        outs = self.session.run(None, {"pixels_nhwc": pixels_nhwc})
-        return dict(zip(self.output_names, outs, strict=True))
+        names = outputs or self.output_names
+        outs = self.session.run(names, {"pixels_nhwc": pixels_nhwc})
+        return dict(zip(names, outs, strict=True))
 
 
 def golden_from_qonnx(qonnx_model, threads: int = 1) -> tuple[GoldenModel, IntegerIR]:

@@ -158,3 +158,22 @@ def test_golden_model_file_round_trip(default_student, tmp_path):
     px = make_inputs((28, 28, 1), 4, 0)
     assert all(np.array_equal(a, b) for a, b in zip(golden.run(px).values(), g2.run(px).values()))
     assert g2.scale == golden.scale
+
+
+@pytest.mark.parametrize("seed", [1, 6])
+def test_threshold_table_equals_comparisons(seed):
+    """The default tabulated thresholds and the literal compare-and-sum form agree exactly."""
+    m, _, kw = random_model(seed, ties=True)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        ir = integerize(export_qonnx_model(m, Path(d) / "m.onnx", with_taps=True))
+    a = GoldenModel(None, build_golden(ir, thresholds="table"))
+    b = GoldenModel(None, build_golden(ir, thresholds="compare"))
+    assert any(n.op_type == "Gather" for n in a.proto.graph.node)
+    assert any(n.op_type == "ReduceSum" for n in b.proto.graph.node)
+    px = make_inputs((kw["input_size"], kw["input_size"], kw["in_channels"]), 50, seed)
+    ra, rb = a.run(px), b.run(px)
+    assert all(np.array_equal(ra[k], rb[k]) for k in ra)
+    assert verify(b, px, torch_model=m).exact

@@ -1,0 +1,30 @@
+"""Shared helpers for benchmarks: results files and machine description."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def machine() -> dict:
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                       time.gmtime())}
+
+
+def write_results(name: str, data: dict, table: list[list[str]]) -> Path:
+    """Write ``results/<name>.json`` and ``results/<name>.md`` (a Markdown table)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    data = {"benchmark": name, "machine": machine(), **data}
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    head, *rows = table
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    md += ["| " + " | ".join(r) + " |" for r in rows]
+    (RESULTS / f"{name}.md").write_text(f"# {name}\n\n" + "\n".join(md) + "\n")
+    return path

@@ -1,0 +1,114 @@
+"""Golden model (ONNX Runtime) throughput against Brevitas eval throughput, same inputs, one run.
+
+Goal: golden >= 5x Brevitas. Both single-threaded (torch.set_num_threads(1), ORT intra_op 1) so the
+ratio measures the implementations, not the thread pools.
+
+    python -m bench.golden_speed [--n 512] [--batch 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bench.common import write_results
+
+
+def _best_of(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def run(n: int = 256, batches: tuple[int, ...] = (1, 64), repeats: int = 3,
+        pretrained: bool | None = None) -> dict:
+    import onnxruntime as ort
+
+    from flow.export import export_qonnx_model
+    from flow.fuzz import randomize_bn
+    from flow.golden import golden_from_qonnx
+    from flow.verify import make_inputs, pixels_to_x, verify
+    from quant_models import build_model
+    from quant_models.registry import get_entry
+
+    torch.set_num_threads(1)
+    if pretrained is None:
+        pretrained = get_entry("si_resnet_w1a1").pretrained is not None
+    if pretrained:
+        model, which = build_model("si_resnet_w1a1", pretrained=True), "shipped si_resnet_w1a1"
+    else:
+        torch.manual_seed(0)
+        model = build_model("si_resnet_w1a1")
+        randomize_bn(model, np.random.default_rng(0))
+        model.eval()
+        which = "si_resnet_w1a1 default size, seeded weights"
+    with tempfile.TemporaryDirectory() as d:
+        mw = export_qonnx_model(model, Path(d) / "m.onnx", with_taps=True)
+        golden, _ = golden_from_qonnx(mw, threads=1)
+    c, h, w = model.spec.input_shape
+    px = make_inputs((h, w, c), n, seed=0)
+    assert verify(golden, px[:64], torch_model=model).exact  # the same function, proven first
+    # deployment session: ORT's default graph optimisations, one thread; its outputs are checked
+    # equal to the deterministic (optimisation-off) session's before timing
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(golden.proto.SerializeToString(), so,
+                                providers=["CPUExecutionProvider"])
+    primary = ["scores", "logits", "top1"]
+    ref = golden.run(px[:64], primary)
+    got = sess.run(primary, {"pixels_nhwc": px[:64]})
+    assert all(np.array_equal(ref[k], v) for k, v in zip(primary, got, strict=True))
+    x = pixels_to_x(px)
+    rows, per_batch = [], {}
+    for batch in batches:
+        m = n if batch > 1 else min(n, 64)
+        chunks = [(px[i:i + batch], x[i:i + batch]) for i in range(0, m, batch)]
+
+        def brevitas(chunks=chunks):
+            with torch.no_grad():
+                for _, xb in chunks:
+                    model(xb)
+
+        def gold(chunks=chunks):
+            for pb, _ in chunks:
+                sess.run(primary, {"pixels_nhwc": pb})
+
+        brevitas()
+        gold()  # warm-up
+        t_b, t_g = _best_of(brevitas, repeats), _best_of(gold, repeats)
+        per_batch[str(batch)] = {"n_images": m, "brevitas_img_per_s": m / t_b,
+                                 "golden_img_per_s": m / t_g, "ratio": t_b / t_g,
+                                 "goal_met": t_b / t_g >= 5.0}
+        rows.append([str(batch), f"{m / t_b:.0f}", f"{m / t_g:.0f}", f"{t_b / t_g:.2f}"])
+    res = {"model": which, "threads": 1, "repeats": repeats, "goal_ratio": 5.0,
+           "per_batch": per_batch,
+           "notes": "best of `repeats`; Brevitas eval in torch, golden = reference.onnx in ONNX "
+                    "Runtime (default optimisations); outputs checked identical first"}
+    write_results("golden_speed", res,
+                  [["batch", "Brevitas img/s", "golden img/s", "golden / Brevitas"], *rows])
+    return res
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=3)
+    a = p.parse_args()
+    r = run(a.n, repeats=a.repeats)
+    for b, v in r["per_batch"].items():
+        print(f"batch {b}: golden {v['golden_img_per_s']:.0f} img/s vs Brevitas "
+              f"{v['brevitas_img_per_s']:.0f} img/s = {v['ratio']:.2f}x "
+              f"(goal >= 5x: {'met' if v['goal_met'] else 'MISSED'})")
+
+
+if __name__ == "__main__":
+    main()
