@@ -142,6 +142,19 @@ def build_model_wrapper(model, cfg: BuildConfig, board: BoardConfig, out_dir: Pa
     return final, records, ctx
 
 
+def _keep_failed(work: Path, final: Path, error: str) -> None:
+    """Keep a failed build as ``<final>.failed`` (with its status file); ``final`` is untouched."""
+    import sys as _sys
+
+    from flow.runner import write_status
+
+    exc = _sys.exc_info()[1]
+    write_status(work, "failed", error=f"{type(exc).__name__}: {exc}" if exc else error)
+    failed = final.with_name(final.name + ".failed")
+    shutil.rmtree(failed, ignore_errors=True)
+    os.replace(work, failed)
+
+
 def _outputs(records, tools, stop_step: str | None) -> dict[str, str]:
     from flow.steps import STEPS
 
@@ -187,6 +200,7 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
                               "build into the same output directory")
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     started = time.time()
+    running = False
     try:
         if cfg.start_step and steps[0].name != STEPS[0].name:
             shutil.copytree(final, work, dirs_exist_ok=True)
@@ -213,6 +227,7 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         pixels = verification_pixels(shape, cfg.verify_inputs, cfg.seed)
         verifier = (verifier_factory or ChainVerifier)(pixels)
         baseline = verifier("export", exported)
+        running = True
         final_model, records, ctx = build_model_wrapper(model, cfg, board, work, tools,
                                                         verifier=verifier, echo=echo)
         summary = report.build_summary(
@@ -227,13 +242,13 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         write_status(work, "ok", model=cfg.model_name, board=board.name,
                      seconds=round(time.time() - started, 2))
     except UserError:
-        shutil.rmtree(work, ignore_errors=True)
+        if not running:  # bad input: leave nothing behind
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        _keep_failed(work, final, "failed")
         raise
     except BaseException as err:
-        failed = final.with_name(final.name + ".failed")
-        write_status(work, "failed", error=f"{type(err).__name__}: {err}")
-        shutil.rmtree(failed, ignore_errors=True)
-        os.replace(work, failed)
+        _keep_failed(work, final, f"{type(err).__name__}: {err}")
         raise
     old = None
     if final.exists():

@@ -130,7 +130,10 @@ def step_streamline(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
     """
     import finn.transformation.streamline.absorb as absorb
     from finn.transformation.streamline.reorder import MakeMaxPoolNHWC
-    from finn.transformation.streamline.streamline_plus import StreamlinePlus
+    from finn.transformation.streamline.streamline_plus import StreamlinePlus as _StreamlinePlus
+
+    def StreamlinePlus():  # noqa: N802 (FINN's name)
+        return T.FixedPoint.from_composed(_StreamlinePlus())
 
     model = model.transform(absorb.AbsorbScalarBiasIntoMultiThreshold())
     model = model.transform(StreamlinePlus())
@@ -142,7 +145,8 @@ def step_streamline(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
     model = model.transform(ComposedTransformation([T.ConvertBipolarToXnor()]))
     model = model.transform(StreamlinePlus())
     rewrites = [T.GlobalSumPoolToAccPool(), T.MovePadBeforeTranspose(),
-                absorb.AbsorbConsecutiveTransposes(), T.AbsorbInputTranspose()]
+                absorb.AbsorbConsecutiveTransposes(), T.MoveTransposeBeforeMultiThreshold(),
+                T.AbsorbInputTranspose()]
     model = model.transform(ComposedTransformation(rewrites))
     model = model.transform(StreamlinePlus())
     model = model.transform(ComposedTransformation(rewrites))

@@ -37,6 +37,49 @@ from qonnx.transformation.infer_datatypes import InferDataTypes
 from qonnx.transformation.infer_shapes import InferShapes
 from qonnx.util.basic import get_by_name
 
+class FixedPoint(Transformation):
+    """Apply each transformation exhaustively, in order; report whether any changed the graph.
+
+    The semantics of qonnx' ``ComposedTransformation`` (and so of FINN's ``StreamlinePlus``, which
+    is a tree of them, reached to a fixed point by ``ModelWrapper.transform``), but the tidy-up
+    (cleanup, unique names, shape and datatype inference) runs only after a transformation that
+    changed something. qonnx runs it after every one, which made streamlining our nets cost minutes.
+    """
+
+    def __init__(self, transformations: list[Transformation]):
+        super().__init__()
+        self.transformations = list(transformations)
+
+    @classmethod
+    def from_composed(cls, t: Transformation) -> Transformation:
+        """Convert a (nested) ``ComposedTransformation`` into the same tree of FixedPoints."""
+        from qonnx.transformation.composed import ComposedTransformation
+
+        if isinstance(t, ComposedTransformation):
+            return cls([cls.from_composed(x) for x in t.transformations])
+        return t
+
+    def apply(self, model: ModelWrapper):
+        from qonnx.transformation.general import GiveReadableTensorNames, GiveUniqueNodeNames
+        from qonnx.transformation.remove import RemoveIdentityOps
+
+        modified = False
+        for t in self.transformations:
+            changed_here = False
+            while True:
+                model, changed = t.apply(model)
+                if not changed:
+                    break
+                changed_here = True
+            if changed_here:
+                modified = True
+                model.cleanup()
+                for tidy in (RemoveIdentityOps(), GiveUniqueNodeNames(),
+                             GiveReadableTensorNames(), InferShapes(), InferDataTypes()):
+                    model = model.transform(tidy)
+        return model, modified
+
+
 OUTPUT_AFFINE_KEY = "sibnn_output_affine"
 """Model metadata key holding the JSON list of removed output ops (op, constant, operand side)."""
 
@@ -459,3 +502,42 @@ class AbsorbInputTranspose(Transformation):
         model.set_tensor_layout(inp.name, ["N", "H", "W", "C"])
         model.set_metadata_prop(INPUT_LAYOUT_KEY, "NHWC")
         return model.transform(InferShapes()), True
+
+
+class MoveTransposeBeforeMultiThreshold(Transformation):
+    """``MultiThreshold(NCHW) -> Transpose(NCHW->NHWC)`` becomes ``Transpose -> MultiThreshold(NHWC)``.
+
+    A per-channel threshold commutes with a layout change; moving the transpose up lets
+    :class:`AbsorbInputTranspose` fold it into the interface when the threshold reads the graph
+    input (Brevitas CNV's 8-bit input quantizer).
+    """
+
+    def apply(self, model: ModelWrapper):
+        for mt in model.graph.node:
+            if mt.op_type != "MultiThreshold":
+                continue
+            inst = getCustomOp(mt)
+            if inst.get_nodeattr("data_layout") not in ("NCHW", ""):
+                continue
+            cons = model.find_consumers(mt.output[0]) or []
+            if len(cons) != 1 or cons[0].op_type != "Transpose" or _perm(cons[0]) != [0, 2, 3, 1]:
+                continue
+            if mt.output[0] in [o.name for o in model.graph.output]:
+                continue
+            tr = cons[0]
+            x, y, z = mt.input[0], mt.output[0], tr.output[0]
+            n, c, h, w = model.get_tensor_shape(x)
+            dt = model.get_tensor_datatype(y)
+            tr.input[0], tr.output[0] = x, y
+            mt.input[0], mt.output[0] = y, z
+            model.set_tensor_shape(y, [n, h, w, c])
+            model.set_tensor_datatype(y, model.get_tensor_datatype(x))
+            model.set_tensor_datatype(z, dt)
+            inst.set_nodeattr("data_layout", "NHWC")
+            nodes = model.graph.node
+            i_mt, i_tr = list(nodes).index(mt), list(nodes).index(tr)
+            nodes.remove(tr)
+            nodes.insert(i_mt, tr)
+            del i_tr
+            return model.transform(InferShapes()), True
+        return model, False

@@ -1,0 +1,42 @@
+"""Every board file loads, speaks FINN's vocabulary and agrees with FINN's own part tables."""
+
+from __future__ import annotations
+
+import pytest
+
+from flow.config import BUDGETED, RESOURCES, ShellFlow, list_boards, load_board
+
+BOARDS = list_boards()
+
+
+def test_the_five_boards_exist():
+    assert {"pynq-z2", "pynq-z1", "ultra96-v2", "zcu104", "kv260"} <= set(BOARDS)
+
+
+@pytest.mark.parametrize("name", BOARDS)
+def test_board_file(name):
+    from finn.util.basic import part_map
+    from finn.util.platforms import platforms
+
+    b = load_board(name)
+    assert b.name == name
+    assert sorted(b.capacity) == sorted(RESOURCES)
+    assert b.shell_flow_type in tuple(ShellFlow)
+    assert b.synth_clk_period_ns > 0
+    assert 0 < b.budget_fraction <= 1
+    # FINN knows the board under this name and maps it to the same part
+    assert part_map[b.board] == b.fpga_part
+    # capacities match FINN's platform model where it has one
+    if b.board in platforms:
+        lut, ff, bram, uram, dsp = platforms[b.board]().compute_resources[0]
+        assert (b.capacity["LUT"], b.capacity["FF"], b.capacity["BRAM_18K"],
+                b.capacity["URAM"], b.capacity["DSP"]) == (lut, ff, bram, uram, dsp)
+    for k in BUDGETED:
+        assert b.budget[k] == int(b.capacity[k] * b.budget_fraction)
+
+
+def test_pynq_z2_is_the_anchor():
+    b = load_board("pynq-z2")
+    assert (b.fpga_part, b.capacity["LUT"], b.capacity["BRAM_18K"], b.capacity["DSP"]) == (
+        "xc7z020clg400-1", 53200, 280, 220)
+    assert b.budget == {"LUT": 42560, "BRAM_18K": 224, "URAM": 0, "DSP": 176}
