@@ -83,6 +83,9 @@ def load_onnx(path: str):
         model = ModelWrapper(str(p))
     except Exception as err:  # onnx raises DecodeError and friends
         raise ConfigError(f"{path} is not a readable ONNX model ({type(err).__name__})") from None
+    from flow.steps import step_check_supported
+
+    step_check_supported(model, None)  # with the file's own node names, before cleanup renames
     return cleanup_model(model)
 
 

@@ -305,8 +305,8 @@ class ConvertBipolarToXnor(Transformation):
         model.set_tensor_datatype(pop, DataType["UINT32"])
         dbl = _new_tensor(model, model.get_tensor_shape(out))
         _insert_after(model, mm, [
-            helper.make_node("Mul", [pop, _const(model, [2.0], DataType["UINT2"])], [dbl]),
-            helper.make_node("Add", [dbl, _const(model, [-float(k)], DataType.get_smallest_possible(-k))], [out]),
+            helper.make_node("Mul", [pop, _const(model, [2.0])], [dbl]),
+            helper.make_node("Add", [dbl, _const(model, [-float(k)])], [out]),
         ])
 
     @staticmethod
@@ -320,8 +320,8 @@ class ConvertBipolarToXnor(Transformation):
         dbl = _new_tensor(model, model.get_tensor_shape(out))
         rs.output[0] = s
         _insert_after(model, rs, [
-            helper.make_node("Mul", [s, _const(model, [2.0], DataType["UINT2"])], [dbl]),
-            helper.make_node("Add", [dbl, _const(model, [-float(n)], DataType.get_smallest_possible(-n))], [out]),
+            helper.make_node("Mul", [s, _const(model, [2.0])], [dbl]),
+            helper.make_node("Add", [dbl, _const(model, [-float(n)])], [out]),
         ])
 
     @staticmethod
@@ -329,8 +329,8 @@ class ConvertBipolarToXnor(Transformation):
         shape = model.get_tensor_shape(t)
         dbl, bip = _new_tensor(model, shape), _new_tensor(model, shape)
         prod = model.find_producer(t)
-        nodes = [helper.make_node("Mul", [t, _const(model, [2.0], DataType["UINT2"])], [dbl]),
-                 helper.make_node("Add", [dbl, _const(model, [-1.0], DataType["INT2"])], [bip])]
+        nodes = [helper.make_node("Mul", [t, _const(model, [2.0])], [dbl]),
+                 helper.make_node("Add", [dbl, _const(model, [-1.0])], [bip])]
         _insert_after(model, prod, nodes)
         for k, x in enumerate(c.input):
             if x == t:

@@ -200,6 +200,13 @@ def test_cli_vivado_output_without_vivado(tmp_path):
     _no_output(tmp_path)
 
 
+def test_cli_output_dir_that_cannot_be_created(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    p = run_cli(["flow/build.py", "--output-dir", str(blocker / "out")])
+    assert_one_line_error(p, "cannot create output directory")
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
 def test_cli_unwritable_output_dir(tmp_path):
     ro = tmp_path / "ro"
