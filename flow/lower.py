@@ -83,7 +83,7 @@ class _Lowering:
             return bool(p.attrs.get("bipolar"))
         if p.op == "pad":
             return self.is_bipolar(p.inputs[0]) and p.attrs["value"] == -1
-        if p.op == "maxpool":  # max commutes with the bipolar -> binary map
+        if p.op in ("maxpool", "reshape"):  # max commutes with the bipolar -> binary map
             return self.is_bipolar(p.inputs[0])
         return False
 
@@ -92,7 +92,11 @@ class _Lowering:
         if nd.op not in ("conv", "matmul"):
             return False
         w = nd.attrs["weight"]
-        return self.is_bipolar(nd.inputs[0]) and bool(np.all(np.abs(w) == 1))
+        # the popcount must be corrected (acc = 2p - N) by a following threshold; an output
+        # layer keeps the exact bipolar accumulator instead (INT2 input, bipolar weights)
+        thresholded = all(c.op == "threshold" for c in self.consumers.get(nd.output, []))
+        return (thresholded and nd.output in self.consumers and self.is_bipolar(nd.inputs[0])
+                and bool(np.all(np.abs(w) == 1)))
 
     def all_consumers_xnor(self, t: str) -> bool:
         cons = self.consumers.get(t, [])
@@ -100,7 +104,7 @@ class _Lowering:
         for c in cons:
             if c.op == "pad":
                 out.append(c.attrs["value"] == -1 and self.all_consumers_xnor(c.output))
-            elif c.op == "maxpool":
+            elif c.op in ("maxpool", "reshape"):
                 out.append(self.all_consumers_xnor(c.output))
             else:
                 out.append(self.xnor_consumer(c))
@@ -237,6 +241,16 @@ class _Lowering:
             if self.all_consumers_xnor(nd.output):
                 odt, bias, t = DataType["BINARY"], 0.0, thr
                 self.repr[nd.output] = "binary"
+            elif isinstance(rep, tuple):
+                # an XNOR MVAU takes its output offset from the type (FINN: ActVal = odt.min()),
+                # so it emits BINARY and a standalone threshold maps {0, 1} -> {-1, +1} (INT2)
+                mid = self.name("bin")
+                self.threshold_node(src, mid, thr, DataType["BINARY"], 0.0)
+                C = thr.shape[0]
+                self.threshold_node(mid, nd.output, np.ones((C, 2), np.int64), DataType["INT2"],
+                                    -1.0)
+                self.repr[nd.output] = "int"
+                return
             else:  # {-1, +1} as INT2: two equal thresholds, bias -1
                 odt, bias, t = DataType["INT2"], -1.0, np.repeat(thr, 2, axis=1)
                 self.repr[nd.output] = "int"
@@ -257,7 +271,8 @@ class _Lowering:
         ti = self.add_init(t, tdt, "thr")
         self.nodes.append(helper.make_node(
             "MultiThreshold", [src, ti], [out], domain=QONNX_DOMAIN, name=self.name("MT"),
-            out_dtype=odt.name, out_scale=1.0, out_bias=float(bias), data_layout="NHWC"))
+            out_dtype=odt.name, out_scale=1.0, out_bias=float(bias),
+            data_layout="NHWC" if len(self.vinfo[src][0]) == 4 else "NC"))
         self.vinfo[out] = (self.vinfo[src][0], odt)
 
     def lower_clip(self, nd: IRNode, pad_of: dict) -> None:
@@ -315,6 +330,12 @@ class _Lowering:
         if int(np.prod(s_in)) == s_in[-1] and s_out[-1] == s_in[-1]:
             self.alias(nd.output, src)
             return
+        if src == self.ir.input_name and len(s_in) == 4 and s_in[-1] == 1 and len(s_out) == 2:
+            # flattening a one-channel input: NHWC and NCHW orders agree, so the accelerator
+            # still eats the same pixel stream, declared as (N, H*W)
+            self.vinfo[src] = (tuple(s_out), self.vinfo[src][1])
+            self.alias(nd.output, src)
+            return
         raise UnsupportedGraphError(f"{nd.source}: reshape {s_in} -> {s_out} in the stream")
 
     def alias(self, new: str, old: str) -> None:
@@ -347,8 +368,10 @@ class _Lowering:
         for name, (_, dt) in self.vinfo.items():
             mw.set_tensor_datatype(name, dt)
         for name in self.vinfo:
-            if name not in self.inits and len(self.vinfo[name][0]) == 4:
-                mw.set_tensor_layout(name, ["N", "H", "W", "C"])
+            if name not in self.inits:
+                rank = len(self.vinfo[name][0])
+                if rank in (2, 4):
+                    mw.set_tensor_layout(name, ["N", "H", "W", "C"] if rank == 4 else ["N", "C"])
         mw = mw.transform(InferShapes())
         mw = _remove_identities(mw)
         mw = mw.transform(RemoveUnusedTensors())
