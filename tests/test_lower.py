@@ -1,0 +1,81 @@
+"""The exact front end: IR -> streamlined FINN graph -> FINN's convert_to_hw, all-HW and
+bit-exact against the golden model, on our family (ties included) and on bnn_pynq networks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from flow.export import export_qonnx_model
+from flow.finn_env import dataflow_config, detect_tools, finn_session
+from flow.fuzz import random_model, randomize_bn
+from flow.golden import GoldenModel, build_golden
+from flow.integerize import integerize
+from flow.lower import lower_to_finn
+from flow.verify import check_stage, make_inputs
+from quant_models import build_model
+
+HW_DOMAIN = "finn.custom_op.fpgadataflow"
+
+
+def _to_hw(model, tmp_path):
+    from qonnx.transformation.infer_data_layouts import InferDataLayouts
+
+    with finn_session(tmp_path, detect_tools()) as steps:
+        cfg = dataflow_config(tmp_path, board="Pynq-Z2", fpga_part="xc7z020clg400-1",
+                              clock_ns=10.0, shell_flow_type="vivado_zynq")
+        return steps.step_convert_to_hw(model.transform(InferDataLayouts()), cfg)
+
+
+def _lower_and_check(model, shape_chw, tmp_path, n=6, seed=0):
+    mw = export_qonnx_model(model, tmp_path / "m.onnx", input_shape=(1, *shape_chw))
+    ir = integerize(mw)
+    golden = GoldenModel(None, build_golden(ir))
+    c, h, w = shape_chw
+    px = make_inputs((h, w, c), n, seed)
+    finn = lower_to_finn(ir)
+    assert check_stage("lowered", finn, golden, px)["exact"]
+    hw = _to_hw(finn, tmp_path)
+    assert [n.op_type for n in hw.graph.node if n.domain != HW_DOMAIN] == []
+    assert check_stage("convert_to_hw", hw, golden, px)["exact"]
+    return finn, hw
+
+
+def test_si_student_maps_all_hw_with_streams_and_integer_adds(tmp_path):
+    torch.manual_seed(0)
+    m = build_model("si_resnet_w1a1", width=8, depth=[1, 1])
+    randomize_bn(m, np.random.default_rng(0))  # 20% negative BN scales: decreasing channels
+    finn, hw = _lower_and_check(m.eval(), (1, 28, 28), tmp_path)
+    ops = [n.op_type for n in hw.graph.node]
+    assert "DuplicateStreams" in ops and "ElementwiseAdd" in ops and "GlobalAccPool" in ops
+    for n in hw.graph.node:
+        if n.op_type == "ElementwiseAdd":
+            for t in n.input:
+                assert hw.get_tensor_datatype(t).is_integer()
+    # the XNOR-on-a-fork trap: the bipolar fork feeds several binary MVAUs in XNOR mode
+    from qonnx.custom_op.registry import getCustomOp
+
+    xnor = [n for n in hw.graph.node if n.op_type == "MVAU"
+            and getCustomOp(n).get_nodeattr("binaryXnorMode") == 1]
+    assert len(xnor) >= 4
+    # the graph input is the uint8 pixel stream, NHWC
+    assert hw.get_tensor_datatype(hw.graph.input[0].name).name == "UINT8"
+    assert hw.get_tensor_shape(hw.graph.input[0].name) == [1, 28, 28, 1]
+
+
+@pytest.mark.parametrize("seed", [1, 6])
+def test_random_tie_topologies(seed, tmp_path):
+    m, _, kw = random_model(seed, ties=True)
+    _lower_and_check(m, (kw["in_channels"], kw["input_size"], kw["input_size"]), tmp_path,
+                     n=8, seed=seed)
+
+
+@pytest.mark.parametrize("net,shape", [("tfc_1w1a", (1, 28, 28)), ("cnv_1w1a", (3, 32, 32))])
+def test_bnn_pynq_networks_map_all_hw(net, shape, tmp_path):
+    from brevitas_examples.bnn_pynq.models import model_with_cfg
+
+    torch.manual_seed(0)
+    m, _ = model_with_cfg(net, pretrained=False)
+    randomize_bn(m, np.random.default_rng(0))
+    _lower_and_check(m.eval(), shape, tmp_path, n=3)
