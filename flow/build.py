@@ -26,13 +26,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: python flow/build.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from quant_models.errors import (  # noqa: E402
-    ConfigError,
-    OutputDirError,
-    UserError,
-    cli_errors,
-)
-
 from flow.config import (  # noqa: E402
     DEFAULT_MODEL,
     BoardConfig,
@@ -41,6 +34,12 @@ from flow.config import (  # noqa: E402
     load_board,
     resolve_build_config,
     write_config,
+)
+from quant_models.errors import (  # noqa: E402
+    ConfigError,
+    OutputDirError,
+    UserError,
+    cli_errors,
 )
 
 
@@ -124,23 +123,25 @@ def _relocate(root: Path, old: str, new: str) -> None:
 
 
 def build_model_wrapper(model, cfg: BuildConfig, board: BoardConfig, out_dir: Path, tools,
-                        *, verifier=None, echo=print):
+                        *, front_end: str = "finn", verifier=None, echo=print,
+                        results: dict | None = None):
     """Run the selected steps on a cleaned QONNX ``model`` inside ``out_dir`` (exists, ours).
 
     Returns ``(final_model, records, ctx)``. Raises on any failure.
     """
     from flow.finn_env import dataflow_config, finn_session
     from flow.runner import run_steps
-    from flow.steps import FlowContext, select_steps
+    from flow.steps import FlowContext, select_steps, steps_for
 
-    steps = select_steps(cfg.start_step, cfg.stop_step)
+    steps = select_steps(cfg.start_step, cfg.stop_step, front_end)
     with finn_session(out_dir / "finn_build", tools) as finn_steps:
         finn_cfg = dataflow_config(out_dir, board=board.board, fpga_part=board.fpga_part,
                                    clock_ns=board.synth_clk_period_ns,
                                    shell_flow_type=board.shell_flow_type.value,
                                    vivado=tools.has_vivado, mvau_wwidth_max=cfg.mvau_wwidth_max)
         ctx = FlowContext(cfg=cfg, board=board, tools=tools, finn_cfg=finn_cfg,
-                          finn_steps=finn_steps, out_dir=out_dir)
+                          finn_steps=finn_steps, out_dir=out_dir,
+                          all_steps=steps_for(front_end), results=dict(results or {}))
         final, records = run_steps(model, steps, ctx, verifier, echo=echo)
     return final, records, ctx
 
@@ -159,11 +160,11 @@ def _keep_failed(work: Path, final: Path, error: str) -> None:
 
 
 def _outputs(records, tools, stop_step: str | None) -> dict[str, str]:
-    from flow.steps import STEPS
+    from flow.steps import BACK_END
 
     done = {r.name: r.status for r in records}
     out = {}
-    for s in STEPS:
+    for s in BACK_END:
         if s.output is None:
             continue
         if s.name in done:
@@ -175,68 +176,122 @@ def _outputs(records, tools, stop_step: str | None) -> dict[str, str]:
     return out
 
 
+def resolve_front_end(requested: str, exported):
+    """``(golden, ir, front_end, note)``: build the golden model and pick the front end.
+
+    ``auto`` takes the exact front end (``flow.lower``) when the integer IR covers the graph and
+    FINN's otherwise (the note says why); ``exact`` makes that an error; ``finn`` always uses
+    FINN's. The golden model is used for verification whenever it builds.
+    """
+    from flow.golden import golden_from_qonnx
+    from flow.lower import lower_to_finn
+    from quant_models.errors import UnsupportedGraphError
+
+    golden = ir = None
+    why = ""
+    try:
+        golden, ir = golden_from_qonnx(exported)
+    except UnsupportedGraphError as err:
+        why = f"integer IR: {err}"
+    if requested == "finn":
+        return golden, ir, "finn", ""
+    if ir is not None:
+        try:
+            lower_to_finn(ir)
+            return golden, ir, "exact", ""
+        except UnsupportedGraphError as err:
+            why = f"lowering: {err}"
+    if requested == "exact":
+        raise UnsupportedGraphError(f"the exact front end cannot take this graph ({why})")
+    return golden, ir, "finn", f"exact front end unavailable ({why})"
+
+
 def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
-    """The whole build for ``cfg``; returns the output directory. See the module docstring."""
+    """The whole build for ``cfg``; returns the output directory. See the module docstring.
+
+    ``verifier_factory(pixels_nhwc, golden)`` may replace the default verifier (the golden model
+    where it builds, else :class:`~flow.runner.ChainVerifier`).
+    """
     from qonnx.core.modelwrapper import ModelWrapper
 
     from flow import report
     from flow.finn_env import detect_tools
-    from flow.runner import ChainVerifier, verification_pixels, write_status
-    from flow.steps import STEPS, select_steps, step_check_supported
+    from flow.runner import ChainVerifier, GoldenVerifier, verification_pixels, write_status
+    from flow.steps import select_steps, step_check_supported, step_names, steps_for
 
     board = load_board(cfg.board, cfg.budget_fraction)
     tools = detect_tools()
     if cfg.require_bitfile:
         tools.require_vivado("the bitfile (require_bitfile)")
-    steps = select_steps(cfg.start_step, cfg.stop_step)
+    if cfg.front_end not in ("auto", "exact", "finn"):
+        raise ConfigError(f"front_end must be auto, exact or finn, not {cfg.front_end!r}")
+    for flag, name in (("--start-step", cfg.start_step), ("--stop-step", cfg.stop_step)):
+        if name is not None and name not in step_names():
+            raise ConfigError(f"{flag} {name!r} is not a step; steps: {', '.join(step_names())}")
     if cfg.folding:
         from flow.folding import load_folding
 
         load_folding(cfg.folding)  # malformed file: fail before anything is written
     final = cfg.resolved_output_dir().absolute()
     _check_output_dir(final)
-    if cfg.start_step and steps[0].name != STEPS[0].name:
-        prev = STEPS[STEPS.index(steps[0]) - 1]
-        prev_file = final / "intermediate_models" / f"{STEPS.index(prev):02d}_{prev.name}.onnx"
-        if not prev_file.is_file():
-            raise ConfigError(f"--start-step {cfg.start_step} needs {prev_file} from an earlier "
-                              "build into the same output directory")
+    resume = bool(cfg.start_step) and cfg.start_step != "check_supported"
+    if resume and not (final / "model.qonnx.onnx").is_file():
+        raise ConfigError(f"--start-step {cfg.start_step} needs an earlier build in {final}")
     work = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     started = time.time()
     running = False
     try:
-        if cfg.start_step and steps[0].name != STEPS[0].name:
+        if resume:
             shutil.copytree(final, work, dirs_exist_ok=True)
             exported = ModelWrapper(str(work / "model.qonnx.onnx"))
-            model = ModelWrapper(str(prev_file).replace(str(final), str(work)))
             weights = "from the previous build"
         elif cfg.onnx:
             exported = load_onnx(cfg.onnx)
             exported.save(str(work / "model.qonnx.onnx"))
-            model, weights = exported, f"ONNX file {cfg.onnx}"
+            weights = f"ONNX file {cfg.onnx}"
         else:
             exported, weights = export_registry_model(cfg, work / "model.qonnx.onnx")
-            model = exported
         step_check_supported(exported, None)  # name unsupported layers before any work
+        golden, ir, front_end, fe_note = resolve_front_end(cfg.front_end, exported)
+        all_steps = steps_for(front_end)
+        steps = select_steps(cfg.start_step, cfg.stop_step, front_end)
+        model = exported
+        if resume:
+            prev = all_steps[all_steps.index(steps[0]) - 1]
+            prev_file = work / "intermediate_models" / f"{all_steps.index(prev):02d}_{prev.name}.onnx"
+            if not prev_file.is_file():
+                raise ConfigError(f"--start-step {cfg.start_step} needs "
+                                  f"{final / prev_file.relative_to(work)} from an earlier build")
+            model = ModelWrapper(str(prev_file))
         write_config(cfg, board, work)
         write_status(work, "running", model=cfg.model_name, board=board.name)
         echo(f"sibnn-build: {cfg.model_name} ({weights}) -> {board.name} [{final}]")
+        echo(f"  front end: {front_end}" + (f"; {fe_note}" if fe_note else ""))
+        echo("  verification against: " + ("the golden model" if golden is not None else
+                                          "the exported model (no golden model for this graph)"))
         if tools.has_vivado:
             echo(f"  Vivado: {tools.vivado}")
         else:
             echo(f"  Vivado not found ({tools.reason}): Vivado-only outputs are skipped")
-        iname = exported.graph.input[0].name
-        shape = tuple(exported.get_tensor_shape(iname)[1:])
-        pixels = verification_pixels(shape, cfg.verify_inputs, cfg.seed)
-        verifier = (verifier_factory or ChainVerifier)(pixels)
-        baseline = verifier("export", exported)
+        shape = exported.get_tensor_shape(exported.graph.input[0].name)
+        pixels = verification_pixels((shape[2], shape[3], shape[1]), cfg.verify_inputs, cfg.seed)
+        if verifier_factory is not None:
+            verifier = verifier_factory(pixels, golden)
+        elif golden is not None:
+            verifier = GoldenVerifier(golden, pixels)
+        else:
+            verifier = ChainVerifier(pixels)
         running = True
-        final_model, records, ctx = build_model_wrapper(model, cfg, board, work, tools,
-                                                        verifier=verifier, echo=echo)
+        baseline = verifier("export", exported)
+        final_model, records, ctx = build_model_wrapper(
+            model, cfg, board, work, tools, front_end=front_end, verifier=verifier, echo=echo,
+            results={"ir": ir})
         summary = report.build_summary(
             model_name=cfg.model_name, board=board, out_dir=work, final_model=final_model,
             records=records, outputs=_outputs(records, tools, cfg.stop_step),
-            extra={"weights": weights, "folding": ctx.results.get("folding"),
+            extra={"weights": weights, "front_end": front_end, "front_end_note": fe_note,
+                   "verified_against": "golden" if golden is not None else "export",
+                   "folding": ctx.results.get("folding"),
                    "output_affine": final_model.get_metadata_prop("sibnn_output_affine"),
                    "input_layout": final_model.get_metadata_prop("sibnn_input_layout") or "NCHW",
                    "build_seconds": round(time.time() - started, 2)})
@@ -272,7 +327,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="sibnn-build",
         description="Compile a QONNX network into a FINN dataflow accelerator, verified at every "
                     "stage that executes here.",
-        epilog=f"boards: {', '.join(list_boards())}; steps: {', '.join(step_names())}")
+        epilog=f"boards: {', '.join(list_boards())}; steps (exact front end): "
+               f"{', '.join(step_names('exact'))}; (finn front end): {', '.join(step_names('finn'))}")
     p.add_argument("--board", default=None, help="board id (hw_configs/<board>.yaml)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default=None, help=f"registry model (default {DEFAULT_MODEL})")
@@ -283,6 +339,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--folding", default=None, help="FINN folding JSON (instead of auto folding)")
     p.add_argument("--start-step", default=None)
     p.add_argument("--stop-step", default=None)
+    p.add_argument("--front-end", default=None, choices=["auto", "exact", "finn"],
+                   help="exact: sibnn's integer IR (flow.lower); finn: FINN's ConvertQONNXtoFINN "
+                        "+ streamlining; auto (default): exact where the IR covers the graph")
     p.add_argument("--target-fps", type=int, default=None,
                    help="fold for this throughput instead of the fastest within budget")
     return p.parse_args(argv)
@@ -294,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve_build_config(
         a.config, board=a.board, model=a.model, onnx=a.onnx, checkpoint=a.checkpoint,
         output_dir=a.output_dir, folding=a.folding, start_step=a.start_step,
-        stop_step=a.stop_step, target_fps=a.target_fps)
+        stop_step=a.stop_step, target_fps=a.target_fps, front_end=a.front_end)
     build(cfg)
     return 0
 

@@ -87,6 +87,9 @@ class BuildConfig:
     """First step to run (needs the previous step's intermediate model in the output dir)."""
     stop_step: str | None = None
     """Last step to run."""
+    front_end: str = "auto"
+    """``exact`` (sibnn's integer IR, ``flow.lower``), ``finn`` (FINN's ConvertQONNXtoFINN and
+    streamlining) or ``auto`` (exact where the IR covers the graph, else finn)."""
     target_fps: int | None = None
     """Throughput target for folding; None maximises throughput within the board budget."""
     budget_fraction: float | None = None

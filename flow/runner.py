@@ -1,7 +1,7 @@
 """Run the ordered steps: progress, intermediate models, timings, verification, status file.
 
 * prints ``[i/N] step (seconds)`` as each step ends;
-* saves ``intermediate_models/NN_<step>.onnx`` (NN = the step's index in :data:`flow.steps.STEPS`);
+* saves ``intermediate_models/NN_<step>.onnx`` (NN = the step's index in the build's step list);
 * writes ``time_per_step.json`` and ``report/verification.json``;
 * calls the verifier after every step whose graph executes here (qonnx ``execute_onnx``); graphs
   with specialised ``*_hls``/``*_rtl`` layers need cppsim/rtlsim, so they are reported as not
@@ -29,7 +29,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 from quant_models.errors import VerificationError
 
 from . import transforms as T
-from .steps import STEPS, FlowContext, Step
+from .steps import FlowContext, Step
 
 Verifier = Callable[[str, ModelWrapper], dict]
 
@@ -68,13 +68,54 @@ def execute_stage(model: ModelWrapper, pixels: np.ndarray) -> np.ndarray:
     return np.concatenate(outs, axis=0)
 
 
-def verification_pixels(shape: tuple[int, ...], n: int, seed: int) -> np.ndarray:
-    """``n`` uint8 NCHW images (shape without batch): all-0, all-255, then seeded uniform noise."""
-    rng = np.random.default_rng(seed)
-    imgs = [np.zeros(shape, np.uint8), np.full(shape, 255, np.uint8)]
-    while len(imgs) < n:
-        imgs.append(rng.integers(0, 256, size=shape, dtype=np.uint8))
-    return np.stack(imgs[:n])
+def verification_pixels(hwc: tuple[int, int, int], n: int, seed: int) -> np.ndarray:
+    """``n`` uint8 NHWC images: the golden harness' extremes (0, 255, constant, checkerboard, one
+    bright pixel), seeded random ones, and real Fashion-MNIST images when installed and the shape
+    fits (``flow.verify.make_inputs``)."""
+    from .verify import load_real_images, make_inputs
+
+    real = load_real_images(max(n, 1), seed) if tuple(hwc) == (28, 28, 1) else None
+    return make_inputs(tuple(hwc), n, seed, real)
+
+
+@dataclass
+class GoldenVerifier:
+    """Verify each stage against the golden model (``flow.verify.check_stage``).
+
+    A stage whose float logit scale was removed (``sibnn_output_affine`` recorded) outputs integer
+    scores even where FINN still annotates the output FLOAT32; the check then runs on a copy
+    annotated ``INT32`` so the scores are compared as integers (and must be integral).
+    """
+
+    golden: object
+    pixels: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.gold = self.golden.run(self.pixels)
+
+    def __call__(self, step: str, model: ModelWrapper) -> dict:
+        import copy
+
+        from .verify import check_stage
+
+        out = model.graph.output[0].name
+        stripped = bool(model.get_metadata_prop(T.OUTPUT_AFFINE_KEY))
+        if not stripped and not model.get_tensor_datatype(out).is_integer() and \
+                "logits" in self.gold:
+            # float logits (the scale chain is still in the graph): bit-exact float32 equality
+            y = execute_stage(model, self.pixels.transpose(0, 3, 1, 2))
+            ref = self.gold["logits"].reshape(y.shape)
+            if not np.array_equal(y, ref):
+                idx, a, b = _first_mismatch(y, ref)
+                raise VerificationError(f"step {step}: output {out} index {idx}: {a!r}, the "
+                                        f"golden model's logits give {b!r}")
+            return {"step": step, "exact": True, "n_inputs": int(len(y)), "against": "golden"}
+        if stripped and not model.get_tensor_datatype(out).is_integer():
+            model = copy.deepcopy(model)
+            model.set_tensor_datatype(out, DataType["INT32"])
+        res = check_stage(step, model, self.golden, self.pixels, gold=self.gold)
+        return {"step": res["step"], "exact": res["exact"], "n_inputs": res["n_inputs"],
+                "against": "golden"}
 
 
 def _first_mismatch(a: np.ndarray, b: np.ndarray) -> tuple[tuple, float, float]:
@@ -86,25 +127,26 @@ def _first_mismatch(a: np.ndarray, b: np.ndarray) -> tuple[tuple, float, float]:
 class ChainVerifier:
     """Local integer-exactness check (used until ``flow.verify.check_stage`` is wired in).
 
-    The first call must see the exported model (float logits). Later stages must output integer
-    scores ``s`` with ``apply_output_affine(s, recorded) == logits`` bit for bit and ``s`` equal to
-    the first stage's scores (``np.array_equal``).
+    Used where the golden model does not cover a graph. The first call must see the exported model
+    (float logits). Later stages must reproduce the logits bit for bit through the recorded output
+    ops, and once they output integer scores ``s`` those must equal the first stage's scores
+    (``np.array_equal``). ``pixels`` are uint8 NHWC.
     """
 
-    pixels: np.ndarray
+    pixels_nhwc: np.ndarray
     logits: np.ndarray | None = None
     scores: np.ndarray | None = None
     scores_step: str = ""
 
     def __call__(self, step: str, model: ModelWrapper) -> dict:
-        y = execute_stage(model, self.pixels)
+        y = execute_stage(model, self.pixels_nhwc.transpose(0, 3, 1, 2))
         tensor = model.graph.output[0].name
         recorded = json.loads(model.get_metadata_prop(T.OUTPUT_AFFINE_KEY) or "[]")
         if self.logits is None:
             self.logits = y
             if not recorded and np.array_equal(y, np.round(y)):
                 self.scores, self.scores_step = y, step
-            return {"step": step, "exact": True, "n_inputs": int(len(y))}
+            return {"step": step, "exact": True, "n_inputs": int(len(y)), "against": "export"}
         if y.shape != self.logits.shape:
             raise VerificationError(f"step {step}: output {tensor} has shape {y.shape}, "
                                     f"expected {self.logits.shape}")
@@ -114,7 +156,7 @@ class ChainVerifier:
             raise VerificationError(f"step {step}: output {tensor} index {idx}: gives logit "
                                     f"{a!r}, the exported model gives {b!r}")
         if not recorded and self.scores is None:
-            return {"step": step, "exact": True, "n_inputs": int(len(y))}
+            return {"step": step, "exact": True, "n_inputs": int(len(y)), "against": "export"}
         if not np.array_equal(y, np.round(y)):
             idx = tuple(int(i) for i in np.argwhere(y != np.round(y))[0])
             raise VerificationError(f"step {step}: output {tensor}[{idx}] = {y[idx]!r} is not an "
@@ -125,7 +167,7 @@ class ChainVerifier:
             idx, a, b = _first_mismatch(y, self.scores)
             raise VerificationError(f"step {step}: output {tensor} index {idx}: {a!r} != {b!r} "
                                     f"after step {self.scores_step}")
-        return {"step": step, "exact": True, "n_inputs": int(len(y))}
+        return {"step": step, "exact": True, "n_inputs": int(len(y)), "against": "export"}
 
 
 @dataclass
@@ -151,7 +193,7 @@ def run_steps(model: ModelWrapper, steps: list[Step], ctx: FlowContext,
     records: list[StepRecord] = []
     total = len(steps)
     for i, step in enumerate(steps, start=1):
-        index = STEPS.index(step)
+        index = ctx.all_steps.index(step)
         if step.vivado and not ctx.tools.has_vivado:
             rec = StepRecord(index, step.name, 0.0, ctx.tools.skipped)
             records.append(rec)

@@ -15,6 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.transformation.composed import ComposedTransformation
 from qonnx.transformation.general import GiveUniqueNodeNames, RemoveUnusedTensors
@@ -44,6 +45,8 @@ class FlowContext:
     finn_steps: ModuleType
     """``finn.builder.build_dataflow_steps``, imported through :mod:`flow.finn_env`."""
     out_dir: Path
+    all_steps: list = field(default_factory=list)
+    """The whole step list of this build (intermediate models are numbered by it)."""
     results: dict = field(default_factory=dict)
     """Step results the report needs (folding estimate, skipped outputs, ...)."""
 
@@ -230,12 +233,48 @@ def _finn(name: str) -> Callable[[ModelWrapper, FlowContext], ModelWrapper]:
     return step
 
 
-STEPS: list[Step] = [
-    Step("check_supported", step_check_supported),
-    Step("prepare_io", step_prepare_io),
-    Step("qonnx_to_finn", step_qonnx_to_finn),
-    Step("tidy_up", step_tidy_up),
-    Step("streamline", step_streamline),
+def step_lower(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+    """The exact front end (``flow.lower``): QONNX -> integer IR -> streamlined FINN graph.
+
+    Thresholds are exact by construction (ties round as Brevitas rounds them), the input is uint8
+    NHWC pixels and the output the integer class scores; the dropped float logit scale is recorded
+    under ``sibnn_output_affine`` like :class:`~flow.transforms.StripOutputAffine` does.
+    """
+    import json
+
+    from .integerize import integerize
+    from .lower import lower_to_finn
+
+    ir = ctx.results.get("ir") if ctx is not None else None
+    if ir is None:
+        ir = integerize(model)
+    low = lower_to_finn(ir)
+    low.set_metadata_prop(T.INPUT_LAYOUT_KEY, "NHWC")
+    chain = ir.outputs[0].chain
+    ops = {"mul": "Mul", "div": "Div", "add": "Add", "sub": "Sub"}
+    if all(op.kind in ops and np.asarray(op.params[0]).size == 1 for op in chain):
+        low.set_metadata_prop(T.OUTPUT_AFFINE_KEY, json.dumps(
+            [{"op": ops[op.kind], "const": float(np.asarray(op.params[0]).reshape(-1)[0]),
+              "node": "ir_output_chain"} for op in chain]))
+    return low
+
+
+FRONT_ENDS: dict[str, list[Step]] = {
+    "exact": [
+        Step("lower", step_lower),
+        Step("tidy_up", step_tidy_up),
+    ],
+    "finn": [
+        Step("prepare_io", step_prepare_io),
+        Step("qonnx_to_finn", step_qonnx_to_finn),
+        Step("tidy_up", step_tidy_up),
+        Step("streamline", step_streamline),
+    ],
+}
+"""The two front ends: ``exact`` (sibnn's integer IR, ``flow.lower``) and ``finn`` (FINN's
+``ConvertQONNXtoFINN`` + streamlining with our rewrites, for graphs the IR does not cover)."""
+
+BACK_END: list[Step] = [
     Step("convert_to_hw", step_convert_to_hw),
     Step("create_dataflow_partition", step_create_dataflow_partition),
     Step("specialize_layers", step_specialize_layers),
@@ -251,24 +290,46 @@ STEPS: list[Step] = [
     Step("deployment_package", _finn("step_deployment_package"), vivado=True,
          output="deployment_package"),
 ]
-"""The build, in order."""
 
 
-def step_names() -> list[str]:
-    return [s.name for s in STEPS]
+def steps_for(front_end: str) -> list[Step]:
+    """The whole build, in order, for one front end."""
+    if front_end not in FRONT_ENDS:
+        raise ConfigError(f"unknown front end {front_end!r}; valid: {', '.join(FRONT_ENDS)}")
+    return [Step("check_supported", step_check_supported), *FRONT_ENDS[front_end], *BACK_END]
 
 
-def select_steps(start: str | None, stop: str | None) -> list[Step]:
-    """The slice ``start..stop`` (inclusive) of :data:`STEPS`; unknown names are ConfigError."""
-    names = step_names()
+STEPS = steps_for("finn")
+"""The build with FINN's front end (the one that takes any supported QONNX graph)."""
+
+
+def step_names(front_end: str | None = None) -> list[str]:
+    """Step names of one front end, or (``None``) of all, in order and without repeats."""
+    if front_end is not None:
+        return [s.name for s in steps_for(front_end)]
+    names: list[str] = []
+    for fe in FRONT_ENDS:
+        for s in steps_for(fe):
+            if s.name not in names:
+                names.append(s.name)
+    return names
+
+
+def select_steps(start: str | None, stop: str | None, front_end: str = "finn") -> list[Step]:
+    """The slice ``start..stop`` (inclusive) of the build; unknown names are ConfigError."""
+    steps = steps_for(front_end)
+    names = [s.name for s in steps]
     for flag, s in (("--start-step", start), ("--stop-step", stop)):
         if s is not None and s not in names:
-            raise ConfigError(f"{flag} {s!r} is not a step; steps: {', '.join(names)}")
+            other = [fe for fe in FRONT_ENDS if s in step_names(fe)]
+            hint = f" with the {front_end} front end (it is a step of: {', '.join(other)})" \
+                if other else ""
+            raise ConfigError(f"{flag} {s!r} is not a step{hint}; steps: {', '.join(names)}")
     i = names.index(start) if start else 0
     j = names.index(stop) if stop else len(names) - 1
     if i > j:
         raise ConfigError(f"--start-step {start} comes after --stop-step {stop}")
-    return STEPS[i:j + 1]
+    return steps[i:j + 1]
 
 
 def op_histogram(model: ModelWrapper) -> dict[str, int]:

@@ -37,6 +37,7 @@ from qonnx.transformation.infer_datatypes import InferDataTypes
 from qonnx.transformation.infer_shapes import InferShapes
 from qonnx.util.basic import get_by_name
 
+
 class FixedPoint(Transformation):
     """Apply each transformation exhaustively, in order; report whether any changed the graph.
 

@@ -27,7 +27,11 @@ def _check_all_hw_and_exact(out: Path) -> dict:
     assert s["schema_version"] == 1
     assert s["all_nodes_hw"] is True and s["non_hw_nodes"] == []
     executed = [v for v in s["verification"] if v["exact"] is not None]
-    assert len(executed) >= 8  # export .. create_dataflow_partition
+    names = [v["step"] for v in s["verification"]]
+    # every stage up to the dataflow partition executes here, and all are exact
+    assert names.index("specialize_layers") == len(executed)
+    assert {"export", "check_supported", "convert_to_hw", "create_dataflow_partition"} <= \
+        {v["step"] for v in executed}
     assert all(v["exact"] is True and v["n_inputs"] >= 1 for v in executed)
     for v in s["verification"]:
         if v["exact"] is None:
@@ -45,7 +49,7 @@ def _check_all_hw_and_exact(out: Path) -> dict:
     assert (out / "report" / "estimate_layer_resources.json").is_file()
     assert (out / "status.json").is_file()
     assert json.loads((out / "status.json").read_text())["status"] == "ok"
-    assert list((out / "intermediate_models").glob("05_convert_to_hw.onnx"))
+    assert list((out / "intermediate_models").glob("*_convert_to_hw.onnx"))
     format_summary(s)  # the human table renders
     return s
 
@@ -53,31 +57,42 @@ def _check_all_hw_and_exact(out: Path) -> dict:
 def _final_ops(out: Path) -> list[str]:
     from qonnx.core.modelwrapper import ModelWrapper
 
-    m = ModelWrapper(str(sorted((out / "intermediate_models").glob("11_hw_codegen.onnx"))[0]))
-    return [n.op_type for n in m.graph.node]
+    return [n.op_type for n in _final_model(out).graph.node]
 
 
-def test_brevitas_tfc_w1a1_all_hw_exact(tmp_path):
+def _final_model(out: Path):
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    return ModelWrapper(str(next((out / "intermediate_models").glob("*_hw_codegen.onnx"))))
+
+
+@pytest.mark.parametrize("front_end", ["auto", "finn"])
+def test_brevitas_tfc_w1a1_all_hw_exact(tmp_path, front_end):
     onnx = brevitas_bnn_pynq("TFC_1W1A", tmp_path / "tfc_w1a1.onnx")
-    cfg = resolve_build_config(onnx=str(onnx), output_dir=str(tmp_path / "out"))
+    cfg = resolve_build_config(onnx=str(onnx), output_dir=str(tmp_path / "out"),
+                               front_end=front_end)
     out = build(cfg, echo=_quiet)
-    _check_all_hw_and_exact(out)
+    s = _check_all_hw_and_exact(out)
+    if front_end == "finn":
+        assert s["front_end"] == "finn"
     ops = _final_ops(out)
     assert ops.count("MVAU_hls") == 4
     # generated HLS sources exist for every MVAU
     assert len(list(out.rglob("top_MVAU_hls_*.cpp"))) == 4
 
 
-def test_si_resnet_all_hw_exact_with_streams_and_integer_adds(tmp_path):
+@pytest.mark.parametrize("front_end", ["exact", "finn"])
+def test_si_resnet_all_hw_exact_with_streams_and_integer_adds(tmp_path, front_end):
     from qonnx.core.datatype import DataType
-    from qonnx.core.modelwrapper import ModelWrapper
 
     onnx = si_resnet(tmp_path / "si.onnx", width=8, input_size=12)
-    cfg = resolve_build_config(onnx=str(onnx), output_dir=str(tmp_path / "out"), verify_inputs=3)
+    cfg = resolve_build_config(onnx=str(onnx), output_dir=str(tmp_path / "out"), verify_inputs=6,
+                               front_end=front_end)
     out = build(cfg, echo=_quiet)
     s = _check_all_hw_and_exact(out)
+    assert s["front_end"] == front_end and s["verified_against"] == "golden"
     assert s["input_layout"] == "NHWC"
-    m = ModelWrapper(str(out / "intermediate_models" / "11_hw_codegen.onnx"))
+    m = _final_model(out)
     ops = [n.op_type for n in m.graph.node]
     assert "DuplicateStreams_hls" in ops
     adds = [n for n in m.graph.node if n.op_type == "ElementwiseAdd_hls"]
@@ -91,7 +106,7 @@ def test_si_resnet_all_hw_exact_with_streams_and_integer_adds(tmp_path):
 def test_failed_build_leaves_previous_output_intact(tmp_path):
     onnx = brevitas_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")
     out = tmp_path / "out"
-    build(resolve_build_config(onnx=str(onnx), output_dir=str(out), stop_step="streamline"),
+    build(resolve_build_config(onnx=str(onnx), output_dir=str(out), stop_step="convert_to_hw"),
           echo=_quiet)
     before = (out / "report" / "summary.json").read_text()
     bad = tmp_path / "bad.json"
@@ -109,12 +124,13 @@ def test_failed_build_leaves_previous_output_intact(tmp_path):
 def test_start_step_resumes(tmp_path):
     onnx = brevitas_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")
     out = tmp_path / "out"
-    build(resolve_build_config(onnx=str(onnx), output_dir=str(out), stop_step="tidy_up"),
-          echo=_quiet)
+    build(resolve_build_config(onnx=str(onnx), output_dir=str(out), stop_step="tidy_up",
+                               front_end="finn"), echo=_quiet)
     build(resolve_build_config(onnx=str(onnx), output_dir=str(out), start_step="streamline",
-                               stop_step="convert_to_hw"), echo=_quiet)
+                               stop_step="convert_to_hw", front_end="finn"), echo=_quiet)
     s = load_summary(out)
     assert [v["step"] for v in s["verification"]] == ["export", "streamline", "convert_to_hw"]
+    assert s["front_end"] == "finn"
     assert all(v["exact"] for v in s["verification"])
 
 
@@ -228,7 +244,7 @@ def test_cli_folding_unknown_node_is_rejected_by_validation(tmp_path):
     onnx = brevitas_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")
     out = build(resolve_build_config(onnx=str(onnx), output_dir=str(tmp_path / "out"),
                                      stop_step="fold"), echo=_quiet)
-    model = ModelWrapper(str(out / "intermediate_models" / "08_fold.onnx"))
+    model = ModelWrapper(str(next((out / "intermediate_models").glob("*_fold.onnx"))))
     folding = json.loads((out / "report" / "folding_config.json").read_text())
     validate_folding(folding, model)  # our own output validates
     with pytest.raises(ConfigError, match="Thresholding_nope"):

@@ -71,10 +71,14 @@ def test_resolved_config_is_written(tmp_path):
 
 
 def test_step_selection():
-    names = step_names()
+    names = step_names("finn")
     assert [s.name for s in select_steps("streamline", "convert_to_hw")] == \
         ["streamline", "convert_to_hw"]
     assert len(select_steps(None, None)) == len(names)
+    exact = [s.name for s in select_steps(None, "convert_to_hw", "exact")]
+    assert exact == ["check_supported", "lower", "tidy_up", "convert_to_hw"]
+    with pytest.raises(ConfigError, match="front end"):
+        select_steps("streamline", None, "exact")
     with pytest.raises(ConfigError, match="not a step"):
         select_steps("streamlin", None)
     with pytest.raises(ConfigError, match="comes after"):
