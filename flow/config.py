@@ -94,7 +94,7 @@ class BuildConfig:
     """Throughput target for folding; None maximises throughput within the board budget."""
     budget_fraction: float | None = None
     """Override of the board file's budget fraction."""
-    verify_inputs: int = 4
+    verify_inputs: int = 8
     """How many inputs every executable stage is checked on (seeded, with extremes)."""
     seed: int = 0
     """Seed of the verification inputs and of untrained weights."""

@@ -1,0 +1,155 @@
+"""The FINN flow: time per step, verification overhead, SI hardware overhead, auto vs hand folding.
+
+One run, one results file (``bench/results/flow.json`` + ``.md``); every ratio comes from numbers
+measured in this run, with FINN's own estimators (no Vivado):
+
+1. **Default build** (``flow/build.py --board pynq-z2``, estimates + code generation): seconds per
+   step, and our verification time relative to the time of the steps themselves. Goal: the whole
+   build in at most 180 s on 2 cores.
+2. **SI hardware overhead**: ``si_resnet_w1a1`` against ``resnet_w1a1`` folded for the same
+   throughput target (the FPS auto-folding reaches for ``resnet_w1a1`` on the board). Goal: at most
+   10% more LUT and at most 10% more BRAM at the same FPS.
+3. **Auto-folding against hand folding** on Brevitas CNV-W1A1 (seeded weights): FPS per LUT of our
+   auto-folding against finn-examples' hand folding for cnv-w1a1 (MVAU PE/SIMD 16/3, 32/32, 16/32,
+   16/32, 4/32, 1/32; FC 1/4, 1/8, 5/1; each sliding window's SIMD = its MVAU's SIMD), same graph,
+   same estimator. Goal: at least 1.0x.
+
+    python -m bench.flow [--board pynq-z2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import write_results
+
+HAND_CNV = [(16, 3), (32, 32), (16, 32), (16, 32), (4, 32), (1, 32), (1, 4), (1, 8), (5, 1)]
+"""finn-examples ``build/bnn-pynq`` cnv-w1a1 folding: (PE, SIMD) of the 9 MVAUs in order."""
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _build(tmp: Path, name: str, **kw) -> tuple[Path, float]:
+    from flow.build import build
+    from flow.config import resolve_build_config
+
+    t0 = time.perf_counter()
+    out = build(resolve_build_config(output_dir=str(tmp / name), **kw), echo=_quiet)
+    return out, time.perf_counter() - t0
+
+
+def default_build(tmp: Path, board: str) -> dict:
+    from flow.report import load_summary
+
+    out, wall = _build(tmp, "default", board=board)
+    s = load_summary(out)
+    times = json.loads((out / "time_per_step.json").read_text())
+    ver = json.loads((out / "report" / "verification.json").read_text())["verify_seconds"]
+    steps_s = sum(times.values())
+    verify_s = sum(ver.values())
+    return {"model": s["model"], "weights": s["weights"], "front_end": s["front_end"],
+            "wall_seconds": round(wall, 2), "step_seconds": times,
+            "steps_total_seconds": round(steps_s, 2), "verify_seconds": ver,
+            "verify_total_seconds": round(verify_s, 2),
+            "verification_overhead": round(verify_s / steps_s, 3),
+            "all_nodes_hw": s["all_nodes_hw"], "estimates": s["estimates"],
+            "goal_180s_met": wall <= 180.0}
+
+
+def si_overhead(tmp: Path, board: str) -> dict:
+    from flow.report import load_summary
+
+    base, _ = _build(tmp, "resnet_auto", board=board, model="resnet_w1a1",
+                     stop_step="generate_estimate_reports")
+    target = int(load_summary(base)["estimates"]["throughput_fps"])
+    res = {}
+    for name in ("resnet_w1a1", "si_resnet_w1a1"):
+        out, _ = _build(tmp, f"{name}_t", board=board, model=name, target_fps=target,
+                        stop_step="generate_estimate_reports")
+        res[name] = load_summary(out)["estimates"]
+    r, s = res["resnet_w1a1"], res["si_resnet_w1a1"]
+    lut = s["LUT"] / r["LUT"]
+    bram = s["BRAM_18K"] / r["BRAM_18K"] if r["BRAM_18K"] else float("nan")
+    return {"target_fps": target, "resnet_w1a1": r, "si_resnet_w1a1": s,
+            "lut_ratio": round(lut, 4), "bram_ratio": round(bram, 4),
+            "fps_ratio": round(s["throughput_fps"] / r["throughput_fps"], 4),
+            "goal_met": lut <= 1.10 and bram <= 1.10 and
+            s["throughput_fps"] >= 0.999 * r["throughput_fps"]}
+
+
+def hand_vs_auto(tmp: Path, board: str) -> dict:
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    from flow.config import load_board
+    from flow.finn_env import detect_tools, finn_session
+    from flow.folding import estimate
+    from tests.flow_models import brevitas_bnn_pynq
+
+    onnx = brevitas_bnn_pynq("CNV_1W1A", tmp / "cnv_w1a1.onnx")
+    out, _ = _build(tmp, "cnv", board=board, onnx=str(onnx), stop_step="fold", verify_inputs=2)
+    b = load_board(board)
+    inter = out / "intermediate_models"
+    with finn_session(tmp / "finn_hand", detect_tools()):
+        auto = ModelWrapper(str(next(inter.glob("*_fold.onnx"))))
+        hand = ModelWrapper(str(next(inter.glob("*_fold.onnx"))))
+        mvaus = [n for n in hand.graph.node if n.op_type.startswith("MVAU")]
+        if len(mvaus) != len(HAND_CNV):
+            raise RuntimeError(f"expected {len(HAND_CNV)} MVAUs in CNV, found {len(mvaus)}")
+        for n, (pe, simd) in zip(mvaus, HAND_CNV, strict=True):
+            inst = getCustomOp(n)
+            inst.set_nodeattr("PE", pe)
+            inst.set_nodeattr("SIMD", simd)
+            prod = hand.find_producer(n.input[0])
+            if prod is not None and prod.op_type.startswith("ConvolutionInputGenerator"):
+                getCustomOp(prod).set_nodeattr("SIMD", simd)
+        e_auto, e_hand = estimate(auto, b.fpga_part), estimate(hand, b.fpga_part)
+    clock = b.synth_clk_period_ns
+    fa, fh = e_auto.fps(clock), e_hand.fps(clock)
+    ratio = (fa / e_auto.resources["LUT"]) / (fh / e_hand.resources["LUT"])
+    return {"auto": {"fps": round(fa, 1), **e_auto.resources, "bottleneck": e_auto.bottleneck},
+            "hand": {"fps": round(fh, 1), **e_hand.resources, "bottleneck": e_hand.bottleneck},
+            "fps_per_lut_ratio": round(ratio, 3), "goal_met": ratio >= 1.0,
+            "note": "finn-examples measured 3,020 img/s on a Pynq-Z2 at 100 MHz with the hand "
+                    "folding; both numbers here are FINN estimates on the same graph"}
+
+
+def run(board: str = "pynq-z2") -> dict:
+    with tempfile.TemporaryDirectory(prefix="bench_flow_") as d:
+        tmp = Path(d)
+        return {"board": board, "default_build": default_build(tmp, board),
+                "si_overhead": si_overhead(tmp, board),
+                "auto_vs_hand_folding_cnv": hand_vs_auto(tmp, board)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--board", default="pynq-z2")
+    a = p.parse_args(argv)
+    res = run(a.board)
+    d, si, hv = res["default_build"], res["si_overhead"], res["auto_vs_hand_folding_cnv"]
+    table = [
+        ["measure", "value", "goal"],
+        ["default build wall time (s)", f"{d['wall_seconds']:.1f}", "<= 180"],
+        ["verification / step time", f"{d['verification_overhead']:.2f}x", "-"],
+        [f"SI LUT ratio @ {si['target_fps']} fps", f"{si['lut_ratio']:.3f}", "<= 1.10"],
+        ["SI BRAM ratio", f"{si['bram_ratio']:.3f}", "<= 1.10"],
+        ["SI FPS ratio", f"{si['fps_ratio']:.3f}", ">= 1.0"],
+        ["CNV auto/hand FPS per LUT", f"{hv['fps_per_lut_ratio']:.3f}", ">= 1.0"],
+        ["CNV auto fps / LUT", f"{hv['auto']['fps']:.0f} / {hv['auto']['LUT']:.0f}", "-"],
+        ["CNV hand fps / LUT", f"{hv['hand']['fps']:.0f} / {hv['hand']['LUT']:.0f}", "-"],
+    ]
+    table += [[f"step {k} (s)", f"{v:.2f}", "-"] for k, v in d["step_seconds"].items()]
+    path = write_results("flow", res, table)
+    print((path.with_suffix(".md")).read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
