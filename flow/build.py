@@ -342,6 +342,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--front-end", default=None, choices=["auto", "exact", "finn"],
                    help="exact: sibnn's integer IR (flow.lower); finn: FINN's ConvertQONNXtoFINN "
                         "+ streamlining; auto (default): exact where the IR covers the graph")
+    p.add_argument("--require-bitfile", action="store_true", default=None,
+                   help="fail (exit 2) instead of skipping the Vivado-only outputs")
     p.add_argument("--target-fps", type=int, default=None,
                    help="fold for this throughput instead of the fastest within budget")
     return p.parse_args(argv)
@@ -353,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = resolve_build_config(
         a.config, board=a.board, model=a.model, onnx=a.onnx, checkpoint=a.checkpoint,
         output_dir=a.output_dir, folding=a.folding, start_step=a.start_step,
-        stop_step=a.stop_step, target_fps=a.target_fps, front_end=a.front_end)
+        stop_step=a.stop_step, target_fps=a.target_fps, front_end=a.front_end,
+        require_bitfile=a.require_bitfile)
     build(cfg)
     return 0
 

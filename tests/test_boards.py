@@ -40,3 +40,51 @@ def test_pynq_z2_is_the_anchor():
     assert (b.fpga_part, b.capacity["LUT"], b.capacity["BRAM_18K"], b.capacity["DSP"]) == (
         "xc7z020clg400-1", 53200, 280, 220)
     assert b.budget == {"LUT": 42560, "BRAM_18K": 224, "URAM": 0, "DSP": 176}
+
+
+@pytest.fixture(scope="module")
+def tfc_specialised(tmp_path_factory):
+    """Brevitas TFC-W1A1 (seeded) built up to specialised layers, once for all boards."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from flow.build import build
+    from flow.config import resolve_build_config
+    from tests.flow_models import brevitas_bnn_pynq
+
+    tmp = tmp_path_factory.mktemp("tfc")
+    onnx = brevitas_bnn_pynq("TFC_1W1A", tmp / "tfc.onnx")
+    out = build(resolve_build_config(onnx=str(onnx), output_dir=str(tmp / "out"),
+                                     stop_step="specialize_layers", verify_inputs=1),
+                echo=lambda _m: None)
+    return ModelWrapper(str(next((out / "intermediate_models").glob("*_specialize_layers.onnx"))))
+
+
+@pytest.mark.parametrize("name", BOARDS)
+def test_auto_folding_fits_every_board(name, tfc_specialised, tmp_path):
+    from flow.finn_env import detect_tools, finn_session
+    from flow.folding import auto_fold
+
+    b = load_board(name)
+    with finn_session(tmp_path / "finn", detect_tools()):
+        res = auto_fold(tfc_specialised, b)
+    assert res.feasible and res.estimate.within(b.budget)
+    assert res.estimate.fps(b.synth_clk_period_ns) > 0
+
+
+@pytest.mark.vivado
+@pytest.mark.parametrize("name", BOARDS)
+def test_bitfile_per_board(name, tmp_path):
+    from flow.finn_env import detect_tools
+
+    tools = detect_tools()
+    if not tools.has_vivado:
+        pytest.skip(f"needs Xilinx Vivado ({tools.reason})")
+    from flow.build import build
+    from flow.config import resolve_build_config
+    from flow.report import load_summary
+    from tests.flow_models import brevitas_bnn_pynq
+
+    onnx = brevitas_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")
+    out = build(resolve_build_config(board=name, onnx=str(onnx), output_dir=str(tmp_path / "o"),
+                                     require_bitfile=True), echo=lambda _m: None)
+    assert load_summary(out)["outputs"]["bitfile"] == "generated"
