@@ -313,3 +313,22 @@ def test_shipped_default_model_full_test_set_matches_registry():
     model = build_model("si_resnet_w1a1", pretrained=True)
     acc = evaluate(model, load_test("fmnist"), batch_size=1000)["acc"]
     assert acc == pytest.approx(entry.top1, abs=0.01)
+
+
+def test_init_from_fp_keeps_the_binary_logit_scale(tmp_path):
+    from quant_models.train.engine import init_weights
+
+    fp = build_model("si_resnet_fp", dataset="digits", width=8, depth=[1, 1])
+    with torch.no_grad():
+        fp.head.logit_scale.fill_(0.125)
+        fp.blocks[0].conv.weight.mul_(-1)
+    save_checkpoint(tmp_path / "fp.pt", fp)
+    d = tiny(tmp_path)
+    d["stages"] = [{**d["stages"][1], "teacher": None, "init_from": str(tmp_path / "fp.pt"),
+                    "loss_weights": {"ce": 1.0}}]
+    cfg = build_config(d)
+    student = build_model("si_resnet_w1a1", dataset="digits", width=8, depth=[1, 1])
+    own_scale = float(student.head.logit_scale)
+    n = init_weights(cfg, cfg.stages[0], student)
+    assert n > 0 and float(student.head.logit_scale) == own_scale != 0.125
+    assert torch.equal(student.blocks[0].conv.weight, fp.blocks[0].conv.weight)

@@ -135,12 +135,22 @@ def load_teacher(cfg: TrainConfig, stage: Stage, student: nn.Module) -> nn.Modul
     return teacher.eval()
 
 
+SCALE_KEYS = ("head.logit_scale",)
+"""Tensors not transferred between an FP and a binary network: the logit scale calibrates the
+magnitude of the head's weights, which are about 0.1 in an FP teacher and exactly +-1 in a binary
+student, so a copied scale makes the student's logits ~10x too large (measured: the first
+student epoch spent on shrinking it, 58 % val). The student keeps its own initial scale."""
+
+
 def init_weights(cfg: TrainConfig, stage: Stage, model: nn.Module) -> int:
-    """Copy every tensor of ``stage.init_from`` whose name and shape match; returns the count."""
+    """Copy every tensor of ``stage.init_from`` whose name and shape match (except
+    :data:`SCALE_KEYS` across FP/binary); returns the count."""
     path = _ref_path(cfg, stage.init_from)
-    src = load_checkpoint(path)["state_dict"]
+    ckpt = load_checkpoint(path)
+    src = ckpt["state_dict"]
     own = model.state_dict()
-    hits = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape}
+    skip = SCALE_KEYS if ckpt["model_args"].get("binary") != model.spec.binary else ()
+    hits = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and k not in skip}
     if not hits:
         raise CheckpointError(f"init_from checkpoint {path} ({len(src)} tensors) shares no tensor "
                               f"of the same name and shape with {stage.student}")
