@@ -134,7 +134,7 @@ def build_model_wrapper(model, cfg: BuildConfig, board: BoardConfig, out_dir: Pa
     from flow.steps import FlowContext, select_steps, steps_for
 
     steps = select_steps(cfg.start_step, cfg.stop_step, front_end)
-    with finn_session(out_dir / "finn_build", tools) as finn_steps:
+    with finn_session(out_dir / "finn_build", tools, log_file=out_dir / "build.log") as finn_steps:
         finn_cfg = dataflow_config(out_dir, board=board.board, fpga_part=board.fpga_part,
                                    clock_ns=board.synth_clk_period_ns,
                                    shell_flow_type=board.shell_flow_type.value,

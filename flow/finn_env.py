@@ -85,16 +85,29 @@ def _install_xsi_guard(tools: ToolStatus) -> None:
 
 
 @contextmanager
-def finn_session(build_dir: Path, tools: ToolStatus) -> Iterator[ModuleType]:
+def finn_session(build_dir: Path, tools: ToolStatus, log_file: Path | None = None
+                 ) -> Iterator[ModuleType]:
     """Run FINN with its settings pointing at ``build_dir`` (FINN's scratch directory).
 
     Yields ``finn.builder.build_dataflow_steps``. The previous global settings are restored on
     exit, and the environment is left untouched (``auto_set_environment_vars=False``; the
     settings file path is one inside ``build_dir`` that need not exist, so ``~/.finn`` is never
-    created).
+    created). With ``log_file``, FINN's logger writes there instead of the console (restored on
+    exit).
     """
+    import logging
+
     import finn.util.settings as settings_mod
     from finn.interface.settings import FINNSettings
+
+    finn_log = logging.getLogger("finn_logger")
+    handler = None
+    saved_propagate = finn_log.propagate
+    if log_file is not None:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        finn_log.addHandler(handler)
+        finn_log.propagate = False
 
     build_dir = Path(build_dir).absolute()
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -112,6 +125,10 @@ def finn_session(build_dir: Path, tools: ToolStatus) -> Iterator[ModuleType]:
         yield steps
     finally:
         settings_mod._SETTINGS = previous
+        if handler is not None:
+            finn_log.removeHandler(handler)
+            handler.close()
+            finn_log.propagate = saved_propagate
 
 
 def dataflow_config(output_dir: Path, *, board: str, fpga_part: str, clock_ns: float,

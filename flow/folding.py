@@ -49,8 +49,11 @@ class Estimate:
     def latency_ns(self, clock_ns: float) -> float:
         return self.critical_path_cycles * clock_ns
 
+    valid: bool = True
+    """Every node's folding passed FINN's consistency checks (:func:`folding_errors`)."""
+
     def within(self, budget: dict[str, int]) -> bool:
-        return all(self.resources.get(k, 0) <= budget[k] for k in BUDGETED)
+        return self.valid and all(self.resources.get(k, 0) <= budget[k] for k in BUDGETED)
 
 
 def estimate(model: ModelWrapper, fpga_part: str) -> Estimate:
@@ -59,6 +62,8 @@ def estimate(model: ModelWrapper, fpga_part: str) -> Estimate:
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
     from finn.transformation.fpgadataflow.annotate_cycles import AnnotateCycles
 
+    if folding_errors(model):
+        return Estimate({k: float("inf") for k in BUDGETED}, 2**62, 2**62, "", False)
     model = model.transform(AnnotateCycles())
     per_node = model.analysis(lambda m: res_estimation(m, fpga_part))
     totals = {k: 0.0 for k in BUDGETED}
@@ -67,7 +72,30 @@ def estimate(model: ModelWrapper, fpga_part: str) -> Estimate:
             totals[k] += float(res.get(k, 0))
     perf = model.analysis(dataflow_performance)
     return Estimate(totals, int(perf["max_cycles"]), int(perf["critical_path_cycles"]),
-                    str(perf["max_cycles_node_name"]))
+                    str(perf["max_cycles_node_name"]), not folding_errors(model))
+
+
+def folding_errors(model: ModelWrapper) -> list[str]:
+    """FINN's own consistency checks of every HW node's folding (stream widths, folded shapes).
+
+    ``SetFolding`` can pick a PE that does not divide a ``Reshape``'s last axis at high targets;
+    such a point is invalid, not merely expensive.
+    """
+    errors = []
+    for n in model.graph.node:
+        if not n.domain.startswith("finn.custom_op.fpgadataflow"):
+            continue
+        inst = getCustomOp(n)
+        try:
+            for i in range(len(n.input)):
+                if model.get_initializer(n.input[i]) is None:
+                    inst.get_instream_width(i)
+                    inst.get_folded_input_shape(i)
+            inst.get_outstream_width()
+            inst.get_folded_output_shape()
+        except (AssertionError, ValueError, ZeroDivisionError) as err:
+            errors.append(f"{n.name}: {err or type(err).__name__}")
+    return errors
 
 
 def _fold(model: ModelWrapper, target_cycles: int, wwidth_max: int) -> ModelWrapper:
@@ -84,26 +112,44 @@ class FoldingResult:
     target_cycles: int
     feasible: bool
     evaluated: int
+    wwidth_max: int = 36
+    """The MVAU weight-stream cap the folding was found with (FINN's ``mvau_wwidth_max``)."""
 
 
 def auto_fold(model: ModelWrapper, board: BoardConfig, *, target_fps: int | None = None,
-              wwidth_max: int = 36) -> FoldingResult:
+              wwidth_max: int = 36, widen: bool = True) -> FoldingResult:
     """Fold ``model`` (specialised HW layers) for ``board``.
 
     With ``target_fps`` FINN's ``SetFolding`` is applied for that target once (FINN's behaviour);
-    otherwise the fastest folding whose estimates fit the budget is searched. When even the fully
-    folded design exceeds the budget, that design is returned with ``feasible=False``.
+    otherwise the fastest folding whose estimates fit the budget is searched. FINN caps an MVAU's
+    weight stream at ``mvau_wwidth_max`` bits (``SIMD * PE * weight bits`` for 1-bit weights), which
+    can stop a layer short of its fastest folding; with ``widen`` the search is repeated for
+    ``wwidth_max * 2**k`` (k = 1, 2, 3) and the fastest feasible result wins (fewer LUTs on a tie).
+    When even the fully folded design exceeds the budget, it is returned with ``feasible=False``.
     """
+    if target_fps is None and widen:
+        results = [_search(model, board, w) for w in (wwidth_max * 2**k for k in range(4))]
+        feasible = [r for r in results if r.feasible]
+        pool = feasible or results
+        best = min(pool, key=lambda r: (r.estimate.max_cycles, r.estimate.resources["LUT"]))
+        return FoldingResult(best.model, best.estimate, best.target_cycles, best.feasible,
+                             sum(r.evaluated for r in results), best.wwidth_max)
+    return _search(model, board, wwidth_max, target_fps)
+
+
+def _search(model: ModelWrapper, board: BoardConfig, wwidth_max: int,
+            target_fps: int | None = None) -> FoldingResult:
     budget = board.budget
     clock = board.synth_clk_period_ns
     if target_fps is not None:
         t = max(1, int(1e9 / (clock * target_fps)))
         m = _fold(model, t, wwidth_max)
         est = estimate(m, board.fpga_part)
-        return FoldingResult(m, est, t, est.within(budget), 1)
+        return FoldingResult(m, est, t, est.within(budget), 1, wwidth_max)
     slow = _fold(model, 10**12, wwidth_max)
     slow_est = estimate(slow, board.fpga_part)
-    best = FoldingResult(slow, slow_est, slow_est.max_cycles, slow_est.within(budget), 1)
+    best = FoldingResult(slow, slow_est, slow_est.max_cycles, slow_est.within(budget), 1,
+                         wwidth_max)
     lo, hi = 1, slow_est.max_cycles  # hi is feasible iff the folded-out design fits
     evaluated = 1
     while lo < hi:
@@ -113,11 +159,12 @@ def auto_fold(model: ModelWrapper, board: BoardConfig, *, target_fps: int | None
         evaluated += 1
         if est.within(budget):
             if not best.feasible or est.max_cycles < best.estimate.max_cycles:
-                best = FoldingResult(m, est, mid, True, evaluated)
+                best = FoldingResult(m, est, mid, True, evaluated, wwidth_max)
             hi = mid
         else:
             lo = mid + 1
-    return FoldingResult(best.model, best.estimate, best.target_cycles, best.feasible, evaluated)
+    return FoldingResult(best.model, best.estimate, best.target_cycles, best.feasible, evaluated,
+                         wwidth_max)
 
 
 def folding_dict(model: ModelWrapper) -> dict:
@@ -190,4 +237,8 @@ def apply_folding(model: ModelWrapper, data: dict, source: str = "folding file")
     from finn.transformation.general import ApplyConfig
 
     validate_folding(data, model, source)
-    return model.transform(ApplyConfig(data))
+    model = model.transform(ApplyConfig(data))
+    errors = folding_errors(model)
+    if errors:
+        raise ConfigError(f"{source} gives an invalid folding: {'; '.join(errors)}")
+    return model

@@ -16,9 +16,11 @@ first stage's against the exported model's float logits through the recorded out
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -200,7 +202,8 @@ def run_steps(model: ModelWrapper, steps: list[Step], ctx: FlowContext,
             echo(f"[{i}/{total}] {step.name} ({ctx.tools.skipped})")
             continue
         t0 = time.perf_counter()
-        model = step.fn(model, ctx)
+        with _tool_output(ctx.out_dir / "build.log", step.name):
+            model = step.fn(model, ctx)
         dt = time.perf_counter() - t0
         model.save(str(inter / f"{index:02d}_{step.name}.onnx"))
         rec = StepRecord(index, step.name, dt, "done", ops=op_histogram(model))
@@ -208,7 +211,8 @@ def run_steps(model: ModelWrapper, steps: list[Step], ctx: FlowContext,
         if verifier is not None:
             if ok:
                 t1 = time.perf_counter()
-                rec.verification = verifier(step.name, model)
+                with _tool_output(ctx.out_dir / "build.log", f"verify {step.name}"):
+                    rec.verification = verifier(step.name, model)
                 rec.verify_seconds = time.perf_counter() - t1
             else:
                 rec.verification = {"step": step.name, "exact": None, "n_inputs": 0,
@@ -221,6 +225,20 @@ def run_steps(model: ModelWrapper, steps: list[Step], ctx: FlowContext,
         echo(f"[{i}/{total}] {step.name} ({dt:.2f} s){v}")
         _write_progress(ctx.out_dir, records)
     return model, records
+
+
+@contextmanager
+def _tool_output(log: Path, title: str):
+    """Send what FINN/qonnx print (and their Python warnings) to ``log`` instead of the console."""
+    import warnings
+
+    with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f), \
+            warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = lambda msg, cat, fn, ln, file=None, line=None: print(
+            f"{cat.__name__}: {msg}", file=f)
+        print(f"== {title}", file=f)
+        yield
 
 
 def _write_progress(out_dir: Path, records: list[StepRecord]) -> None:

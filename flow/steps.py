@@ -162,7 +162,11 @@ def step_streamline(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
 
 
 def step_convert_to_hw(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
-    """FINN's conversion to HW layers; then every node must be a HW layer (else: name them)."""
+    """FINN's conversion to HW layers; then every node must be a HW layer (else: name them).
+
+    Identity ``Im2Col`` nodes (1x1, stride 1) are dropped first so they get no sliding window.
+    """
+    model = model.transform(ComposedTransformation([T.RemoveIdentityIm2Col()]))
     model = ctx.finn_steps.step_convert_to_hw(model, ctx.finn_cfg)
     left = non_hw_nodes(model)
     if left:
@@ -204,7 +208,9 @@ def step_fold(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
                                 wwidth_max=ctx.cfg.mvau_wwidth_max)
         model, est = res.model, res.estimate
         ctx.results["folding"] = {"mode": "auto", "target_cycles": res.target_cycles,
-                                  "feasible": res.feasible, "evaluated": res.evaluated}
+                                  "feasible": res.feasible, "evaluated": res.evaluated,
+                                  "mvau_wwidth_max": res.wwidth_max}
+        ctx.finn_cfg.mvau_wwidth_max = res.wwidth_max
     folding.write_folding(model, report / "folding_config.json")
     ctx.results["folding"].update({
         "estimate": est.resources, "max_cycles": est.max_cycles, "bottleneck": est.bottleneck,

@@ -542,3 +542,31 @@ class MoveTransposeBeforeMultiThreshold(Transformation):
             del i_tr
             return model.transform(InferShapes()), True
         return model, False
+
+
+class RemoveIdentityIm2Col(Transformation):
+    """Drop ``Im2Col`` with a 1x1 kernel, stride 1, no padding and no dilation: it is the identity
+    on the NHWC stream, but FINN would still build a sliding-window unit for it (the SI branch's
+    1x1 convolutions had one each)."""
+
+    def apply(self, model: ModelWrapper):
+        for n in model.graph.node:
+            if n.op_type != "Im2Col":
+                continue
+            inst = getCustomOp(n)
+            if list(inst.get_nodeattr("kernel_size")) != [1, 1] or \
+                    list(inst.get_nodeattr("stride")) != [1, 1] or \
+                    any(inst.get_nodeattr("pad_amount")) or \
+                    list(inst.get_nodeattr("dilations")) not in ([1, 1], []):
+                continue
+            if model.get_tensor_shape(n.input[0]) != model.get_tensor_shape(n.output[0]):
+                continue
+            if n.output[0] in [o.name for o in model.graph.output]:
+                continue
+            for c in model.find_consumers(n.output[0]) or []:
+                for k, t in enumerate(c.input):
+                    if t == n.output[0]:
+                        c.input[k] = n.input[0]
+            model.graph.node.remove(n)
+            return model, True
+        return model, False
