@@ -1,0 +1,357 @@
+"""Studies behind the notebooks: estimates per board, the SI sweep, the exactness trace.
+
+The notebooks in ``notebooks/`` only call these functions; every number comes from a real build
+(``flow.build.build``) with FINN's estimators, every plot is also written as PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from contextlib import redirect_stdout
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from .config import BuildConfig, list_boards, load_board
+
+RESOURCES = ("LUT", "BRAM_18K", "DSP")
+ACCURACY_FILE = Path(__file__).resolve().parents[1] / "bench" / "results" / "accuracy.json"
+
+
+def full_mode() -> bool:
+    """Notebooks run a small configuration unless ``SIBNN_NOTEBOOKS_FULL=1`` (the slow tests)."""
+    return os.environ.get("SIBNN_NOTEBOOKS_FULL", "0") == "1"
+
+
+def _quiet_build(cfg: BuildConfig) -> Path:
+    from .build import build
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        return build(cfg, echo=lambda *a, **k: None)
+
+
+def estimate(cfg: BuildConfig) -> dict:
+    """Build ``cfg`` up to FINN's estimate reports and return one flat row of results."""
+    from .report import load_summary
+
+    cfg = replace(cfg, stop_step=cfg.stop_step or "generate_estimate_reports")
+    out = _quiet_build(cfg)
+    s = load_summary(out)
+    est = s["estimates"]
+    return {
+        "board": s["board"], "model": s["model"], "out_dir": str(out),
+        **{k: est[k] for k in RESOURCES}, "URAM": est["URAM"],
+        "fps": est["throughput_fps"], "latency_us": est["latency_ns"] / 1000.0,
+        **{f"{k}_budget": s["budget"][k] for k in RESOURCES},
+        **{f"{k}_capacity": s["capacity"][k] for k in RESOURCES},
+        "all_nodes_hw": s["all_nodes_hw"],
+        "exact_stages": sum(1 for v in s["verification"] if v["exact"]),
+        "weights": s.get("weights", ""),
+    }
+
+
+def board_estimates(out_root: str | Path, *, boards: list[str] | None = None,
+                    model_overrides: dict | None = None, verify_inputs: int = 2) -> list[dict]:
+    """The default model (or an override of it) built to estimates for every board file."""
+    rows = []
+    for b in boards or list_boards():
+        cfg = BuildConfig(board=b, output_dir=str(Path(out_root) / f"estimates_{b}"),
+                          model_overrides=dict(model_overrides or {}),
+                          verify_inputs=verify_inputs)
+        rows.append(estimate(cfg))
+    return rows
+
+
+def table(rows: list[dict], columns: list[str]):
+    import pandas as pd
+
+    return pd.DataFrame([{c: r.get(c) for c in columns} for r in rows])
+
+
+def _save(fig, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def plot_board_resources(rows: list[dict], png: str | Path):
+    """Grouped bars: each resource's estimate as a percentage of the board's capacity, with the
+    budget (dashed) and the full device (solid) drawn. Saved to ``png``; returns the figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    x = np.arange(len(rows))
+    wbar = 0.8 / len(RESOURCES)
+    for i, k in enumerate(RESOURCES):
+        pct = [100.0 * r[k] / r[f"{k}_capacity"] if r[f"{k}_capacity"] else 0.0 for r in rows]
+        bars = ax.bar(x + (i - 1) * wbar, pct, wbar, label=k)
+        for b, r in zip(bars, rows, strict=True):
+            ax.annotate(f"{r[k]:.0f}", (b.get_x() + b.get_width() / 2, b.get_height()),
+                        ha="center", va="bottom", fontsize=7)
+    budget = 100.0 * rows[0]["LUT_budget"] / rows[0]["LUT_capacity"]
+    ax.axhline(budget, color="tab:red", ls="--", lw=1, label=f"budget ({budget:.0f}%)")
+    ax.axhline(100.0, color="black", lw=1, label="device capacity")
+    ax.set_xticks(x, [r["board"] for r in rows])
+    ax.set_ylabel("utilisation (% of the board's capacity)")
+    ax.set_ylim(0, 110)
+    ax.set_title(f"{rows[0]['model']}: FINN resource estimates per board (labels: counts)")
+    ax.legend(fontsize=8, loc="upper right", ncol=2)
+    _save(fig, png)
+    return fig
+
+
+def plot_board_throughput(rows: list[dict], png: str | Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    x = np.arange(len(rows))
+    ax.bar(x, [r["fps"] for r in rows], color="tab:green")
+    for i, r in enumerate(rows):
+        ax.annotate(f"{r['latency_us']:.0f} us", (i, r["fps"]), ha="center", va="bottom",
+                    fontsize=8)
+    ax.set_xticks(x, [r["board"] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("throughput (frames/s, FINN estimate)")
+    ax.set_title("Throughput per board (labels: latency)")
+    _save(fig, png)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# What SI costs and buys
+# ------------------------------------------------------------------------------------------------
+def si_sweep(out_root: str | Path, *, rs: list[int], widths: list[int], depth: list[int],
+             board: str = "pynq-z2", target_fps: int | None = None,
+             verify_inputs: int = 1) -> list[dict]:
+    """Parameters and FINN estimates for ``si_resnet_w1a1`` over ``r`` x ``width``, with
+    ``resnet_w1a1`` (no SI) at every width as the reference. One folding target for all."""
+    from quant_models import build_model
+    from quant_models.info import summary
+
+    rows = []
+    for width in widths:
+        variants = [("resnet_w1a1", None)] + [("si_resnet_w1a1", r) for r in rs]
+        for arch, r in variants:
+            ov = {"width": width, "depth": list(depth)}
+            if r is not None:
+                ov["r"] = r
+            params = summary(build_model(arch, **ov))["total_params"]
+            cfg = BuildConfig(board=board, model=arch, model_overrides=ov,
+                              output_dir=str(Path(out_root) / f"sweep_{arch}_w{width}_r{r}"),
+                              target_fps=target_fps, verify_inputs=verify_inputs)
+            row = estimate(cfg)
+            from quant_models.networks import NetSpec
+
+            default = NetSpec()
+            row.update(arch=arch, width=width, r=r, params=params,
+                       default_size=(width == default.width and tuple(depth) == default.depth
+                                     and r in (None, default.r)))
+            rows.append(row)
+    return rows
+
+
+def load_accuracy(path: str | Path = ACCURACY_FILE) -> dict[str, float] | None:
+    """Mean test top-1 per ablation variant from ``bench/results/accuracy.json`` (None if absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    out = {}
+    for v in data.get("variants", data.get("results", [])):
+        name = v.get("name") or v.get("variant")
+        acc = v.get("mean_test_top1", v.get("test_top1_mean"))
+        if name is not None and acc is not None:
+            out[name] = float(acc)
+    return out or None
+
+
+def plot_si_sweep(rows: list[dict], png: str | Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    for width in sorted({r["width"] for r in rows}):
+        ref = next(r for r in rows if r["width"] == width and r["arch"] == "resnet_w1a1")
+        si = [r for r in rows if r["width"] == width and r["arch"] == "si_resnet_w1a1"]
+        rs = [r["r"] for r in si]
+        for ax, key, label in zip(axes, ("params", "LUT", "BRAM_18K"),
+                                  ("parameters", "LUT", "BRAM_18K"), strict=True):
+            ax.plot(rs, [100.0 * (r[key] / ref[key] - 1.0) if ref[key] else 0.0 for r in si],
+                    marker="o", label=f"width {width}")
+            ax.set_xlabel("SI squeeze ratio r")
+            ax.set_ylabel(f"{label} overhead vs no SI (%)")
+            ax.set_title(f"SI cost in {label}")
+            ax.axhline(10.0, color="tab:red", ls="--", lw=1)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("What the SI shortcut costs (dashed: the 10% goal)")
+    _save(fig, png)
+    return fig
+
+
+def plot_pareto(rows: list[dict], accuracy: dict[str, float] | None, png: str | Path):
+    """Accuracy against LUT, FPS as colour. Without measured accuracy the y axis is parameters
+    (and the title says so): nothing is invented."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    pts = []
+    for r in rows:
+        y = None
+        if accuracy:
+            key = "resnet_w1a1" if r["arch"] == "resnet_w1a1" else "si_resnet_w1a1"
+            y = accuracy.get(key) if r.get("default_size") else None
+        pts.append((r["LUT"], y, r["fps"], r))
+    measured = [p for p in pts if p[1] is not None]
+    if measured:
+        sc = ax.scatter([p[0] for p in measured], [p[1] for p in measured],
+                        c=[p[2] for p in measured], cmap="viridis", s=80)
+        ax.set_ylabel("Fashion-MNIST test top-1 (%)")
+        title = "Accuracy vs LUT (colour: FPS)"
+    else:
+        sc = ax.scatter([p[0] for p in pts], [p[3]["params"] for p in pts],
+                        c=[p[2] for p in pts], cmap="viridis", s=80)
+        ax.set_ylabel("parameters (no measured accuracy for these sizes)")
+        title = "Parameters vs LUT (colour: FPS); accuracy not measured for these sizes"
+    for lut, y, _, r in (measured or pts):
+        yv = y if y is not None else r["params"]
+        tag = "no SI" if r["arch"] == "resnet_w1a1" else f"r={r['r']}"
+        ax.annotate(f"{tag}, w{r['width']}", (lut, yv), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points")
+    fig.colorbar(sc, ax=ax, label="throughput (frames/s)")
+    ax.set_xlabel("LUT (FINN estimate)")
+    ax.set_title(title)
+    _save(fig, png)
+    return fig
+
+
+# ------------------------------------------------------------------------------------------------
+# Exactness, shown
+# ------------------------------------------------------------------------------------------------
+def exactness_trace(out_root: str | Path, *, image: np.ndarray | None = None,
+                    model_overrides: dict | None = None, board: str = "pynq-z2") -> dict:
+    """One image through Brevitas, the golden model (ONNX Runtime) and every executable FINN
+    stage of a real build; returns the integer scores per stage and the equality verdicts."""
+    import torch
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from quant_models import build_model
+    from quant_models.registry import get_entry
+
+    from .export import export_qonnx_model
+    from .golden import golden_from_qonnx
+    from .runner import is_executable
+    from .verify import load_real_images, make_inputs, pixels_to_x, run_stage, to_int_grid
+
+    ov = dict(model_overrides or {})
+    cfg = BuildConfig(board=board, model_overrides=ov, stop_step="convert_to_hw",
+                      output_dir=str(Path(out_root) / "exactness_build"), verify_inputs=2)
+    out = _quiet_build(cfg)
+    name = cfg.model_name
+    if get_entry(name).pretrained is not None and not ov:
+        net = build_model(name, pretrained=True)
+    else:
+        torch.manual_seed(cfg.seed)
+        net = build_model(name, **ov).eval()
+    c, h, w = net.spec.input_shape
+    if image is None:
+        real = load_real_images(1, seed=7) if (c, h, w) == (1, 28, 28) else None
+        image = real if real is not None else make_inputs((h, w, c), 6, 7)[-1:]
+    image = np.asarray(image, np.uint8).reshape(1, h, w, c)
+    golden, _ = golden_from_qonnx(export_qonnx_model(net, Path(out) / "trace.qonnx.onnx",
+                                                     with_taps=True))
+    gold = golden.run(image)
+    with torch.no_grad():
+        logits = net(pixels_to_x(image)).numpy()
+    rows = [{"stage": "brevitas (torch)", "scores": to_int_grid(logits, golden.scale, "logits",
+                                                                 "brevitas")[0].tolist()},
+            {"stage": "golden (onnxruntime)", "scores": gold["scores"][0].astype(int).tolist()}]
+    for f in sorted((Path(out) / "intermediate_models").glob("*.onnx")):
+        m = ModelWrapper(str(f))
+        ok, why = is_executable(m)
+        if not ok:
+            rows.append({"stage": f.stem, "scores": None, "note": why})
+            continue
+        y = run_stage(m, image).reshape(gold["scores"].shape)
+        oname = m.graph.output[0].name
+        dt = m.get_tensor_datatype(oname)
+        s = 1.0 if dt is not None and dt.is_integer() else golden.scale
+        rows.append({"stage": f.stem, "scores": to_int_grid(y, s, oname, f.stem)[0].tolist()})
+    ref = rows[1]["scores"]
+    for r in rows:
+        r["equal_to_golden"] = None if r["scores"] is None else bool(np.array_equal(r["scores"],
+                                                                                   ref))
+    return {"image": image, "rows": rows, "golden": golden, "net": net, "build": str(out),
+            "top1": int(gold["top1"][0])}
+
+
+def mismatch_demo(trace: dict) -> str:
+    """What a failed check looks like: the golden model checked against a copy of the network
+    with one BatchNorm bias nudged; returns the VerificationError's one-line message."""
+    import copy
+
+    import torch
+
+    from quant_models.errors import VerificationError
+
+    from .verify import make_inputs, verify
+
+    net = copy.deepcopy(trace["net"])
+    bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    with torch.no_grad():
+        bn.bias += 3.0
+    c, h, w = net.spec.input_shape
+    try:
+        verify(trace["golden"], make_inputs((h, w, c), 4, 0), torch_model=net)
+    except VerificationError as err:
+        return str(err)
+    return "no mismatch detected"
+
+
+def plot_trace(trace: dict, png: str | Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in trace["rows"] if r["scores"] is not None]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(13, 4.5),
+                                   gridspec_kw={"width_ratios": [1, 3], "wspace": 0.55})
+    ax0.imshow(trace["image"][0, :, :, 0] if trace["image"].shape[-1] == 1 else trace["image"][0],
+               cmap="gray")
+    ax0.set_title(f"input (uint8), golden top-1 = {trace['top1']}")
+    ax0.axis("off")
+    mat = np.array([r["scores"] for r in rows], dtype=np.int64)
+    im = ax1.imshow(mat, aspect="auto", cmap="coolwarm")
+    ax1.set_yticks(range(len(rows)), [f"{r['stage']} {'==' if r['equal_to_golden'] else '!='}"
+                                      for r in rows], fontsize=8)
+    ax1.set_xlabel("class")
+    ax1.set_title("integer class scores per stage (identical rows = bit-exact)")
+    for i in range(mat.shape[0]):
+        for j in range(mat.shape[1]):
+            ax1.text(j, i, str(mat[i, j]), ha="center", va="center", fontsize=7)
+    fig.colorbar(im, ax=ax1, label="score (integer)")
+    _save(fig, png)
+    return fig
+
+
+def board_names() -> list[str]:
+    return list_boards()
+
+
+def board_capacity(name: str) -> dict:
+    return dict(load_board(name).capacity)
