@@ -164,9 +164,11 @@ def step_streamline(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
 def step_convert_to_hw(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
     """FINN's conversion to HW layers; then every node must be a HW layer (else: name them).
 
-    Identity ``Im2Col`` nodes (1x1, stride 1) are dropped first so they get no sliding window.
+    Identity ``Im2Col`` nodes (1x1, stride 1) are dropped and identical ones on one tensor merged
+    first, so no sliding-window unit is built twice or for nothing.
     """
-    model = model.transform(ComposedTransformation([T.RemoveIdentityIm2Col()]))
+    model = model.transform(ComposedTransformation([T.RemoveIdentityIm2Col(),
+                                                    T.ShareIdenticalIm2Col()]))
     model = ctx.finn_steps.step_convert_to_hw(model, ctx.finn_cfg)
     left = non_hw_nodes(model)
     if left:

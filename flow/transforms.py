@@ -570,3 +570,29 @@ class RemoveIdentityIm2Col(Transformation):
             model.graph.node.remove(n)
             return model, True
         return model, False
+
+
+class ShareIdenticalIm2Col(Transformation):
+    """Two ``Im2Col`` nodes on the same tensor with the same attributes become one (the fork moves
+    behind the sliding window). In a downsampling SI block the shortcut's and the SI squeeze's
+    1x1 stride-2 convolutions read the same bipolar tensor and would each get a window unit."""
+
+    def apply(self, model: ModelWrapper):
+        seen: dict = {}
+        for n in model.graph.node:
+            if n.op_type != "Im2Col":
+                continue
+            key = (n.input[0], tuple(sorted((a.name, str(a)) for a in n.attribute)))
+            if key not in seen:
+                seen[key] = n
+                continue
+            keep = seen[key]
+            if n.output[0] in [o.name for o in model.graph.output]:
+                continue
+            for c in model.find_consumers(n.output[0]) or []:
+                for k, t in enumerate(c.input):
+                    if t == n.output[0]:
+                        c.input[k] = keep.output[0]
+            model.graph.node.remove(n)
+            return model, True
+        return model, False
