@@ -145,3 +145,34 @@ def test_pixel_preprocessing_is_bit_exact_division():
         assert np.array_equal(_run(new, x), _run(model, x / np.float32(255.0)))
     again = new.transform(T.InsertPixelPreprocessing())
     assert len(again.graph.node) == len(new.graph.node)
+
+
+def test_identity_im2col_removed_and_identical_ones_shared():
+    def im2col(i, o, k, s):
+        return helper.make_node("Im2Col", [i], [o], domain="qonnx.custom_op.general",
+                                stride=[s, s], kernel_size=[k, k], input_shape="(1, 4, 4, 3)",
+                                pad_amount=[0, 0, 0, 0])
+
+    nodes = [im2col("x", "a", 1, 1), im2col("x", "b", 1, 2), im2col("x", "c", 1, 2),
+             helper.make_node("MatMul", ["a", "w"], ["ma"]),
+             helper.make_node("MatMul", ["b", "w"], ["mb"]),
+             helper.make_node("MatMul", ["c", "w"], ["mc"]),
+             helper.make_node("Add", ["mb", "mc"], ["y"])]
+    g = helper.make_graph(nodes, "g", [_vi("x", [1, 4, 4, 3])],
+                          [_vi("y", [1, 2, 2, 2]), _vi("ma", [1, 4, 4, 2])])
+    model = ModelWrapper(_mk(g))
+    model.set_initializer("w", np.arange(6, dtype=np.float32).reshape(3, 2) - 2)
+    model.set_tensor_datatype("x", DataType["INT4"])
+    model = model.transform(InferShapes())
+    x = np.random.default_rng(0).integers(-4, 4, size=(1, 4, 4, 3)).astype(np.float32)
+
+    def both(m):
+        out = execute_onnx(m, {m.graph.input[0].name: x})
+        return [out[o.name] for o in m.graph.output]
+
+    ref = both(model)
+    new = model.transform(ComposedTransformation([T.RemoveIdentityIm2Col(),
+                                                  T.ShareIdenticalIm2Col()]))
+    assert [n.op_type for n in new.graph.node].count("Im2Col") == 1
+    for a, b in zip(both(new), ref, strict=True):
+        assert np.array_equal(a, b)
