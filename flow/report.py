@@ -102,11 +102,23 @@ def format_summary(summary: dict) -> str:
     lines.append(f"  all nodes in hardware: {summary['all_nodes_hw']}"
                  + (f" (outside: {', '.join(summary['non_hw_nodes'])})"
                     if summary["non_hw_nodes"] else ""))
-    lines.append("  verification:")
+    lines.append("  verification (np.array_equal on integer scores against the golden model):")
+    notes = set()
     for v in summary["verification"]:
         state = "exact" if v["exact"] else ("MISMATCH" if v["exact"] is False else "not verified")
-        why = f" ({v['reason']})" if v.get("reason") else ""
-        lines.append(f"    {v['step']:<28}{state:<14}{v['n_inputs']:>3} inputs{why}")
+        pm = v.get("python_model")
+        if v["exact"] is None and pm:
+            state = "python model exact" if pm["exact"] else "python model MISMATCH"
+            n = pm["n_inputs"]
+            notes.add(v.get("reason", ""))
+            why = " (HLS/RTL: not verified *)"
+        else:
+            n = v["n_inputs"]
+            why = f" ({v['reason']})" if v.get("reason") else ""
+        lines.append(f"    {v['step']:<28}{state:<20}{n:>3} inputs{why}")
+    for note in sorted(x for x in notes if x):
+        lines.append(f"    * {note}; FINN's python models of the same layers (this stage's "
+                     "folding, datatypes, thresholds) were run instead")
     lines.append("  outputs:")
     for k, v in summary["outputs"].items():
         lines.append(f"    {k:<22}{v}")

@@ -1,0 +1,49 @@
+"""After layer specialisation, FINN's python models of the HW layers still verify each stage."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qonnx.core.modelwrapper import ModelWrapper
+
+from flow.build import build
+from flow.config import BuildConfig
+from flow.report import load_summary
+from flow.runner import GoldenVerifier, python_model_view, verification_pixels
+from quant_models.errors import VerificationError
+
+
+@pytest.fixture(scope="module")
+def small_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("pm") / "b"
+    cfg = BuildConfig(board="pynq-z2", output_dir=str(out), stop_step="minimize_bit_width",
+                      model_overrides={"width": 8, "depth": [1, 1]}, verify_inputs=4)
+    build(cfg, echo=lambda *a, **k: None)
+    return out
+
+
+def test_post_specialisation_stages_run_their_python_models(small_build):
+    s = load_summary(small_build)
+    late = [v for v in s["verification"] if v["step"] in ("specialize_layers", "fold",
+                                                          "minimize_bit_width")]
+    assert len(late) == 3
+    for v in late:
+        assert v["exact"] is None and "cppsim/rtlsim" in v["reason"]  # honest: HLS not verified
+        assert v["python_model"] == {"exact": True, "n_inputs": 4}
+
+
+def test_a_broken_folded_stage_fails(small_build):
+    from flow.golden import golden_from_qonnx
+
+    model = ModelWrapper(str(small_build / "intermediate_models" / "07_minimize_bit_width.onnx"))
+    golden, _ = golden_from_qonnx(ModelWrapper(str(small_build / "model.qonnx.onnx")))
+    node = next(n for n in model.graph.node if n.op_type.startswith("Thresholding"))
+    thr = model.get_initializer(node.input[1])
+    model.set_initializer(node.input[1], thr + 3)  # a wrong threshold table
+    view = python_model_view(model)
+    assert view is not None and all(not n.op_type.endswith(("_hls", "_rtl"))
+                                    for n in view.graph.node)
+    verifier = GoldenVerifier(golden, verification_pixels((28, 28, 1), 8, 0))
+    with pytest.raises(VerificationError, match="differs at index"):
+        verifier("minimize_bit_width", view)
+    assert np.array_equal(model.get_initializer(node.input[1]), thr + 3)
