@@ -221,7 +221,13 @@ def step_fold(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
 
 
 def step_minimize_bit_width(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
-    return ctx.finn_steps.step_minimize_bit_width(model, ctx.finn_cfg)
+    """FINN's bit-width minimisation, then :class:`~flow.transforms.FixXnorAccumulatorWidth`
+    (FINN sizes XNOR accumulators too narrow and clips their thresholds)."""
+    import copy
+
+    before = copy.deepcopy(model)
+    model = ctx.finn_steps.step_minimize_bit_width(model, ctx.finn_cfg)
+    return model.transform(T.FixXnorAccumulatorWidth(before))
 
 
 def step_generate_estimate_reports(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:

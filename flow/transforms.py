@@ -596,3 +596,52 @@ class ShareIdenticalIm2Col(Transformation):
             model.graph.node.remove(n)
             return model, True
         return model, False
+
+
+class FixXnorAccumulatorWidth(Transformation):
+    """Widen the accumulator of XNOR-mode MVAUs that FINN's ``MinimizeAccumulatorWidth`` made
+    too narrow, and restore the thresholds it clipped.
+
+    finn-plus 1.6.1 sizes an XNOR MVAU's accumulator from ``sum(w_bipolar * x_binary)``, range
+    ``[-#neg, #pos]``, but the layer computes a *popcount* in ``[0, MW]``. With ``MW = 4`` it picks
+    INT3, so a popcount of 4 cannot be represented and the thresholds at 4 are clipped to 3: the
+    layer's function changes. sibnn's python-model verification after ``minimize_bit_width``
+    caught this on the SI interaction layer (1x1, 4 inputs). ``before`` is the graph as it was
+    before minimisation (its thresholds are the exact ones).
+    """
+
+    def __init__(self, before: ModelWrapper) -> None:
+        super().__init__()
+        self.before = {n.name: n for n in before.graph.node}
+        self.before_model = before
+
+    def apply(self, model: ModelWrapper):
+        from qonnx.custom_op.registry import getCustomOp
+
+        changed = False
+        for n in model.graph.node:
+            if not n.op_type.startswith("MVAU"):
+                continue
+            inst = getCustomOp(n)
+            if not inst.get_nodeattr("binaryXnorMode"):
+                continue
+            mw = int(inst.get_nodeattr("MW"))
+            adt = DataType[inst.get_nodeattr("accDataType")]
+            thr_name = n.input[2] if len(n.input) > 2 else None
+            old = self.before.get(n.name)
+            thr_old = None
+            if thr_name and old is not None and len(old.input) > 2:
+                thr_old = self.before_model.get_initializer(old.input[2])
+            hi = mw if thr_old is None else max(mw, int(np.max(thr_old)))
+            lo = 0 if thr_old is None else min(0, int(np.min(thr_old)))
+            if adt.allowed(lo) and adt.allowed(hi) and (
+                    thr_old is None or np.array_equal(model.get_initializer(thr_name), thr_old)):
+                continue
+            new = DataType.get_smallest_possible(hi) if lo >= 0 else \
+                DataType.get_smallest_possible(-max(abs(lo), hi + 1))
+            inst.set_nodeattr("accDataType", new.name)
+            if thr_old is not None:
+                model.set_initializer(thr_name, thr_old)
+                model.set_tensor_datatype(thr_name, new)
+            changed = True
+        return model, changed

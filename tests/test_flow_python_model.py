@@ -47,3 +47,31 @@ def test_a_broken_folded_stage_fails(small_build):
     with pytest.raises(VerificationError, match="differs at index"):
         verifier("minimize_bit_width", view)
     assert np.array_equal(model.get_initializer(node.input[1]), thr + 3)
+
+
+def test_xnor_accumulators_hold_their_popcount(small_build, tmp_path):
+    """finn-plus 1.6.1 sizes XNOR accumulators as if they held sum(w_bipolar * x_binary); the
+    popcount needs [0, MW]. Our step widens them (and restores the clipped thresholds)."""
+    from qonnx.core.datatype import DataType
+    from qonnx.custom_op.registry import getCustomOp
+
+    from flow.finn_env import dataflow_config, detect_tools, finn_session
+
+    def too_narrow(model):
+        bad = []
+        for n in model.graph.node:
+            if n.op_type.startswith("MVAU") and getCustomOp(n).get_nodeattr("binaryXnorMode"):
+                adt = DataType[getCustomOp(n).get_nodeattr("accDataType")]
+                if not adt.allowed(getCustomOp(n).get_nodeattr("MW")):
+                    bad.append(n.name)
+        return bad
+
+    ours = ModelWrapper(str(small_build / "intermediate_models" / "07_minimize_bit_width.onnx"))
+    assert too_narrow(ours) == []
+    folded = ModelWrapper(str(small_build / "intermediate_models" / "06_fold.onnx"))
+    with finn_session(tmp_path, detect_tools()) as steps:
+        cfg = dataflow_config(tmp_path, board="Pynq-Z2", fpga_part="xc7z020clg400-1",
+                              clock_ns=10.0, shell_flow_type="vivado_zynq")
+        finn_only = steps.step_minimize_bit_width(folded, cfg)
+    # upstream behaviour pinned: if this fails, FINN fixed it and FixXnorAccumulatorWidth can go
+    assert too_narrow(finn_only) != []
