@@ -12,7 +12,9 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
 fi
 echo "[install] creating $VENV (torch 2.13.0 CPU, finn-plus 1.6.1, brevitas 0.13.4) ..."
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+PIP=(pip_quiet "$VENV/bin/python" -m pip --disable-pip-version-check -q)
+# pip on some machines warns about configured local indexes that do not exist; keep the log clean
+pip_quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 "${PIP[@]}" install --upgrade pip
 # TORCH_INDEX (e.g. https://download.pytorch.org/whl/cpu) avoids the multi-GB CUDA wheel on
 # machines without a local torch file; see Dockerfile.
