@@ -141,7 +141,12 @@ def verify_sha256(path: Path, expected: str) -> None:
                               f"{expected[:12]}...: the file is corrupt or was replaced")
 
 
-@register_model("si_resnet_w1a1", defaults={"si": True, "binary": True})
+@register_model("si_resnet_w1a1", defaults={"si": True, "binary": True}, pretrained=PretrainedEntry(
+    file="si_resnet_w1a1_fmnist.pt",
+    sha256="97bb54b28bc099b70ff21b4de8e9d1155c547540b83f51054982caf0f16f416b",
+    dataset="fmnist", input_shape=(1, 28, 28), top1=85.23, teacher_top1=89.41,
+    command="sibnn-train --config configs/fmnist_si_resnet.yaml "
+            "--export quant_models/pretrained/si_resnet_w1a1_fmnist.pt"))
 def si_resnet_w1a1(spec: NetSpec) -> nn.Module:
     """W1A1 residual network with an SI shortcut in every block (the student)."""
     return SIResNet(spec)
