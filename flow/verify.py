@@ -56,7 +56,8 @@ def pixels_to_x(pixels_nhwc: np.ndarray):
     """The float model input: ``x = pixels / 255`` in NCHW (torch float32)."""
     import torch
 
-    return torch.from_numpy(pixels_nhwc).permute(0, 3, 1, 2).contiguous().float() / 255.0
+    px = np.ascontiguousarray(pixels_nhwc) if pixels_nhwc.flags.writeable else pixels_nhwc.copy()
+    return torch.from_numpy(px).permute(0, 3, 1, 2).contiguous().float() / 255.0
 
 
 # ------------------------------------------------------------------------------------------------
