@@ -34,13 +34,14 @@ all variants of all seeds are done.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from bench.common import write_results
+from bench.common import RESULTS, write_results
 from quant_models import build_model, load_checkpoint
 from quant_models.train.config import build_config, load_yaml, to_dict
 from quant_models.train.engine import exp_dir, train
@@ -147,7 +148,8 @@ def summarise(per_seed: dict, seeds: list[int]) -> dict:
     return out
 
 
-def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None) -> list[list[str]]:
+def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None,
+          run: dict | None = None) -> list[list[str]]:
     rows = [["variant", *[f"seed {s} test %" for s in seeds], "mean %", "vs previous row"]]
     prev = None
     for v, (_, label) in VARIANTS.items():
@@ -162,7 +164,22 @@ def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None) ->
     if cost:
         rows.append([f"distillation step / plain step (batch {cost['batch']})",
                      *[""] * len(seeds), f"{cost['ratio']:.3f}x", "goal <= 1.6x"])
+    if run:
+        n = run["train_subset"] or 55000
+        rows.append([f"run: {run['epochs']} epoch(s) per variant, {n} training images, students "
+                     f"init from {run['student_init']}, {run['threads']} thread(s)",
+                     *[""] * len(seeds), "", ""])
     return rows
+
+
+def render(path: Path) -> None:
+    """Rewrite the Markdown table (and JSON) from an existing results file, e.g. after an
+    interrupted run; no number is recomputed."""
+    data = json.loads(path.read_text())
+    seeds = data["run"]["seeds"]
+    per_seed = {int(k): v for k, v in data["per_seed"].items()}
+    write_results("accuracy", data, table(data["summary"], per_seed, seeds, data["step_cost"],
+                                          data["run"]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,7 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cost-steps", type=int, default=10)
     p.add_argument("--cost-only", action="store_true", help="only measure the step-cost ratio")
+    p.add_argument("--render", action="store_true",
+                   help="only rewrite accuracy.md from the existing accuracy.json")
     args = p.parse_args(argv)
+    if args.render:
+        render(RESULTS / "accuracy.json")
+        return 0
     if args.quick:
         args.epochs, args.train_subset = 1, 6400
     torch.set_num_threads(args.threads)
@@ -199,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         data = {"complete": complete, "run": run, "step_cost": cost, "summary": summary,
                 "per_seed": {str(s): r for s, r in per_seed.items()},
                 "configs": {str(s): c for s, c in configs.items()}}
-        write_results("accuracy", data, table(summary, per_seed, args.seeds, cost))
+        write_results("accuracy", data, table(summary, per_seed, args.seeds, cost, run))
 
     save(complete=False)
     if args.cost_only:
