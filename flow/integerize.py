@@ -716,11 +716,11 @@ def _run_single(node, vals: list) -> np.ndarray:
     attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     g = helper.make_graph(
         [helper.make_node(node.op_type, names, ["o"], **attrs)], "fold",
-        [helper.make_tensor_value_info(n, _onnx_dtype(v), np.shape(v)) for n, v in zip(names, vals)],
+        [helper.make_tensor_value_info(n, _onnx_dtype(v), np.shape(v)) for n, v in zip(names, vals, strict=True)],
         [helper.make_tensor_value_info("o", onnx.TensorProto.UNDEFINED, None)])
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    return sess.run(None, {n: np.asarray(v) for n, v in zip(names, vals)})[0]
+    return sess.run(None, {n: np.asarray(v) for n, v in zip(names, vals, strict=True)})[0]
 
 
 def _thresholds(q, grid, lo, hi, qmin, qmax, step, node):

@@ -152,7 +152,6 @@ class _Lowering:
         return t
 
     def lower_conv(self, nd: IRNode, pad_of: dict) -> None:
-        from qonnx.core.datatype import DataType
 
         a = nd.attrs
         src = nd.inputs[0]

@@ -45,7 +45,7 @@ def test_failed_export_leaves_previous_bundle_intact(tmp_path):
     before = (tmp_path / "b" / "reference.onnx").read_bytes()
     with pytest.raises(ValueError):
         export_bundle(tmp_path / "b", model=m, qonnx_path="x.onnx")  # invalid call, raises early
-    with pytest.raises(Exception):
+    with pytest.raises(AttributeError):
         export_bundle(tmp_path / "b", model=object(), n_inputs=4)  # fails half-way
     assert (tmp_path / "b" / "reference.onnx").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b"]

@@ -55,7 +55,6 @@ def _check_all_hw_and_exact(out: Path) -> dict:
 
 
 def _final_ops(out: Path) -> list[str]:
-    from qonnx.core.modelwrapper import ModelWrapper
 
     return [n.op_type for n in _final_model(out).graph.node]
 

@@ -156,7 +156,7 @@ def test_golden_model_file_round_trip(default_student, tmp_path):
     onnx.save(golden.proto, str(tmp_path / "reference.onnx"))
     g2 = GoldenModel.load(tmp_path / "reference.onnx")
     px = make_inputs((28, 28, 1), 4, 0)
-    assert all(np.array_equal(a, b) for a, b in zip(golden.run(px).values(), g2.run(px).values()))
+    assert all(np.array_equal(a, b) for a, b in zip(golden.run(px).values(), g2.run(px).values(), strict=True))
     assert g2.scale == golden.scale
 
 
