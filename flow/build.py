@@ -46,10 +46,8 @@ from quant_models.errors import (  # noqa: E402
 def export_registry_model(cfg: BuildConfig, path: Path):
     """Build (or load) the registry model and export it to cleaned QONNX at ``path``."""
     import torch
-    from brevitas.export import export_qonnx
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.util.cleanup import cleanup_model
 
+    from flow.export import export_qonnx_model
     from quant_models import build_model
     from quant_models.registry import get_entry
 
@@ -63,12 +61,7 @@ def export_registry_model(cfg: BuildConfig, path: Path):
     else:
         net = build_model(name, **cfg.model_overrides)
         weights = f"untrained, seed {cfg.seed} (no shipped checkpoint yet)"
-    net.eval()
-    c, h, w = net.spec.input_shape
-    export_qonnx(net, torch.rand(1, c, h, w), str(path), dynamo=False)
-    model = cleanup_model(ModelWrapper(str(path)))
-    model.save(str(path))
-    return model, weights
+    return export_qonnx_model(net.eval(), path), weights
 
 
 def load_onnx(path: str):

@@ -469,16 +469,7 @@ class Integerizer:
         w, ws = self.weight(node, node.input[1])  # (Ci, Co)
         if np.asarray(x.scale).size > 1 or ws.size > 1 and ws.reshape(-1).size != w.shape[1]:
             raise UnsupportedGraphError(f"MatMul {node.name}: unsupported scale layout")
-        xl, xh = x.per_channel(x.lo), x.per_channel(x.hi)
-        a, b = w * xl[:, None], w * xh[:, None]
-        lo, hi = np.minimum(a, b).sum(0), np.maximum(a, b).sum(0)
-        scale = np.asarray(x.scale) * ws.reshape(-1)
-        scale = scale if scale.size > 1 else scale.reshape(())
-        out = IntTensor(self.fresh("acc"), self.shape(node.output[0]), scale, lo, hi,
-                        x.dyadic and _is_pow2(ws))
-        self.note_dyadic(node, out)
-        self.emit("matmul", [x.name], out, node, weight=w)
-        self.env[node.output[0]] = out
+        self.env[node.output[0]] = self.linear(node, x, w, ws)
 
     def op_Gemm(self, node) -> None:
         if _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0 or _attr(node, "beta", 1.0) != 1.0:
@@ -488,6 +479,11 @@ class Integerizer:
         if _attr(node, "transB", 0):
             w = w.T
             ws = ws.reshape(-1)
+        out = self.linear(node, x, w, ws)
+        self.after_linear(node, out, node.input[2] if len(node.input) > 2 else "")
+
+    def linear(self, node, x: IntTensor, w: np.ndarray, ws: np.ndarray) -> IntTensor:
+        """``x @ w`` (w: Ci x Co) as an exact integer accumulator with per-column bounds."""
         xl, xh = x.per_channel(x.lo), x.per_channel(x.hi)
         a, b = w * xl[:, None], w * xh[:, None]
         lo, hi = np.minimum(a, b).sum(0), np.maximum(a, b).sum(0)
@@ -496,8 +492,7 @@ class Integerizer:
         out = IntTensor(self.fresh("acc"), self.shape(node.output[0]), scale, lo, hi,
                         x.dyadic and _is_pow2(ws))
         self.note_dyadic(node, out)
-        self.emit("matmul", [x.name], out, node, weight=w)
-        self.after_linear(node, out, node.input[2] if len(node.input) > 2 else "")
+        return self.emit("matmul", [x.name], out, node, weight=w)
 
     def after_linear(self, node, out: IntTensor, bias_name: str) -> None:
         if bias_name:

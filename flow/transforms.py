@@ -112,6 +112,19 @@ def _scalar_const(model: ModelWrapper, tensor: str) -> float | None:
     return float(np.asarray(init).reshape(-1)[0])
 
 
+def _bypass(model: ModelWrapper, node, replacement: str) -> bool:
+    """Feed ``node``'s consumers from ``replacement`` and remove ``node`` (not for graph outputs).
+    Returns whether it was removed."""
+    if node.output[0] in [o.name for o in model.graph.output]:
+        return False
+    for c in model.find_consumers(node.output[0]) or []:
+        for k, t in enumerate(c.input):
+            if t == node.output[0]:
+                c.input[k] = replacement
+    model.graph.node.remove(node)
+    return True
+
+
 def _insert_after(model: ModelWrapper, anchor, new_nodes) -> None:
     """Insert ``new_nodes`` right after node ``anchor`` (keeps the graph topologically sorted)."""
     idx = list(model.graph.node).index(anchor)
@@ -561,14 +574,8 @@ class RemoveIdentityIm2Col(Transformation):
                 continue
             if model.get_tensor_shape(n.input[0]) != model.get_tensor_shape(n.output[0]):
                 continue
-            if n.output[0] in [o.name for o in model.graph.output]:
-                continue
-            for c in model.find_consumers(n.output[0]) or []:
-                for k, t in enumerate(c.input):
-                    if t == n.output[0]:
-                        c.input[k] = n.input[0]
-            model.graph.node.remove(n)
-            return model, True
+            if _bypass(model, n, n.input[0]):
+                return model, True
         return model, False
 
 
@@ -586,15 +593,8 @@ class ShareIdenticalIm2Col(Transformation):
             if key not in seen:
                 seen[key] = n
                 continue
-            keep = seen[key]
-            if n.output[0] in [o.name for o in model.graph.output]:
-                continue
-            for c in model.find_consumers(n.output[0]) or []:
-                for k, t in enumerate(c.input):
-                    if t == n.output[0]:
-                        c.input[k] = keep.output[0]
-            model.graph.node.remove(n)
-            return model, True
+            if _bypass(model, n, seen[key].output[0]):
+                return model, True
         return model, False
 
 
