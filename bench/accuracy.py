@@ -22,7 +22,7 @@ The step-cost ratio is measured in one process: a distillation step (frozen teac
 student forward with taps + CE/KD/block loss + backward + Adam) against a plain CE step of the same
 student, interleaved, same batch, median of ``--cost-steps`` each.
 
-    python -m bench.accuracy --epochs 1 --train-subset 6400 --seeds 0 1   # what fits a CPU hour
+    python -m bench.accuracy --epochs 2 --train-subset 27500 --parallel   # both seeds at once
     python -m bench.accuracy --quick                                       # the same, shorter
     python -m bench.accuracy --cost-only
 
@@ -36,6 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -137,6 +139,39 @@ def step_cost(steps: int, batch: int, data_dir: str | None) -> dict:
             "distill_step_s": round(d, 4), "ratio": round(d / p, 3), "goal_ratio_max": 1.6}
 
 
+def collect(cfg) -> dict:
+    """Final metrics of every finished stage of one seed's experiment (read from its final.pt)."""
+    out = {}
+    for v in VARIANTS:
+        final = exp_dir(cfg) / v / "final.pt"
+        if final.exists():
+            m = load_checkpoint(final)["metrics"]
+            out[v] = {k: m.get(k) for k in ("test_acc", "val_acc", "val_acc_before_bn_recalibration",
+                                            "epochs", "train_time_s")}
+    return out
+
+
+def goals(summary: dict) -> dict:
+    """The issue's accuracy goals, each with its measured value and whether it is met."""
+    mean = {v: s["test_acc_mean"] for v, s in summary.items()}
+    out = {}
+    if "full" in mean:
+        out["full_top1"] = {"goal": "full >= 91.0 %", "measured": mean["full"],
+                            "met": mean["full"] >= 91.0}
+    if "full" in mean and "teacher" in mean:
+        gap = round(mean["teacher"] - mean["full"], 2)
+        out["teacher_gap"] = {"goal": "teacher - full <= 2.0 points", "measured": gap,
+                              "met": gap <= 2.0}
+    if "si_kd" in mean and "kd" in mean:
+        d = round(mean["si_kd"] - mean["kd"], 2)
+        out["si_gain"] = {"goal": "si_kd - kd >= 0.5 points", "measured": d, "met": d >= 0.5}
+    if "full" in mean and "si_kd" in mean:
+        d = round(mean["full"] - mean["si_kd"], 2)
+        out["block_kd_gain"] = {"goal": "full - si_kd >= 0.5 points", "measured": d,
+                                "met": d >= 0.5}
+    return out
+
+
 def summarise(per_seed: dict, seeds: list[int]) -> dict:
     out = {}
     for v in VARIANTS:
@@ -197,6 +232,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--cost-steps", type=int, default=10)
     p.add_argument("--cost-only", action="store_true", help="only measure the step-cost ratio")
+    p.add_argument("--parallel", action="store_true",
+                   help="train every seed in its own process at once (each --threads threads)")
+    p.add_argument("--train-seed", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--render", action="store_true",
                    help="only rewrite accuracy.md from the existing accuracy.json")
     args = p.parse_args(argv)
@@ -206,48 +244,72 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.epochs, args.train_subset = 1, 6400
     torch.set_num_threads(args.threads)
+    if args.train_seed is not None:  # a --parallel child: train one seed, write nothing else
+        cfg = ablation_config(args.train_seed, args.epochs, args.train_subset, args.student_init,
+                              args.runs_dir, args.data_dir, args.threads)
+        train(cfg, resume=(exp_dir(cfg) / "config.yaml").exists(),
+              log=lambda m: print(f"[seed {args.train_seed}] {m}", flush=True))
+        return 0
 
     cost = step_cost(args.cost_steps, 256, args.data_dir)
     print(f"step cost: distill {cost['distill_step_s']}s / plain {cost['plain_step_s']}s "
           f"= {cost['ratio']}x")
     run = {"epochs": args.epochs, "seeds": args.seeds, "train_subset": args.train_subset,
-           "student_init": args.student_init, "threads": args.threads, "recipe": str(RECIPE.name),
+           "student_init": args.student_init, "threads": args.threads,
+           "parallel_seeds": bool(args.parallel), "recipe": str(RECIPE.name),
            "dataset": "fmnist", "evaluated_on": "fmnist test set (10,000), last epoch"}
-    per_seed: dict[int, dict] = {}
-    configs = {}
+    configs = {s: ablation_config(s, args.epochs, args.train_subset, args.student_init,
+                                  args.runs_dir, args.data_dir, args.threads) for s in args.seeds}
 
-    def save(complete: bool) -> None:
+    def save(complete: bool) -> dict:
+        per_seed = {s: collect(c) for s, c in configs.items()}
         summary = summarise(per_seed, args.seeds)
         data = {"complete": complete, "run": run, "step_cost": cost, "summary": summary,
-                "per_seed": {str(s): r for s, r in per_seed.items()},
-                "configs": {str(s): c for s, c in configs.items()}}
+                "goals": goals(summary), "per_seed": {str(s): r for s, r in per_seed.items()},
+                "configs": {str(s): to_dict(c) for s, c in configs.items()}}
         write_results("accuracy", data, table(summary, per_seed, args.seeds, cost, run))
+        return data
 
     save(complete=False)
     if args.cost_only:
         return 0
-    for seed in args.seeds:
-        cfg = ablation_config(seed, args.epochs, args.train_subset, args.student_init,
-                              args.runs_dir, args.data_dir, args.threads)
-        configs[seed] = to_dict(cfg)
-        resume = (exp_dir(cfg) / "config.yaml").exists()
-        per_seed[seed] = {}
+    if args.parallel and len(configs) > 1:
+        run_parallel(args, configs, save)
+    else:
+        for seed, cfg in configs.items():
+            def log(msg: str, seed=seed) -> None:
+                print(f"[seed {seed}] {msg}", flush=True)
+                if " done: " in msg:
+                    save(complete=False)
 
-        def log(msg: str, seed=seed, cfg=cfg) -> None:
-            print(f"[seed {seed}] {msg}", flush=True)
-            if msg.endswith("%") and " done: " in msg:
-                stage = msg[1:msg.index("]")]
-                m = load_checkpoint(exp_dir(cfg) / stage / "final.pt")["metrics"]
-                per_seed[seed][stage] = {k: m[k] for k in ("test_acc", "val_acc", "epochs",
-                                                           "train_time_s")}
-                save(complete=False)
-
-        results = train(cfg, resume=resume, log=log)
-        per_seed[seed] = {k: {m: v[m] for m in ("test_acc", "val_acc", "epochs", "train_time_s")}
-                          for k, v in results.items()}
-        save(complete=False)
-    save(complete=True)
+            train(cfg, resume=(exp_dir(cfg) / "config.yaml").exists(), log=log)
+    data = save(complete=all(len(r) == len(VARIANTS) for r in
+                             (collect(c) for c in configs.values())))
+    for g in data["goals"].values():
+        print(f"goal {g['goal']}: measured {g['measured']} -> {'met' if g['met'] else 'MISSED'}")
     return 0
+
+
+def run_parallel(args, configs: dict, save) -> None:
+    """One training process per seed (``--threads`` threads each), results refreshed while they
+    run. The child processes are this module with ``--train-seed``."""
+    procs = {}
+    for seed in configs:
+        cmd = [sys.executable, "-m", "bench.accuracy", "--train-seed", str(seed),
+               "--epochs", str(args.epochs), "--student-init", args.student_init,
+               "--runs-dir", args.runs_dir, "--threads", str(args.threads)]
+        if args.train_subset:
+            cmd += ["--train-subset", str(args.train_subset)]
+        if args.data_dir:
+            cmd += ["--data-dir", args.data_dir]
+        procs[seed] = subprocess.Popen(cmd, cwd=REPO)
+    while any(p.poll() is None for p in procs.values()):
+        time.sleep(30)
+        save(complete=False)
+    failed = {s: p.returncode for s, p in procs.items() if p.returncode}
+    if failed:
+        raise SystemExit(f"bench.accuracy: training failed for seed(s) {failed}; rerun the same "
+                         "command to resume")
 
 
 if __name__ == "__main__":

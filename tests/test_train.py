@@ -126,6 +126,34 @@ def test_smoke_loss_falls(tiny_run):
     assert results["student"]["test_acc"] == student[-1]["test_acc"]
 
 
+def test_every_stage_ends_with_bn_statistics_re_estimated(tiny_run):
+    run, results = tiny_run
+    for stage in ("teacher", "student"):  # the FP teacher too: a stale teacher misleads the KD
+        final = rows(run / stage / "metrics.jsonl")[-1]
+        assert final["bn_recalibrated_on"] == 512
+        assert "val_acc_before_bn_recalibration" in final
+        assert results[stage]["val_acc"] == final["val_acc"]
+
+
+def test_recalibrate_bn_gives_the_average_of_batch_statistics():
+    from quant_models.data import Split
+    from quant_models.train.engine import recalibrate_bn
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)).eval()
+    split = Split(x=torch.rand(96, 1, 8, 8) * 3 + 1, y=torch.zeros(96, dtype=torch.long))
+    recalibrate_bn(net, split, samples=64, batch_size=32)  # two batches; the last 32 unused
+    bn = net[1]
+    with torch.no_grad():
+        z = net[0](split.x[:64])
+    batches = z.split(32)
+    mean = torch.stack([b.mean((0, 2, 3)) for b in batches]).mean(0)
+    var = torch.stack([b.transpose(0, 1).flatten(1).var(1) for b in batches]).mean(0)
+    assert torch.allclose(bn.running_mean, mean, atol=1e-5)  # float statistics, not an exactness check
+    assert torch.allclose(bn.running_var, var, rtol=1e-4)
+    assert bn.momentum == 0.1 and not net.training
+
+
 def test_run_directory_contents(tiny_run):
     run, _ = tiny_run
     resolved = yaml.safe_load((run / "config.yaml").read_text())
