@@ -46,6 +46,12 @@ def make_checkpoint(model: nn.Module, *, arch: str | None = None, optimizer: Any
     }
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def save_checkpoint(path: str | Path, model: nn.Module | None = None, *, ckpt: dict | None = None,
                     **kwargs) -> Path:
     """Write a checkpoint atomically: a temp file in the same directory, then ``os.replace``."""
@@ -55,6 +61,7 @@ def save_checkpoint(path: str | Path, model: nn.Module | None = None, *, ckpt: d
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make shared checkpoints unreadable
         with os.fdopen(fd, "wb") as fh:
             torch.save(ckpt, fh)
             fh.flush()

@@ -40,6 +40,18 @@ def test_round_trip(tmp_path):
     assert m2.spec == m.spec
 
 
+def test_saved_checkpoint_has_umask_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "b.pt", _trained_like())
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
 def test_pretrained_path_loads_same_arch(tmp_path):
     m = _trained_like("resnet_w1a1")
     save_checkpoint(tmp_path / "b.pt", m)
