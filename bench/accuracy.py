@@ -207,14 +207,27 @@ def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None,
     return rows
 
 
-def render(path: Path) -> None:
+def render(path: Path, cost: dict | None = None) -> None:
     """Rewrite the Markdown table (and JSON) from an existing results file, e.g. after an
-    interrupted run; no number is recomputed."""
+    interrupted run; no number is recomputed except ``cost``, the step cost, when given."""
     data = json.loads(path.read_text())
-    seeds = data["run"]["seeds"]
+    if cost is not None:
+        data["step_cost"] = cost
+        data.pop("machine", None)  # measured now, on this machine
+    run = data.get("run")
+    seeds = run["seeds"] if run else []
     per_seed = {int(k): v for k, v in data["per_seed"].items()}
-    write_results("accuracy", data, table(data["summary"], per_seed, seeds, data["step_cost"],
-                                          data["run"]))
+    write_results("accuracy", data, table(data["summary"], per_seed, seeds, data["step_cost"], run))
+
+
+def update_cost(path: Path, cost: dict) -> None:
+    """Store a new step cost; the ablation numbers already in ``path`` stay."""
+    if not path.exists():
+        write_results("accuracy", {"complete": False, "run": None, "step_cost": cost,
+                                   "summary": {}, "goals": {}, "per_seed": {}, "configs": {}},
+                      table({}, {}, [], cost))
+        return
+    render(path, cost)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,9 +283,10 @@ def main(argv: list[str] | None = None) -> int:
         write_results("accuracy", data, table(summary, per_seed, args.seeds, cost, run))
         return data
 
-    save(complete=False)
     if args.cost_only:
+        update_cost(RESULTS / "accuracy.json", cost)
         return 0
+    save(complete=False)
     if args.parallel and len(configs) > 1:
         run_parallel(args, configs, save)
     else:

@@ -1,0 +1,40 @@
+"""``python -m bench`` (``make bench``): every benchmark that fits minutes on 2 cores.
+
+* ``golden_speed``: golden model (ONNX Runtime) vs Brevitas throughput;
+* ``flow``: default build time, SI hardware overhead, auto vs hand folding;
+* ``accuracy --cost-only``: the distillation step cost (the ablation's training runs take about
+  an hour: ``make bench-accuracy``).
+
+``python -m bench NAME ...`` runs only the named ones.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from bench import accuracy, flow, golden_speed
+
+BENCHMARKS = {
+    "golden_speed": lambda: golden_speed.main(),
+    "flow": lambda: flow.main([]),
+    "accuracy": lambda: accuracy.main(["--cost-only"]),
+}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(BENCHMARKS)
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        print(f"error: unknown benchmark(s) {', '.join(unknown)}; choose from "
+              f"{', '.join(BENCHMARKS)}", file=sys.stderr)
+        return 2
+    for name in names:
+        print(f"== bench {name}", flush=True)
+        rc = BENCHMARKS[name]()
+        if rc:
+            return int(rc)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
