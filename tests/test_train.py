@@ -83,6 +83,12 @@ def test_config_roundtrip_and_overrides(tmp_path):
     assert shipped.stage("student").loss_weights.block > 0
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_is_valid(path):
+    cfg = load_config(path)
+    assert cfg.stages and to_dict(build_config(to_dict(cfg))) == to_dict(cfg)
+
+
 @pytest.mark.parametrize("key, value, match", [
     ("stages.teacher.lrr", 1, "unknown key.*lrr"),
     ("data.nmae", "x", "unknown key.*nmae"),
