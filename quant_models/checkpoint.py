@@ -15,8 +15,9 @@ import os
 import pickle
 import tempfile
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -52,18 +53,17 @@ def _umask() -> int:
     return mask
 
 
-def save_checkpoint(path: str | Path, model: nn.Module | None = None, *, ckpt: dict | None = None,
-                    **kwargs) -> Path:
-    """Write a checkpoint atomically: a temp file in the same directory, then ``os.replace``."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` atomically: ``write(fh)`` into a temp file in the same directory (with the
+    mode a plain ``open`` would give, not mkstemp's 0600), fsync, then ``os.replace``. On any
+    failure the previous file is untouched and the temp file removed."""
     path = Path(path)
-    if ckpt is None:
-        ckpt = make_checkpoint(model, **kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make shared checkpoints unreadable
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as fh:
-            torch.save(ckpt, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -71,6 +71,14 @@ def save_checkpoint(path: str | Path, model: nn.Module | None = None, *, ckpt: d
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def save_checkpoint(path: str | Path, model: nn.Module | None = None, *, ckpt: dict | None = None,
+                    **kwargs) -> Path:
+    """Write a checkpoint atomically (:func:`atomic_write`)."""
+    if ckpt is None:
+        ckpt = make_checkpoint(model, **kwargs)
+    return atomic_write(path, lambda fh: torch.save(ckpt, fh))
 
 
 def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict:

@@ -141,6 +141,23 @@ def test_every_stage_ends_with_bn_statistics_re_estimated(tiny_run):
         assert results[stage]["val_acc"] == final["val_acc"]
 
 
+def test_export_copies_the_final_model_with_plain_file_mode(tiny_run, tmp_path):
+    import os
+    import stat
+
+    from quant_models.train.cli import export_final
+
+    run, _ = tiny_run
+    old = os.umask(0o022)
+    try:
+        dest = export_final(build_config(tiny(run.parent)), tmp_path / "m" / "student.pt")
+    finally:
+        os.umask(old)
+    assert dest.read_bytes() == (run / "student" / "final.pt").read_bytes()
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o644  # not mkstemp's 0600
+    assert not list(dest.parent.glob("*.tmp"))
+
+
 def test_recalibrate_bn_gives_the_average_of_batch_statistics():
     from quant_models.data import Split
     from quant_models.train.engine import recalibrate_bn

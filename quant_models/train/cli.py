@@ -10,13 +10,12 @@ Three layers (qonnx style): :func:`~quant_models.train.engine.train` works on a 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch.distributed as dist
 
+from ..checkpoint import atomic_write
 from ..errors import cli_errors
 from .config import TrainConfig, load_config, parse_set
 from .engine import stage_dir, train
@@ -25,17 +24,8 @@ from .engine import stage_dir, train
 def export_final(cfg: TrainConfig, dest: str | Path) -> Path:
     """Copy the last stage's ``final.pt`` (model only, self-describing) to ``dest`` atomically."""
     src = stage_dir(cfg, cfg.stages[-1].name) / "final.pt"
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return dest
+    with open(src, "rb") as fh_src:
+        return atomic_write(dest, lambda fh: shutil.copyfileobj(fh_src, fh))
 
 
 def train_file(config: str | Path, sets: list[str] = (), *, resume: bool = False,
