@@ -274,9 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     configs = {s: ablation_config(s, args.epochs, args.train_subset, args.student_init,
                                   args.runs_dir, args.data_dir, args.threads) for s in args.seeds}
 
-    def save(complete: bool) -> dict:
+    def save() -> dict:
+        """Rewrite the results from every finished stage on disk (complete once all are)."""
         per_seed = {s: collect(c) for s, c in configs.items()}
         summary = summarise(per_seed, args.seeds)
+        complete = all(len(r) == len(VARIANTS) for r in per_seed.values())
         data = {"complete": complete, "run": run, "step_cost": cost, "summary": summary,
                 "goals": goals(summary), "per_seed": {str(s): r for s, r in per_seed.items()},
                 "configs": {str(s): to_dict(c) for s, c in configs.items()}}
@@ -286,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cost_only:
         update_cost(RESULTS / "accuracy.json", cost)
         return 0
-    save(complete=False)
+    save()
     if args.parallel and len(configs) > 1:
         run_parallel(args, configs, save)
     else:
@@ -294,11 +296,10 @@ def main(argv: list[str] | None = None) -> int:
             def log(msg: str, seed=seed) -> None:
                 print(f"[seed {seed}] {msg}", flush=True)
                 if " done: " in msg:
-                    save(complete=False)
+                    save()
 
             train(cfg, resume=(exp_dir(cfg) / "config.yaml").exists(), log=log)
-    data = save(complete=all(len(r) == len(VARIANTS) for r in
-                             (collect(c) for c in configs.values())))
+    data = save()
     for g in data["goals"].values():
         print(f"goal {g['goal']}: measured {g['measured']} -> {'met' if g['met'] else 'MISSED'}")
     return 0
@@ -319,7 +320,7 @@ def run_parallel(args, configs: dict, save) -> None:
         procs[seed] = subprocess.Popen(cmd, cwd=REPO)
     while any(p.poll() is None for p in procs.values()):
         time.sleep(30)
-        save(complete=False)
+        save()
     failed = {s: p.returncode for s, p in procs.items() if p.returncode}
     if failed:
         raise SystemExit(f"bench.accuracy: training failed for seed(s) {failed}; rerun the same "
