@@ -10,7 +10,14 @@ plain          resnet_w1a1       CE                          -
 kd             resnet_w1a1       CE + logit KD               teacher (same seed)
 si_kd          si_resnet_w1a1    CE + logit KD               teacher (same seed)
 full           si_resnet_w1a1    CE + logit KD + block MSE   teacher (same seed)
+staged         si_resnet_w1a1    as full, in two steps       teacher (same seed)
 =============  ================  ==========================  =======================
+
+``staged`` is the staged recipe (Real-to-Binary): the same epochs as every other variant, split
+into ``epochs // 2`` with binary activations and float weights (stage ``staged_act``, started from
+the teacher) and the rest with binary weights too (started from ``staged_act``). It needs at least
+2 epochs. Whether it is kept is decided on the *validation* split (``decisions.staged`` in the
+results), never on the test set.
 
 Hyper-parameters (optimizer, lr, batch, loss weights, temperature) come from the shipped recipe
 ``configs/fmnist_si_resnet.yaml``; only epochs, seeds and the training subset change here. By
@@ -58,7 +65,13 @@ VARIANTS = {
     "kd": ("resnet_w1a1", "W1A1 + logit KD"),
     "si_kd": ("si_resnet_w1a1", "W1A1 + SI + logit KD"),
     "full": ("si_resnet_w1a1", "W1A1 + SI + logit KD + block-wise KD (full)"),
+    "staged": ("si_resnet_w1a1", "full, staged: binary activations first, then binary weights"),
 }
+
+
+def variants(epochs: int) -> list[str]:
+    """The variants a run of ``epochs`` epochs trains (the staged one needs two stages)."""
+    return [v for v in VARIANTS if v != "staged" or epochs >= 2]
 
 
 def ablation_config(seed: int, epochs: int, train_subset: int | None, student_init: str,
@@ -79,6 +92,15 @@ def ablation_config(seed: int, epochs: int, train_subset: int | None, student_in
               "teacher": "teacher" if ("kd" in loss or "block" in loss) else None,
               "init_from": "teacher" if student_init == "teacher" else None}
         stages.append(st)
+    if "staged" in variants(epochs):
+        first = epochs // 2
+        stages.append({**s_stage, "name": "staged_act", "student": "si_resnet_w1a1",
+                       "model": {"float_weights": True}, "epochs": first, "loss_weights": lw,
+                       "teacher": "teacher",
+                       "init_from": "teacher" if student_init == "teacher" else None})
+        stages.append({**s_stage, "name": "staged", "student": "si_resnet_w1a1",
+                       "epochs": epochs - first, "loss_weights": lw, "teacher": "teacher",
+                       "init_from": "staged_act"})
     sub = f"_n{train_subset}" if train_subset else ""
     data = {**recipe["data"], "train_subset": train_subset}
     if data_dir:
@@ -172,12 +194,29 @@ def goals(summary: dict) -> dict:
     return out
 
 
+def decisions(per_seed: dict, seeds: list[int]) -> dict:
+    """Recipe choices made on the validation split: the staged recipe is kept only if its mean
+    validation accuracy beats the one-step full recipe's over the same seeds."""
+    both = [s for s in seeds if {"full", "staged"} <= set(per_seed.get(s, {}))]
+    if not both:
+        return {}
+    full = statistics.fmean(per_seed[s]["full"]["val_acc"] for s in both)
+    staged = statistics.fmean(per_seed[s]["staged"]["val_acc"] for s in both)
+    return {"staged": {"rule": "keep the staged recipe only if its mean val accuracy beats full's",
+                       "seeds": both, "full_val_acc_mean": round(full, 2),
+                       "staged_val_acc_mean": round(staged, 2),
+                       "val_delta": round(staged - full, 2), "keep": staged > full}}
+
+
 def summarise(per_seed: dict, seeds: list[int]) -> dict:
     out = {}
     for v in VARIANTS:
         accs = [per_seed[s][v]["test_acc"] for s in seeds if v in per_seed.get(s, {})]
         if accs:
+            vals = [per_seed[s][v].get("val_acc") for s in seeds if v in per_seed.get(s, {})]
             out[v] = {"test_acc_mean": round(statistics.fmean(accs), 2),
+                      "val_acc_mean": (round(statistics.fmean(vals), 2)
+                                       if all(a is not None for a in vals) else None),
                       "test_acc_std": round(statistics.pstdev(accs), 2) if len(accs) > 1 else None,
                       "seeds_done": len(accs)}
     return out
@@ -185,7 +224,8 @@ def summarise(per_seed: dict, seeds: list[int]) -> dict:
 
 def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None,
           run: dict | None = None) -> list[list[str]]:
-    rows = [["variant", *[f"seed {s} test %" for s in seeds], "mean %", "vs previous row"]]
+    rows = [["variant", *[f"seed {s} test %" for s in seeds], "mean %", "vs previous row",
+             "mean val %"]]
     prev = None
     for v, (_, label) in VARIANTS.items():
         if v not in summary:
@@ -194,16 +234,21 @@ def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None,
                  for s in seeds]
         mean = summary[v]["test_acc_mean"]
         delta = "" if prev is None or v == "plain" else f"{mean - prev:+.2f}"
-        rows.append([label, *cells, f"{mean:.2f}", delta])
+        val = summary[v].get("val_acc_mean")
+        rows.append([label, *cells, f"{mean:.2f}", delta, "-" if val is None else f"{val:.2f}"])
         prev = mean
+    dec = decisions(per_seed, seeds).get("staged")
+    if dec:
+        rows.append([f"staged recipe on the val split: {dec['val_delta']:+.2f} points vs full -> "
+                     f"{'kept' if dec['keep'] else 'not kept'}", *[""] * len(seeds), "", "", ""])
     if cost:
         rows.append([f"distillation step / plain step (batch {cost['batch']})",
-                     *[""] * len(seeds), f"{cost['ratio']:.3f}x", "goal <= 1.6x"])
+                     *[""] * len(seeds), f"{cost['ratio']:.3f}x", "goal <= 1.6x", ""])
     if run:
         n = run["train_subset"] or 55000
         rows.append([f"run: {run['epochs']} epoch(s) per variant, {n} training images, students "
                      f"init from {run['student_init']}, {run['threads']} thread(s)",
-                     *[""] * len(seeds), "", ""])
+                     *[""] * len(seeds), "", "", ""])
     return rows
 
 
@@ -278,9 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         """Rewrite the results from every finished stage on disk (complete once all are)."""
         per_seed = {s: collect(c) for s, c in configs.items()}
         summary = summarise(per_seed, args.seeds)
-        complete = all(len(r) == len(VARIANTS) for r in per_seed.values())
+        complete = all(len(r) == len(variants(args.epochs)) for r in per_seed.values())
         data = {"complete": complete, "run": run, "step_cost": cost, "summary": summary,
-                "goals": goals(summary), "per_seed": {str(s): r for s, r in per_seed.items()},
+                "goals": goals(summary), "decisions": decisions(per_seed, args.seeds), "per_seed": {str(s): r for s, r in per_seed.items()},
                 "configs": {str(s): to_dict(c) for s, c in configs.items()}}
         write_results("accuracy", data, table(summary, per_seed, args.seeds, cost, run))
         return data

@@ -27,12 +27,17 @@ def export_qonnx_model(model: nn.Module, path: str | Path, *, with_taps: bool = 
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.util.cleanup import cleanup_model
 
+    from quant_models.errors import UnsupportedGraphError
     from quant_models.networks import TapOutputs
 
     path = Path(path)
     model = model.eval()
+    spec = getattr(model, "spec", None)
+    if spec is not None and spec.binary and not spec.binary_weights:
+        raise UnsupportedGraphError(
+            "this network has float weights (float_weights: the first stage of the staged "
+            "recipe), so it is not W1A1 and cannot be exported; use the final stage's checkpoint")
     if input_shape is None:
-        spec = getattr(model, "spec", None)
         if spec is None:
             raise ValueError("input_shape is required for models without a NetSpec")
         input_shape = (1, *spec.input_shape)

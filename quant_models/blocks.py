@@ -36,6 +36,7 @@ class Flavour:
         res_scale_log2: the residual grid's step is ``2**res_scale_log2``.
         si_act_bits: bit width of the SI squeeze activation (1 = bipolar).
         si_weight_bits: bit width of the SI convolutions' weights (1 = binary).
+        float_weights: binary activations but float weight layers (stage 1 of the staged recipe).
     """
 
     binary: bool
@@ -43,6 +44,11 @@ class Flavour:
     res_scale_log2: int = -1
     si_act_bits: int = 1
     si_weight_bits: int = 1
+    float_weights: bool = False
+
+    @property
+    def quant_weights(self) -> bool:
+        return self.binary and not self.float_weights
 
     # -- activations ---------------------------------------------------------------------------
     def sign(self) -> nn.Module:
@@ -80,13 +86,13 @@ class Flavour:
     # -- weight layers -------------------------------------------------------------------------
     def conv(self, c_in: int, c_out: int, k: int, stride: int = 1, weight_bits: int = 1,
              padding: int = 0) -> nn.Module:
-        if not self.binary:
+        if not self.quant_weights:
             return nn.Conv2d(c_in, c_out, k, stride=stride, padding=padding, bias=False)
         return qnn.QuantConv2d(c_in, c_out, k, stride=stride, padding=padding, bias=False,
                                **_weight_quant(weight_bits))
 
     def linear(self, c_in: int, c_out: int) -> nn.Module:
-        if not self.binary:
+        if not self.quant_weights:
             return nn.Linear(c_in, c_out, bias=False)
         return qnn.QuantLinear(c_in, c_out, bias=False, weight_quant=BinaryWeightQuant)
 
@@ -213,7 +219,7 @@ class Head(nn.Module):
         super().__init__()
         self.act = f.sign()
         self.fc = f.linear(c_in, num_classes)
-        init = 1.0 / (pooled_pixels * c_in**0.5) if f.binary else 1.0 / pooled_pixels
+        init = 1.0 / (pooled_pixels * c_in**0.5) if f.quant_weights else 1.0 / pooled_pixels
         self.logit_scale = nn.Parameter(torch.tensor(float(init)))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

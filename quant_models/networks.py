@@ -48,6 +48,15 @@ class NetSpec:
     """SI squeeze activation bits (1 = bipolar)."""
     si_weight_bits: int = 1
     """SI conv weight bits (1 = binary)."""
+    float_weights: bool = False
+    """Binary activations with float weights: the first stage of the staged recipe (binary
+    activations first, then binary weights, as in Real-to-Binary). Such a network is *not* W1A1:
+    it trains and evaluates, but export and the hardware flow refuse it."""
+
+    @property
+    def binary_weights(self) -> bool:
+        """Whether the weight layers are quantised (a W1A1 student, not a teacher or stage 1)."""
+        return self.binary and not self.float_weights
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "depth", tuple(int(d) for d in self.depth))
@@ -62,6 +71,8 @@ class NetSpec:
             (2 <= self.res_bits <= 8, "res_bits must be in 2..8"),
             (1 <= self.si_act_bits <= 8, "si_act_bits must be in 1..8"),
             (1 <= self.si_weight_bits <= 8, "si_weight_bits must be in 1..8"),
+            (self.binary or not self.float_weights,
+             "float_weights only applies to a binary network (the FP teacher is all float)"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -96,7 +107,7 @@ class SIResNet(nn.Module):
         self.spec = spec
         f = Flavour(binary=spec.binary, res_bits=spec.res_bits,
                     res_scale_log2=spec.res_scale_log2, si_act_bits=spec.si_act_bits,
-                    si_weight_bits=spec.si_weight_bits)
+                    si_weight_bits=spec.si_weight_bits, float_weights=spec.float_weights)
         self.stem = Stem(f, spec.in_channels, spec.width)
         blocks = []
         c = spec.width

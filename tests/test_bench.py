@@ -45,3 +45,26 @@ def test_step_cost_without_results_file(tmp_path, monkeypatch):
     accuracy.update_cost(path, {"batch": 256, "ratio": 1.3})
     data = json.loads(path.read_text())
     assert data["complete"] is False and data["step_cost"]["ratio"] == 1.3
+
+
+def test_ablation_staged_variant_splits_the_same_epochs(tmp_path):
+    cfg = accuracy.ablation_config(0, 3, 100, "teacher", str(tmp_path), None, 1)
+    act, staged = cfg.stage("staged_act"), cfg.stage("staged")
+    assert act.model == {"float_weights": True} and act.init_from == "teacher"
+    assert staged.model == {} and staged.init_from == "staged_act"
+    assert act.epochs + staged.epochs == cfg.stage("full").epochs == 3
+    assert act.loss_weights == staged.loss_weights == cfg.stage("full").loss_weights
+    one = accuracy.ablation_config(0, 1, 100, "teacher", str(tmp_path), None, 1)
+    assert "staged" not in accuracy.variants(1)
+    assert [s.name for s in one.stages] == ["teacher", "plain", "kd", "si_kd", "full"]
+
+
+def test_staged_recipe_is_kept_only_on_better_validation_accuracy():
+    per_seed = {s: {"full": {"test_acc": 80.0, "val_acc": 81.0},
+                    "staged": {"test_acc": 70.0, "val_acc": 81.0 + d}}
+                for s, d in ((0, 1.0), (1, -0.5))}
+    dec = accuracy.decisions(per_seed, [0, 1])["staged"]
+    assert dec["val_delta"] == 0.25 and dec["keep"] is True  # the test accuracy plays no part
+    per_seed[1]["staged"]["val_acc"] = 79.0
+    assert accuracy.decisions(per_seed, [0, 1])["staged"]["keep"] is False
+    assert accuracy.decisions({0: {"full": {"val_acc": 1.0}}}, [0]) == {}

@@ -96,7 +96,10 @@ def test_every_shipped_config_is_valid(path):
     ("stages.student.teacher", "nobody", "neither an earlier stage"),
     ("stages.student.loss_weights.kdd", 1, "unknown key.*kdd"),
     ("stages.teacher.optimizer", "lion", "not one of"),
-    ("model.widht", 4, "unknown model key"),
+    ("model.widht", 4, r"unknown key\(s\) model\.widht"),
+    ("stages.student.model.widht", 4, r"unknown key\(s\) stages\.student\.model\.widht"),
+    ("stages.teacher.model.float_weights", True, "teacher.*float_weights only applies to a binary"),
+    ("model.width", 0, "stage .teacher.: invalid model arguments.*width must be >= 1"),
     ("stages.ghost.epochs", 1, "no stage named"),
 ])
 def test_config_errors(tmp_path, key, value, match):
@@ -383,3 +386,95 @@ def test_init_from_fp_keeps_the_binary_logit_scale(tmp_path):
     n = init_weights(cfg, cfg.stages[0], student)
     assert n > 0 and float(student.head.logit_scale) == own_scale != 0.125
     assert torch.equal(student.blocks[0].conv.weight, fp.blocks[0].conv.weight)
+
+
+# -- the staged recipe (binary activations first, then binary weights) ------------------------------
+
+def staged(out_dir) -> dict:
+    """``tiny`` with the student split into a float-weight stage and a binary-weight stage."""
+    d = tiny(out_dir, experiment="staged")
+    student = d["stages"][1]
+    d["stages"][1:] = [{**student, "name": "binary_act", "model": {"float_weights": True},
+                        "epochs": 1},
+                       {**student, "init_from": "binary_act", "epochs": 1}]
+    return d
+
+
+def test_float_weights_network_has_binary_activations_and_float_layers():
+    from quant_models.blocks import BinaryBlock
+
+    net = build_model("si_resnet_w1a1", dataset="digits", width=8, depth=[1, 1],
+                      float_weights=True)
+    w1a1 = build_model("si_resnet_w1a1", dataset="digits", width=8, depth=[1, 1])
+    assert net.spec.binary and not net.spec.binary_weights and w1a1.spec.binary_weights
+    assert net.state_dict().keys() == w1a1.state_dict().keys()  # init_from matches every tensor
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(type(m) is torch.nn.Conv2d for m in convs)  # float, not QuantConv2d
+    block = next(m for m in net.modules() if isinstance(m, BinaryBlock))
+    h = torch.randn(4, 8, 8, 8)
+    assert set(block.act(h).unique().tolist()) == {-1.0, 1.0}  # activations stay bipolar
+    with pytest.raises(ConfigError, match="float_weights only applies to a binary"):
+        build_model("si_resnet_fp", dataset="digits", float_weights=True)
+
+
+def test_staged_recipe_trains_and_ends_w1a1(tmp_path):
+    from flow.export import export_qonnx_model
+    from quant_models.errors import UnsupportedGraphError
+
+    results = train(build_config(staged(tmp_path)), log=lambda *_: None)
+    assert list(results) == ["teacher", "binary_act", "student"]
+    run = tmp_path / "staged"
+    act = build_model("si_resnet_w1a1", pretrained=run / "binary_act" / "final.pt")
+    student = build_model("si_resnet_w1a1", pretrained=run / "student" / "final.pt")
+    assert act.spec.float_weights and not student.spec.float_weights
+    # the float-weight stage is not W1A1: export refuses it with the reason, the student exports
+    with pytest.raises(UnsupportedGraphError, match="float weights.*final stage"):
+        export_qonnx_model(act, tmp_path / "act.onnx")
+    export_qonnx_model(student, tmp_path / "student.onnx")
+    assert (tmp_path / "student.onnx").is_file()
+
+
+def test_logit_scale_moves_only_between_networks_of_the_same_weight_kind(tmp_path):
+    """FP teacher -> float-weight stage copies the scale (both float); the float-weight stage ->
+    W1A1 student does not (+-1 weights are ~10x larger than float ones)."""
+    from quant_models.train.engine import init_weights
+
+    cfg = build_config(staged(tmp_path))
+    fp = build_model("si_resnet_fp", dataset="digits", width=8, depth=[1, 1])
+    act = build_model("si_resnet_w1a1", dataset="digits", width=8, depth=[1, 1],
+                      float_weights=True)
+    w1a1 = build_model("si_resnet_w1a1", dataset="digits", width=8, depth=[1, 1])
+    with torch.no_grad():
+        fp.head.logit_scale.fill_(0.125)
+    for stage, src in (("teacher", fp), ("binary_act", None)):
+        d = tmp_path / "staged" / stage
+        d.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(d / "final.pt", src if src is not None else act)
+    init_weights(cfg, cfg.stage("binary_act"), act)
+    assert float(act.head.logit_scale) == 0.125
+    own = float(w1a1.head.logit_scale)
+    init_weights(cfg, cfg.stage("student"), w1a1)
+    assert float(w1a1.head.logit_scale) == own != 0.125
+
+
+def test_resume_may_append_a_stage_but_not_change_one(tmp_path):
+    d = tiny(tmp_path)
+    d["stages"] = d["stages"][:1]
+    d["stages"][0]["epochs"] = 1
+    d["data"]["train_subset"] = 128
+    first = train(build_config(d), log=lambda *_: None)
+    final = tmp_path / "tiny" / "teacher" / "final.pt"
+    before = final.read_bytes()
+    longer = staged(tmp_path)
+    longer.update(experiment="tiny", data=d["data"])
+    longer["stages"][0] = d["stages"][0]
+    for s in longer["stages"][1:]:
+        s["epochs"] = 1
+    logs = []
+    results = train(build_config(longer), resume=True, log=logs.append)
+    assert results["teacher"] == first["teacher"] and final.read_bytes() == before
+    assert list(results) == ["teacher", "binary_act", "student"]
+    assert any("[teacher] already complete" in m for m in logs)
+    changed = {**longer, "stages": [{**longer["stages"][0], "lr": 0.5}, *longer["stages"][1:]]}
+    with pytest.raises(ConfigError, match="another config.*stages"):
+        train(build_config(changed), resume=True, log=lambda *_: None)

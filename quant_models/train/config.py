@@ -23,7 +23,7 @@ import yaml
 
 from ..data import DatasetName
 from ..errors import ConfigError
-from ..registry import OVERRIDE_KEYS, TEACHER_OF, list_models
+from ..registry import OVERRIDE_KEYS, TEACHER_OF, list_models, resolve_spec
 
 
 class OptimizerName(str, Enum):
@@ -110,6 +110,10 @@ class Stage:
     """SGD momentum."""
     batch_size: int = 256
     """Global batch size (split across DDP processes)."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """Model overrides for this stage only, over the experiment's ``model``: e.g.
+    ``{float_weights: true}`` for the first stage of the staged recipe (binary activations with
+    float weights; the next stage starts from it with binary weights)."""
 
 
 @dataclass(frozen=True)
@@ -319,11 +323,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"experiment {cfg.experiment!r} must be a plain directory name")
     if not cfg.stages:
         raise ConfigError("stages must list at least one stage")
-    unknown = sorted(set(cfg.model) - set(OVERRIDE_KEYS) | ({"dataset"} & set(cfg.model)))
-    if unknown:
-        raise ConfigError(f"unknown model key(s) {', '.join(unknown)}; valid: "
-                          f"{', '.join(k for k in OVERRIDE_KEYS if k != 'dataset')} "
-                          "(the dataset comes from data.name)")
+    _check_model_keys(cfg.model, "model")
     if cfg.eval_batch_size < 1:
         raise ConfigError("eval_batch_size must be >= 1")
     if cfg.num_threads is not None and cfg.num_threads < 1:
@@ -343,6 +343,11 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{w}: epochs and batch_size must be >= 1, lr > 0, weight_decay >= 0")
         if s.warmup_epochs < 0 or s.warmup_epochs > s.epochs:
             raise ConfigError(f"{w}: warmup_epochs must be in 0..epochs")
+        _check_model_keys(s.model, f"stages.{s.name}.model")
+        try:
+            resolve_spec(s.student, dataset=cfg.data.name.value, **{**cfg.model, **s.model})
+        except ConfigError as err:
+            raise ConfigError(f"{w}: {err}") from None
         lw = s.loss_weights
         if min(lw.ce, lw.kd, lw.block) < 0 or lw.ce + lw.kd + lw.block == 0:
             raise ConfigError(f"{w}: loss weights must be >= 0 and not all 0")
@@ -361,6 +366,14 @@ def validate(cfg: TrainConfig) -> None:
                 raise ConfigError(f"{w}: teacher stage {s.teacher!r} trains {t!r}, but the teacher "
                                   f"of {s.student} is {want!r}")
         seen.append(s.name)
+
+
+def _check_model_keys(model: dict, where: str) -> None:
+    unknown = sorted(set(model) - set(OVERRIDE_KEYS) | ({"dataset"} & set(model)))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}; valid: "
+                          f"{', '.join(k for k in OVERRIDE_KEYS if k != 'dataset')} "
+                          "(the dataset comes from data.name)")
 
 
 def is_path_ref(ref: str) -> bool:

@@ -35,12 +35,14 @@ from torch import nn
 from ..checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
 from ..data import Split, Splits, load_splits
 from ..errors import CheckpointError, ConfigError, OutputDirError
+from ..networks import NetSpec
 from ..registry import TEACHER_OF, build_model
 from .config import (
     RUNTIME_KEYS,
     OptimizerName,
     Stage,
     TrainConfig,
+    build_config,
     config_diff,
     is_path_ref,
     to_dict,
@@ -136,9 +138,9 @@ def load_teacher(cfg: TrainConfig, stage: Stage, student: nn.Module) -> nn.Modul
 
 
 SCALE_KEYS = ("head.logit_scale",)
-"""Tensors not transferred between an FP and a binary network: the logit scale calibrates the
-magnitude of the head's weights, which are about 0.1 in an FP teacher and exactly +-1 in a binary
-student, so a copied scale makes the student's logits ~10x too large (measured: the first
+"""Tensors not transferred between float-weight and binary-weight networks (the FP teacher or the
+staged recipe's first stage, and a W1A1 student): the logit scale calibrates the magnitude of the
+head's weights, which are about 0.1 when float and exactly +-1 when binary, so a copied scale makes the student's logits ~10x too large (measured: the first
 student epoch spent on shrinking it, 58 % val). The student keeps its own initial scale."""
 
 
@@ -149,7 +151,8 @@ def init_weights(cfg: TrainConfig, stage: Stage, model: nn.Module) -> int:
     ckpt = load_checkpoint(path)
     src = ckpt["state_dict"]
     own = model.state_dict()
-    skip = SCALE_KEYS if ckpt["model_args"].get("binary") != model.spec.binary else ()
+    src_binary_weights = NetSpec(**ckpt["model_args"]).binary_weights
+    skip = SCALE_KEYS if src_binary_weights != model.spec.binary_weights else ()
     hits = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and k not in skip}
     if not hits:
         raise CheckpointError(f"init_from checkpoint {path} ({len(src)} tensors) shares no tensor "
@@ -253,8 +256,25 @@ def _comparable(resolved: dict) -> dict:
     return {k: v for k, v in resolved.items() if k not in RUNTIME_KEYS}
 
 
+def resume_diff(old: dict, new: dict) -> list[str]:
+    """Keys in which config ``new`` may not resume run ``old``: everything but the runtime keys
+    must match, except that ``new`` may *append* stages (a finished run extended with another
+    stage keeps its completed stages)."""
+    try:  # fill in fields added since the run was written (their defaults change nothing)
+        old = to_dict(build_config(old))
+    except ConfigError:
+        pass
+    a, b = _comparable(old), _comparable(new)
+    old_stages, new_stages = a.pop("stages", None) or [], b.pop("stages", None) or []
+    diff = config_diff(a, b)
+    if new_stages[:len(old_stages)] != old_stages:
+        diff.append("stages")
+    return diff
+
+
 def prepare_run_dir(cfg: TrainConfig, resume: bool, env: DistEnv) -> None:
-    """Check (and on rank 0 write) ``<exp>/config.yaml``; a resume must match it."""
+    """Check (and on rank 0 write) ``<exp>/config.yaml``; a resume must match it (new stages may
+    be appended, see :func:`resume_diff`)."""
     path = exp_dir(cfg) / "config.yaml"
     resolved = to_dict(cfg)
     if path.exists():
@@ -265,7 +285,7 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, env: DistEnv) -> None:
             old = yaml.safe_load(path.read_text())
         except yaml.YAMLError:
             raise OutputDirError(f"{path} is not valid YAML; the run directory is damaged") from None
-        diff = config_diff(_comparable(old or {}), _comparable(resolved))
+        diff = resume_diff(old or {}, resolved)
         if diff:
             shown = ", ".join(diff[:6]) + (", ..." if len(diff) > 6 else "")
             raise ConfigError(f"--resume: {exp_dir(cfg)} was run with another config "
@@ -312,7 +332,8 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
         return dict(done["metrics"])
 
     torch.manual_seed(derive_seed(cfg.seed, index, 0))
-    student = build_model(stage.student, dataset=cfg.data.name.value, **cfg.model)
+    student = build_model(stage.student, dataset=cfg.data.name.value,
+                          **{**cfg.model, **stage.model})
     if stage.init_from is not None:
         n = init_weights(cfg, stage, student)
         if env.main:
