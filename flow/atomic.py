@@ -47,6 +47,19 @@ def check_target(path: Path, kind: str) -> None:
         raise OutputDirError(f"output directory {parent} is not writable")
 
 
+def swap_in(src: Path, dest: Path) -> None:
+    """Make directory ``src`` become ``dest`` with renames: an existing ``dest`` is moved aside
+    first and deleted only once ``src`` is in place, so ``dest`` is never half-written."""
+    src, dest = Path(src), Path(dest)
+    old = None
+    if dest.exists():
+        old = dest.parent / f".{dest.name}.{os.getpid()}.old"
+        os.replace(dest, old)
+    os.replace(src, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_output_dir(path: str | Path, kind: str) -> Iterator[Path]:
     """Yield a temp directory; on success it replaces ``path`` (with a marker file)."""
@@ -56,13 +69,7 @@ def atomic_output_dir(path: str | Path, kind: str) -> Iterator[Path]:
     try:
         yield tmp
         (tmp / MARKER).write_text(json.dumps({"kind": kind, "written": time.time()}))
-        old = None
-        if path.exists():
-            old = path.parent / f".{path.name}.{os.getpid()}.old"
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -26,6 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: python flow/build.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from flow.atomic import swap_in  # noqa: E402
 from flow.config import (  # noqa: E402
     DEFAULT_MODEL,
     BoardConfig,
@@ -301,13 +302,7 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
     except BaseException as err:
         _keep_failed(work, final, f"{type(err).__name__}: {err}")
         raise
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-    os.replace(work, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    swap_in(work, final)
     _relocate(final, str(work), str(final))
     echo(report.format_summary(report.load_summary(final)))
     return final
