@@ -59,12 +59,12 @@ def test_ablation_staged_variant_splits_the_same_epochs(tmp_path):
     assert [s.name for s in one.stages] == ["teacher", "plain", "kd", "si_kd", "full"]
 
 
-def test_staged_recipe_is_kept_only_on_better_validation_accuracy():
+def test_staged_recipe_is_compared_on_validation_accuracy_only():
     per_seed = {s: {"full": {"test_acc": 80.0, "val_acc": 81.0},
                     "staged": {"test_acc": 70.0, "val_acc": 81.0 + d}}
                 for s, d in ((0, 1.0), (1, -0.5))}
     dec = accuracy.decisions(per_seed, [0, 1])["staged"]
-    assert dec["val_delta"] == 0.25 and dec["keep"] is True  # the test accuracy plays no part
+    assert dec["val_delta"] == 0.25 and dec["better_on_val"] is True  # the test accuracy plays no part
     per_seed[1]["staged"]["val_acc"] = 79.0
-    assert accuracy.decisions(per_seed, [0, 1])["staged"]["keep"] is False
+    assert accuracy.decisions(per_seed, [0, 1])["staged"]["better_on_val"] is False
     assert accuracy.decisions({0: {"full": {"val_acc": 1.0}}}, [0]) == {}
