@@ -38,13 +38,21 @@ def check_target(path: Path, kind: str) -> None:
             if owner != kind:
                 raise OutputDirError(f"output directory {path} holds a sibnn {owner!r} result, "
                                      f"not {kind!r}; choose another directory")
+    make_parent(path)
+
+
+def make_parent(path: Path) -> Path:
+    """Create the parent of output directory ``path`` and check that it is writable (a
+    one-line :class:`OutputDirError` naming ``path`` otherwise); returns the parent."""
+    path = Path(path)
     parent = path.parent if path.parent != Path("") else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise OutputDirError(f"cannot create {parent}: {err.strerror}") from None
+        raise OutputDirError(f"cannot create output directory {path}: {err.strerror}") from None
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputDirError(f"output directory {parent} is not writable")
+        raise OutputDirError(f"output directory {path} is not writable ({parent} is read-only)")
+    return parent
 
 
 def swap_in(src: Path, dest: Path) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: python flow/build.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flow.atomic import swap_in  # noqa: E402
+from flow.atomic import make_parent, swap_in  # noqa: E402
 from flow.config import (  # noqa: E402
     DEFAULT_MODEL,
     BoardConfig,
@@ -83,13 +83,7 @@ def load_onnx(path: str):
 
 
 def _check_output_dir(final: Path) -> None:
-    parent = final.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputDirError(f"cannot create output directory {final}: {err.strerror}") from None
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputDirError(f"output directory {final} is not writable ({parent} is read-only)")
+    make_parent(final)
     if final.exists():
         if not final.is_dir():
             raise OutputDirError(f"output path {final} exists and is not a directory")
