@@ -480,3 +480,26 @@ def test_resume_may_append_a_stage_but_not_change_one(tmp_path):
     changed = {**longer, "stages": [{**longer["stages"][0], "lr": 0.5}, *longer["stages"][1:]]}
     with pytest.raises(ConfigError, match="another config.*stages"):
         train(build_config(changed), resume=True, log=lambda *_: None)
+
+
+def test_resume_of_a_run_from_before_per_epoch_re_estimation_still_re_estimates(tmp_path):
+    """A last.pt whose history has no ``val_acc_running_bn`` (written before BN statistics were
+    re-estimated every epoch) and no final.pt: the stage ends with re-estimated statistics."""
+    d = tiny(tmp_path)
+    d["stages"] = d["stages"][:1]
+    d["stages"][0]["epochs"] = 1
+    d["data"]["train_subset"] = 128
+    cfg = build_config(d)
+    train(cfg, log=lambda *_: None)
+    sdir = tmp_path / "tiny" / "teacher"
+    want = load_checkpoint(sdir / "final.pt")["state_dict"]
+    ck = load_checkpoint(sdir / "last.pt")
+    ck["resume"]["history"] = [{k: v for k, v in r.items() if k != "val_acc_running_bn"}
+                               for r in ck["resume"]["history"]]
+    for m in (ck["state_dict"][k] for k in ck["state_dict"] if k.endswith("running_mean")):
+        m.zero_()  # stale statistics, as the old code left them
+    save_checkpoint(sdir / "last.pt", ckpt=ck)
+    (sdir / "final.pt").unlink()
+    train(cfg, resume=True, log=lambda *_: None)
+    got = load_checkpoint(sdir / "final.pt")["state_dict"]
+    assert all(torch.equal(got[k], want[k]) for k in want)

@@ -449,7 +449,11 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
 
     last = history[-1]
     val = {"acc": last["val_acc"], "loss": last["val_loss"]}
-    stale = last.get("val_acc_running_bn", last["val_acc"])
+    stale = last.get("val_acc_running_bn")
+    if stale is None:  # last epoch from a run of before per-epoch re-estimation: do it now
+        stale = last["val_acc"]
+        recalibrate_bn(student, train, BN_RECALIBRATION_SAMPLES, cfg.eval_batch_size)
+        val = evaluate(student, splits.val, cfg.eval_batch_size, env)
     recal = {"bn_recalibrated_on": min(BN_RECALIBRATION_SAMPLES, len(train)),
              "val_acc_before_bn_recalibration": stale}
     if env.main:
