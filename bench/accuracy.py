@@ -327,7 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarise(per_seed, args.seeds)
         complete = all(len(r) == len(variants(args.epochs)) for r in per_seed.values())
         data = {"complete": complete, "run": run, "step_cost": cost, "summary": summary,
-                "goals": goals(summary), "decisions": decisions(per_seed, args.seeds), "per_seed": {str(s): r for s, r in per_seed.items()},
+                "goals": goals(summary), "decisions": decisions(per_seed, args.seeds),
+                "per_seed": {str(s): r for s, r in per_seed.items()},
                 "configs": {str(s): to_dict(c) for s, c in configs.items()}}
         write_results("accuracy", data, table(summary, per_seed, args.seeds, cost, run))
         return data

@@ -33,7 +33,7 @@ def export_qonnx_model(model: nn.Module, path: str | Path, *, with_taps: bool = 
     path = Path(path)
     model = model.eval()
     spec = getattr(model, "spec", None)
-    if spec is not None and spec.binary and not spec.binary_weights:
+    if spec is not None and spec.float_weights:
         raise UnsupportedGraphError(
             "this network has float weights (float_weights: the first stage of the staged "
             "recipe), so it is not W1A1 and cannot be exported; use the final stage's checkpoint")

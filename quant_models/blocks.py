@@ -47,7 +47,8 @@ class Flavour:
     float_weights: bool = False
 
     @property
-    def quant_weights(self) -> bool:
+    def binary_weights(self) -> bool:
+        """Same rule as :attr:`NetSpec.binary_weights`: quantised weight layers."""
         return self.binary and not self.float_weights
 
     # -- activations ---------------------------------------------------------------------------
@@ -86,13 +87,13 @@ class Flavour:
     # -- weight layers -------------------------------------------------------------------------
     def conv(self, c_in: int, c_out: int, k: int, stride: int = 1, weight_bits: int = 1,
              padding: int = 0) -> nn.Module:
-        if not self.quant_weights:
+        if not self.binary_weights:
             return nn.Conv2d(c_in, c_out, k, stride=stride, padding=padding, bias=False)
         return qnn.QuantConv2d(c_in, c_out, k, stride=stride, padding=padding, bias=False,
                                **_weight_quant(weight_bits))
 
     def linear(self, c_in: int, c_out: int) -> nn.Module:
-        if not self.quant_weights:
+        if not self.binary_weights:
             return nn.Linear(c_in, c_out, bias=False)
         return qnn.QuantLinear(c_in, c_out, bias=False, weight_quant=BinaryWeightQuant)
 
@@ -219,7 +220,7 @@ class Head(nn.Module):
         super().__init__()
         self.act = f.sign()
         self.fc = f.linear(c_in, num_classes)
-        init = 1.0 / (pooled_pixels * c_in**0.5) if f.quant_weights else 1.0 / pooled_pixels
+        init = 1.0 / (pooled_pixels * c_in**0.5) if f.binary_weights else 1.0 / pooled_pixels
         self.logit_scale = nn.Parameter(torch.tensor(float(init)))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
