@@ -87,27 +87,35 @@ class _Lowering:
             return self.is_bipolar(p.inputs[0])
         return False
 
-    def xnor_consumer(self, nd: IRNode) -> bool:
-        """A conv/matmul whose input is bipolar and whose weights are +-1."""
-        if nd.op not in ("conv", "matmul"):
-            return False
-        w = nd.attrs["weight"]
-        # the popcount must be corrected (acc = 2p - N) by a following threshold; an output
-        # layer keeps the exact bipolar accumulator instead (INT2 input, bipolar weights)
-        thresholded = all(c.op == "threshold" for c in self.consumers.get(nd.output, []))
-        return (thresholded and nd.output in self.consumers and self.is_bipolar(nd.inputs[0])
-                and bool(np.all(np.abs(w) == 1)))
+    def binary_consumer(self, nd: IRNode) -> bool:
+        """A conv/matmul that can read its bipolar input ``a`` as BINARY ``b = (a + 1) / 2``.
 
-    def all_consumers_xnor(self, t: str) -> bool:
+        Its hardware accumulator is then ``W b`` while the IR's is ``W a = 2 W b - sum(W)``
+        (``sum`` over the whole fan-in, padding included: a pad of -1 is a 0 bit), so every
+        consumer must be a threshold that absorbs the correction. With +-1 weights ``W b`` is
+        an XNOR popcount. Zero padding is not in the bipolar alphabet, so a conv that pads
+        ``a`` with 0 keeps the INT2 ``{-1, +1}`` form."""
+        if nd.op not in ("conv", "matmul") or not self.is_bipolar(nd.inputs[0]):
+            return False
+        if nd.op == "conv" and any(nd.attrs["pads"]):
+            return False
+        cons = self.consumers.get(nd.output, [])
+        return bool(cons) and all(c.op == "threshold" for c in cons)
+
+    def all_consumers_binary(self, t: str) -> bool:
+        """Whether bipolar tensor ``t`` can be carried as BINARY: every consumer (through -1
+        pads, max pools and reshapes) is a :meth:`binary_consumer`. One consumer that is not
+        (the global pool, a zero-padded conv, an output layer) makes the whole tensor INT2,
+        and then no consumer may treat it as bits."""
         cons = self.consumers.get(t, [])
         out = []
         for c in cons:
             if c.op == "pad":
-                out.append(c.attrs["value"] == -1 and self.all_consumers_xnor(c.output))
+                out.append(c.attrs["value"] == -1 and self.all_consumers_binary(c.output))
             elif c.op in ("maxpool", "reshape"):
-                out.append(self.all_consumers_xnor(c.output))
+                out.append(self.all_consumers_binary(c.output))
             else:
-                out.append(self.xnor_consumer(c))
+                out.append(self.binary_consumer(c))
         return bool(cons) and all(out)
 
     # -- emission ----------------------------------------------------------------------------------
@@ -174,10 +182,10 @@ class _Lowering:
         if nd.output in self.negate:
             w = w * self.negate[nd.output][:, None, None, None]
         co, ci, kh, kw = w.shape
-        xnor = self.xnor_consumer(nd)
+        binary_in = self.repr.get(src) == "binary"
         in_name = src
-        if xnor:
-            if pad_value not in (0, -1) or (any(pads) and pad_value != -1):
+        if binary_in:
+            if any(pads) and pad_value != -1:
                 raise UnsupportedGraphError(f"{nd.source}: bipolar input padded with {pad_value}")
             pad_value = 0  # -1 in the bipolar domain is 0 in the binary one
         # pads [top, left, bottom, right] for Im2Col
@@ -192,25 +200,37 @@ class _Lowering:
             depthwise=0))
         self.vinfo[cols] = ((n, oh, ow, kh * kw * ci), self.vinfo[in_name][1])
         wmat = w.transpose(2, 3, 1, 0).reshape(kh * kw * ci, co)  # (kh, kw, ci) x co
-        self.matmul(nd, cols, wmat, xnor, fan_in=kh * kw * ci)
+        self.matmul(nd, cols, wmat, binary_in)
 
     def lower_matmul(self, nd: IRNode, pad_of: dict) -> None:
         w = nd.attrs["weight"].copy()  # (Ci, Co)
         if nd.output in self.negate:
             w = w * self.negate[nd.output][None, :]
-        self.matmul(nd, nd.inputs[0], w, self.xnor_consumer(nd), fan_in=w.shape[0])
+        self.matmul(nd, nd.inputs[0], w, self.repr.get(nd.inputs[0]) == "binary")
 
-    def matmul(self, nd: IRNode, x: str, wmat: np.ndarray, xnor: bool, fan_in: int) -> None:
+    def matmul(self, nd: IRNode, x: str, wmat: np.ndarray, binary_in: bool) -> None:
+        """``x @ wmat``. On a BINARY input the accumulator is ``W b``, and ``repr`` records the
+        per-channel ``sum(W)`` that turns it back into the IR's ``W a = 2 W b - sum(W)``."""
         from qonnx.core.datatype import DataType
 
         out = nd.output
         acc = self.ir.tensors[out]
-        if xnor:
+        fan_in, co = wmat.shape
+        shape = self.vinfo[x][0][:-1] + (co,)
+        if binary_in and np.all(np.abs(wmat) == 1):
             wb = self.add_init((wmat + 1) // 2, DataType["BINARY"], "wbin")
             self.nodes.append(helper.make_node("XnorPopcountMatMul", [x, wb], [out],
                                                domain=QONNX_DOMAIN, name=self.name("XnorMM")))
-            self.repr[out] = ("popcount", fan_in)
-            self.vinfo[out] = (self.vinfo[x][0][:-1] + (wmat.shape[1],), _dtype_for(0, fan_in))
+            # popcount p = #(agreeing bits) and W a = 2 p - N: the same correction with S = N
+            self.repr[out] = ("popcount", np.full(co, fan_in, dtype=np.int64))
+            self.vinfo[out] = (shape, _dtype_for(0, fan_in))
+        elif binary_in:
+            wi = self.add_init(wmat, _dtype_for(int(wmat.min()), int(wmat.max())), "w")
+            self.nodes.append(helper.make_node("MatMul", [x, wi], [out], name=self.name("MatMul")))
+            self.repr[out] = ("affine", wmat.sum(axis=0).astype(np.int64))
+            lo = int(np.minimum(wmat, 0).sum(axis=0).min())
+            hi = int(np.maximum(wmat, 0).sum(axis=0).max())
+            self.vinfo[out] = (shape, _dtype_for(lo, hi))
         else:
             wdt = DataType["BIPOLAR"] if np.all(np.abs(wmat) == 1) else _dtype_for(
                 int(wmat.min()), int(wmat.max()))
@@ -220,7 +240,7 @@ class _Lowering:
             lo, hi = int(np.min(acc.lo)), int(np.max(acc.hi))
             if out in self.negate:
                 lo, hi = min(lo, -hi), max(hi, -lo)
-            self.vinfo[out] = (self.vinfo[x][0][:-1] + (wmat.shape[1],), _dtype_for(lo, hi))
+            self.vinfo[out] = (shape, _dtype_for(lo, hi))
 
     def lower_threshold(self, nd: IRNode, pad_of: dict) -> None:
         from qonnx.core.datatype import DataType
@@ -229,18 +249,18 @@ class _Lowering:
         src = nd.inputs[0]
         thr = a["thresholds"].astype(np.int64).copy()  # (C, K) on direction * x
         rep = self.repr.get(src, "int")
-        if isinstance(rep, tuple):  # popcount p of an XNOR MatMul: acc = 2p - N
-            n = rep[1]
-            thr = -((-(thr + n)) // 2)  # ceil((t + N) / 2)
+        if isinstance(rep, tuple):  # hardware accumulator x of a BINARY input: acc = 2x - S
+            s_col = rep[1][:, None]
+            thr = -((-(thr + s_col)) // 2)  # acc >= t  <=>  x >= ceil((t + S) / 2)
         elif np.any(a["direction"] != 1) and src not in self.negate:
             raise UnsupportedGraphError(f"{nd.source}: decreasing thresholds on a shared tensor")
         lo_out = int(np.min(self.ir.tensors[nd.output].lo))
         hi_out = int(np.max(self.ir.tensors[nd.output].hi))
         if a["bipolar"]:
-            if self.all_consumers_xnor(nd.output):
+            if self.all_consumers_binary(nd.output):
                 odt, bias, t = DataType["BINARY"], 0.0, thr
                 self.repr[nd.output] = "binary"
-            elif isinstance(rep, tuple):
+            elif isinstance(rep, tuple) and rep[0] == "popcount":
                 # an XNOR MVAU takes its output offset from the type (FINN: ActVal = odt.min()),
                 # so it emits BINARY and a standalone threshold maps {0, 1} -> {-1, +1} (INT2)
                 mid = self.name("bin")

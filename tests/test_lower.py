@@ -79,3 +79,21 @@ def test_bnn_pynq_networks_map_all_hw(net, shape, tmp_path):
     m, _ = model_with_cfg(net, pretrained=False)
     randomize_bn(m, np.random.default_rng(0))
     _lower_and_check(m.eval(), shape, tmp_path, n=3)
+
+
+def test_bipolar_tensor_shared_by_xnor_and_multibit_convs(tmp_path):
+    """Regression (multi-bit SI weights): the block's bipolar input feeds the +-1 main conv and
+    the 2-bit SI squeeze. It used to be emitted as INT2 {-1, +1} for the squeeze while the main
+    conv still read it as XNOR bits (79 of 80 scores wrong). Now it is carried as bits for both:
+    the main conv stays XNOR, the squeeze is an integer MatMul on bits whose accumulator
+    ``W b = (W a + sum W) / 2`` is corrected in its thresholds."""
+    torch.manual_seed(0)
+    m = build_model("si_resnet_w1a1", width=4, depth=[1], input_size=8, si_weight_bits=2)
+    randomize_bn(m, np.random.default_rng(0), ties=True)
+    finn, _ = _lower_and_check(m.eval(), (1, 8, 8), tmp_path, n=16)
+    mms = {n.output[0]: n for n in finn.graph.node if n.op_type in ("MatMul", "XnorPopcountMatMul")}
+    kinds = sorted((n.op_type, finn.get_tensor_datatype(n.input[0]).name,
+                    finn.get_tensor_datatype(n.input[1]).name) for n in mms.values())
+    assert ("XnorPopcountMatMul", "BINARY", "BINARY") in kinds  # the 3x3 conv
+    # the 2-bit squeeze reads the same bits with its integer weights (not +-1: no XNOR)
+    assert any(k[0] == "MatMul" and k[1] == "BINARY" and k[2] != "BIPOLAR" for k in kinds), kinds
