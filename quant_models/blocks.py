@@ -37,6 +37,7 @@ class Flavour:
         si_act_bits: bit width of the SI squeeze activation (1 = bipolar).
         si_weight_bits: bit width of the SI convolutions' weights (1 = binary).
         float_weights: binary activations but float weight layers (stage 1 of the staged recipe).
+        sign_bias: a learnable per-channel bias before every sign (absorbed into thresholds).
     """
 
     binary: bool
@@ -45,6 +46,7 @@ class Flavour:
     si_act_bits: int = 1
     si_weight_bits: int = 1
     float_weights: bool = False
+    sign_bias: bool = False
 
     @property
     def binary_weights(self) -> bool:
@@ -52,11 +54,14 @@ class Flavour:
         return self.binary and not self.float_weights
 
     # -- activations ---------------------------------------------------------------------------
-    def sign(self) -> nn.Module:
-        """The 1-bit activation feeding every binary conv (FP twin: hardtanh, its relaxation)."""
-        if self.binary:
-            return qnn.QuantIdentity(act_quant=BipolarActQuant, return_quant_tensor=False)
-        return nn.Hardtanh()
+    def sign(self, channels: int | None = None) -> nn.Module:
+        """The 1-bit activation feeding every binary conv (FP twin: hardtanh, its relaxation).
+        With :attr:`sign_bias` and ``channels``, a learnable per-channel bias comes first."""
+        act = (qnn.QuantIdentity(act_quant=BipolarActQuant, return_quant_tensor=False)
+               if self.binary else nn.Hardtanh())
+        if self.sign_bias and channels:
+            return BiasedSign(channels, act)
+        return act
 
     def residual_quant(self) -> nn.Module:
         """Quantiser onto the shared residual grid (FP twin: identity)."""
@@ -92,10 +97,10 @@ class Flavour:
         return qnn.QuantConv2d(c_in, c_out, k, stride=stride, padding=padding, bias=False,
                                **_weight_quant(weight_bits))
 
-    def linear(self, c_in: int, c_out: int) -> nn.Module:
+    def linear(self, c_in: int, c_out: int, weight_bits: int = 1) -> nn.Module:
         if not self.binary_weights:
             return nn.Linear(c_in, c_out, bias=False)
-        return qnn.QuantLinear(c_in, c_out, bias=False, weight_quant=BinaryWeightQuant)
+        return qnn.QuantLinear(c_in, c_out, bias=False, **_weight_quant(weight_bits))
 
 
 def _weight_quant(bits: int) -> dict:
@@ -113,6 +118,21 @@ class PixelInput(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.quant(x * 255.0)
+
+
+class BiasedSign(nn.Module):
+    """``act(x + b)`` with a learnable per-channel ``b`` (initialised to 0, so a network without
+    it is the same function). In the integer flow the add lands in the float function that the
+    sign's thresholds are read from, so it costs no hardware: each threshold moves by ``-b``."""
+
+    def __init__(self, channels: int, act: nn.Module) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.bias if x.dim() == 4 else self.bias.reshape(1, -1)
+        return self.act(x + b)
 
 
 class BipolarPad(nn.Module):
@@ -148,7 +168,9 @@ class SIShortcut(nn.Module):
     block and its floating-point twin. Its full text is not available to us; what we build is:
 
     * **squeeze**: a 1x1 conv ``C_in -> C_out / r`` (stride of the block) on the block's *binary*
-      input, BN, then a ``si_act_bits`` activation (bipolar by default);
+      input ``a`` (``si_input="a"``) or on its multi-bit residual input ``h`` (``si_input="h"``:
+      the real-valued information that ``sign`` throws away and the 3x3 conv never sees), BN,
+      then a ``si_act_bits`` activation (bipolar by default);
     * **interaction**: a 1x1 conv ``C_out / r -> C_out`` on that, BN, quantised onto the residual
       grid, so its output is *added* to the block output as an integer add.
 
@@ -157,8 +179,10 @@ class SIShortcut(nn.Module):
     a DuplicateStreams fork, two MVAUs with thresholds and an ElementwiseAdd.
     """
 
-    def __init__(self, f: Flavour, c_in: int, c_out: int, stride: int, r: int) -> None:
+    def __init__(self, f: Flavour, c_in: int, c_out: int, stride: int, r: int,
+                 reads: str = "a") -> None:
         super().__init__()
+        self.reads = reads
         mid = max(1, c_out // r)
         self.squeeze = f.conv(c_in, mid, 1, stride=stride, weight_bits=f.si_weight_bits)
         self.squeeze_bn = nn.BatchNorm2d(mid)
@@ -167,24 +191,26 @@ class SIShortcut(nn.Module):
         self.interact_bn = nn.BatchNorm2d(c_out)
         self.quant = f.residual_quant()
 
-    def forward(self, a: torch.Tensor) -> torch.Tensor:
-        z = self.squeeze_act(self.squeeze_bn(self.squeeze(a)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` is the block's ``a`` or ``h``, as :attr:`reads` says."""
+        z = self.squeeze_act(self.squeeze_bn(self.squeeze(x)))
         return self.quant(self.interact_bn(self.interact(z)))
 
 
 class BinaryBlock(nn.Module):
     """One binary residual block: ``h -> Q(h' )`` with
 
-    ``a = sign(h)``; ``y = Q(BN(conv3x3(pad_-1(a))))``; ``s = h`` (or ``Q(BN(conv1x1_s2(a)))`` when
-    the block changes shape); ``h' = Q(y + s [+ SI(a)])``.
+    ``a = sign(h [+ b])``; ``y = Q(BN(conv3x3(pad_-1(a))))``; ``s = h`` (or ``Q(BN(conv1x1_s2(a)))``
+    when the block changes shape); ``h' = Q(y + s [+ SI(a or h)])``.
 
     Every ``Q`` is the same residual grid, so the adds are integer adds and the final ``Q`` is a
     saturating clamp. Convs are binary (1-bit weights), their inputs bipolar (1-bit activations).
     """
 
-    def __init__(self, f: Flavour, c_in: int, c_out: int, stride: int, si_ratio: int | None) -> None:
+    def __init__(self, f: Flavour, c_in: int, c_out: int, stride: int, si_ratio: int | None,
+                 si_input: str = "a") -> None:
         super().__init__()
-        self.act = f.sign()
+        self.act = f.sign(c_in)
         self.pad = BipolarPad(1)
         self.conv = f.conv(c_in, c_out, 3, stride=stride)
         self.bn = nn.BatchNorm2d(c_out)
@@ -194,7 +220,7 @@ class BinaryBlock(nn.Module):
             self.short_conv = f.conv(c_in, c_out, 1, stride=stride)
             self.short_bn = nn.BatchNorm2d(c_out)
             self.short_quant = f.residual_quant()
-        self.si = SIShortcut(f, c_in, c_out, stride, si_ratio) if si_ratio else None
+        self.si = SIShortcut(f, c_in, c_out, stride, si_ratio, si_input) if si_ratio else None
         self.out_quant = f.residual_quant()
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -205,22 +231,27 @@ class BinaryBlock(nn.Module):
         else:
             out = out + h
         if self.si is not None:
-            out = out + self.si(a)
+            out = out + self.si(h if self.si.reads == "h" else a)
         return self.out_quant(out)
 
 
 class Head(nn.Module):
-    """``sign(h)`` -> global *sum* pool -> binary FC -> ``* logit_scale``.
+    """``sign(h)`` -> global *sum* pool -> binary FC -> ``* logit_scale`` (``head_bits = 1``), or
+    with a multi-bit head (``head_bits > 1``) the residual ``h`` itself -> sum pool -> FC with
+    ``head_bits``-bit weights -> ``* logit_scale``: the classifier sees the multi-bit features.
 
     A sum pool (not a mean) keeps the pooled values integers for any spatial size (7x7 = 49 is not
-    a power of two), so the logits are exactly ``integer scores * logit_scale``.
+    a power of two), so the logits are exactly ``integer scores * logit_scale``. The FP twin of a
+    multi-bit head pools ``h`` as it is (no hardtanh).
     """
 
-    def __init__(self, f: Flavour, c_in: int, num_classes: int, pooled_pixels: int) -> None:
+    def __init__(self, f: Flavour, c_in: int, num_classes: int, pooled_pixels: int,
+                 head_bits: int = 1) -> None:
         super().__init__()
-        self.act = f.sign()
-        self.fc = f.linear(c_in, num_classes)
-        init = 1.0 / (pooled_pixels * c_in**0.5) if f.binary_weights else 1.0 / pooled_pixels
+        self.act = f.sign(c_in) if head_bits == 1 else nn.Identity()
+        self.fc = f.linear(c_in, num_classes, weight_bits=head_bits)
+        binary_fc = f.binary_weights and head_bits == 1
+        init = 1.0 / (pooled_pixels * c_in**0.5) if binary_fc else 1.0 / pooled_pixels
         self.logit_scale = nn.Parameter(torch.tensor(float(init)))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

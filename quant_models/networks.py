@@ -48,6 +48,14 @@ class NetSpec:
     """SI squeeze activation bits (1 = bipolar)."""
     si_weight_bits: int = 1
     """SI conv weight bits (1 = binary)."""
+    si_input: str = "a"
+    """What the SI branch reads: ``a`` (the block's binary input, as the 3x3 conv) or ``h`` (the
+    block's multi-bit residual input, the information ``sign`` discards)."""
+    head_bits: int = 1
+    """Classifier: 1 = ``sign(h)`` pooled into a binary FC; 2..8 = ``h`` pooled into an FC with
+    ``head_bits``-bit weights (a multi-bit head)."""
+    sign_bias: bool = False
+    """A learnable per-channel bias before every sign (absorbed into the thresholds)."""
     float_weights: bool = False
     """Binary activations with float weights: the first stage of the staged recipe (binary
     activations first, then binary weights, as in Real-to-Binary). Such a network is *not* W1A1:
@@ -57,6 +65,11 @@ class NetSpec:
     def binary_weights(self) -> bool:
         """Whether the weight layers are quantised (a W1A1 student, not a teacher or stage 1)."""
         return self.binary and not self.float_weights
+
+    @property
+    def binary_head(self) -> bool:
+        """Whether the classifier's FC has +-1 weights (a binary head of a W1A1 network)."""
+        return self.binary_weights and self.head_bits == 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "depth", tuple(int(d) for d in self.depth))
@@ -71,6 +84,8 @@ class NetSpec:
             (2 <= self.res_bits <= 8, "res_bits must be in 2..8"),
             (1 <= self.si_act_bits <= 8, "si_act_bits must be in 1..8"),
             (1 <= self.si_weight_bits <= 8, "si_weight_bits must be in 1..8"),
+            (self.si_input in ("a", "h"), f"si_input must be 'a' or 'h', got {self.si_input!r}"),
+            (1 <= self.head_bits <= 8, "head_bits must be in 1..8"),
             (self.binary or not self.float_weights,
              "float_weights only applies to a binary network (the FP teacher is all float)"),
         ]
@@ -107,7 +122,8 @@ class SIResNet(nn.Module):
         self.spec = spec
         f = Flavour(binary=spec.binary, res_bits=spec.res_bits,
                     res_scale_log2=spec.res_scale_log2, si_act_bits=spec.si_act_bits,
-                    si_weight_bits=spec.si_weight_bits, float_weights=spec.float_weights)
+                    si_weight_bits=spec.si_weight_bits, float_weights=spec.float_weights,
+                    sign_bias=spec.sign_bias)
         self.stem = Stem(f, spec.in_channels, spec.width)
         blocks = []
         c = spec.width
@@ -115,10 +131,11 @@ class SIResNet(nn.Module):
             c_out = spec.width * 2**stage
             for i in range(n):
                 stride = 2 if (stage > 0 and i == 0) else 1
-                blocks.append(BinaryBlock(f, c, c_out, stride, spec.r if spec.si else None))
+                blocks.append(BinaryBlock(f, c, c_out, stride, spec.r if spec.si else None,
+                                          spec.si_input))
                 c = c_out
         self.blocks = nn.ModuleList(blocks)
-        self.head = Head(f, c, spec.num_classes, spec.final_size() ** 2)
+        self.head = Head(f, c, spec.num_classes, spec.final_size() ** 2, spec.head_bits)
 
     @property
     def tap_names(self) -> list[str]:

@@ -93,6 +93,10 @@ def resolve_spec(name: str, **overrides) -> NetSpec:
         kw.setdefault("input_size", h)
         if dataset == "cifar10":
             kw.setdefault("width", 64)
+    fixed = sorted(k for k in kw if k in entry.defaults and kw[k] != entry.defaults[k])
+    if fixed:
+        raise ConfigError(f"{name} fixes {', '.join(f'{k}={entry.defaults[k]!r}' for k in fixed)}; "
+                          "use another registered model (or the base model with these keys)")
     try:
         return NetSpec(**{**kw, **entry.defaults})
     except (TypeError, ValueError) as err:
@@ -164,5 +168,21 @@ def si_resnet_fp(spec: NetSpec) -> nn.Module:
     return SIResNet(spec)
 
 
-TEACHER_OF = {"si_resnet_w1a1": "si_resnet_fp", "resnet_w1a1": "si_resnet_fp"}
+@register_model("si_h_resnet_w1a1", defaults={"si": True, "binary": True, "si_input": "h"})
+def si_h_resnet_w1a1(spec: NetSpec) -> nn.Module:
+    """W1A1 network whose SI branch reads the block's multi-bit residual ``h`` instead of its
+    binary input ``a``: it complements what the binary 3x3 conv cannot see."""
+    return SIResNet(spec)
+
+
+@register_model("si_h_resnet_w1a1_mbh", defaults={"si": True, "binary": True, "si_input": "h",
+                                                  "head_bits": 8, "sign_bias": True})
+def si_h_resnet_w1a1_mbh(spec: NetSpec) -> nn.Module:
+    """SI on ``h``, plus a multi-bit head (``h`` pooled into an FC with 8-bit weights) and a
+    learnable per-channel bias before every sign (absorbed into the thresholds)."""
+    return SIResNet(spec)
+
+
+TEACHER_OF = {"si_resnet_w1a1": "si_resnet_fp", "resnet_w1a1": "si_resnet_fp",
+              "si_h_resnet_w1a1": "si_resnet_fp", "si_h_resnet_w1a1_mbh": "si_resnet_fp"}
 """The FP teacher twin used to distil each student."""

@@ -121,7 +121,7 @@ def test_bipolar_padding_is_minus_one():
 
 
 def test_unknown_model_lists_valid_ones():
-    with pytest.raises(UnknownModelError, match="valid models: resnet_w1a1, si_resnet_fp"):
+    with pytest.raises(UnknownModelError, match="valid models: resnet_w1a1, si_h_resnet_w1a1, si_h_resnet_w1a1_mbh, si_resnet_fp"):
         build_model("resnet50")
 
 
@@ -149,3 +149,61 @@ def test_info_cli_prints_si_share():
 ])
 def test_info_cli_bad_input(args, needle):
     assert_one_line_error(run_cli(["-m", "quant_models", *args]), needle)
+
+
+# -- the method's variants: SI on h, multi-bit head, sign bias ------------------------------------
+
+def _params(net) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("arch", ["si_resnet_w1a1", "si_h_resnet_w1a1", "si_h_resnet_w1a1_mbh"])
+def test_si_variants_stay_within_ten_percent_of_parameters(arch):
+    si = build_model(arch, dataset="fmnist")
+    plain = build_model("resnet_w1a1", dataset="fmnist", head_bits=si.spec.head_bits,
+                        sign_bias=si.spec.sign_bias)
+    assert 0 < _params(si) / _params(plain) - 1 <= 0.10
+
+
+def test_si_on_h_reads_the_multibit_residual():
+    torch.manual_seed(0)
+    net = build_model("si_h_resnet_w1a1", width=8, depth=[1, 1], input_size=8).eval()
+    seen = []
+    net.blocks[0].si.squeeze.register_forward_hook(lambda m, a, o: seen.append(a[0]))
+    net(torch.rand(4, 1, 8, 8))
+    vals = torch.unique(seen[0])
+    assert len(vals) > 2  # h on the residual grid, not sign(h) in {-1, +1}
+    a_net = build_model("si_resnet_w1a1", width=8, depth=[1, 1], input_size=8).eval()
+    seen.clear()
+    a_net.blocks[0].si.squeeze.register_forward_hook(lambda m, a, o: seen.append(a[0]))
+    a_net(torch.rand(4, 1, 8, 8))
+    assert set(torch.unique(seen[0]).tolist()) <= {-1.0, 1.0}
+
+
+def test_multibit_head_pools_h_into_an_int_fc():
+    net = build_model("si_h_resnet_w1a1_mbh", width=8, depth=[1], input_size=8).eval()
+    assert isinstance(net.head.act, torch.nn.Identity)
+    assert int(net.head.fc.quant_weight().bit_width) == 8
+    w1 = build_model("si_resnet_w1a1", width=8, depth=[1], input_size=8)
+    assert int(w1.head.fc.quant_weight().bit_width) == 1
+
+
+def test_sign_bias_starts_at_zero_and_changes_nothing():
+    torch.manual_seed(0)
+    a = build_model("si_resnet_w1a1", width=8, depth=[1, 1], input_size=8).eval()
+    b = build_model("si_resnet_w1a1", width=8, depth=[1, 1], input_size=8, sign_bias=True).eval()
+    missing, unexpected = b.load_state_dict(a.state_dict(), strict=False)
+    assert not unexpected and missing and all(k.endswith(".bias") for k in missing)
+    x = torch.rand(3, 1, 8, 8)
+    assert torch.equal(a(x), b(x))
+    b.blocks[0].act.bias.data.fill_(100.0)  # every sign of block 0 becomes +1
+    assert not torch.equal(a(x), b(x))
+
+
+def test_registry_variant_refuses_a_conflicting_fixed_key():
+    with pytest.raises(ConfigError, match="si_h_resnet_w1a1 fixes si_input='h'"):
+        build_model("si_h_resnet_w1a1", si_input="a")
+    with pytest.raises(ConfigError, match="si_input must be 'a' or 'h'"):
+        build_model("si_resnet_w1a1", si_input="x")
+    with pytest.raises(ConfigError, match="head_bits must be in 1..8"):
+        build_model("resnet_w1a1", head_bits=9)
