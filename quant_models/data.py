@@ -66,6 +66,10 @@ class Split:
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
+    def to(self, device) -> Split:
+        """The same split on ``device`` (a no-op where it already is)."""
+        return Split(self.x.to(device), self.y.to(device))
+
     def subset(self, n: int | None) -> Split:
         """The first ``n`` samples (all of them if ``n`` is None)."""
         if n is None or n >= len(self):
@@ -81,6 +85,10 @@ class Splits:
     train: Split
     val: Split
     test: Split
+
+    def to(self, device) -> Splits:
+        """All three splits on ``device`` (data resident on a GPU for training)."""
+        return Splits(self.name, self.train.to(device), self.val.to(device), self.test.to(device))
 
     @property
     def input_shape(self) -> tuple[int, int, int]:

@@ -101,6 +101,10 @@ def test_every_shipped_config_is_valid(path):
     ("stages.teacher.model.float_weights", True, "teacher.*float_weights only applies to a binary"),
     ("model.width", 0, "stage .teacher.: invalid model arguments.*width must be >= 1"),
     ("stages.ghost.epochs", 1, "no stage named"),
+    ("data.crop_pad", 9, "data.crop_pad must be in 0..8"),
+    ("stages.teacher.crop_pad", -1, "crop_pad must be in 0..8"),
+    ("device", "tpu", "device 'tpu'"),
+    ("device", "cuda:7" if torch.cuda.is_available() else "cuda", "cuda"),
 ])
 def test_config_errors(tmp_path, key, value, match):
     with pytest.raises(ConfigError, match=match):
@@ -503,3 +507,64 @@ def test_resume_of_a_run_from_before_per_epoch_re_estimation_still_re_estimates(
     train(cfg, resume=True, log=lambda *_: None)
     got = load_checkpoint(sdir / "final.pt")["state_dict"]
     assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+# -- augmentation and devices -------------------------------------------------------------------
+
+def test_random_crop_is_a_shifted_window_of_the_zero_padded_image():
+    from quant_models.train.engine import random_crop
+
+    x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4) + 1
+    assert torch.equal(random_crop(x, torch.tensor([[2, 2], [2, 2]]), 2), x)  # centred: identity
+    y = random_crop(x, torch.tensor([[0, 4], [3, 1]]), 2)
+    # sample 0 moved down 2 and left 2 (window at dy=0, dx=4): rows 0-1 and cols 2-3 are padding
+    assert torch.equal(y[0, :, 2:, :2], x[0, :, :2, 2:]) and y[0, :, :2].abs().sum() == 0
+    assert y[0, :, :, 2:].abs().sum() == 0
+    assert torch.equal(y[1, :, :3, 1:], x[1, :, 1:, :3]) and y[1, :, 3].abs().sum() == 0
+
+
+def test_stage_augmentation_overrides_the_experiment_and_resumes_exactly(tmp_path):
+    """A teacher stage with crops and flips, a student without: both resume bit-exactly."""
+    d = tiny(tmp_path / "a")
+    d["stages"][0].update(crop_pad=2, hflip=True)
+    full = train(build_config(d), log=lambda *_: None)
+    plain = tiny(tmp_path / "c")
+    other = train(build_config(plain), log=lambda *_: None)
+    assert full["teacher"]["val_acc"] != other["teacher"]["val_acc"]  # augmentation did act
+
+    class Stop(Exception):
+        pass
+
+    def stop(msg):
+        if msg.startswith("[teacher] epoch 2/"):
+            raise Stop
+
+    d_b = tiny(tmp_path / "b")
+    d_b["stages"][0].update(crop_pad=2, hflip=True)
+    with pytest.raises(Stop):
+        train(build_config(d_b), log=stop)
+    resumed = train(build_config(d_b), resume=True, log=lambda *_: None)
+    assert strip_time([resumed["teacher"], resumed["student"]]) == \
+        strip_time([full["teacher"], full["student"]])
+
+
+def test_cli_refuses_a_device_it_does_not_have(tmp_path, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(tiny(tmp_path / "runs")))
+    rc, err = run_cli(capsys, "--config", cfg_path, "--set", "device=cuda")
+    assert rc == 2 and "sees no CUDA GPU" in err and "--device cpu" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.gpu
+def test_training_on_cuda_matches_the_cpu_metrics_closely(tmp_path):
+    """On a GPU: the same tiny run trains on cuda with the data resident there."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU on this machine")
+    res = train(build_config(tiny(tmp_path / "g", device="cuda")), log=lambda *_: None)
+    assert res["student"]["val_acc"] > 30.0
+    ck = load_checkpoint(tmp_path / "g/tiny/student/final.pt")
+    assert all(t.device.type == "cpu" for t in ck["state_dict"].values())

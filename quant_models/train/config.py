@@ -61,6 +61,10 @@ class DataConfig:
     """Train on only the first N training samples (quick runs); None = all."""
     hflip: bool = False
     """Random horizontal flips during training (seeded per epoch)."""
+    crop_pad: int = 0
+    """Random crops during training: pad each image by this many pixels with 0 (black, the
+    background of Fashion-MNIST and the binary stem's own zero padding), then cut a window of
+    the original size at a random offset (seeded per epoch); 0 = off."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +114,10 @@ class Stage:
     """SGD momentum."""
     batch_size: int = 256
     """Global batch size (split across DDP processes)."""
+    hflip: bool | None = None
+    """Random horizontal flips in this stage; None = the experiment's ``data.hflip``."""
+    crop_pad: int | None = None
+    """Random-crop padding in this stage; None = the experiment's ``data.crop_pad``."""
     model: dict[str, Any] = field(default_factory=dict)
     """Model overrides for this stage only, over the experiment's ``model``: e.g.
     ``{float_weights: true}`` for the first stage of the staged recipe (binary activations with
@@ -138,6 +146,9 @@ class TrainConfig:
     """torch intra-op threads per process; None = torch's default."""
     progress: bool = True
     """Show a progress bar (rank 0 only)."""
+    device: str = "cpu"
+    """Where to train: ``cpu``, ``cuda`` or ``cuda:N``. On a GPU the whole dataset is moved to
+    the device once and stays there (no loader, no host copies per step)."""
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
@@ -146,7 +157,7 @@ class TrainConfig:
         raise ConfigError(f"no stage named {name!r}; stages: {', '.join(s.name for s in self.stages)}")
 
 
-RUNTIME_KEYS = ("progress", "num_threads", "eval_batch_size")
+RUNTIME_KEYS = ("progress", "num_threads", "eval_batch_size", "device")
 """Keys that may differ between a run and its ``--resume`` without changing its results."""
 
 
@@ -328,8 +339,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("eval_batch_size must be >= 1")
     if cfg.num_threads is not None and cfg.num_threads < 1:
         raise ConfigError("num_threads must be >= 1")
+    check_device(cfg.device)
     if cfg.data.train_subset is not None and cfg.data.train_subset < 1:
         raise ConfigError("data.train_subset must be >= 1")
+    if not 0 <= cfg.data.crop_pad <= 8:
+        raise ConfigError(f"data.crop_pad must be in 0..8 pixels, got {cfg.data.crop_pad}")
     seen: list[str] = []
     for s in cfg.stages:
         w = f"stage {s.name!r}"
@@ -341,6 +355,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{w}: unknown model {s.student!r}; valid: {', '.join(list_models())}")
         if s.epochs < 1 or s.batch_size < 1 or s.lr <= 0 or s.weight_decay < 0:
             raise ConfigError(f"{w}: epochs and batch_size must be >= 1, lr > 0, weight_decay >= 0")
+        if s.crop_pad is not None and not 0 <= s.crop_pad <= 8:
+            raise ConfigError(f"{w}: crop_pad must be in 0..8 pixels, got {s.crop_pad}")
         if s.warmup_epochs < 0 or s.warmup_epochs > s.epochs:
             raise ConfigError(f"{w}: warmup_epochs must be in 0..epochs")
         _check_model_keys(s.model, f"stages.{s.name}.model")
@@ -366,6 +382,25 @@ def validate(cfg: TrainConfig) -> None:
                 raise ConfigError(f"{w}: teacher stage {s.teacher!r} trains {t!r}, but the teacher "
                                   f"of {s.student} is {want!r}")
         seen.append(s.name)
+
+
+def check_device(device: str) -> None:
+    """``cpu``, ``cuda`` or ``cuda:N`` with that GPU present; anything else is a one-line error."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device {device!r} is not cpu, cuda or cuda:N") from None
+    if dev.type == "cpu":
+        return
+    if dev.type != "cuda":
+        raise ConfigError(f"device {device!r}: only cpu and cuda are supported")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r}: this torch sees no CUDA GPU "
+                          f"(torch {torch.__version__}); use --device cpu")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {device!r}: only {torch.cuda.device_count()} GPU(s) present")
 
 
 def _check_model_keys(model: dict, where: str) -> None:

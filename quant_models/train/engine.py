@@ -32,7 +32,7 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from ..checkpoint import load_checkpoint, make_checkpoint, save_checkpoint
+from ..checkpoint import atomic_write, load_checkpoint, make_checkpoint, save_checkpoint
 from ..data import Split, Splits, load_splits
 from ..errors import CheckpointError, ConfigError, OutputDirError
 from ..networks import NetSpec
@@ -138,10 +138,12 @@ def load_teacher(cfg: TrainConfig, stage: Stage, student: nn.Module) -> nn.Modul
 
 
 SCALE_KEYS = ("head.logit_scale",)
-"""Tensors not transferred between float-weight and binary-weight networks (the FP teacher or the
-staged recipe's first stage, and a W1A1 student): the logit scale calibrates the magnitude of the
-head's weights, which are about 0.1 when float and exactly +-1 when binary, so a copied scale makes the student's logits ~10x too large (measured: the first
-student epoch spent on shrinking it, 58 % val). The student keeps its own initial scale."""
+"""Tensors not transferred between a network with a float-like classifier (the FP teacher, the
+staged recipe's first stage, a multi-bit head) and one with a binary classifier (a W1A1 student
+with ``head_bits = 1``): the logit scale calibrates the magnitude of the head's weights, which are
+about 0.1 when float and exactly +-1 when binary, so a copied scale makes the student's logits
+~10x too large (measured: the first student epoch spent on shrinking it, 58 % val). The student
+keeps its own initial scale."""
 
 
 def init_weights(cfg: TrainConfig, stage: Stage, model: nn.Module) -> int:
@@ -151,8 +153,7 @@ def init_weights(cfg: TrainConfig, stage: Stage, model: nn.Module) -> int:
     ckpt = load_checkpoint(path)
     src = ckpt["state_dict"]
     own = model.state_dict()
-    src_binary_weights = NetSpec(**ckpt["model_args"]).binary_weights
-    skip = SCALE_KEYS if src_binary_weights != model.spec.binary_weights else ()
+    skip = SCALE_KEYS if NetSpec(**ckpt["model_args"]).binary_head != model.spec.binary_head else ()
     hits = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and k not in skip}
     if not hits:
         raise CheckpointError(f"init_from checkpoint {path} ({len(src)} tensors) shares no tensor "
@@ -219,6 +220,18 @@ def recalibrate_bn(model: nn.Module, split: Split, samples: int, batch_size: int
         m.momentum = momentum
         m.train(training)
     model.train(was_training)
+
+
+def random_crop(x: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tensor:
+    """Per-sample crops: ``x`` (N, C, H, W) zero-padded by ``pad``, then the H x W window at
+    ``offsets[i] = (dy, dx)`` in ``0..2*pad`` (``(pad, pad)`` gives ``x`` back unchanged)."""
+    n, c, h, w = x.shape
+    padded = nn.functional.pad(x, (pad, pad, pad, pad))
+    dev = x.device
+    rows = (offsets[:, 0, None] + torch.arange(h, device=dev))[:, None, :, None]
+    cols = (offsets[:, 1, None] + torch.arange(w, device=dev))[:, None, None, :]
+    return padded[torch.arange(n, device=dev)[:, None, None, None],
+                  torch.arange(c, device=dev)[None, :, None, None], rows, cols]
 
 
 # -- evaluation ------------------------------------------------------------------------------------
@@ -295,11 +308,9 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, env: DistEnv) -> None:
     elif resume:
         raise OutputDirError(f"--resume: no run to resume at {exp_dir(cfg)} (no config.yaml)")
     _barrier(env)
-    if env.main:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".yaml.tmp")
-        tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
-        os.replace(tmp, path)
+    if env.main:  # a unique temp file: concurrent resumes of one run (bench.accuracy) may race
+        text = yaml.safe_dump(resolved, sort_keys=False).encode()
+        atomic_write(path, lambda fh: fh.write(text))
     _barrier(env)
 
 
@@ -334,6 +345,7 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
         return dict(done["metrics"])
 
     torch.manual_seed(derive_seed(cfg.seed, index, 0))
+    dev = torch.device(cfg.device)
     student = build_model(stage.student, dataset=cfg.data.name.value,
                           **{**cfg.model, **stage.model})
     if stage.init_from is not None:
@@ -341,6 +353,10 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
         if env.main:
             log(f"[{stage.name}] initialised {n} tensors from {stage.init_from}")
     teacher = load_teacher(cfg, stage, student) if stage.teacher is not None else None
+    student.to(dev)
+    if teacher is not None:
+        teacher.to(dev)
+    splits = splits.to(dev)
     tap_weights = resolve_tap_weights(stage.loss_weights, student.tap_names)
     need_taps = stage.loss_weights.block > 0
 
@@ -385,10 +401,16 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
 
     for epoch in range(start_epoch, stage.epochs):
         g = torch.Generator().manual_seed(derive_seed(cfg.seed, index, epoch + 1))
-        perm = torch.randperm(len(train), generator=g)
-        flips = torch.rand(len(train), generator=g) < 0.5 if cfg.data.hflip else None
+        perm = torch.randperm(len(train), generator=g).to(dev)
+        hflip = cfg.data.hflip if stage.hflip is None else stage.hflip
+        flips = (torch.rand(len(train), generator=g) < 0.5).to(dev) if hflip else None
+        pad = cfg.data.crop_pad if stage.crop_pad is None else stage.crop_pad
+        shifts = (torch.randint(0, 2 * pad + 1, (len(train), 2), generator=g).to(dev)
+                  if pad else None)
         student.train()
-        sums = {"loss": 0.0, "ce": 0.0, "kd": 0.0, "block": 0.0, "correct": 0.0, "n": 0.0}
+        # running sums stay on the device: no host sync per step
+        sums = {k: torch.zeros((), dtype=torch.float64, device=dev)
+                for k in ("loss", "ce", "kd", "block", "correct", "n")}
         bar = _progress(steps, f"{stage.name} {epoch + 1}/{stage.epochs}",
                         cfg.progress and env.main)
         t0 = time.perf_counter()
@@ -399,6 +421,8 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
             if flips is not None:
                 f = flips[idx]
                 x = torch.where(f[:, None, None, None], x.flip(3), x)
+            if shifts is not None:
+                x = random_crop(x, shifts[idx], pad)
             t_logits = t_taps = None
             if teacher is not None:
                 with torch.no_grad():
@@ -411,20 +435,22 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
             opt.step()
             sched.step()
             b = len(y)
-            sums["loss"] += float(loss.detach()) * b
+            sums["loss"] += loss.detach() * b
             for k, v in parts.items():
-                sums[k] += float(v) * b
-            sums["correct"] += float((logits.detach().argmax(1) == y).sum())
+                sums[k] += v.detach() * b if torch.is_tensor(v) else float(v) * b
+            sums["correct"] += (logits.detach().argmax(1) == y).sum()
             sums["n"] += b
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{sums['loss'] / sums['n']:.3f}",
-                                acc=f"{100 * sums['correct'] / sums['n']:.1f}", refresh=False)
+                if step % 20 == 0 or step == steps - 1:
+                    bar.set_postfix(loss=f"{float(sums['loss'] / sums['n']):.3f}",
+                                    acc=f"{float(100 * sums['correct'] / sums['n']):.1f}",
+                                    refresh=False)
         train_time = time.perf_counter() - t0
         if bar is not None:
             bar.close()
         keys = list(sums)
-        tot = dict(zip(keys, _all_sum([sums[k] for k in keys], env), strict=True))
+        tot = dict(zip(keys, _all_sum([float(sums[k]) for k in keys], env), strict=True))
         stale = evaluate(student, splits.val, cfg.eval_batch_size, env)
         recalibrate_bn(student, train, BN_RECALIBRATION_SAMPLES, cfg.eval_batch_size)
         val = evaluate(student, splits.val, cfg.eval_batch_size, env)
@@ -484,25 +510,36 @@ def precheck_refs(cfg: TrainConfig) -> None:
 
 # -- the library entry point -----------------------------------------------------------------------
 
-def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> dict[str, dict]:
+def train(cfg: TrainConfig, *, resume: bool = False, log=print,
+          only: list[str] | None = None) -> dict[str, dict]:
     """Run every stage of ``cfg`` in order; returns ``{stage name: final metrics}``.
 
     Args:
         cfg: a validated :class:`TrainConfig` (see :func:`~quant_models.train.config.load_config`).
         resume: continue the run in ``<out_dir>/<experiment>`` (its config must match ``cfg``).
         log: where one-line progress messages go (rank 0 only).
+        only: train just these stages (the stages they reference must be complete); several
+            processes may train different stages of one run at once. ``results.json`` is
+            written only by a run of every stage.
     """
+    if only is not None:
+        unknown = sorted(set(only) - {s.name for s in cfg.stages})
+        if unknown:
+            raise ConfigError(f"no stage named {', '.join(unknown)}; stages: "
+                              f"{', '.join(s.name for s in cfg.stages)}")
     if cfg.num_threads is not None:
         torch.set_num_threads(cfg.num_threads)
     env = dist_env()
     splits = load_splits(cfg.data.name, cfg.data.data_dir, val_size=cfg.data.val_size,
-                         split_seed=cfg.data.split_seed)
+                         split_seed=cfg.data.split_seed).to(cfg.device)
     precheck_refs(cfg)
     prepare_run_dir(cfg, resume, env)
     results = {}
     for i, stage in enumerate(cfg.stages):
+        if only is not None and stage.name not in only:
+            continue
         results[stage.name] = run_stage(cfg, i, splits, env, log=log if env.main else _quiet)
-    if env.main:
+    if env.main and only is None:
         summary = exp_dir(cfg) / "results.json"
         tmp = summary.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(results, indent=2) + "\n")

@@ -61,7 +61,7 @@ def distillation_loss(logits: torch.Tensor, taps: Mapping[str, torch.Tensor], y:
                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """``ce * CE + kd * KD + block * MSE``; returns the total and its (detached) parts."""
     parts: dict[str, torch.Tensor] = {}
-    total = torch.zeros((), dtype=logits.dtype)
+    total = torch.zeros((), dtype=logits.dtype, device=logits.device)
     if lw.ce > 0:
         parts["ce"] = F.cross_entropy(logits, y)
         total = total + lw.ce * parts["ce"]
