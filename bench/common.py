@@ -17,14 +17,17 @@ def machine() -> dict:
                                                                        time.gmtime())}
 
 
-def write_results(name: str, data: dict, table: list[list[str]]) -> Path:
-    """Write ``results/<name>.json`` and ``results/<name>.md`` (a Markdown table)."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, data: dict, table: list[list[str]],
+                  results_dir: Path | None = None) -> Path:
+    """Write ``<results_dir>/<name>.json`` and ``.md`` (a Markdown table); default
+    :data:`RESULTS`."""
+    out = Path(results_dir) if results_dir is not None else RESULTS
+    out.mkdir(parents=True, exist_ok=True)
     data = {"benchmark": name, "machine": machine(), **data}
-    path = RESULTS / f"{name}.json"
+    path = out / f"{name}.json"
     path.write_text(json.dumps(data, indent=2) + "\n")
     head, *rows = table
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
-    (RESULTS / f"{name}.md").write_text(f"# {name}\n\n" + "\n".join(md) + "\n")
+    (out / f"{name}.md").write_text(f"# {name}\n\n" + "\n".join(md) + "\n")
     return path

@@ -16,7 +16,6 @@ def test_bench_entry_point_rejects_unknown_benchmark():
 
 def _results(tmp_path, monkeypatch):
     monkeypatch.setattr(bench.common, "RESULTS", tmp_path)
-    monkeypatch.setattr(accuracy, "RESULTS", tmp_path)
     return tmp_path / "accuracy.json"
 
 
@@ -36,6 +35,7 @@ def test_new_step_cost_keeps_the_ablation_numbers(tmp_path, monkeypatch):
     assert data["summary"] == summary and data["complete"] is True
     assert data["goals"]["teacher_gap"] == {"goal": "teacher - full <= 2.0 points",
                                             "measured": 2.0, "met": True}
+    assert data["goals"]["teacher_top1"]["met"] is False
     md = (tmp_path / "accuracy.md").read_text()
     assert "88.00" in md and "1.400x" in md
 
@@ -56,7 +56,16 @@ def test_ablation_staged_variant_splits_the_same_epochs(tmp_path):
     assert act.loss_weights == staged.loss_weights == cfg.stage("full").loss_weights
     one = accuracy.ablation_config(0, 1, 100, "teacher", str(tmp_path), None, 1)
     assert "staged" not in accuracy.variants(1)
-    assert [s.name for s in one.stages] == ["teacher", "plain", "kd", "si_kd", "full"]
+    assert [s.name for s in one.stages] == ["teacher", "plain", "kd", "si_kd", "full", "si_h",
+                                            "mbh", "si_h_mbh"]
+    # the teacher keeps its own recipe's augmentation; the students train on plain images
+    assert one.stage("teacher").crop_pad == 2 and one.stage("teacher").hflip is True
+    assert one.stage("full").crop_pad is None and not one.data.crop_pad
+    assert one.stage("mbh").model == {"head_bits": 8, "sign_bias": True}
+    assert one.stage("mbh").student == "resnet_w1a1"
+    assert accuracy.needs(one, "si_h_mbh") == ["teacher", "teacher"]
+    assert accuracy.needs(cfg, "staged") == ["teacher", "staged_act"]
+    assert accuracy.needs(one, "plain") == ["teacher"]  # initialised from it
 
 
 def test_staged_recipe_is_compared_on_validation_accuracy_only():
@@ -68,3 +77,45 @@ def test_staged_recipe_is_compared_on_validation_accuracy_only():
     per_seed[1]["staged"]["val_acc"] = 79.0
     assert accuracy.decisions(per_seed, [0, 1])["staged"]["better_on_val"] is False
     assert accuracy.decisions({0: {"full": {"val_acc": 1.0}}}, [0]) == {}
+
+
+def test_goals_name_the_best_si_variant_by_validation_accuracy():
+    per_seed = {0: {"teacher": {"test_acc": 93.5, "val_acc": 94.0},
+                    "plain": {"test_acc": 90.0, "val_acc": 90.0},
+                    "full": {"test_acc": 91.0, "val_acc": 90.5},
+                    "si_h": {"test_acc": 90.2, "val_acc": 91.5}}}
+    g = accuracy.goals(accuracy.summarise(per_seed, [0]))
+    assert g["full_top1"]["goal"].startswith("si_h")  # best on val, although worse on test
+    assert g["method_gain"] == {"goal": "si_h - plain >= 0.5 points (same width and budget)",
+                                "measured": 0.2, "met": False}
+    assert g["teacher_top1"]["met"] is True
+
+
+def test_ablation_runs_every_variant_as_concurrent_jobs_on_cpu(tmp_path):
+    """The GPU ablation's command at a tiny CPU scale: 8x8 digits, one epoch, two jobs at once;
+    every variant is trained, collected with its device, and the table states the budget."""
+    proc = run_cli(["-m", "bench.accuracy", "--dataset", "digits", "--val-size", "200",
+                    "--epochs", "1", "--seeds", "0", "--jobs", "2", "--no-cost",
+                    "--device", "cpu", "--runs-dir", str(tmp_path / "runs"),
+                    "--results-dir", str(tmp_path / "res")], timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads((tmp_path / "res" / "accuracy.json").read_text())
+    assert data["complete"] is True
+    assert set(data["per_seed"]["0"]) == set(accuracy.variants(1))
+    assert all(r["device"] == "cpu" and r["epochs"] == 1 for r in data["per_seed"]["0"].values())
+    assert data["run"]["jobs_at_once"] == 2 and data["run"]["wall_s"] > 0
+    assert "method_gain" in data["goals"] and "teacher_top1" in data["goals"]
+    md = (tmp_path / "res" / "accuracy.md").read_text()
+    assert "device cpu" in md and "SI(h)" in md
+
+
+def test_ablation_refuses_a_missing_gpu_in_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("this machine has a CUDA GPU")
+    proc = run_cli(["-m", "bench.accuracy", "--device", "cuda", "--epochs", "1",
+                    "--runs-dir", str(tmp_path)])
+    assert_one_line_error(proc, "cuda", "--device cpu")
