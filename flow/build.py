@@ -328,6 +328,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fail (exit 2) instead of skipping the Vivado-only outputs")
     p.add_argument("--target-fps", type=int, default=None,
                    help="fold for this throughput instead of the fastest within budget")
+    p.add_argument("--allow-over-budget", action="store_true", default=None,
+                   help="build a folding whose estimates exceed the board budget")
     return p.parse_args(argv)
 
 
@@ -338,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
         a.config, board=a.board, model=a.model, onnx=a.onnx, checkpoint=a.checkpoint,
         output_dir=a.output_dir, folding=a.folding, start_step=a.start_step,
         stop_step=a.stop_step, target_fps=a.target_fps, front_end=a.front_end,
-        require_bitfile=a.require_bitfile)
+        require_bitfile=a.require_bitfile, allow_over_budget=a.allow_over_budget)
     build(cfg)
     return 0
 

@@ -104,6 +104,8 @@ class BuildConfig:
     """FINN's cap on MVAU weight-stream width per PE (bits)."""
     require_bitfile: bool = False
     """Fail (exit 2) instead of skipping when Vivado-only outputs cannot be produced."""
+    allow_over_budget: bool = False
+    """Build a folding whose estimates exceed the board budget (otherwise an error, exit 2)."""
 
     @property
     def model_name(self) -> str:
@@ -227,6 +229,8 @@ def resolve_build_config(config_file: str | Path | None = None, **cli) -> BuildC
         raise ConfigError("--checkpoint applies to --model, not to --onnx")
     if cfg.verify_inputs < 1:
         raise ConfigError("verify_inputs must be >= 1")
+    if cfg.target_fps is not None and cfg.target_fps < 1:
+        raise ConfigError(f"target_fps must be >= 1 frame per second, got {cfg.target_fps}")
     return cfg
 
 

@@ -62,7 +62,7 @@ def estimate(model: ModelWrapper, fpga_part: str) -> Estimate:
     from finn.analysis.fpgadataflow.res_estimation import res_estimation
     from finn.transformation.fpgadataflow.annotate_cycles import AnnotateCycles
 
-    if folding_errors(model):
+    if folding_errors(model) or constraint_errors(model):
         return Estimate({k: float("inf") for k in BUDGETED}, 2**62, 2**62, "", False)
     model = model.transform(AnnotateCycles())
     per_node = model.analysis(lambda m: res_estimation(m, fpga_part))
@@ -101,8 +101,9 @@ def folding_errors(model: ModelWrapper) -> list[str]:
 def _fold(model: ModelWrapper, target_cycles: int, wwidth_max: int) -> ModelWrapper:
     from finn.transformation.fpgadataflow.set_folding import SetFolding
 
-    return model.transform(SetFolding(target_cycles, mvau_wwidth_max=wwidth_max,
-                                      two_pass_relaxation=True))
+    folded = model.transform(SetFolding(target_cycles, mvau_wwidth_max=wwidth_max,
+                                        two_pass_relaxation=True))
+    return repair_min_simd(folded)
 
 
 @dataclass(frozen=True)
@@ -206,10 +207,76 @@ def load_folding(path: str | Path) -> dict:
     return data
 
 
-def validate_folding(data: dict, model: ModelWrapper, source: str = "folding file") -> None:
-    """Every name must be a node of ``model`` and every attribute one that node has.
+FOLD_DIM = {
+    "MVAU": {"PE": "MH", "SIMD": "MW"},
+    "VVAU": {"PE": "Channels"},
+    "Thresholding": {"PE": "NumChannels"},
+    "ConvolutionInputGenerator": {"SIMD": "IFMChannels"},
+    "FMPadding": {"SIMD": "NumChannels"},
+    "DuplicateStreams": {"PE": "NumChannels"},
+    "ReplicateStream": {"PE": "NumChannels"},
+    "GlobalAccPool": {"PE": "NumChannels"},
+    "StreamingMaxPool": {"PE": "NumChannels"},
+    "LabelSelect": {"PE": "Labels"},
+    "AddStreams": {"PE": "NumChannels"},
+    "ChannelwiseOp": {"PE": "NumChannels"},
+}
+"""For each layer type (without its ``_hls``/``_rtl`` suffix), the dimension each folding factor
+must divide: a PE or SIMD that does not divide it has no folded shape (finn-hlslib's
+``static_assert``s, FINN's ``get_folded_*_shape``). ElementwiseBinary ops fold their last axis."""
 
-    Raises :class:`ConfigError` naming all unknown nodes, or the first unused attribute.
+HLS_MVAU_MIN_SIMD_DIV = 1024
+"""FINN's HLS MVAU needs ``SIMD >= MW / 1024`` (the weight memory depth limit it asserts at ipgen)."""
+
+
+def _base_op(op_type: str) -> str:
+    return op_type.removesuffix("_hls").removesuffix("_rtl")
+
+
+def _fold_dim(node, inst, attr: str) -> tuple[str, int] | None:
+    base = _base_op(node.op_type)
+    if base.startswith(("Elementwise", "StreamingEltwise")) and attr == "PE":
+        return "channels", int(inst.get_normal_output_shape()[-1])
+    dim = FOLD_DIM.get(base, {}).get(attr)
+    if dim is None:
+        return None
+    try:
+        return dim, int(inst.get_nodeattr(dim))
+    except AttributeError:
+        return None
+
+
+def _divisors(n: int) -> str:
+    ds = [d for d in range(1, n + 1) if n % d == 0]
+    return ", ".join(map(str, ds)) if len(ds) <= 12 else ", ".join(map(str, ds[:12])) + ", ..."
+
+
+def _type_error(inst, attr: str, value) -> str | None:
+    """Why ``value`` cannot be attribute ``attr`` of ``inst`` (FINN's own type table), or None."""
+    spec = inst.get_nodeattr_types().get(attr)
+    if spec is None:
+        return None
+    kind, allowed = spec[0], (spec[3] if len(spec) > 3 else None)
+    if kind == "i":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return f"{attr} must be an integer, got {value!r}"
+    elif kind == "s":
+        if not isinstance(value, str):
+            return f"{attr} must be a string, got {value!r}"
+    elif kind == "ints":
+        if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                  for v in value):
+            return f"{attr} must be a list of integers, got {value!r}"
+    if allowed and value not in allowed:
+        return f"{attr}={value!r} is not one of {', '.join(sorted(map(str, allowed)))}"
+    return None
+
+
+def validate_folding(data: dict, model: ModelWrapper, source: str = "folding file") -> None:
+    """Check a folding file against ``model`` before anything is applied: every name must be a
+    hardware node of ``model``, every attribute one that node has, of the type FINN declares.
+
+    Raises :class:`ConfigError` naming all unknown nodes, or the first bad attribute.
     """
     nodes = {n.name: n for n in model.graph.node}
     unknown = sorted(k for k in data if k != "Defaults" and k not in nodes)
@@ -224,12 +291,76 @@ def validate_folding(data: dict, model: ModelWrapper, source: str = "folding fil
         if not node.domain.startswith("finn.custom_op.fpgadataflow"):
             raise ConfigError(f"{source}: node {name} ({node.op_type}) is not a hardware layer")
         inst = getCustomOp(node)
-        for a in attrs:
+        for a, v in attrs.items():
             try:
                 inst.get_nodeattr(a)
             except AttributeError:
                 raise ConfigError(f"{source}: node {name} ({node.op_type}) has no attribute "
                                   f"{a!r}, so the entry would be unused") from None
+            why = _type_error(inst, a, v)
+            if why:
+                raise ConfigError(f"{source}: node {name} ({node.op_type}): {why}")
+
+
+def constraint_errors(model: ModelWrapper) -> list[str]:
+    """Every hardware node's folding checked against its own constraints, one message per
+    violation naming the node and the rule: PE/SIMD positive and dividing their dimension
+    (:data:`FOLD_DIM`), the HLS MVAU's ``SIMD >= MW / 1024``, and FINN's ``AP_INT_MAX_W``
+    (8191 bits) for every stream and weight word of an HLS layer."""
+    from finn.util.basic import MAX_ALLOWED_AP_INT_W
+
+    errors = []
+    for n in model.graph.node:
+        if not n.domain.startswith("finn.custom_op.fpgadataflow"):
+            continue
+        inst = getCustomOp(n)
+        bad = False
+        for attr in ("PE", "SIMD"):
+            try:
+                v = inst.get_nodeattr(attr)
+            except AttributeError:
+                continue
+            dim = _fold_dim(n, inst, attr)
+            if v < 1:
+                errors.append(f"{n.name} ({n.op_type}): {attr}={v} must be >= 1")
+                bad = True
+            elif dim is not None and dim[1] % v:
+                errors.append(f"{n.name} ({n.op_type}): {attr}={v} must divide {dim[0]}={dim[1]} "
+                              f"(valid: {_divisors(dim[1])})")
+                bad = True
+        if bad:
+            continue
+        if n.op_type == "MVAU_hls":
+            simd, mw = inst.get_nodeattr("SIMD"), inst.get_nodeattr("MW")
+            if simd * HLS_MVAU_MIN_SIMD_DIV < mw:
+                errors.append(f"{n.name} ({n.op_type}): SIMD={simd} is below MW/1024 = "
+                              f"{mw / HLS_MVAU_MIN_SIMD_DIV:g} (the HLS MVAU's weight memory "
+                              "depth limit)")
+                continue
+        if n.op_type.endswith("_hls") and hasattr(inst, "get_ap_int_max_w"):
+            try:
+                inst.get_ap_int_max_w()
+            except Exception as err:  # noqa: BLE001 - FINNInternalError and friends
+                if "AP_INT_MAX_W" not in str(err):
+                    raise
+                errors.append(f"{n.name} ({n.op_type}): a stream or weight word is wider than "
+                              f"AP_INT_MAX_W = {MAX_ALLOWED_AP_INT_W} bits; fold it further "
+                              "(smaller PE/SIMD)")
+    return errors
+
+
+def repair_min_simd(model: ModelWrapper) -> ModelWrapper:
+    """Raise an HLS MVAU's SIMD to the smallest divisor of MW that meets ``SIMD >= MW / 1024``
+    (FINN's ``SetFolding`` folds a wide layer down to SIMD 1 and leaves it unbuildable)."""
+    for n in model.graph.node:
+        if n.op_type != "MVAU_hls":
+            continue
+        inst = getCustomOp(n)
+        simd, mw = inst.get_nodeattr("SIMD"), inst.get_nodeattr("MW")
+        if simd * HLS_MVAU_MIN_SIMD_DIV < mw:
+            inst.set_nodeattr("SIMD", next(d for d in range(simd, mw + 1)
+                                           if mw % d == 0 and d * HLS_MVAU_MIN_SIMD_DIV >= mw))
+    return model
 
 
 def apply_folding(model: ModelWrapper, data: dict, source: str = "folding file") -> ModelWrapper:
@@ -237,8 +368,12 @@ def apply_folding(model: ModelWrapper, data: dict, source: str = "folding file")
     from finn.transformation.general import ApplyConfig
 
     validate_folding(data, model, source)
-    model = model.transform(ApplyConfig(data))
-    errors = folding_errors(model)
+    try:
+        model = model.transform(ApplyConfig(data))
+    except (AssertionError, ValueError, TypeError, KeyError) as err:  # e.g. a malformed Defaults
+        raise ConfigError(f"{source} cannot be applied: {err or type(err).__name__}") from None
+    errors = constraint_errors(model) or folding_errors(model)
     if errors:
-        raise ConfigError(f"{source} gives an invalid folding: {'; '.join(errors)}")
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ConfigError(f"{source}: {errors[0]}{more}")
     return model

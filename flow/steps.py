@@ -213,6 +213,15 @@ def step_fold(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
                                   "feasible": res.feasible, "evaluated": res.evaluated,
                                   "mvau_wwidth_max": res.wwidth_max}
         ctx.finn_cfg.mvau_wwidth_max = res.wwidth_max
+    over = {k: (est.resources.get(k, 0), ctx.board.budget[k]) for k in ctx.board.budget
+            if est.resources.get(k, 0) > ctx.board.budget[k]}
+    if over and not ctx.cfg.allow_over_budget:
+        need = ", ".join(f"{k} {v:,.0f} vs budget {b:,}" for k, (v, b) in over.items())
+        what = ("its smallest folding needs" if not ctx.cfg.folding and ctx.cfg.target_fps is None
+                else "this folding needs")
+        raise ConfigError(f"the model does not fit {ctx.board.name} within "
+                          f"{ctx.board.budget_fraction:.0%} of its resources: {what} {need}; "
+                          "fold further, choose a larger board, or pass --allow-over-budget")
     folding.write_folding(model, report / "folding_config.json")
     ctx.results["folding"].update({
         "estimate": est.resources, "max_cycles": est.max_cycles, "bottleneck": est.bottleneck,
