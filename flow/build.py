@@ -72,6 +72,8 @@ def load_onnx(path: str):
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"ONNX file {path} does not exist")
+    if p.stat().st_size == 0:
+        raise ConfigError(f"ONNX file {path} is empty (0 bytes)")
     try:
         model = ModelWrapper(str(p))
     except Exception as err:  # onnx raises DecodeError and friends

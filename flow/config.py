@@ -142,7 +142,12 @@ def _load_mapping(path: Path) -> dict:
     except (yaml.YAMLError, json.JSONDecodeError) as err:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ConfigError(f"malformed config file {path}: {first}") from None
-    return {} if data is None else data
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys to values, not a "
+                          f"{type(data).__name__} ({str(data)[:40]!r})")
+    return data
 
 
 def list_boards() -> list[str]:
@@ -159,20 +164,37 @@ def load_board(name: str, budget_fraction: float | None = None) -> BoardConfig:
     cap = data.get("capacity")
     if not isinstance(cap, dict) or sorted(cap) != sorted(RESOURCES):
         raise ConfigError(f"{path}: capacity must list exactly {', '.join(RESOURCES)}")
+
+    def get(key: str, conv, default=None):
+        if key not in data and default is None:
+            raise ConfigError(f"{path}: missing key {key}")
+        value = data.get(key, default)
+        bad = isinstance(value, bool) or (conv is not str and isinstance(value, str))
+        try:
+            if bad or isinstance(value, dict | list):
+                raise ValueError
+            return conv(value)
+        except (TypeError, ValueError):
+            want = {str: "a string", float: "a number", int: "an integer"}.get(conv, conv.__name__)
+            raise ConfigError(f"{path}: {key} must be {want}, got {value!r}") from None
+
+    for k, v in cap.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ConfigError(f"{path}: capacity.{k} must be a non-negative integer, got {v!r}")
     try:
-        board = BoardConfig(
-            name=path.stem, board=str(data["board"]), fpga_part=str(data["fpga_part"]),
-            synth_clk_period_ns=float(data["synth_clk_period_ns"]),
-            shell_flow_type=ShellFlow(data["shell_flow_type"]),
-            capacity={k: int(v) for k, v in cap.items()},
-            budget_fraction=float(budget_fraction if budget_fraction is not None
-                                  else data.get("budget_fraction", 0.8)),
-            capacity_source=str(data.get("capacity_source", "")),
-        )
-    except KeyError as err:
-        raise ConfigError(f"{path}: missing key {err.args[0]}") from None
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"{path}: {err}") from None
+        shell = ShellFlow(data.get("shell_flow_type"))
+    except ValueError:
+        raise ConfigError(f"{path}: shell_flow_type must be one of "
+                          f"{', '.join(f.value for f in ShellFlow)}, got "
+                          f"{data.get('shell_flow_type')!r}") from None
+    board = BoardConfig(
+        name=path.stem, board=get("board", str), fpga_part=get("fpga_part", str),
+        synth_clk_period_ns=get("synth_clk_period_ns", float), shell_flow_type=shell,
+        capacity=dict(cap),
+        budget_fraction=(float(budget_fraction) if budget_fraction is not None
+                         else get("budget_fraction", float, 0.8)),
+        capacity_source=get("capacity_source", str, ""),
+    )
     if not 0.0 < board.budget_fraction <= 1.0:
         raise ConfigError(f"{path}: budget_fraction must be in (0, 1], got {board.budget_fraction}")
     if board.synth_clk_period_ns <= 0:

@@ -64,7 +64,7 @@ class Step:
 # -- what we can map -------------------------------------------------------------------------
 
 SUPPORTED_OPS = {
-    "Quant", "BipolarQuant", "BinaryQuant", "Trunc", "MultiThreshold", "Conv", "MatMul",
+    "Quant", "BipolarQuant", "BinaryQuant", "Trunc", "MultiThreshold", "Conv", "MatMul", "Gemm",
     "BatchNormalization", "Add", "Sub", "Mul", "Div", "Pad", "Reshape", "Flatten", "MaxPool",
     "ReduceSum", "GlobalAveragePool", "Transpose", "Identity", "Relu",
 }
@@ -83,6 +83,10 @@ def unsupported_nodes(model: ModelWrapper) -> list[str]:
             mode = get_by_name(n.attribute, "mode")
             if mode is not None and mode.s.decode() != "constant":
                 bad.append(f"{name}: mode {mode.s.decode()}")
+        if n.op_type == "Gemm":
+            ta = get_by_name(n.attribute, "transA")
+            if ta is not None and ta.i:
+                bad.append(f"{name}: transposed input (transA)")
         if n.op_type == "Conv":
             dil = get_by_name(n.attribute, "dilations")
             if dil is not None and any(d != 1 for d in dil.ints):
@@ -97,14 +101,19 @@ def unsupported_nodes(model: ModelWrapper) -> list[str]:
 
 
 def step_check_supported(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
-    """Name every layer the flow cannot map, before any work is done."""
-    if len(model.graph.input) != 1 or len(model.graph.output) != 1:
-        raise UnsupportedGraphError(
-            f"the graph has {len(model.graph.input)} inputs and {len(model.graph.output)} "
-            "outputs; the flow maps single-input single-output networks")
+    """Name every layer the flow cannot map, before any work is done; then the I/O count.
+
+    Inputs that are initializers (a plain Brevitas ``export_qonnx`` lists its weights as graph
+    inputs too) are weights, not inputs: only the others count."""
     bad = unsupported_nodes(model)
     if bad:
         raise UnsupportedGraphError("unsupported layer(s): " + "; ".join(bad))
+    static = {i.name for i in model.graph.initializer}
+    inputs = [i.name for i in model.graph.input if i.name not in static]
+    if len(inputs) != 1 or len(model.graph.output) != 1:
+        raise UnsupportedGraphError(
+            f"the graph has {len(inputs)} inputs ({', '.join(inputs[:4])}) and "
+            f"{len(model.graph.output)} outputs; the flow maps single-input single-output networks")
     return model
 
 
