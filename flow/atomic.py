@@ -50,9 +50,21 @@ def make_parent(path: Path) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputDirError(f"cannot create output directory {path}: {err.strerror}") from None
+    parts = parent.resolve().parts
+    if len(parts) > 1 and parts[1] in ("proc", "sys"):
+        raise OutputDirError(f"output directory {path} is under /{parts[1]}, a kernel file "
+                             "system; choose a directory on disk")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise OutputDirError(f"output directory {path} is not writable ({parent} is read-only)")
     return parent
+
+
+def make_temp_dir(final: Path, tag: str) -> Path:
+    """A fresh hidden sibling of ``final`` to build into (one-line error if it cannot be made)."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{final.name}.{tag}", dir=final.parent))
+    except OSError as err:
+        raise OutputDirError(f"cannot write next to {final}: {err.strerror}") from None
 
 
 def swap_in(src: Path, dest: Path) -> None:
@@ -73,7 +85,7 @@ def atomic_output_dir(path: str | Path, kind: str) -> Iterator[Path]:
     """Yield a temp directory; on success it replaces ``path`` (with a marker file)."""
     path = Path(path)
     check_target(path, kind)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    tmp = make_temp_dir(path, "partial-")
     try:
         yield tmp
         (tmp / MARKER).write_text(json.dumps({"kind": kind, "written": time.time()}))

@@ -19,14 +19,13 @@ import argparse
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: python flow/build.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flow.atomic import make_parent, swap_in  # noqa: E402
+from flow.atomic import make_parent, make_temp_dir, swap_in  # noqa: E402
 from flow.config import (  # noqa: E402
     DEFAULT_MODEL,
     BoardConfig,
@@ -227,7 +226,7 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
     resume = bool(cfg.start_step) and cfg.start_step != "check_supported"
     if resume and not (final / "model.qonnx.onnx").is_file():
         raise ConfigError(f"--start-step {cfg.start_step} needs an earlier build in {final}")
-    work = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    work = make_temp_dir(final, "tmp-")
     started = time.time()
     running = False
     try:

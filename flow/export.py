@@ -188,6 +188,9 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--n-inputs", type=int, default=64, help="verification images (default 64)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    if args.n_inputs < 1:
+        from quant_models.errors import ConfigError
+        raise ConfigError(f"--n-inputs must be >= 1 verification image, got {args.n_inputs}")
     if args.onnx:
         if args.checkpoint:
             from quant_models.errors import ConfigError

@@ -3,7 +3,12 @@
 Layout (plain types only)::
 
     {"format_version": 1, "arch": str, "model_args": dict, "state_dict": {name: Tensor},
-     "optimizer": dict | None, "epoch": int, "metrics": dict, "config": dict}
+     "optimizer": dict | None, "epoch": int, "metrics": dict, "config": dict,
+     "payload_sha256": str}
+
+``payload_sha256`` hashes every tensor of ``state_dict`` (name, dtype, shape, bytes) and is checked
+on load, so flipped weight bytes are refused instead of exported and reported "exact".
+Checkpoints written before it existed load without the check.
 
 ``model_args`` is the :class:`~quant_models.networks.NetSpec` as a dict, so the network rebuilds
 without any config file (nanoGPT's ``model_args``).
@@ -11,6 +16,7 @@ without any config file (nanoGPT's ``model_args``).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pickle
 import tempfile
@@ -35,16 +41,31 @@ def make_checkpoint(model: nn.Module, *, arch: str | None = None, optimizer: Any
     spec = getattr(model, "spec", None)
     if arch is None or spec is None:
         raise ValueError("model has no arch/spec; build it with quant_models.build_model")
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return {
         "format_version": FORMAT_VERSION,
         "arch": arch,
         "model_args": spec.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state,
+        "payload_sha256": payload_sha256(state),
         "optimizer": optimizer.state_dict() if hasattr(optimizer, "state_dict") else optimizer,
         "epoch": int(epoch),
         "metrics": dict(metrics or {}),
         "config": dict(config or {}),
     }
+
+
+def payload_sha256(state: dict) -> str:
+    """sha256 over a state dict's tensors in name order: name, dtype, shape and raw bytes."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name]
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"state_dict entry {name!r} is not a tensor")
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def _umask() -> int:
@@ -88,10 +109,17 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError,
-            OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({first[:120]})") from None
+    except pickle.UnpicklingError as err:
+        if "weights only" in str(err).lower() or "weights_only" in str(err):
+            raise CheckpointError(
+                f"checkpoint {path} was refused: it contains Python objects, not only tensors "
+                "and plain data, and sibnn never unpickles code; re-save the weights with "
+                "quant_models.checkpoint.save_checkpoint") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated "
+                              f"({_first_line(err)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated "
+                              f"({_first_line(err)})") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise CheckpointError(f"{path} is not a sibnn checkpoint (no format_version); "
                               "save with quant_models.checkpoint.save_checkpoint")
@@ -101,10 +129,23 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks key(s) {', '.join(missing)}")
+    want = ckpt.get("payload_sha256")
+    if want is not None:
+        if not isinstance(ckpt["state_dict"], dict):
+            raise CheckpointError(f"checkpoint {path}: state_dict is not a mapping")
+        got = payload_sha256(ckpt["state_dict"])
+        if got != want:
+            raise CheckpointError(f"checkpoint {path} is corrupt: its tensors hash to "
+                                  f"{got[:12]}..., the checkpoint records {want[:12]}...")
     if expected_arch is not None and ckpt["arch"] != expected_arch:
         raise CheckpointError(f"checkpoint {path} is a {ckpt['arch']!r} checkpoint, "
                               f"not {expected_arch!r}")
     return ckpt
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:120] if text else type(err).__name__
 
 
 def model_from_checkpoint(path: str | Path, expected_arch: str | None = None) -> nn.Module:

@@ -154,6 +154,34 @@ def _load_idx(name: DatasetName, directory: Path):
     return tx[:, None], ty, sx[:, None], sy
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays, lists, dicts, bytes, strings and numbers, and nothing else: a
+    crafted "CIFAR-10 batch" cannot name a callable (``os.system``, ``eval``) to run on load."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),  # how protocol 2 stores bytes; it only encodes a string
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to load {module}.{name}: a CIFAR-10 batch "
+                                         "holds only arrays, lists, dicts, bytes and numbers")
+        if module == "numpy":
+            return getattr(np, name)
+        if module == "_codecs":
+            import codecs
+
+            return codecs.encode
+        try:
+            from numpy._core import multiarray
+        except ImportError:  # numpy < 2
+            from numpy.core import multiarray
+        return getattr(multiarray, name)
+
+
 def _load_cifar10(directory: Path):
     name = DatasetName.CIFAR10
     if not directory.is_dir():
@@ -165,7 +193,7 @@ def _load_cifar10(directory: Path):
             raise DatasetError(f"cifar10: {fname} not found in {directory}; {HOW_TO_GET[name]}")
         try:
             with open(path, "rb") as fh:
-                d = pickle.load(fh, encoding="bytes")
+                d = _ArrayUnpickler(fh, encoding="bytes").load()
             x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
             y = np.asarray(d[b"labels"], dtype=np.int64)
         except (OSError, EOFError, pickle.UnpicklingError, KeyError, ValueError) as err:

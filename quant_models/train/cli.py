@@ -10,13 +10,14 @@ Three layers (qonnx style): :func:`~quant_models.train.engine.train` works on a 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 from pathlib import Path
 
 import torch.distributed as dist
 
 from ..checkpoint import atomic_write
-from ..errors import cli_errors
+from ..errors import OutputDirError, cli_errors
 from .config import TrainConfig, load_config, parse_set
 from .engine import stage_dir, train
 
@@ -26,6 +27,27 @@ def export_final(cfg: TrainConfig, dest: str | Path) -> Path:
     src = stage_dir(cfg, cfg.stages[-1].name) / "final.pt"
     with open(src, "rb") as fh_src:
         return atomic_write(dest, lambda fh: shutil.copyfileobj(fh_src, fh))
+
+
+def check_export_target(dest: str | Path) -> None:
+    """Refuse an ``--export`` path that cannot take the model, before any epoch is trained."""
+    dest = Path(dest)
+    if dest.is_dir():
+        raise OutputDirError(f"--export {dest} is a directory; give a file path such as "
+                             f"{dest / 'model.pt'}")
+    parent = dest.parent if str(dest.parent) else Path(".")
+    if parent.exists() and not parent.is_dir():
+        raise OutputDirError(f"--export {dest}: {parent} is not a directory")
+    anchor = parent
+    while not anchor.exists():
+        anchor = anchor.parent
+    if _pseudo_fs(anchor) or not os.access(anchor, os.W_OK):
+        raise OutputDirError(f"--export {dest}: {anchor} is not writable")
+
+
+def _pseudo_fs(path: Path) -> bool:
+    parts = path.resolve().parts
+    return len(parts) > 1 and parts[1] in ("proc", "sys")
 
 
 def train_file(config: str | Path, sets: list[str] = (), *, resume: bool = False,
@@ -39,6 +61,8 @@ def train_file(config: str | Path, sets: list[str] = (), *, resume: bool = False
     if out_dir is not None:
         overrides.append(("out_dir", out_dir))
     cfg = load_config(config, overrides)
+    if export is not None:
+        check_export_target(export)
     results = train(cfg, resume=resume)
     if export is not None and (not dist.is_initialized() or dist.get_rank() == 0):
         export_final(cfg, export)
