@@ -93,14 +93,15 @@ class _Lowering:
         Its hardware accumulator is then ``W b`` while the IR's is ``W a = 2 W b - sum(W)``
         (``sum`` over the whole fan-in, padding included: a pad of -1 is a 0 bit), so every
         consumer must be a threshold that absorbs the correction. With +-1 weights ``W b`` is
-        an XNOR popcount. Zero padding is not in the bipolar alphabet, so a conv that pads
-        ``a`` with 0 keeps the INT2 ``{-1, +1}`` form."""
+        an XNOR popcount. A clip (a quantiser that is the identity on the accumulator's range
+        but for saturation) is thresholds too. Zero padding is not in the bipolar alphabet, so
+        a conv that pads ``a`` with 0 keeps the INT2 ``{-1, +1}`` form."""
         if nd.op not in ("conv", "matmul") or not self.is_bipolar(nd.inputs[0]):
             return False
         if nd.op == "conv" and any(nd.attrs["pads"]):
             return False
         cons = self.consumers.get(nd.output, [])
-        return bool(cons) and all(c.op == "threshold" for c in cons)
+        return bool(cons) and all(c.op in ("threshold", "clip") for c in cons)
 
     def all_consumers_binary(self, t: str) -> bool:
         """Whether bipolar tensor ``t`` can be carried as BINARY: every consumer (through -1
@@ -188,6 +189,9 @@ class _Lowering:
             if any(pads) and pad_value != -1:
                 raise UnsupportedGraphError(f"{nd.source}: bipolar input padded with {pad_value}")
             pad_value = 0  # -1 in the bipolar domain is 0 in the binary one
+        elif any(pads) and pad_value != 0:
+            raise UnsupportedGraphError(f"{nd.source}: padding with {pad_value} a tensor carried as "
+                                        "integers; FINN's padding inserts only 0")
         # pads [top, left, bottom, right] for Im2Col
         pad_amount = [pads[0], pads[1], pads[2], pads[3]]
         n, h, wd, c = self.vinfo[in_name][0]
@@ -299,6 +303,9 @@ class _Lowering:
         C = self.ir.tensors[nd.output].channels
         ks = np.arange(lo + 1, hi + 1)  # level lo + k reached when x >= lo + k
         t = np.tile(ks, (C, 1))
+        rep = self.repr.get(nd.inputs[0], "int")
+        if isinstance(rep, tuple):  # accumulator of a BINARY input: acc = 2x - S
+            t = -((-(t + rep[1][:, None])) // 2)
         self.threshold_node(nd.inputs[0], nd.output, t, _dtype_for(lo, hi), float(lo))
         self.repr[nd.output] = "int"
 

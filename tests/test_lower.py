@@ -97,3 +97,23 @@ def test_bipolar_tensor_shared_by_xnor_and_multibit_convs(tmp_path):
     assert ("XnorPopcountMatMul", "BINARY", "BINARY") in kinds  # the 3x3 conv
     # the 2-bit squeeze reads the same bits with its integer weights (not +-1: no XNOR)
     assert any(k[0] == "MatMul" and k[1] == "BINARY" and k[2] != "BIPOLAR" for k in kinds), kinds
+
+
+def test_si_squeeze_whose_quantiser_is_a_clip_keeps_the_fork_binary(tmp_path):
+    """Regression (found by the knob sweep): with dyadic BatchNorms a 2-bit SI activation can be
+    the identity on its accumulator but for saturation, so the IR has a clip, not thresholds.
+    That consumer used to turn the block's bipolar input into INT2, and the 3x3 conv then padded
+    an integer stream with -1, which FINN cannot (FMPadding pads 0). A clip absorbs the bit
+    correction like thresholds do, so the fork stays bits for every consumer."""
+    torch.manual_seed(118)
+    m = build_model("si_resnet_w1a1", width=12, depth=[2, 1], input_size=8, res_bits=4,
+                    res_scale_log2=-3, r=8, si_act_bits=2, si_weight_bits=1)
+    randomize_bn(m, np.random.default_rng(118), ties=True)
+    ir = integerize(export_qonnx_model(m.eval(), tmp_path / "m.onnx", input_shape=(1, 1, 8, 8)))
+    assert "clip" in [nd.op for nd in ir.nodes]
+    finn, _ = _lower_and_check(m, (1, 8, 8), tmp_path, n=16)
+    from qonnx.util.basic import get_by_name
+
+    for n in finn.graph.node:
+        if n.op_type == "Im2Col" and any(get_by_name(n.attribute, "pad_amount").ints):
+            assert finn.get_tensor_datatype(n.input[0]).name in ("BINARY", "UINT8"), n.name
