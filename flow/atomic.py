@@ -59,12 +59,57 @@ def make_parent(path: Path) -> Path:
     return parent
 
 
+TEMP_OWNER = ".sibnn-tmp"
+"""File inside each of our temp directories: the pid that made it, so a rerun can tell a stale
+temp dir of ours (its process is gone) from anything else."""
+
+
 def make_temp_dir(final: Path, tag: str) -> Path:
-    """A fresh hidden sibling of ``final`` to build into (one-line error if it cannot be made)."""
+    """A fresh hidden sibling of ``final`` to build into (one-line error if it cannot be made).
+    Stale temp dirs of ours for the same target (killed runs) are removed first."""
+    remove_stale_temp_dirs(final, tag)
     try:
-        return Path(tempfile.mkdtemp(prefix=f".{final.name}.{tag}", dir=final.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{tag}", dir=final.parent))
+        (tmp / TEMP_OWNER).write_text(str(os.getpid()))
+        return tmp
     except OSError as err:
         raise OutputDirError(f"cannot write next to {final}: {err.strerror}") from None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temp_dirs(final: Path, tag: str) -> list[Path]:
+    """Delete ``.<final>.<tag>*`` siblings that we made (owner file) whose process is dead."""
+    removed = []
+    for d in Path(final).parent.glob(f".{Path(final).name}.{tag}*"):
+        owner = d / TEMP_OWNER
+        try:
+            pid = int(owner.read_text().strip())
+        except (OSError, ValueError):
+            continue  # not ours: never touched
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def owned_by_sibnn(path: Path) -> bool:
+    """Whether directory ``path`` was written by a sibnn tool (its marker or build status)."""
+    path = Path(path)
+    if (path / MARKER).is_file():
+        return True
+    try:
+        return json.loads((path / "status.json").read_text()).get("tool") == "sibnn-build"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def swap_in(src: Path, dest: Path) -> None:
@@ -89,6 +134,7 @@ def atomic_output_dir(path: str | Path, kind: str) -> Iterator[Path]:
     try:
         yield tmp
         (tmp / MARKER).write_text(json.dumps({"kind": kind, "written": time.time()}))
+        (tmp / TEMP_OWNER).unlink(missing_ok=True)
         swap_in(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

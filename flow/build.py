@@ -16,6 +16,7 @@ partial build as ``<output_dir>.failed/`` with its ``status.json``.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import sys
@@ -25,7 +26,13 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: python flow/build.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flow.atomic import make_parent, make_temp_dir, swap_in  # noqa: E402
+from flow.atomic import (  # noqa: E402
+    TEMP_OWNER,
+    make_parent,
+    make_temp_dir,
+    owned_by_sibnn,
+    swap_in,
+)
 from flow.config import (  # noqa: E402
     DEFAULT_MODEL,
     BoardConfig,
@@ -41,6 +48,9 @@ from quant_models.errors import (  # noqa: E402
     UserError,
     cli_errors,
 )
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+"""Write failures that are the disk's, not the build's: one line, nothing kept."""
 
 
 def export_registry_model(cfg: BuildConfig, path: Path):
@@ -136,14 +146,21 @@ def build_model_wrapper(model, cfg: BuildConfig, board: BoardConfig, out_dir: Pa
 
 
 def _keep_failed(work: Path, final: Path, error: str) -> None:
-    """Keep a failed build as ``<final>.failed`` (with its status file); ``final`` is untouched."""
+    """Keep a failed build as ``<final>.failed`` (with its status file); ``final`` is untouched.
+    A ``<final>.failed`` that sibnn did not write is kept: ours goes to ``<final>.failed-N``."""
     import sys as _sys
 
     from flow.runner import write_status
 
     exc = _sys.exc_info()[1]
     write_status(work, "failed", error=f"{type(exc).__name__}: {exc}" if exc else error)
+    (work / TEMP_OWNER).unlink(missing_ok=True)
     failed = final.with_name(final.name + ".failed")
+    if failed.exists() and not owned_by_sibnn(failed):  # never remove what we did not write
+        n = 1
+        while final.with_name(f"{final.name}.failed-{n}").exists():
+            n += 1
+        failed = final.with_name(f"{final.name}.failed-{n}")
     shutil.rmtree(failed, ignore_errors=True)
     os.replace(work, failed)
 
@@ -288,16 +305,28 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         report.write_summary(summary, work)
         write_status(work, "ok", model=cfg.model_name, board=board.name,
                      seconds=round(time.time() - started, 2))
+        (work / TEMP_OWNER).unlink(missing_ok=True)
     except UserError:
         if not running:  # bad input: leave nothing behind
             shutil.rmtree(work, ignore_errors=True)
             raise
         _keep_failed(work, final, "failed")
         raise
+    except OSError as err:
+        if err.errno not in DISK_ERRORS:
+            _keep_failed(work, final, f"{type(err).__name__}: {err}")
+            raise
+        shutil.rmtree(work, ignore_errors=True)  # a full or read-only disk: keep nothing
+        raise OutputDirError(f"cannot write the build next to {final}: {err.strerror}; "
+                             f"{final} is unchanged") from None
     except BaseException as err:
         _keep_failed(work, final, f"{type(err).__name__}: {err}")
         raise
-    swap_in(work, final)
+    try:
+        swap_in(work, final)
+    except OSError as err:
+        shutil.rmtree(work, ignore_errors=True)
+        raise OutputDirError(f"cannot move the build into {final}: {err.strerror}") from None
     _relocate(final, str(work), str(final))
     echo(report.format_summary(report.load_summary(final)))
     return final

@@ -60,11 +60,38 @@ class VerificationError(SibnnError):
     exit_code = 3
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: raised in the main thread so that every ``finally`` and
+    ``except BaseException`` cleanup runs exactly as for Ctrl-C (temp dirs removed, a started
+    build kept as ``<dir>.failed``), then the CLI exits with ``128 + signal``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum, _frame) -> None:
+    raise Terminated(signum)
+
+
+def install_signal_handlers() -> None:
+    """The one place that turns SIGTERM and SIGHUP into :class:`Terminated` (main thread only)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_terminated)
+
+
 def cli_errors(main: Callable[..., int | None]) -> Callable[..., int]:
-    """Decorate a CLI ``main``: sibnn errors become one line on stderr and their exit code."""
+    """Decorate a CLI ``main``: sibnn errors become one line on stderr and their exit code;
+    SIGTERM/SIGHUP clean up like Ctrl-C does."""
 
     @wraps(main)
     def wrapper(*args, **kwargs) -> int:
+        install_signal_handlers()
         try:
             rc = main(*args, **kwargs)
         except SibnnError as err:
@@ -75,6 +102,11 @@ def cli_errors(main: Callable[..., int | None]) -> Callable[..., int]:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except Terminated as sig:
+            import signal
+
+            print(f"terminated by {signal.Signals(sig.signum).name}", file=sys.stderr)
+            return 128 + sig.signum
         return int(rc or 0)
 
     return wrapper

@@ -1,0 +1,124 @@
+"""Fault injection on sibnn-build: signals mid-build, a full disk, leftovers of killed runs and a
+``<dir>.failed`` that is not ours. The previous output stays byte-identical and no temp dir is
+left behind; nothing sibnn did not write is ever removed."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flow.build import build
+from flow.config import resolve_build_config
+from quant_models.errors import OutputDirError
+from tests.conftest import ROOT
+from tests.flow_models import brevitas_bnn_pynq
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def prior(tmp_path_factory):
+    """A finished TFC build (to fold) that every fault below must leave untouched."""
+    tmp = tmp_path_factory.mktemp("faults")
+    onnx = brevitas_bnn_pynq("TFC_1W1A", tmp / "tfc.onnx")
+    out = tmp / "out"
+    build(resolve_build_config(onnx=str(onnx), output_dir=str(out), stop_step="fold"),
+          echo=_quiet)
+    return onnx, out
+
+
+def _temps(out: Path) -> list[Path]:
+    return sorted(out.parent.glob(f".{out.name}.*"))
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130),
+                                      (signal.SIGHUP, 129)])
+def test_signal_mid_build_keeps_the_previous_output_and_no_temp_dir(prior, sig, code):
+    onnx, out = prior
+    before = _snapshot(out)
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.Popen([sys.executable, "flow/build.py", "--onnx", str(onnx),
+                             "--output-dir", str(out), "--stop-step", "fold"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not _temps(out) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)  # inside the build
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err[-2000:]
+    assert "Traceback" not in err
+    assert _snapshot(out) == before
+    assert _temps(out) == []
+    failed = out.with_name(out.name + ".failed")
+    if failed.exists():  # the started build is kept for inspection, marked as failed
+        assert '"status": "failed"' in (failed / "status.json").read_text()
+
+
+def test_full_disk_is_one_line_and_keeps_the_previous_output(prior, monkeypatch):
+    onnx, out = prior
+    before = _snapshot(out)
+    import flow.report
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(flow.report, "write_summary", full)
+    with pytest.raises(OutputDirError, match="No space left on device.*unchanged"):
+        build(resolve_build_config(onnx=str(onnx), output_dir=str(out), stop_step="fold"),
+              echo=_quiet)
+    assert _snapshot(out) == before and _temps(out) == []
+
+
+def test_a_failed_dir_we_did_not_write_is_never_removed(prior, tmp_path):
+    onnx, _ = prior
+    out = tmp_path / "o"
+    theirs = tmp_path / "o.failed"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("my notes\n")
+
+    def broken_verifier(pixels, golden):
+        def verify(step, model):
+            if step == "convert_to_hw":
+                raise RuntimeError("injected fault")
+            return {"step": step, "exact": True, "n_inputs": 1, "seconds": 0.0}
+        return verify
+
+    with pytest.raises(RuntimeError, match="injected fault"):
+        build(resolve_build_config(onnx=str(onnx), output_dir=str(out), stop_step="fold"),
+              echo=_quiet, verifier_factory=broken_verifier)
+    assert (theirs / "notes.txt").read_text() == "my notes\n"
+    ours = tmp_path / "o.failed-1"
+    assert '"status": "failed"' in (ours / "status.json").read_text()
+    assert not out.exists() and _temps(out) == []
+
+
+def test_a_rerun_removes_stale_temp_dirs_of_ours_only(prior, tmp_path):
+    onnx, _ = prior
+    out = tmp_path / "o"
+    stale = tmp_path / ".o.tmp-killed"
+    stale.mkdir()
+    (stale / ".sibnn-tmp").write_text("999999999")  # a pid that is not running
+    foreign = tmp_path / ".o.tmp-someone-elses"
+    foreign.mkdir()
+    (foreign / "data.bin").write_bytes(b"x")
+    build(resolve_build_config(onnx=str(onnx), output_dir=str(out), stop_step="tidy_up"),
+          echo=_quiet)
+    assert not stale.exists()
+    assert (foreign / "data.bin").read_bytes() == b"x"
+    assert not (out / ".sibnn-tmp").exists()
