@@ -26,18 +26,13 @@ def check_target(path: Path, kind: str) -> None:
     if path.exists():
         if not path.is_dir():
             raise OutputDirError(f"output path {path} exists and is not a directory")
-        marker = path / MARKER
-        if any(path.iterdir()) and not marker.is_file():
+        owner = owner_kind(path)
+        if any(path.iterdir()) and owner is None:
             raise OutputDirError(f"output directory {path} exists and was not written by sibnn; "
                                  "choose another --out/--output-dir or remove it")
-        if marker.is_file():
-            try:
-                owner = json.loads(marker.read_text()).get("kind")
-            except (OSError, ValueError):
-                owner = None
-            if owner != kind:
-                raise OutputDirError(f"output directory {path} holds a sibnn {owner!r} result, "
-                                     f"not {kind!r}; choose another directory")
+        if owner is not None and owner != kind:
+            raise OutputDirError(f"output directory {path} holds a sibnn {owner!r} result, "
+                                 f"not {kind!r}; choose another directory")
     make_parent(path)
 
 
@@ -101,15 +96,31 @@ def remove_stale_temp_dirs(final: Path, tag: str) -> list[Path]:
     return removed
 
 
-def owned_by_sibnn(path: Path) -> bool:
-    """Whether directory ``path`` was written by a sibnn tool (its marker or build status)."""
+def owner_kind(path: Path) -> str | None:
+    """Which sibnn tool wrote directory ``path`` (``export``, ``build``, ...), or None: the one
+    ownership rule of every tool. The marker file says it; a build directory written before
+    builds had the marker is recognised by its ``status.json``."""
     path = Path(path)
-    if (path / MARKER).is_file():
-        return True
     try:
-        return json.loads((path / "status.json").read_text()).get("tool") == "sibnn-build"
+        return str(json.loads((path / MARKER).read_text())["kind"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    try:
+        if json.loads((path / "status.json").read_text()).get("tool") == "sibnn-build":
+            return "build"
     except (OSError, ValueError, AttributeError):
-        return False
+        pass
+    return None
+
+
+def write_marker(path: Path, kind: str) -> None:
+    """Mark directory ``path`` as a sibnn ``kind`` result."""
+    (Path(path) / MARKER).write_text(json.dumps({"kind": kind, "written": time.time()}))
+
+
+def owned_by_sibnn(path: Path) -> bool:
+    """Whether directory ``path`` was written by a sibnn tool."""
+    return owner_kind(path) is not None
 
 
 def swap_in(src: Path, dest: Path) -> None:
@@ -133,7 +144,7 @@ def atomic_output_dir(path: str | Path, kind: str) -> Iterator[Path]:
     tmp = make_temp_dir(path, "partial-")
     try:
         yield tmp
-        (tmp / MARKER).write_text(json.dumps({"kind": kind, "written": time.time()}))
+        write_marker(tmp, kind)
         (tmp / TEMP_OWNER).unlink(missing_ok=True)
         swap_in(tmp, path)
     except BaseException:

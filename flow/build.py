@@ -28,10 +28,11 @@ if __package__ in (None, ""):  # run as a script: python flow/build.py
 
 from flow.atomic import (  # noqa: E402
     TEMP_OWNER,
-    make_parent,
+    check_target,
     make_temp_dir,
     owned_by_sibnn,
     swap_in,
+    write_marker,
 )
 from flow.config import (  # noqa: E402
     DEFAULT_MODEL,
@@ -94,15 +95,30 @@ def load_onnx(path: str):
 
 
 def _check_output_dir(final: Path) -> None:
-    make_parent(final)
-    if final.exists():
-        if not final.is_dir():
-            raise OutputDirError(f"output path {final} exists and is not a directory")
-        if any(final.iterdir()) and not (final / "status.json").is_file():
-            raise OutputDirError(f"output directory {final} exists and was not written by "
-                                 "sibnn-build; refusing to replace it")
-        if not os.access(final, os.W_OK):
-            raise OutputDirError(f"output directory {final} is not writable")
+    check_target(final, "build")
+    if final.exists() and not os.access(final, os.W_OK):
+        raise OutputDirError(f"output directory {final} is not writable")
+
+
+STEP_REPORTS = {"fold": ("folding_config.json",),
+                "generate_estimate_reports": ("estimate_*.json",)}
+"""Report files each step writes (under ``report/``)."""
+
+
+def forget_outputs_from(work: Path, all_steps: list, first: int) -> None:
+    """A partial rerun starts at step ``first``: delete what the previous build wrote at that
+    step and after it (intermediate models, step reports, timings), so nothing from the old build
+    survives past the new stop step unmarked; the summary is rewritten from this run."""
+    for i, st in enumerate(all_steps):
+        if i < first:
+            continue
+        for f in (work / "intermediate_models").glob(f"{i:02d}_*.onnx"):
+            f.unlink()
+        for pattern in STEP_REPORTS.get(st.name, ()):
+            for f in (work / "report").glob(pattern):
+                f.unlink()
+    for name in ("report/summary.json", "report/verification.json", "time_per_step.json"):
+        (work / name).unlink(missing_ok=True)
 
 
 def _relocate(root: Path, old: str, new: str) -> None:
@@ -263,6 +279,7 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         steps = select_steps(cfg.start_step, cfg.stop_step, front_end)
         model = exported
         if resume:
+            forget_outputs_from(work, all_steps, all_steps.index(steps[0]))
             prev = all_steps[all_steps.index(steps[0]) - 1]
             prev_file = work / "intermediate_models" / f"{all_steps.index(prev):02d}_{prev.name}.onnx"
             if not prev_file.is_file():
@@ -305,6 +322,7 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         report.write_summary(summary, work)
         write_status(work, "ok", model=cfg.model_name, board=board.name,
                      seconds=round(time.time() - started, 2))
+        write_marker(work, "build")
         (work / TEMP_OWNER).unlink(missing_ok=True)
     except UserError:
         if not running:  # bad input: leave nothing behind

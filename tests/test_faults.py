@@ -122,3 +122,28 @@ def test_a_rerun_removes_stale_temp_dirs_of_ours_only(prior, tmp_path):
     assert not stale.exists()
     assert (foreign / "data.bin").read_bytes() == b"x"
     assert not (out / ".sibnn-tmp").exists()
+
+
+def test_partial_rerun_keeps_nothing_of_the_old_build_past_its_stop_step(prior, tmp_path):
+    import shutil
+
+    onnx, out = prior
+    out2 = tmp_path / "o"
+    shutil.copytree(out, out2)
+    build(resolve_build_config(onnx=str(onnx), output_dir=str(out2),
+                               stop_step="generate_estimate_reports"), echo=_quiet)
+    assert list((out2 / "report").glob("estimate_*.json"))
+    build(resolve_build_config(onnx=str(onnx), output_dir=str(out2), start_step="fold",
+                               stop_step="fold"), echo=_quiet)
+    models = sorted(p.name for p in (out2 / "intermediate_models").glob("[0-9][0-9]_*.onnx"))
+    assert models[-1].endswith("_fold.onnx"), models  # no minimize_bit_width, no estimates
+    assert not list((out2 / "report").glob("estimate_*.json"))
+    assert (out2 / "report" / "folding_config.json").is_file()
+
+
+def test_one_ownership_rule_for_every_tool(prior, tmp_path):
+    from tests.conftest import assert_one_line_error, run_cli
+
+    _, out = prior
+    proc = run_cli(["-m", "flow.export", "--out", str(out)])
+    assert_one_line_error(proc, str(out), "holds a sibnn 'build' result, not 'export'")
