@@ -101,9 +101,33 @@ VARIANTS: dict[str, Variant] = {
 }
 
 
-def variants(epochs: int) -> list[str]:
-    """The variants a run of ``epochs`` epochs trains (the staged one needs two stages)."""
-    return [v for v in VARIANTS if v != "staged" or epochs >= 2]
+WIDTH_VARIANTS = ("teacher", "plain", "si_h_mbh")
+"""Trained again at every extra ``--widths`` width (each width has its own teacher, since block
+KD and init need the same geometry): the points of the accuracy-per-LUT plot."""
+
+
+def variants(epochs: int, widths: tuple[int, ...] = ()) -> list[str]:
+    """The variants a run of ``epochs`` epochs trains (the staged one needs two stages), then
+    ``w<W>_<variant>`` for every extra width."""
+    base = [v for v in VARIANTS if v != "staged" or epochs >= 2]
+    return base + [width_name(w, v) for w in widths for v in WIDTH_VARIANTS]
+
+
+def width_name(width: int, variant: str) -> str:
+    return f"w{width}_{variant}"
+
+
+def split_name(name: str) -> tuple[str, int | None]:
+    """``w16_plain`` -> ``("plain", 16)``; ``plain`` -> ``("plain", None)``."""
+    head, _, rest = name.partition("_")
+    if head[:1] == "w" and head[1:].isdigit() and rest in VARIANTS:
+        return rest, int(head[1:])
+    return name, None
+
+
+def label(name: str) -> str:
+    v, w = split_name(name)
+    return VARIANTS[v].label + ("" if w is None else f" @ width {w}")
 
 
 def _stage(name: str, ref: str | None):
@@ -120,7 +144,8 @@ def _stage(name: str, ref: str | None):
 
 def ablation_config(seed: int, epochs: int, train_subset: int | None, student_init: str,
                     runs_dir: str, data_dir: str | None, threads: int, *, device: str = "cpu",
-                    dataset: str = "fmnist", val_size: int | None = None):
+                    dataset: str = "fmnist", val_size: int | None = None,
+                    widths: tuple[int, ...] = ()):
     """One experiment per seed: the teacher stage, then every student variant."""
     recipe = load_yaml(RECIPE)
     s_stage = _stage("student", None)
@@ -147,6 +172,18 @@ def ablation_config(seed: int, epochs: int, train_subset: int | None, student_in
         stages.append({**s_stage, "name": "staged", "student": "si_resnet_w1a1",
                        "epochs": epochs - first, "loss_weights": lw, "teacher": "teacher",
                        "init_from": "staged_act"})
+    for w in widths:
+        t = width_name(w, "teacher")
+        stages.append({**_stage("teacher", None), "name": t, "epochs": epochs,
+                       "model": {"width": w}})
+        for name in WIDTH_VARIANTS[1:]:
+            v = VARIANTS[name]
+            loss = losses[v.loss]
+            stages.append({**s_stage, "name": width_name(w, name), "student": v.model,
+                           "epochs": epochs, "loss_weights": loss,
+                           "model": {**v.overrides, "width": w},
+                           "teacher": t if ("kd" in loss or "block" in loss) else None,
+                           "init_from": t if student_init == "teacher" else None})
     sub = f"_n{train_subset}" if train_subset else ""
     data = {**recipe["data"], "name": dataset, "train_subset": train_subset}
     if val_size is not None:
@@ -221,7 +258,7 @@ def step_cost(steps: int, batch: int, data_dir: str | None) -> dict:
 def collect(cfg) -> dict:
     """Final metrics of every finished stage of one seed's experiment (read from its final.pt)."""
     out = {}
-    for v in VARIANTS:
+    for v in [st.name for st in cfg.stages if st.name != "staged_act"]:
         final = exp_dir(cfg) / v / "final.pt"
         if final.exists():
             m = load_checkpoint(final)["metrics"]
@@ -240,7 +277,7 @@ def goals(summary: dict) -> dict:
     if "teacher" in mean:
         out["teacher_top1"] = {"goal": "teacher >= 93.0 %", "measured": mean["teacher"],
                                "met": mean["teacher"] >= 93.0}
-    cands = [v for v in summary if VARIANTS[v].si and v != "staged"]
+    cands = [v for v in summary if v in VARIANTS and VARIANTS[v].si and v != "staged"]
     if not cands:
         return out
     best = max(cands, key=lambda v: (val[v] if val[v] is not None else -1.0, mean[v]))
@@ -281,7 +318,8 @@ def decisions(per_seed: dict, seeds: list[int]) -> dict:
 
 def summarise(per_seed: dict, seeds: list[int]) -> dict:
     out = {}
-    for v in VARIANTS:
+    names = list(VARIANTS) + sorted({v for r in per_seed.values() for v in r} - set(VARIANTS))
+    for v in names:
         accs = [per_seed[s][v]["test_acc"] for s in seeds if v in per_seed.get(s, {})]
         if accs:
             vals = [per_seed[s][v].get("val_acc") for s in seeds if v in per_seed.get(s, {})]
@@ -297,21 +335,19 @@ def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None,
           run: dict | None = None) -> list[list[str]]:
     rows = [["variant", *[f"seed {s} test %" for s in seeds], "mean ± std %", "vs plain",
              "mean val %"]]
-    prev = None
-    for v, variant in VARIANTS.items():
-        if v not in summary:
-            continue
-        label = variant.label
+    for v in summary:
+        name = label(v)
         cells = [f"{per_seed[s][v]['test_acc']:.2f}" if v in per_seed.get(s, {}) else "-"
                  for s in seeds]
         mean = summary[v]["test_acc_mean"]
         std = summary[v].get("test_acc_std")
-        delta = "" if prev is None or v == "teacher" else f"{mean - prev:+.2f}"
+        base, width = split_name(v)
+        ref = summary.get("plain" if width is None else width_name(width, "plain"))
+        delta = ("" if ref is None or base in ("teacher", "plain")
+                 else f"{mean - ref['test_acc_mean']:+.2f}")
         val = summary[v].get("val_acc_mean")
-        rows.append([label, *cells, f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}"),
+        rows.append([name, *cells, f"{mean:.2f}" + ("" if std is None else f" ± {std:.2f}"),
                      delta, "-" if val is None else f"{val:.2f}"])
-        if v == "plain":
-            prev = mean
     dec = decisions(per_seed, seeds).get("staged")
     if dec:
         rows.append([f"staged vs full on the val split (the model-selection set): "
@@ -385,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", action="store_true",
                    help="on cpu: one job per seed at once (same as --jobs <number of seeds>)")
     p.add_argument("--dataset", default="fmnist", help="fmnist (default), or digits for a smoke run")
+    p.add_argument("--widths", type=int, nargs="*", default=[],
+                   help="also train teacher, plain and si_h_mbh at these widths (the points of "
+                        "the accuracy-per-LUT plot), e.g. --widths 16 24 48")
     p.add_argument("--val-size", type=int, default=None,
                    help="validation images carved from the training set (default: the recipe's)")
     p.add_argument("--data-dir", default=None)
@@ -411,7 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     def config(seed: int):
         return ablation_config(seed, args.epochs, args.train_subset, args.student_init,
                                args.runs_dir, args.data_dir, args.threads, device=args.device,
-                               dataset=args.dataset, val_size=args.val_size)
+                               dataset=args.dataset, val_size=args.val_size,
+                               widths=tuple(args.widths))
 
     if args.train_seed is not None:  # a child job: train one stage of one seed, write nothing else
         cfg = config(args.train_seed)
@@ -434,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
     run = {"epochs": args.epochs, "seeds": args.seeds, "train_subset": args.train_subset,
            "student_init": args.student_init, "threads": args.threads, "jobs_at_once": jobs,
            "device": args.device, "device_name": _device_name(args.device),
-           "dataset": args.dataset, "recipe": RECIPE.name, "teacher_recipe": TEACHER_RECIPE.name,
+           "dataset": args.dataset, "widths": args.widths, "recipe": RECIPE.name,
+           "teacher_recipe": TEACHER_RECIPE.name,
            "evaluated_on": f"{args.dataset} test set, last epoch", "wall_s": None}
     t0 = time.perf_counter()
 
@@ -442,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
         """Rewrite the results from every finished stage on disk (complete once all are)."""
         per_seed = {s: collect(c) for s, c in configs.items()}
         summary = summarise(per_seed, args.seeds)
-        complete = all(len(r) == len(variants(args.epochs)) for r in per_seed.values())
+        complete = all(len(r) == len(variants(args.epochs, tuple(args.widths)))
+                       for r in per_seed.values())
         if final:
             run["wall_s"] = round(time.perf_counter() - t0, 1)
         data = {"complete": complete, "run": run, "step_cost": cost, "summary": summary,
@@ -483,7 +525,7 @@ def schedule(args, configs: dict, jobs: int, save) -> None:
                    "--train-stage", stage, "--epochs", str(args.epochs),
                    "--student-init", args.student_init, "--runs-dir", args.runs_dir,
                    "--threads", str(args.threads), "--device", args.device,
-                   "--dataset", args.dataset]
+                   "--dataset", args.dataset, "--widths", *map(str, args.widths)]
             for flag, val in (("--train-subset", args.train_subset), ("--data-dir", args.data_dir),
                               ("--val-size", args.val_size)):
                 if val is not None:

@@ -51,6 +51,7 @@ def estimate(cfg: BuildConfig) -> dict:
         "all_nodes_hw": s["all_nodes_hw"],
         "exact_stages": sum(1 for v in s["verification"] if v["exact"]),
         "weights": s.get("weights", ""),
+        "LUT_modelled": est.get("LUT_modelled", est["LUT"]),
     }
 
 
@@ -161,18 +162,102 @@ def si_sweep(out_root: str | Path, *, rs: list[int], widths: list[int], depth: l
 
 
 def load_accuracy(path: str | Path = ACCURACY_FILE) -> dict[str, float] | None:
-    """Mean test top-1 per ablation variant from ``bench/results/accuracy.json`` (None if absent)."""
+    """Mean test top-1 per ablation variant (``summary`` of ``bench/results/accuracy.json``),
+    None if the file or its numbers are absent."""
     path = Path(path)
     if not path.is_file():
         return None
     data = json.loads(path.read_text())
-    out = {}
-    for v in data.get("variants", data.get("results", [])):
-        name = v.get("name") or v.get("variant")
-        acc = v.get("mean_test_top1", v.get("test_top1_mean"))
-        if name is not None and acc is not None:
-            out[name] = float(acc)
+    out = {v: float(s["test_acc_mean"]) for v, s in (data.get("summary") or {}).items()
+           if s.get("test_acc_mean") is not None}
     return out or None
+
+
+ACCURACY_ARCHS = {"plain": "resnet_w1a1", "si_h_mbh": "si_h_resnet_w1a1_mbh"}
+"""The two families of the accuracy-per-LUT plot, by ablation variant name."""
+
+
+def accuracy_by_width(accuracy: dict[str, float] | None, recipe_width: int = 32
+                      ) -> dict[tuple[str, int], float]:
+    """``{(variant, width): mean test %}`` for plain and SI, from the ablation's ``plain``,
+    ``si_h_mbh`` (at the recipe's width) and ``w<W>_plain``, ``w<W>_si_h_mbh`` rows."""
+    out = {}
+    for name, acc in (accuracy or {}).items():
+        head, _, rest = name.partition("_")
+        if name in ACCURACY_ARCHS:
+            out[(name, recipe_width)] = acc
+        elif head[:1] == "w" and head[1:].isdigit() and rest in ACCURACY_ARCHS:
+            out[(rest, int(head[1:]))] = acc
+    return out
+
+
+def lut_sweep(out_root: str | Path, *, widths: list[int], depth: list[int],
+              board: str = "pynq-z2", target_fps: int | None = None,
+              verify_inputs: int = 1) -> list[dict]:
+    """FINN estimates (plus sibnn's fork/add model) of plain and SI (``si_h_mbh``) at every
+    width, one folding target for all: the x axis of the accuracy-per-LUT plot."""
+    rows = []
+    for width in widths:
+        for variant, arch in ACCURACY_ARCHS.items():
+            ov = {"width": width, "depth": list(depth)}
+            cfg = BuildConfig(board=board, model=arch, model_overrides=ov,
+                              output_dir=str(Path(out_root) / f"lut_{arch}_w{width}"),
+                              target_fps=target_fps, verify_inputs=verify_inputs)
+            rows.append({**estimate(cfg), "variant": variant, "arch": arch, "width": width})
+    return rows
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats (fewer or equal LUT and higher or equal
+    accuracy, one of them strictly), sorted by LUT."""
+    front = []
+    for i, (lut, acc) in enumerate(points):
+        dominated = any((l2 <= lut and a2 >= acc) and (l2 < lut or a2 > acc)
+                        for j, (l2, a2) in enumerate(points) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: points[i][0])
+
+
+def plot_accuracy_per_lut(rows: list[dict], accuracy: dict[str, float] | None,
+                          png: str | Path, recipe_width: int = 32):
+    """Test accuracy against the LUT estimate (with the forks/adds priced) for plain and SI per
+    width, the Pareto front marked. Points without a measured accuracy are listed in the title,
+    not drawn: nothing is invented."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc = accuracy_by_width(accuracy, recipe_width)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    pts, tags = [], []
+    for variant, marker in (("plain", "o"), ("si_h_mbh", "s")):
+        mine = [r for r in rows if r["variant"] == variant and (variant, r["width"]) in acc]
+        xs = [r["LUT_modelled"] for r in mine]
+        ys = [acc[(variant, r["width"])] for r in mine]
+        ax.plot(xs, ys, marker=marker, ls="-", label="plain W1A1" if variant == "plain"
+                else "SI(h) + 8-bit head + sign bias")
+        for r, x, y in zip(mine, xs, ys, strict=True):
+            ax.annotate(f"w{r['width']}", (x, y), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")
+            pts.append((x, y))
+            tags.append(r)
+    missing = sorted({f"{r['variant']} w{r['width']}" for r in rows
+                      if (r["variant"], r["width"]) not in acc})
+    if pts:
+        front = pareto_front(pts)
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="tab:red",
+                ls="--", lw=1, marker="*", ms=12, label="Pareto front")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("LUT on Pynq-Z2 (FINN estimate + forks/adds by sibnn's model)")
+    ax.set_ylabel("Fashion-MNIST test top-1 (%)")
+    title = "Accuracy per LUT"
+    if missing:
+        title += f"\n(no measured accuracy yet: {', '.join(missing)})"
+    ax.set_title(title, fontsize=9)
+    _save(fig, png)
+    return fig
 
 
 def plot_si_sweep(rows: list[dict], png: str | Path):
@@ -213,7 +298,7 @@ def plot_pareto(rows: list[dict], accuracy: dict[str, float] | None, png: str | 
     for r in rows:
         y = None
         if accuracy:
-            key = "resnet_w1a1" if r["arch"] == "resnet_w1a1" else "si_resnet_w1a1"
+            key = "plain" if r["arch"] == "resnet_w1a1" else "full"  # ablation variant names
             y = accuracy.get(key) if r.get("default_size") else None
         pts.append((r["LUT"], y, r["fps"], r))
     measured = [p for p in pts if p[1] is not None]

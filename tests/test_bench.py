@@ -66,6 +66,13 @@ def test_ablation_staged_variant_splits_the_same_epochs(tmp_path):
     assert accuracy.needs(one, "si_h_mbh") == ["teacher", "teacher"]
     assert accuracy.needs(cfg, "staged") == ["teacher", "staged_act"]
     assert accuracy.needs(one, "plain") == ["teacher"]  # initialised from it
+    wide = accuracy.ablation_config(0, 1, 100, "teacher", str(tmp_path), None, 1, widths=(16,))
+    assert [s.name for s in wide.stages][-3:] == ["w16_teacher", "w16_plain", "w16_si_h_mbh"]
+    assert wide.stage("w16_si_h_mbh").model == {"width": 16}
+    assert wide.stage("w16_si_h_mbh").student == "si_h_resnet_w1a1_mbh"
+    assert accuracy.needs(wide, "w16_plain") == ["w16_teacher"]
+    assert accuracy.split_name("w16_si_h_mbh") == ("si_h_mbh", 16)
+    assert accuracy.split_name("si_h_mbh") == ("si_h_mbh", None)
 
 
 def test_staged_recipe_is_compared_on_validation_accuracy_only():

@@ -64,3 +64,14 @@ def test_there_are_three_notebooks():
     for p in NOTEBOOKS:
         nb = nbformat.read(p, as_version=4)
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), p.name
+
+
+def test_pareto_front_and_accuracy_by_width():
+    from flow.studies import accuracy_by_width, pareto_front
+
+    pts = [(100, 80.0), (200, 85.0), (150, 79.0), (300, 85.0), (250, 90.0)]
+    assert pareto_front(pts) == [0, 1, 4]
+    acc = accuracy_by_width({"plain": 88.0, "si_h_mbh": 89.0, "w16_plain": 85.5,
+                             "w16_si_h_mbh": 86.0, "full": 87.0, "w16_teacher": 91.0})
+    assert acc == {("plain", 32): 88.0, ("si_h_mbh", 32): 89.0, ("plain", 16): 85.5,
+                   ("si_h_mbh", 16): 86.0}
