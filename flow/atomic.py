@@ -7,6 +7,7 @@ was not written by sibnn (no marker file) is never overwritten.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -18,6 +19,9 @@ from pathlib import Path
 from quant_models.errors import OutputDirError
 
 MARKER = ".sibnn-output.json"
+
+DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+"""Write failures that are the disk's, not the tool's: one line, nothing kept."""
 
 
 def check_target(path: Path, kind: str) -> None:
@@ -147,6 +151,12 @@ def atomic_output_dir(path: str | Path, kind: str) -> Iterator[Path]:
         write_marker(tmp, kind)
         (tmp / TEMP_OWNER).unlink(missing_ok=True)
         swap_in(tmp, path)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno in DISK_ERRORS:
+            raise OutputDirError(f"cannot write {path}: {err.strerror}; nothing was "
+                                 "replaced") from None
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -16,7 +16,6 @@ partial build as ``<output_dir>.failed/`` with its ``status.json``.
 from __future__ import annotations
 
 import argparse
-import errno
 import os
 import shutil
 import sys
@@ -27,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: python flow/build.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flow.atomic import (  # noqa: E402
+    DISK_ERRORS,
     TEMP_OWNER,
     check_target,
     make_temp_dir,
@@ -49,9 +49,6 @@ from quant_models.errors import (  # noqa: E402
     UserError,
     cli_errors,
 )
-
-DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
-"""Write failures that are the disk's, not the build's: one line, nothing kept."""
 
 
 def export_registry_model(cfg: BuildConfig, path: Path):

@@ -16,6 +16,7 @@ without any config file (nanoGPT's ``model_args``).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import pickle
@@ -28,7 +29,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, OutputDirError
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "arch", "model_args", "state_dict", "optimizer", "epoch",
@@ -88,6 +89,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise OutputDirError(f"cannot write {path}: {err.strerror}; the previous file is "
+                                 "unchanged") from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

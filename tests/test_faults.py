@@ -147,3 +147,30 @@ def test_one_ownership_rule_for_every_tool(prior, tmp_path):
     _, out = prior
     proc = run_cli(["-m", "flow.export", "--out", str(out)])
     assert_one_line_error(proc, str(out), "holds a sibnn 'build' result, not 'export'")
+
+
+def test_full_disk_during_export_and_checkpoint_is_one_line(tmp_path, monkeypatch):
+    import torch
+
+    import flow.atomic
+    from quant_models import build_model
+    from quant_models.checkpoint import save_checkpoint
+
+    m = build_model("resnet_w1a1", width=4, depth=[1], input_size=8)
+    path = tmp_path / "m.pt"
+    save_checkpoint(path, m)
+    before = path.read_bytes()
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OutputDirError, match="No space left on device; the previous file"):
+        save_checkpoint(path, m)
+    assert path.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
+    out = tmp_path / "exp"
+    monkeypatch.setattr(flow.atomic, "write_marker", full)
+    with pytest.raises(OutputDirError, match="cannot write .*exp: No space left"):
+        with flow.atomic.atomic_output_dir(out, "export") as d:
+            (d / "x").write_text("x")
+    assert not out.exists() and len(list(tmp_path.iterdir())) == 1
