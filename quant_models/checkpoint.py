@@ -20,6 +20,7 @@ import errno
 import hashlib
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from collections.abc import Callable
@@ -117,14 +118,16 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower() or "weights_only" in str(err):
+        found = re.search(r"GLOBAL (\S+)", str(err))
+        if found:  # torch's weights-only unpickler met a class or function
             raise CheckpointError(
-                f"checkpoint {path} was refused: it contains Python objects, not only tensors "
-                "and plain data, and sibnn never unpickles code; re-save the weights with "
-                "quant_models.checkpoint.save_checkpoint") from None
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated "
-                              f"({_first_line(err)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
+                f"checkpoint {path} was refused: it contains Python objects ({found.group(1)}), "
+                "not only tensors and plain data, and sibnn never unpickles code; re-save the "
+                "weights with quant_models.checkpoint.save_checkpoint") from None
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated (not a valid "
+                              "pickle)") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError,
+            KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated "
                               f"({_first_line(err)})") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:

@@ -54,7 +54,10 @@ def test_signal_mid_build_keeps_the_previous_output_and_no_temp_dir(prior, sig, 
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.Popen([sys.executable, "flow/build.py", "--onnx", str(onnx),
                              "--output-dir", str(out), "--stop-step", "fold"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job inherits SIGINT ignored: undo that, as an
+                            # interactive terminal would have it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not _temps(out) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
