@@ -61,7 +61,7 @@ import torch
 import bench.common
 from bench.common import write_results
 from quant_models import build_model, load_checkpoint
-from quant_models.errors import cli_errors
+from quant_models.errors import ArgumentParser, cli_errors
 from quant_models.train.config import build_config, load_yaml, to_dict
 from quant_models.train.engine import DistEnv, exp_dir, prepare_run_dir, train
 from quant_models.train.losses import distillation_loss, resolve_tap_weights
@@ -406,7 +406,7 @@ def _device_name(device: str) -> str | None:
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
+    p = ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=4, help="epochs of every variant")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])

@@ -44,6 +44,7 @@ from flow.config import (  # noqa: E402
     write_config,
 )
 from quant_models.errors import (  # noqa: E402
+    ArgumentParser,
     ConfigError,
     OutputDirError,
     UserError,
@@ -350,7 +351,7 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     from flow.steps import step_names
 
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="sibnn-build",
         description="Compile a QONNX network into a FINN dataflow accelerator, verified at every "
                     "stage that executes here.",

@@ -176,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
-    import argparse
+    from quant_models.errors import ArgumentParser
 
-    p = argparse.ArgumentParser(prog="sibnn-export", description=(
+    p = ArgumentParser(prog="sibnn-export", description=(
         "Export a model to QONNX and build its bit-exact golden model (reference.onnx)."))
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="registered model (default: the shipped si_resnet_w1a1)")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import yaml
 
-from .errors import ConfigError, cli_errors
+from .errors import ArgumentParser, ConfigError, cli_errors
 from .info import format_table, summary
 from .registry import build_model, get_entry, list_models
 
@@ -27,7 +26,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m quant_models", description=__doc__)
+    p = ArgumentParser(prog="python -m quant_models", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("list", help="list registered models")
     info = sub.add_parser("info", help="parameters per block and the SI share")

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -58,6 +59,14 @@ class VerificationError(SibnnError):
     """Two implementations disagreed on an integer tensor; the message names tensor and index."""
 
     exit_code = 3
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the CLIs' error contract: a usage error is one line on stderr naming the
+    problem and pointing at ``--help``, exit status 2 (argparse prints the whole usage first)."""
+
+    def error(self, message: str):  # noqa: D102 - argparse's hook
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 class Terminated(BaseException):

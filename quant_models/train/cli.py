@@ -17,7 +17,7 @@ from pathlib import Path
 import torch.distributed as dist
 
 from ..checkpoint import atomic_write
-from ..errors import OutputDirError, cli_errors
+from ..errors import ArgumentParser, OutputDirError, cli_errors
 from .config import TrainConfig, load_config, parse_set
 from .engine import stage_dir, train
 
@@ -71,7 +71,7 @@ def train_file(config: str | Path, sets: list[str] = (), *, resume: bool = False
 
 @cli_errors
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="sibnn-train", description=__doc__,
+    p = ArgumentParser(prog="sibnn-train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="YAML experiment config (configs/*.yaml)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
