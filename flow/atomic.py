@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from quant_models.checkpoint import check_writable_dir
 from quant_models.errors import OutputDirError
 
 MARKER = ".sibnn-output.json"
@@ -49,12 +50,7 @@ def make_parent(path: Path) -> Path:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputDirError(f"cannot create output directory {path}: {err.strerror}") from None
-    parts = parent.resolve().parts
-    if len(parts) > 1 and parts[1] in ("proc", "sys"):
-        raise OutputDirError(f"output directory {path} is under /{parts[1]}, a kernel file "
-                             "system; choose a directory on disk")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise OutputDirError(f"output directory {path} is not writable ({parent} is read-only)")
+    check_writable_dir(parent, f"output directory {path}")
     return parent
 
 

@@ -102,6 +102,25 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
+def check_writable_dir(path: str | Path, what: str) -> Path:
+    """``path`` must be, or be creatable as, a writable directory on a disk file system: its
+    nearest existing ancestor is checked, and a file, a kernel file system (``/proc``, ``/sys``)
+    or an unwritable directory is a one-line :class:`OutputDirError` that names ``what``.
+    Returns that ancestor. The one such check for every tool (build, export, train)."""
+    anchor = Path(path)
+    while not anchor.exists():
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise OutputDirError(f"{what}: {anchor} is a file, not a directory")
+    parts = anchor.resolve().parts
+    if len(parts) > 1 and parts[1] in ("proc", "sys"):
+        raise OutputDirError(f"{what} is under /{parts[1]}, a kernel file system; choose a "
+                             "directory on disk")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise OutputDirError(f"{what}: {anchor} is not writable")
+    return anchor
+
+
 def save_checkpoint(path: str | Path, model: nn.Module | None = None, *, ckpt: dict | None = None,
                     **kwargs) -> Path:
     """Write a checkpoint atomically (:func:`atomic_write`)."""

@@ -10,13 +10,12 @@ Three layers (qonnx style): :func:`~quant_models.train.engine.train` works on a 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 from pathlib import Path
 
 import torch.distributed as dist
 
-from ..checkpoint import atomic_write
+from ..checkpoint import atomic_write, check_writable_dir
 from ..errors import ArgumentParser, OutputDirError, cli_errors
 from .config import TrainConfig, load_config, parse_set
 from .engine import stage_dir, train
@@ -35,19 +34,7 @@ def check_export_target(dest: str | Path) -> None:
     if dest.is_dir():
         raise OutputDirError(f"--export {dest} is a directory; give a file path such as "
                              f"{dest / 'model.pt'}")
-    parent = dest.parent if str(dest.parent) else Path(".")
-    if parent.exists() and not parent.is_dir():
-        raise OutputDirError(f"--export {dest}: {parent} is not a directory")
-    anchor = parent
-    while not anchor.exists():
-        anchor = anchor.parent
-    if _pseudo_fs(anchor) or not os.access(anchor, os.W_OK):
-        raise OutputDirError(f"--export {dest}: {anchor} is not writable")
-
-
-def _pseudo_fs(path: Path) -> bool:
-    parts = path.resolve().parts
-    return len(parts) > 1 and parts[1] in ("proc", "sys")
+    check_writable_dir(dest.parent, f"--export {dest}")
 
 
 def train_file(config: str | Path, sets: list[str] = (), *, resume: bool = False,

@@ -32,7 +32,13 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from ..checkpoint import atomic_write, load_checkpoint, make_checkpoint, save_checkpoint
+from ..checkpoint import (
+    atomic_write,
+    check_writable_dir,
+    load_checkpoint,
+    make_checkpoint,
+    save_checkpoint,
+)
 from ..data import Split, Splits, load_splits
 from ..errors import CheckpointError, ConfigError, OutputDirError
 from ..networks import NetSpec
@@ -287,25 +293,10 @@ def resume_diff(old: dict, new: dict) -> list[str]:
     return diff
 
 
-def check_out_dir(root: Path) -> None:
-    """``out_dir`` must be (or be creatable as) a writable directory on a real file system."""
-    anchor = root
-    while not anchor.exists():
-        anchor = anchor.parent
-    if not anchor.is_dir():
-        raise OutputDirError(f"out_dir {root}: {anchor} is a file, not a directory")
-    parts = anchor.resolve().parts
-    if len(parts) > 1 and parts[1] in ("proc", "sys"):
-        raise OutputDirError(f"out_dir {root} is under /{parts[1]}, a kernel file system; "
-                             "choose a directory on disk")
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise OutputDirError(f"out_dir {root}: {anchor} is not writable")
-
-
 def prepare_run_dir(cfg: TrainConfig, resume: bool, env: DistEnv) -> None:
     """Check (and on rank 0 write) ``<exp>/config.yaml``; a resume must match it (new stages may
     be appended, see :func:`resume_diff`)."""
-    check_out_dir(Path(cfg.out_dir))
+    check_writable_dir(cfg.out_dir, f"out_dir {cfg.out_dir}")
     path = exp_dir(cfg) / "config.yaml"
     resolved = to_dict(cfg)
     if path.exists():
