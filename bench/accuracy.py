@@ -130,7 +130,7 @@ def label(name: str) -> str:
     return VARIANTS[v].label + ("" if w is None else f" @ width {w}")
 
 
-def _stage(name: str, ref: str | None):
+def _stage(name: str):
     recipe = load_yaml(TEACHER_RECIPE if name == "teacher" else RECIPE)
     want = "teacher" if name == "teacher" else "student"
     st = dict(next(s for s in recipe["stages"] if s["name"] == want))
@@ -148,13 +148,13 @@ def ablation_config(seed: int, epochs: int, train_subset: int | None, student_in
                     widths: tuple[int, ...] = ()):
     """One experiment per seed: the teacher stage, then every student variant."""
     recipe = load_yaml(RECIPE)
-    s_stage = _stage("student", None)
+    s_stage = _stage("student")
     lw = dict(s_stage["loss_weights"])
     losses = {"ce": {"ce": lw["ce"]},
               "kd": {"ce": lw["ce"], "kd": lw["kd"], "temperature": lw["temperature"]},
               "full": lw}
     init = "teacher" if student_init == "teacher" else None
-    stages = [{**_stage("teacher", None), "name": "teacher", "epochs": epochs}]
+    stages = [{**_stage("teacher"), "name": "teacher", "epochs": epochs}]
     for name in variants(epochs):
         v = VARIANTS[name]
         if name in ("teacher", "staged"):
@@ -174,7 +174,7 @@ def ablation_config(seed: int, epochs: int, train_subset: int | None, student_in
                        "init_from": "staged_act"})
     for w in widths:
         t = width_name(w, "teacher")
-        stages.append({**_stage("teacher", None), "name": t, "epochs": epochs,
+        stages.append({**_stage("teacher"), "name": t, "epochs": epochs,
                        "model": {"width": w}})
         for name in WIDTH_VARIANTS[1:]:
             v = VARIANTS[name]
