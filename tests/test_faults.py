@@ -46,22 +46,42 @@ def _temps(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f".{out.name}.*"))
 
 
+_PAUSED_BUILD = """
+import pathlib, runpy, sys, time
+import flow.steps as steps
+ready = pathlib.Path(sys.argv.pop(1))
+i = [s.name for s in steps.BACK_END].index("fold")
+real = steps.BACK_END[i]
+def paused(model, ctx):
+    model = real.fn(model, ctx)
+    ready.touch()  # the build is now inside its temp dir, mid-run
+    time.sleep(600)
+    return model
+steps.BACK_END[i] = steps.Step("fold", paused)
+sys.argv[0] = "flow/build.py"
+runpy.run_path("flow/build.py", run_name="__main__")
+"""
+"""``flow/build.py`` with its fold step paused until a signal arrives: the signal lands mid-build
+on any machine, however fast (a fixed sleep raced the build on a fast CI runner)."""
+
+
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130),
                                       (signal.SIGHUP, 129)])
-def test_signal_mid_build_keeps_the_previous_output_and_no_temp_dir(prior, sig, code):
+def test_signal_mid_build_keeps_the_previous_output_and_no_temp_dir(prior, sig, code, tmp_path):
     onnx, out = prior
     before = _snapshot(out)
+    ready = tmp_path / "ready"
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.Popen([sys.executable, "flow/build.py", "--onnx", str(onnx),
+    proc = subprocess.Popen([sys.executable, "-c", _PAUSED_BUILD, str(ready), "--onnx", str(onnx),
                              "--output-dir", str(out), "--stop-step", "fold"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             # a shell's background job inherits SIGINT ignored: undo that, as an
                             # interactive terminal would have it
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.time() + 120
-    while not _temps(out) and time.time() < deadline and proc.poll() is None:
+    deadline = time.time() + 300
+    while not ready.exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.05)
-    time.sleep(1.0)  # inside the build
+    assert ready.exists() and _temps(out), "the build never reached its fold step"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err[-2000:]
