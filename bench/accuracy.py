@@ -61,10 +61,11 @@ import torch
 import bench.common
 from bench.common import write_results
 from quant_models import build_model, load_checkpoint
-from quant_models.errors import ArgumentParser, cli_errors
-from quant_models.train.config import build_config, load_yaml, to_dict
+from quant_models.train.config import build_config
 from quant_models.train.engine import DistEnv, exp_dir, prepare_run_dir, train
 from quant_models.train.losses import distillation_loss, resolve_tap_weights
+from sibnn_base.errors import ArgumentParser, cli_errors
+from sibnn_base.typed import load_mapping, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "fmnist_si_resnet.yaml"
@@ -131,7 +132,7 @@ def label(name: str) -> str:
 
 
 def _stage(name: str):
-    recipe = load_yaml(TEACHER_RECIPE if name == "teacher" else RECIPE)
+    recipe = load_mapping(TEACHER_RECIPE if name == "teacher" else RECIPE)
     want = "teacher" if name == "teacher" else "student"
     st = dict(next(s for s in recipe["stages"] if s["name"] == want))
     if name == "teacher":  # the teacher recipe's augmentation, for this stage only
@@ -147,7 +148,7 @@ def ablation_config(seed: int, epochs: int, train_subset: int | None, student_in
                     dataset: str = "fmnist", val_size: int | None = None,
                     widths: tuple[int, ...] = ()):
     """One experiment per seed: the teacher stage, then every student variant."""
-    recipe = load_yaml(RECIPE)
+    recipe = load_mapping(RECIPE)
     s_stage = _stage("student")
     lw = dict(s_stage["loss_weights"])
     losses = {"ce": {"ce": lw["ce"]},
@@ -217,7 +218,7 @@ def step_cost(steps: int, batch: int, data_dir: str | None) -> dict:
         x = torch.randint(0, 256, (batch, 1, 28, 28)).float() / 255
         source = "random pixels"
     y = torch.randint(0, 10, (batch,))
-    recipe = build_config(load_yaml(RECIPE))
+    recipe = build_config(load_mapping(RECIPE))
     lw_full = recipe.stage("student").loss_weights
     lw_ce = type(lw_full)(ce=1.0)
     student = build_model("si_resnet_w1a1", dataset="fmnist", **recipe.model)

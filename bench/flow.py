@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from bench.common import write_results
+from flow.config import DEFAULT_BOARD
 
 HAND_CNV = [(16, 3), (32, 32), (16, 32), (16, 32), (4, 32), (1, 32), (1, 4), (1, 8), (5, 1)]
 """finn-examples ``build/bnn-pynq`` cnv-w1a1 folding: (PE, SIMD) of the 9 MVAUs in order."""
@@ -123,7 +124,7 @@ def hand_vs_auto(tmp: Path, board: str) -> dict:
                     "folding; both numbers here are FINN estimates on the same graph"}
 
 
-def run(board: str = "pynq-z2") -> dict:
+def run(board: str = DEFAULT_BOARD) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_flow_") as d:
         tmp = Path(d)
         return {"board": board, "default_build": default_build(tmp, board),
@@ -133,7 +134,7 @@ def run(board: str = "pynq-z2") -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--board", default="pynq-z2")
+    p.add_argument("--board", default=DEFAULT_BOARD)
     a = p.parse_args(argv)
     res = run(a.board)
     d, si, hv = res["default_build"], res["si_overhead"], res["auto_vs_hand_folding_cnv"]

@@ -9,7 +9,7 @@ Three layers, as in qonnx's CLIs:
 
 The output directory is written atomically: the build runs in a temporary sibling directory that
 replaces the old one with ``os.replace``/``rename`` only when it succeeded. Bad input (a
-:class:`~quant_models.errors.UserError`) leaves nothing behind; any other failure keeps the
+:class:`~sibnn_base.errors.UserError`) leaves nothing behind; any other failure keeps the
 partial build as ``<output_dir>.failed/`` with its ``status.json``.
 """
 
@@ -25,15 +25,6 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: python flow/build.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from flow.atomic import (  # noqa: E402
-    DISK_ERRORS,
-    TEMP_OWNER,
-    check_target,
-    make_temp_dir,
-    owned_by_sibnn,
-    swap_in,
-    write_marker,
-)
 from flow.config import (  # noqa: E402
     DEFAULT_MODEL,
     BoardConfig,
@@ -43,7 +34,16 @@ from flow.config import (  # noqa: E402
     resolve_build_config,
     write_config,
 )
-from quant_models.errors import (  # noqa: E402
+from sibnn_base.atomic import (  # noqa: E402
+    DISK_ERRORS,
+    TEMP_OWNER,
+    check_target,
+    make_temp_dir,
+    owned_by_sibnn,
+    swap_in,
+    write_marker,
+)
+from sibnn_base.errors import (  # noqa: E402
     ArgumentParser,
     ConfigError,
     OutputDirError,
@@ -205,7 +205,7 @@ def resolve_front_end(requested: str, exported):
     """
     from flow.golden import golden_from_qonnx
     from flow.lower import lower_to_finn
-    from quant_models.errors import UnsupportedGraphError
+    from sibnn_base.errors import UnsupportedGraphError
 
     golden = ir = None
     why = ""

@@ -10,14 +10,17 @@ Precedence is one way: dataclass defaults -> ``--config FILE.yaml`` -> CLI flags
 from __future__ import annotations
 
 import dataclasses
-import json
+import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
 import yaml
 
-from quant_models.errors import ConfigError
+from sibnn_base.errors import ConfigError
+from sibnn_base.typed import check_keys, coerce, load_mapping
+
+from .finn_env import MVAU_WWIDTH_MAX
 
 HW_CONFIG_DIR = Path(__file__).resolve().parent.parent / "hw_configs"
 """Where the board files live (one YAML per board, named ``<board-id>.yaml``)."""
@@ -27,6 +30,10 @@ BUDGETED = ("LUT", "BRAM_18K", "URAM", "DSP")
 """Resources the folding keeps within budget (FINN's estimates do not model FF)."""
 
 DEFAULT_MODEL = "si_resnet_w1a1"
+"""The model a build without ``--model``/``--onnx`` compiles (the shipped student)."""
+
+DEFAULT_BOARD = "pynq-z2"
+"""The board a build without ``--board`` targets."""
 
 
 class ShellFlow(str, Enum):
@@ -71,7 +78,7 @@ class BoardConfig:
 class BuildConfig:
     """Everything one ``flow/build.py`` run needs (FINN's ``DataflowBuildConfig`` is the model)."""
 
-    board: str = "pynq-z2"
+    board: str = DEFAULT_BOARD
     """Board id: a file ``hw_configs/<board>.yaml``."""
     model: str | None = None
     """Registry model name; None with no ``onnx`` means the default model."""
@@ -100,7 +107,7 @@ class BuildConfig:
     """Seed of the verification inputs and of untrained weights."""
     model_overrides: dict = field(default_factory=dict)
     """Registry overrides for an untrained model (e.g. ``{"depth": [1, 1]}``)."""
-    mvau_wwidth_max: int = 36
+    mvau_wwidth_max: int = MVAU_WWIDTH_MAX
     """FINN's cap on MVAU weight-stream width per PE (bits)."""
     require_bitfile: bool = False
     """Fail (exit 2) instead of skipping when Vivado-only outputs cannot be produced."""
@@ -122,34 +129,6 @@ class BuildConfig:
         return dataclasses.asdict(self)
 
 
-def _check_keys(cls, data: dict, where: str) -> None:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; "
-                          f"valid keys: {', '.join(sorted(known))}")
-
-
-def _load_mapping(path: Path) -> dict:
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
-    try:
-        data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise ConfigError(f"malformed config file {path}: {first}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of keys to values, not a "
-                          f"{type(data).__name__} ({str(data)[:40]!r})")
-    return data
-
-
 def list_boards() -> list[str]:
     return sorted(p.stem for p in HW_CONFIG_DIR.glob("*.yaml"))
 
@@ -159,24 +138,16 @@ def load_board(name: str, budget_fraction: float | None = None) -> BoardConfig:
     path = Path(name) if name.endswith((".yaml", ".yml")) else HW_CONFIG_DIR / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"unknown board {name!r}; valid boards: {', '.join(list_boards())}")
-    data = _load_mapping(path)
-    _check_keys(BoardConfig, {**data, "name": path.stem}, str(path))
+    data = load_mapping(path)
+    check_keys(BoardConfig, {**data, "name": path.stem}, str(path))
     cap = data.get("capacity")
     if not isinstance(cap, dict) or sorted(cap) != sorted(RESOURCES):
         raise ConfigError(f"{path}: capacity must list exactly {', '.join(RESOURCES)}")
 
-    def get(key: str, conv, default=None):
+    def get(key: str, tp: type, default=None):
         if key not in data and default is None:
             raise ConfigError(f"{path}: missing key {key}")
-        value = data.get(key, default)
-        bad = isinstance(value, bool) or (conv is not str and isinstance(value, str))
-        try:
-            if bad or isinstance(value, dict | list):
-                raise ValueError
-            return conv(value)
-        except (TypeError, ValueError):
-            want = {str: "a string", float: "a number", int: "an integer"}.get(conv, conv.__name__)
-            raise ConfigError(f"{path}: {key} must be {want}, got {value!r}") from None
+        return coerce(tp, data.get(key, default), f"{path}: {key}")
 
     for k, v in cap.items():
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -202,49 +173,17 @@ def load_board(name: str, budget_fraction: float | None = None) -> BoardConfig:
     return board
 
 
-_TYPES = {f.name: f.type for f in dataclasses.fields(BuildConfig)}
-
-
-def _coerce(key: str, value):
-    t = str(_TYPES[key])
-    if value is None:
-        if "None" not in t:
-            raise ConfigError(f"config key {key} must not be null")
-        return None
-    try:
-        if t.startswith("int"):
-            if isinstance(value, bool):
-                raise ValueError
-            return int(value)
-        if t.startswith("float"):
-            return float(value)
-        if t.startswith("bool"):
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if t.startswith("dict"):
-            if not isinstance(value, dict):
-                raise ValueError
-            return dict(value)
-        if "int | None" in t:
-            return int(value)
-        if "float | None" in t:
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"config key {key}: invalid value {value!r} (expected {t})") from None
-
-
 def resolve_build_config(config_file: str | Path | None = None, **cli) -> BuildConfig:
     """Defaults -> YAML/JSON file -> CLI values (``None`` CLI values do not override)."""
     merged: dict = {}
     if config_file is not None:
-        data = _load_mapping(Path(config_file))
-        _check_keys(BuildConfig, data, str(config_file))
+        data = load_mapping(Path(config_file))
+        check_keys(BuildConfig, data, str(config_file))
         merged.update(data)
-    _check_keys(BuildConfig, cli, "command line")
+    check_keys(BuildConfig, cli, "command line")
     merged.update({k: v for k, v in cli.items() if v is not None})
-    cfg = BuildConfig(**{k: _coerce(k, v) for k, v in merged.items()})
+    hints = typing.get_type_hints(BuildConfig)
+    cfg = BuildConfig(**{k: coerce(hints[k], v, f"config key {k}") for k, v in merged.items()})
     if cfg.model and cfg.onnx:
         raise ConfigError("give either --model or --onnx, not both")
     if cfg.onnx and cfg.checkpoint:

@@ -27,8 +27,8 @@ def export_qonnx_model(model: nn.Module, path: str | Path, *, with_taps: bool = 
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.util.cleanup import cleanup_model
 
-    from quant_models.errors import UnsupportedGraphError
     from quant_models.networks import TapOutputs
+    from sibnn_base.errors import UnsupportedGraphError
 
     path = Path(path)
     model = model.eval()
@@ -86,7 +86,8 @@ def export_bundle(out_dir: str | Path, *, model: nn.Module | None = None,
     import numpy as np
     import onnx
 
-    from .atomic import atomic_output_dir
+    from sibnn_base.atomic import atomic_output_dir
+
     from .golden import GoldenModel, build_golden
     from .integerize import integerize
     from .verify import load_real_images, make_inputs, verify
@@ -136,7 +137,7 @@ def load_qonnx(path: str | Path):
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.util.cleanup import cleanup_model
 
-    from quant_models.errors import UnsupportedGraphError, UserError
+    from sibnn_base.errors import UnsupportedGraphError, UserError
 
     path = Path(path)
     if not path.is_file():
@@ -170,13 +171,13 @@ def _resolve_model(name: str | None, checkpoint: str | None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from quant_models.errors import cli_errors
+    from sibnn_base.errors import cli_errors
 
     return cli_errors(_main)(argv)
 
 
 def _main(argv: list[str] | None) -> int:
-    from quant_models.errors import ArgumentParser
+    from sibnn_base.errors import ArgumentParser
 
     p = ArgumentParser(prog="sibnn-export", description=(
         "Export a model to QONNX and build its bit-exact golden model (reference.onnx)."))
@@ -189,11 +190,11 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.n_inputs < 1:
-        from quant_models.errors import ConfigError
+        from sibnn_base.errors import ConfigError
         raise ConfigError(f"--n-inputs must be >= 1 verification image, got {args.n_inputs}")
     if args.onnx:
         if args.checkpoint:
-            from quant_models.errors import ConfigError
+            from sibnn_base.errors import ConfigError
             raise ConfigError("--checkpoint cannot be combined with --onnx")
         rep = export_bundle(args.out, qonnx_path=args.onnx, n_inputs=args.n_inputs,
                             seed=args.seed)

@@ -24,7 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from quant_models.errors import ToolMissingError
+from sibnn_base.errors import ToolMissingError
+
+HW_DOMAIN = "finn.custom_op.fpgadataflow"
+"""The ONNX domain of FINN's hardware layers (``*_hls``/``*_rtl`` live in sub-domains of it)."""
+
+MVAU_WWIDTH_MAX = 36
+"""FINN's default cap on an MVAU's weight-stream width per cycle, in bits
+(``DataflowBuildConfig.mvau_wwidth_max``); the folding search may widen it."""
+
+
+def is_hw_node(node) -> bool:
+    """Whether an ONNX node is one of FINN's hardware layers (generic or specialised)."""
+    return node.domain.startswith(HW_DOMAIN)
+
 
 VIVADO_MISSING = "skipped: Vivado not found"
 """What a Vivado-only output is reported as when the tools are absent (never faked)."""
@@ -134,7 +147,7 @@ def finn_session(build_dir: Path, tools: ToolStatus, log_file: Path | None = Non
 def dataflow_config(output_dir: Path, *, board: str, fpga_part: str, clock_ns: float,
                     shell_flow_type: str, folding_file: Path | None = None,
                     target_fps: int | None = None, vivado: bool = False,
-                    mvau_wwidth_max: int = 36):
+                    mvau_wwidth_max: int = MVAU_WWIDTH_MAX):
     """A FINN ``DataflowBuildConfig`` for calling FINN's own step functions directly.
 
     Our runner does its own verification, so FINN's ``verify_steps`` stays empty.

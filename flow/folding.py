@@ -20,9 +20,10 @@ from pathlib import Path
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
-from quant_models.errors import ConfigError
+from sibnn_base.errors import ConfigError
 
 from .config import BUDGETED, BoardConfig
+from .finn_env import MVAU_WWIDTH_MAX, is_hw_node
 
 FOLDING_ATTRS = ("PE", "SIMD", "parallel_window", "ram_style", "ram_style_thresholds",
                  "resType", "mem_mode", "runtime_writeable_weights", "depth_trigger_uram",
@@ -83,7 +84,7 @@ def folding_errors(model: ModelWrapper) -> list[str]:
     """
     errors = []
     for n in model.graph.node:
-        if not n.domain.startswith("finn.custom_op.fpgadataflow"):
+        if not is_hw_node(n):
             continue
         inst = getCustomOp(n)
         try:
@@ -113,12 +114,12 @@ class FoldingResult:
     target_cycles: int
     feasible: bool
     evaluated: int
-    wwidth_max: int = 36
+    wwidth_max: int = MVAU_WWIDTH_MAX
     """The MVAU weight-stream cap the folding was found with (FINN's ``mvau_wwidth_max``)."""
 
 
 def auto_fold(model: ModelWrapper, board: BoardConfig, *, target_fps: int | None = None,
-              wwidth_max: int = 36, widen: bool = True) -> FoldingResult:
+              wwidth_max: int = MVAU_WWIDTH_MAX, widen: bool = True) -> FoldingResult:
     """Fold ``model`` (specialised HW layers) for ``board``.
 
     With ``target_fps`` FINN's ``SetFolding`` is applied for that target once (FINN's behaviour);
@@ -172,7 +173,7 @@ def folding_dict(model: ModelWrapper) -> dict:
     """The graph's folding in FINN's JSON schema (``"Defaults"`` + one entry per HW node)."""
     cfg: dict = {"Defaults": {}}
     for n in model.graph.node:
-        if not n.domain.startswith("finn.custom_op.fpgadataflow"):
+        if not is_hw_node(n):
             continue
         inst = getCustomOp(n)
         entry = {}
@@ -281,14 +282,14 @@ def validate_folding(data: dict, model: ModelWrapper, source: str = "folding fil
     nodes = {n.name: n for n in model.graph.node}
     unknown = sorted(k for k in data if k != "Defaults" and k not in nodes)
     if unknown:
-        hw = sorted(k for k, n in nodes.items() if n.domain.startswith("finn.custom_op.fpgadataflow"))
+        hw = sorted(k for k, n in nodes.items() if is_hw_node(n))
         raise ConfigError(f"{source} names unknown node(s) {', '.join(unknown)}; "
                           f"nodes of this graph: {', '.join(hw)}")
     for name, attrs in data.items():
         if name == "Defaults":
             continue
         node = nodes[name]
-        if not node.domain.startswith("finn.custom_op.fpgadataflow"):
+        if not is_hw_node(node):
             raise ConfigError(f"{source}: node {name} ({node.op_type}) is not a hardware layer")
         inst = getCustomOp(node)
         for a, v in attrs.items():
@@ -311,7 +312,7 @@ def constraint_errors(model: ModelWrapper) -> list[str]:
 
     errors = []
     for n in model.graph.node:
-        if not n.domain.startswith("finn.custom_op.fpgadataflow"):
+        if not is_hw_node(n):
             continue
         inst = getCustomOp(n)
         bad = False

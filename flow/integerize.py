@@ -27,7 +27,7 @@ import onnx
 import torch
 from onnx import helper, numpy_helper
 
-from quant_models.errors import UnsupportedGraphError
+from sibnn_base.errors import UnsupportedGraphError
 
 F32_EXACT = 2**24
 """Integers up to this magnitude are exact in float32: the golden model's accumulation bound."""

@@ -25,8 +25,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper
 
-from quant_models.errors import UnsupportedGraphError
+from sibnn_base.errors import UnsupportedGraphError
 
+from .finn_env import HW_DOMAIN
 from .integerize import IntegerIR, IRNode
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
@@ -328,7 +329,7 @@ class _Lowering:
         n, h, w, c = self.vinfo[src][0]
         idt = self.vinfo[src][1]
         self.nodes.append(helper.make_node(
-            "GlobalAccPool", [src], [nd.output], domain="finn.custom_op.fpgadataflow",
+            "GlobalAccPool", [src], [nd.output], domain=HW_DOMAIN,
             backend="fpgadataflow", NumChannels=c, PE=1, inputDataType=idt.name,
             numInputVectors=[n, h, w], name=self.name("GlobalAccPool")))
         t = self.ir.tensors[nd.output]

@@ -27,6 +27,8 @@ from __future__ import annotations
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
+from .finn_env import is_hw_node
+
 PORT_CONTROL_LUT = 4
 """LUTs of one stream port's valid/ready handshake (per register slice)."""
 PORT_CONTROL_FF = 3
@@ -76,7 +78,7 @@ def modelled_costs(model: ModelWrapper) -> dict[str, dict]:
     """Our cost of every node FINN estimates at 0 LUT, by node name."""
     out = {}
     for n in model.graph.node:
-        if n.domain.startswith("finn.custom_op.fpgadataflow"):
+        if is_hw_node(n):
             c = node_cost(model, n)
             if c is not None:
                 out[n.name] = c

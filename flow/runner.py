@@ -9,7 +9,7 @@
 * *raises* on failure (no debugger, no return codes).
 
 A verifier is any callable ``verifier(step_name, model) -> {"step", "exact", "n_inputs"}`` that
-raises :class:`~quant_models.errors.VerificationError` on a mismatch. :class:`ChainVerifier` is the
+raises :class:`~sibnn_base.errors.VerificationError` on a mismatch. :class:`ChainVerifier` is the
 local one: it checks every executable stage's integer scores against the first stage's, and the
 first stage's against the exported model's float logits through the recorded output scale.
 """
@@ -28,9 +28,10 @@ import numpy as np
 from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
 
-from quant_models.errors import VerificationError
+from sibnn_base.errors import VerificationError
 
 from . import transforms as T
+from .finn_env import HW_DOMAIN
 from .steps import FlowContext, Step
 
 Verifier = Callable[[str, ModelWrapper], dict]
@@ -70,7 +71,6 @@ def python_model_view(model: ModelWrapper) -> ModelWrapper | None:
     return view
 
 
-HW_DOMAIN = "finn.custom_op.fpgadataflow"
 
 
 def stage_input(model: ModelWrapper, pixels: np.ndarray) -> np.ndarray:

@@ -24,13 +24,11 @@ from qonnx.transformation.infer_datatypes import InferDataTypes
 from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
 from qonnx.util.basic import get_by_name
 
-from quant_models.errors import ConfigError, UnsupportedGraphError
+from sibnn_base.errors import ConfigError, UnsupportedGraphError
 
 from . import transforms as T
 from .config import BoardConfig, BuildConfig
-from .finn_env import ToolStatus
-
-HW_DOMAIN = "finn.custom_op.fpgadataflow"
+from .finn_env import ToolStatus, is_hw_node
 
 
 @dataclass
@@ -192,7 +190,7 @@ def step_convert_to_hw(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
 
 
 def non_hw_nodes(model: ModelWrapper) -> list[str]:
-    return [f"{n.op_type} ({n.name})" for n in model.graph.node if not n.domain.startswith(HW_DOMAIN)]
+    return [f"{n.op_type} ({n.name})" for n in model.graph.node if not is_hw_node(n)]
 
 
 def step_create_dataflow_partition(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import BuildConfig, list_boards, load_board
+from .config import DEFAULT_BOARD, BuildConfig, list_boards, load_board
 
 RESOURCES = ("LUT", "BRAM_18K", "DSP")
 ACCURACY_FILE = Path(__file__).resolve().parents[1] / "bench" / "results" / "accuracy.json"
@@ -132,7 +132,7 @@ def plot_board_throughput(rows: list[dict], png: str | Path):
 # What SI costs and buys
 # ------------------------------------------------------------------------------------------------
 def si_sweep(out_root: str | Path, *, rs: list[int], widths: list[int], depth: list[int],
-             board: str = "pynq-z2", target_fps: int | None = None,
+             board: str = DEFAULT_BOARD, target_fps: int | None = None,
              verify_inputs: int = 1) -> list[dict]:
     """Parameters and FINN estimates for ``si_resnet_w1a1`` over ``r`` x ``width``, with
     ``resnet_w1a1`` (no SI) at every width as the reference. One folding target for all."""
@@ -192,7 +192,7 @@ def accuracy_by_width(accuracy: dict[str, float] | None, recipe_width: int = 32
 
 
 def lut_sweep(out_root: str | Path, *, widths: list[int], depth: list[int],
-              board: str = "pynq-z2", target_fps: int | None = None,
+              board: str = DEFAULT_BOARD, target_fps: int | None = None,
               verify_inputs: int = 1) -> list[dict]:
     """FINN estimates (plus sibnn's fork/add model) of plain and SI (``si_h_mbh``) at every
     width, one folding target for all: the x axis of the accuracy-per-LUT plot."""
@@ -328,7 +328,7 @@ def plot_pareto(rows: list[dict], accuracy: dict[str, float] | None, png: str | 
 # Exactness, shown
 # ------------------------------------------------------------------------------------------------
 def exactness_trace(out_root: str | Path, *, image: np.ndarray | None = None,
-                    model_overrides: dict | None = None, board: str = "pynq-z2") -> dict:
+                    model_overrides: dict | None = None, board: str = DEFAULT_BOARD) -> dict:
     """One image through Brevitas, the golden model (ONNX Runtime) and every executable FINN
     stage of a real build; returns the integer scores per stage and the equality verdicts."""
     import torch
@@ -391,7 +391,7 @@ def mismatch_demo(trace: dict) -> str:
 
     import torch
 
-    from quant_models.errors import VerificationError
+    from sibnn_base.errors import VerificationError
 
     from .verify import make_inputs, verify
 

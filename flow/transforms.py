@@ -37,6 +37,8 @@ from qonnx.transformation.infer_datatypes import InferDataTypes
 from qonnx.transformation.infer_shapes import InferShapes
 from qonnx.util.basic import get_by_name
 
+from .finn_env import HW_DOMAIN
+
 
 class FixedPoint(Transformation):
     """Apply each transformation exhaustively, in order; report whether any changed the graph.
@@ -390,7 +392,7 @@ class GlobalSumPoolToAccPool(Transformation):
             out = rs.output[0]
             pooled = _new_tensor(model, [n, 1, 1, c])
             pool = helper.make_node("GlobalAccPool", [nhwc], [pooled],
-                                    domain="finn.custom_op.fpgadataflow", backend="fpgadataflow",
+                                    domain=HW_DOMAIN, backend="fpgadataflow",
                                     NumChannels=c, PE=1, inputDataType=idt.name,
                                     numInputVectors=[n, h, w], name=f"GlobalAccPool_{rs.name}")
             shape_out = [n, c] if not keepdims else [n, c, 1, 1]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from quant_models.errors import VerificationError
+from sibnn_base.errors import VerificationError
 
 from .golden import GoldenModel
 

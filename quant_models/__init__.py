@@ -1,7 +1,6 @@
 """sibnn model zoo: W1A1 SI-ResNets, their FP teacher twins, quantizers and checkpoints."""
 
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
-from .errors import (
+from sibnn_base.errors import (
     CheckpointError,
     ConfigError,
     SibnnError,
@@ -9,6 +8,8 @@ from .errors import (
     UserError,
     VerificationError,
 )
+
+from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from .networks import NetSpec, SIResNet, TapOutputs
 from .registry import TEACHER_OF, build_model, list_models, register_model, resolve_spec
 

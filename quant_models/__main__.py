@@ -6,7 +6,8 @@ import json
 
 import yaml
 
-from .errors import ArgumentParser, ConfigError, cli_errors
+from sibnn_base.errors import ArgumentParser, ConfigError, cli_errors
+
 from .info import format_table, summary
 from .registry import build_model, get_entry, list_models
 

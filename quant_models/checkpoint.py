@@ -16,21 +16,18 @@ without any config file (nanoGPT's ``model_args``).
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import os
 import pickle
 import re
-import tempfile
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import nn
 
-from .errors import CheckpointError, OutputDirError
+from sibnn_base.atomic import atomic_write
+from sibnn_base.errors import CheckpointError
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format_version", "arch", "model_args", "state_dict", "optimizer", "epoch",
@@ -68,57 +65,6 @@ def payload_sha256(state: dict) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
-    """Write ``path`` atomically: ``write(fh)`` into a temp file in the same directory (with the
-    mode a plain ``open`` would give, not mkstemp's 0600), fsync, then ``os.replace``. On any
-    failure the previous file is untouched and the temp file removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-            raise OutputDirError(f"cannot write {path}: {err.strerror}; the previous file is "
-                                 "unchanged") from None
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def check_writable_dir(path: str | Path, what: str) -> Path:
-    """``path`` must be, or be creatable as, a writable directory on a disk file system: its
-    nearest existing ancestor is checked, and a file, a kernel file system (``/proc``, ``/sys``)
-    or an unwritable directory is a one-line :class:`OutputDirError` that names ``what``.
-    Returns that ancestor. The one such check for every tool (build, export, train)."""
-    anchor = Path(path)
-    while not anchor.exists():
-        anchor = anchor.parent
-    if not anchor.is_dir():
-        raise OutputDirError(f"{what}: {anchor} is a file, not a directory")
-    parts = anchor.resolve().parts
-    if len(parts) > 1 and parts[1] in ("proc", "sys"):
-        raise OutputDirError(f"{what} is under /{parts[1]}, a kernel file system; choose a "
-                             "directory on disk")
-    if not os.access(anchor, os.W_OK | os.X_OK):
-        raise OutputDirError(f"{what}: {anchor} is not writable")
-    return anchor
 
 
 def save_checkpoint(path: str | Path, model: nn.Module | None = None, *, ckpt: dict | None = None,

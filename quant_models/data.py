@@ -5,7 +5,7 @@ is the input contract of every network in the zoo (the binary stem recovers the 
 
 Splits are deterministic: the validation split is carved out of the official training set with a
 fixed permutation (``split_seed``), so model selection never looks at the test set. Nothing is
-downloaded: a missing dataset raises a one-line :class:`~quant_models.errors.DatasetError` that
+downloaded: a missing dataset raises a one-line :class:`~sibnn_base.errors.DatasetError` that
 says how to get it.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DatasetError
+from sibnn_base.errors import DatasetError
 
 
 class DatasetName(str, Enum):

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from torch import nn
 
-from .errors import CheckpointError, ConfigError, UnknownModelError
+from sibnn_base.errors import CheckpointError, ConfigError, UnknownModelError
+
 from .networks import DATASET_SHAPES, NetSpec, SIResNet
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"

@@ -10,7 +10,7 @@ import pytest
 
 from flow.build import build
 from flow.config import resolve_build_config
-from quant_models.errors import ConfigError
+from sibnn_base.errors import ConfigError
 from tests.conftest import assert_one_line_error, run_cli
 from tests.flow_models import brevitas_bnn_pynq
 

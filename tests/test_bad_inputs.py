@@ -92,7 +92,7 @@ CASES: list[tuple[str, list[str], list[str]]] = [
     ("build-board-string", BUILD + ["--board", "{d}/string_board.yaml"], ["must hold a mapping"]),
     ("build-board-list", BUILD + ["--board", "{d}/list_board.yaml"], ["not a list"]),
     ("build-board-clock-type", BUILD + ["--board", "{d}/clock_board.yaml"],
-     ["synth_clk_period_ns must be a number", "fast"]),
+     ["synth_clk_period_ns: expected a number", "fast"]),
     ("build-board-capacity-type", BUILD + ["--board", "{d}/cap_board.yaml"],
      ["capacity.LUT", "many"]),
     ("build-board-shell", BUILD + ["--board", "{d}/shell_board.yaml"], ["shell_flow_type", "usb"]),

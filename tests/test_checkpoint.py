@@ -9,8 +9,8 @@ import torch
 
 from quant_models import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
 from quant_models.checkpoint import REQUIRED_KEYS
-from quant_models.errors import CheckpointError
 from quant_models.registry import get_entry
+from sibnn_base.errors import CheckpointError
 
 from .conftest import assert_one_line_error, run_cli
 
@@ -114,7 +114,7 @@ def test_shipped_pretrained():
 def test_cli_reports_corrupt_checkpoint(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"\x00" * 100)
     code = ("from quant_models import build_model\n"
-            "from quant_models.errors import cli_errors\n"
+            "from sibnn_base.errors import cli_errors\n"
             f"raise SystemExit(cli_errors(lambda: build_model('si_resnet_w1a1', "
             f"pretrained={str(tmp_path / 'x.pt')!r}))())")
     assert_one_line_error(run_cli(["-c", code]), "corrupt or truncated")

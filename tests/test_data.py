@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from quant_models.data import DEFAULT_DIRS, DatasetName, load_splits, load_test
-from quant_models.errors import DatasetError
+from sibnn_base.errors import DatasetError
 
 FMNIST_DIR = DEFAULT_DIRS[DatasetName.FMNIST]
 needs_fmnist = pytest.mark.skipif(

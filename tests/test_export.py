@@ -11,7 +11,7 @@ from flow.export import export_bundle, export_qonnx_model
 from flow.fuzz import random_model
 from flow.golden import GoldenModel
 from quant_models import build_model, save_checkpoint
-from quant_models.errors import OutputDirError
+from sibnn_base.errors import OutputDirError
 
 from .conftest import assert_one_line_error, run_cli
 

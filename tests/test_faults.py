@@ -17,7 +17,7 @@ import pytest
 
 from flow.build import build
 from flow.config import resolve_build_config
-from quant_models.errors import OutputDirError
+from sibnn_base.errors import OutputDirError
 from tests.conftest import ROOT
 from tests.flow_models import brevitas_bnn_pynq
 
@@ -175,7 +175,7 @@ def test_one_ownership_rule_for_every_tool(prior, tmp_path):
 def test_full_disk_during_export_and_checkpoint_is_one_line(tmp_path, monkeypatch):
     import torch
 
-    import flow.atomic
+    import sibnn_base.atomic
     from quant_models import build_model
     from quant_models.checkpoint import save_checkpoint
 
@@ -192,8 +192,8 @@ def test_full_disk_during_export_and_checkpoint_is_one_line(tmp_path, monkeypatc
         save_checkpoint(path, m)
     assert path.read_bytes() == before and len(list(tmp_path.iterdir())) == 1
     out = tmp_path / "exp"
-    monkeypatch.setattr(flow.atomic, "write_marker", full)
+    monkeypatch.setattr(sibnn_base.atomic, "write_marker", full)
     with pytest.raises(OutputDirError, match="cannot write .*exp: No space left"):
-        with flow.atomic.atomic_output_dir(out, "export") as d:
+        with sibnn_base.atomic.atomic_output_dir(out, "export") as d:
             (d / "x").write_text("x")
     assert not out.exists() and len(list(tmp_path.iterdir())) == 1

@@ -110,7 +110,7 @@ def test_failed_build_leaves_previous_output_intact(tmp_path):
     before = (out / "report" / "summary.json").read_text()
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"Defaults": {}, "MVAU_hls_99": {"PE": 2}}))
-    from quant_models.errors import ConfigError
+    from sibnn_base.errors import ConfigError
 
     with pytest.raises(ConfigError, match="MVAU_hls_99"):
         build(resolve_build_config(onnx=str(onnx), output_dir=str(out), folding=str(bad)),
@@ -238,7 +238,7 @@ def test_cli_folding_unknown_node_is_rejected_by_validation(tmp_path):
     from qonnx.core.modelwrapper import ModelWrapper
 
     from flow.folding import validate_folding
-    from quant_models.errors import ConfigError
+    from sibnn_base.errors import ConfigError
 
     onnx = brevitas_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")
     out = build(resolve_build_config(onnx=str(onnx), output_dir=str(tmp_path / "out"),

@@ -7,7 +7,7 @@ import yaml
 
 from flow.config import BuildConfig, load_board, resolve_build_config, write_config
 from flow.steps import select_steps, step_names
-from quant_models.errors import ConfigError
+from sibnn_base.errors import ConfigError
 
 
 def test_defaults():

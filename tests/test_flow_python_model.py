@@ -10,7 +10,7 @@ from flow.build import build
 from flow.config import BuildConfig
 from flow.report import load_summary
 from flow.runner import GoldenVerifier, python_model_view, verification_pixels
-from quant_models.errors import VerificationError
+from sibnn_base.errors import VerificationError
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from flow.golden import GoldenModel, build_golden, golden_from_qonnx
 from flow.integerize import integerize
 from flow.verify import load_real_images, make_inputs, pixels_to_x, verify
 from quant_models import build_model
-from quant_models.errors import UnsupportedGraphError, VerificationError
+from sibnn_base.errors import UnsupportedGraphError, VerificationError
 
 
 def _golden_for(model, tmp_path, name="m"):

@@ -8,15 +8,13 @@ import pytest
 import torch
 
 from flow.export import export_qonnx_model
-from flow.finn_env import dataflow_config, detect_tools, finn_session
+from flow.finn_env import HW_DOMAIN, dataflow_config, detect_tools, finn_session
 from flow.fuzz import random_model, randomize_bn
 from flow.golden import GoldenModel, build_golden
 from flow.integerize import integerize
 from flow.lower import lower_to_finn
 from flow.verify import check_stage, make_inputs
 from quant_models import build_model
-
-HW_DOMAIN = "finn.custom_op.fpgadataflow"
 
 
 def _to_hw(model, tmp_path):

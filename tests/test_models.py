@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from quant_models import TEACHER_OF, build_model, list_models, resolve_spec
-from quant_models.errors import ConfigError, UnknownModelError
 from quant_models.info import summary
+from sibnn_base.errors import ConfigError, UnknownModelError
 
 from .conftest import assert_one_line_error, run_cli
 

@@ -12,11 +12,12 @@ import torch
 import yaml
 
 from quant_models import build_model, load_checkpoint, save_checkpoint
-from quant_models.errors import ConfigError, OutputDirError
 from quant_models.train import build_config, load_config, train
 from quant_models.train.cli import main as train_main
-from quant_models.train.config import TapNorm, to_dict
+from quant_models.train.config import TapNorm
 from quant_models.train.losses import block_mse, logit_kd, normalise_tap
+from sibnn_base.errors import ConfigError, OutputDirError
+from sibnn_base.typed import to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 TIME_KEYS = ("epoch_time_s", "step_time_s", "train_time_s")
@@ -425,7 +426,7 @@ def test_float_weights_network_has_binary_activations_and_float_layers():
 
 def test_staged_recipe_trains_and_ends_w1a1(tmp_path):
     from flow.export import export_qonnx_model
-    from quant_models.errors import UnsupportedGraphError
+    from sibnn_base.errors import UnsupportedGraphError
 
     results = train(build_config(staged(tmp_path)), log=lambda *_: None)
     assert list(results) == ["teacher", "binary_act", "student"]

@@ -15,8 +15,9 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from ..checkpoint import atomic_write, check_writable_dir
-from ..errors import ArgumentParser, OutputDirError, cli_errors
+from sibnn_base.atomic import atomic_write, check_writable_dir
+from sibnn_base.errors import ArgumentParser, OutputDirError, cli_errors
+
 from .config import TrainConfig, load_config, parse_set
 from .engine import stage_dir, train
 

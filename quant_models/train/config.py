@@ -11,9 +11,6 @@ distil from a frozen ``teacher`` (an earlier stage's name or a checkpoint path) 
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -21,8 +18,10 @@ from typing import Any
 
 import yaml
 
+from sibnn_base.errors import ConfigError
+from sibnn_base.typed import from_dict, load_mapping
+
 from ..data import DatasetName
-from ..errors import ConfigError
 from ..registry import OVERRIDE_KEYS, TEACHER_OF, list_models, resolve_spec
 
 
@@ -161,99 +160,6 @@ RUNTIME_KEYS = ("progress", "num_threads", "eval_batch_size", "device")
 """Keys that may differ between a run and its ``--resume`` without changing its results."""
 
 
-# -- dict <-> dataclass ------------------------------------------------------------------------
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _coerce(tp: Any, value: Any, where: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(a, value, where)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return from_dict(tp, value, where)
-    if isinstance(tp, type) and issubclass(tp, Enum):
-        try:
-            return tp(value)
-        except ValueError:
-            valid = ", ".join(str(m.value) for m in tp)
-            raise ConfigError(f"{where}: {value!r} is not one of {valid}") from None
-    if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
-        return tuple(_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
-        return {_coerce(args[0], k, where): _coerce(args[1], v, f"{where}.{k}")
-                for k, v in value.items()}
-    if tp is Any:
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true/false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")
-
-
-def from_dict(cls: type, data: dict, where: str = "config") -> Any:
-    """Build dataclass ``cls`` from plain data; unknown or missing keys are :class:`ConfigError`."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(names))
-    if unknown:
-        raise ConfigError(f"unknown key(s) {', '.join(f'{where}.{k}' for k in unknown)}; "
-                          f"valid keys: {', '.join(names)}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            kwargs[f.name] = _coerce(hints[f.name], data[f.name], f"{where}.{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"{where}.{f.name} is required")
-    return cls(**kwargs)
-
-
-def to_dict(obj: Any) -> Any:
-    """Plain data (dicts, lists, str, numbers) of a config, for YAML, JSON and checkpoints."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Enum):
-        return obj.value
-    if isinstance(obj, tuple | list):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
 # -- overrides -----------------------------------------------------------------------------------
 
 def parse_set(items: list[str]) -> list[tuple[str, Any]]:
@@ -297,22 +203,6 @@ def _set_path(d: dict, parts: list[str], value: Any, key: str) -> None:
     d[parts[-1]] = value
 
 
-def load_yaml(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or type(err).__name__
-        raise ConfigError(f"config file {path} is not valid YAML{at}: {problem}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping, not {type(data).__name__}")
-    return data
-
-
 def build_config(data: dict, overrides: list[tuple[str, Any]] = ()) -> TrainConfig:
     """Plain data + overrides -> validated :class:`TrainConfig`."""
     data = yaml.safe_load(yaml.safe_dump(data))  # deep copy, plain types only
@@ -325,7 +215,7 @@ def build_config(data: dict, overrides: list[tuple[str, Any]] = ()) -> TrainConf
 
 def load_config(path: str | Path | None = None, overrides: list[tuple[str, Any]] = ()) -> TrainConfig:
     """File defaults -> YAML file -> overrides."""
-    return build_config(load_yaml(path) if path else {}, overrides)
+    return build_config(load_mapping(path) if path else {}, overrides)
 
 
 def validate(cfg: TrainConfig) -> None:

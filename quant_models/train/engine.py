@@ -32,15 +32,16 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
+from sibnn_base.atomic import atomic_write, check_writable_dir
+from sibnn_base.errors import CheckpointError, ConfigError, OutputDirError
+from sibnn_base.typed import to_dict
+
 from ..checkpoint import (
-    atomic_write,
-    check_writable_dir,
     load_checkpoint,
     make_checkpoint,
     save_checkpoint,
 )
 from ..data import Split, Splits, load_splits
-from ..errors import CheckpointError, ConfigError, OutputDirError
 from ..networks import NetSpec
 from ..registry import TEACHER_OF, build_model
 from .config import (
@@ -51,7 +52,6 @@ from .config import (
     build_config,
     config_diff,
     is_path_ref,
-    to_dict,
 )
 from .losses import distillation_loss, resolve_tap_weights
 

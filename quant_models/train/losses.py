@@ -47,7 +47,7 @@ def resolve_tap_weights(lw: LossWeights, tap_names: list[str]) -> dict[str, floa
         return {n: 1.0 for n in tap_names}
     unknown = sorted(set(lw.taps) - set(tap_names))
     if unknown:
-        from ..errors import ConfigError
+        from sibnn_base.errors import ConfigError
 
         raise ConfigError(f"loss_weights.taps names unknown tap(s) {', '.join(unknown)}; "
                           f"the network's taps: {', '.join(tap_names)}")

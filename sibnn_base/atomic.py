@@ -1,4 +1,6 @@
-"""Atomic output directories: build in a temp sibling, then swap in with renames.
+"""Every write sibnn makes to the user's disk: atomic files (:func:`atomic_write`), the one
+writable-location check (:func:`check_writable_dir`), and atomic output directories: build in a
+temp sibling, then swap in with renames.
 
 A failed or interrupted run leaves the previous directory untouched; a directory that exists and
 was not written by sibnn (no marker file) is never overwritten.
@@ -13,11 +15,63 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
-from quant_models.checkpoint import check_writable_dir
-from quant_models.errors import OutputDirError
+from sibnn_base.errors import OutputDirError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Write ``path`` atomically: ``write(fh)`` into a temp file in the same directory (with the
+    mode a plain ``open`` would give, not mkstemp's 0600), fsync, then ``os.replace``. On any
+    failure the previous file is untouched and the temp file removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise OutputDirError(f"cannot write {path}: {err.strerror}; the previous file is "
+                                 "unchanged") from None
+        raise
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def check_writable_dir(path: str | Path, what: str) -> Path:
+    """``path`` must be, or be creatable as, a writable directory on a disk file system: its
+    nearest existing ancestor is checked, and a file, a kernel file system (``/proc``, ``/sys``)
+    or an unwritable directory is a one-line :class:`OutputDirError` that names ``what``.
+    Returns that ancestor. The one such check for every tool (build, export, train)."""
+    anchor = Path(path)
+    while not anchor.exists():
+        anchor = anchor.parent
+    if not anchor.is_dir():
+        raise OutputDirError(f"{what}: {anchor} is a file, not a directory")
+    parts = anchor.resolve().parts
+    if len(parts) > 1 and parts[1] in ("proc", "sys"):
+        raise OutputDirError(f"{what} is under /{parts[1]}, a kernel file system; choose a "
+                             "directory on disk")
+    if not os.access(anchor, os.W_OK | os.X_OK):
+        raise OutputDirError(f"{what}: {anchor} is not writable")
+    return anchor
+
 
 MARKER = ".sibnn-output.json"
 
