@@ -9,9 +9,16 @@ from sibnn_base.errors import (
     VerificationError,
 )
 
-from .checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
 from .networks import NetSpec, SIResNet, TapOutputs
-from .registry import TEACHER_OF, build_model, list_models, register_model, resolve_spec
+from .registry import (
+    TEACHER_OF,
+    build_model,
+    list_models,
+    model_from_checkpoint,
+    register_model,
+    resolve_spec,
+)
 
 __all__ = [
     "CheckpointError", "ConfigError", "NetSpec", "SIResNet", "SibnnError", "TEACHER_OF",

@@ -12,6 +12,9 @@ Checkpoints written before it existed load without the check.
 
 ``model_args`` is the :class:`~quant_models.networks.NetSpec` as a dict, so the network rebuilds
 without any config file (nanoGPT's ``model_args``).
+
+This module knows nothing of the model registry: rebuilding a network from a loaded checkpoint is
+:func:`quant_models.registry.model_from_ckpt` (imports run registry -> checkpoint, never back).
 """
 
 from __future__ import annotations
@@ -122,10 +125,3 @@ def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:120] if text else type(err).__name__
 
-
-def model_from_checkpoint(path: str | Path, expected_arch: str | None = None) -> nn.Module:
-    """Rebuild the network a checkpoint describes and load its weights (eval mode)."""
-    from .registry import build_model
-
-    ckpt = load_checkpoint(path, expected_arch)
-    return build_model(ckpt["arch"], pretrained=path)

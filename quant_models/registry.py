@@ -2,6 +2,8 @@
 
 Nothing is downloaded, ever. ``pretrained=True`` loads a checkpoint shipped inside the package
 and verified by sha256; ``pretrained="path.pt"`` loads a user checkpoint of the same architecture.
+The registry depends on :mod:`quant_models.checkpoint` (it reads a checkpoint once, then builds
+the network its ``model_args`` describe); the checkpoint module never imports the registry.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from sibnn_base.errors import CheckpointError, ConfigError, UnknownModelError
 
+from .checkpoint import load_checkpoint
 from .networks import DATASET_SHAPES, NetSpec, SIResNet
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -113,8 +116,6 @@ def build_model(name: str, pretrained: bool | str | Path = False, **overrides) -
             checkpoint, ``False`` for fresh weights.
         **overrides: :data:`OVERRIDE_KEYS` (``dataset``, ``width``, ``depth``, ``r``, ...).
     """
-    from .checkpoint import load_checkpoint
-
     entry = get_entry(name)
     if pretrained is True:
         if entry.pretrained is None:
@@ -128,13 +129,26 @@ def build_model(name: str, pretrained: bool | str | Path = False, **overrides) -
         if overrides:
             raise ConfigError("overrides cannot be combined with a checkpoint: "
                               "the checkpoint's model_args define the network")
-        model = entry.builder(NetSpec(**ckpt["model_args"]))
-        model.load_state_dict(ckpt["state_dict"])
-        model.arch = name
-        return model.eval()
+        return model_from_ckpt(ckpt)
     model = entry.builder(resolve_spec(name, **overrides))
     model.arch = name
     return model
+
+
+def model_from_ckpt(ckpt: dict) -> nn.Module:
+    """The network an already loaded (:func:`~quant_models.checkpoint.load_checkpoint`)
+    checkpoint describes, with its weights, in eval mode; nothing is read from disk."""
+    name = ckpt["arch"]
+    model = get_entry(name).builder(NetSpec(**ckpt["model_args"]))
+    model.load_state_dict(ckpt["state_dict"])
+    model.arch = name
+    return model.eval()
+
+
+def model_from_checkpoint(path: str | Path, expected_arch: str | None = None) -> nn.Module:
+    """Rebuild the network the checkpoint at ``path`` describes and load its weights (eval
+    mode); the file is read once."""
+    return model_from_ckpt(load_checkpoint(path, expected_arch))
 
 
 def verify_sha256(path: Path, expected: str) -> None:

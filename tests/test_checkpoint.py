@@ -118,3 +118,45 @@ def test_cli_reports_corrupt_checkpoint(tmp_path):
             f"raise SystemExit(cli_errors(lambda: build_model('si_resnet_w1a1', "
             f"pretrained={str(tmp_path / 'x.pt')!r}))())")
     assert_one_line_error(run_cli(["-c", code]), "corrupt or truncated")
+
+
+# -- a checkpoint is read once ---------------------------------------------------------------------
+
+@pytest.fixture
+def torch_loads(monkeypatch):
+    """Every ``torch.load`` from now on, as the list of what it was given."""
+    calls, real = [], torch.load
+
+    def counting(f, *args, **kwargs):
+        calls.append(f)
+        return real(f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", counting)
+    return calls
+
+
+def test_model_from_checkpoint_reads_the_file_once(tmp_path, torch_loads):
+    m = _trained_like()
+    path = save_checkpoint(tmp_path / "a.pt", m)
+    m2 = model_from_checkpoint(path, expected_arch="si_resnet_w1a1")
+    assert torch_loads == [path]
+    assert m2.spec == m.spec and m2.arch == "si_resnet_w1a1" and not m2.training
+    torch_loads.clear()
+    build_model("si_resnet_w1a1", pretrained=path)
+    assert torch_loads == [path]
+
+
+def test_teacher_checkpoint_is_read_once(tmp_path, torch_loads):
+    from quant_models.train import build_config
+    from quant_models.train.engine import load_teacher
+
+    path = save_checkpoint(tmp_path / "teacher.pt", _trained_like("si_resnet_fp"))
+    cfg = build_config({"experiment": "x", "out_dir": str(tmp_path),
+                        "model": {"width": 8, "depth": [1, 1]},
+                        "stages": [{"name": "s", "student": "si_resnet_w1a1",
+                                    "teacher": str(path), "epochs": 1}]})
+    torch_loads.clear()
+    teacher = load_teacher(cfg, cfg.stages[0], _trained_like())
+    assert [str(p) for p in torch_loads] == [str(path)]
+    assert teacher.arch == "si_resnet_fp" and not teacher.training
+    assert not any(p.requires_grad for p in teacher.parameters())

@@ -8,6 +8,14 @@ Each stage writes ``<out_dir>/<experiment>/<stage>/``:
   after every epoch (``--resume`` continues from it);
 * ``final.pt``: the trained model alone (no optimizer), written when the stage completes.
 
+and ``<out_dir>/<experiment>/`` holds ``config.yaml`` (the resolved config) and ``results.json``.
+Every file is written with :func:`sibnn_base.atomic.atomic_write` (``metrics.jsonl`` is rewritten
+whole each epoch), so an interrupted run never leaves a half-written file.
+
+A stage is :func:`setup_stage` (models, optimizer, schedule), :class:`ResumeState` (what ``last.pt``
+carries between epochs), then per epoch :func:`train_one_epoch` and :func:`validate`, and
+:func:`finish_stage` (test accuracy and ``final.pt``); :func:`run_stage` is the loop over them.
+
 Resuming is exact: the data order and augmentation of every epoch come from generators seeded by
 ``(seed, stage, epoch)``, and the global RNG states, optimizer and scheduler are restored, so a
 resumed run produces the same weights and metrics as an uninterrupted one (same process count
@@ -23,7 +31,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +51,7 @@ from ..checkpoint import (
 )
 from ..data import Split, Splits, load_splits
 from ..networks import NetSpec
-from ..registry import TEACHER_OF, build_model
+from ..registry import TEACHER_OF, build_model, model_from_ckpt
 from .config import (
     RUNTIME_KEYS,
     OptimizerName,
@@ -137,7 +145,7 @@ def load_teacher(cfg: TrainConfig, stage: Stage, student: nn.Module) -> nn.Modul
     if bad:
         raise CheckpointError(f"teacher checkpoint {path} does not match the student "
                               f"({'; '.join(bad)})")
-    teacher = build_model(ckpt["arch"], pretrained=path)
+    teacher = model_from_ckpt(ckpt)  # the checkpoint is read once
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher.eval()
@@ -321,10 +329,77 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, env: DistEnv) -> None:
     _barrier(env)
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    os.replace(tmp, path)
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """Write ``rows`` as JSON lines, atomically (the whole file is rewritten)."""
+    text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    atomic_write(path, lambda fh: fh.write(text))
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as indented JSON, atomically."""
+    text = (json.dumps(obj, indent=2) + "\n").encode()
+    atomic_write(path, lambda fh: fh.write(text))
+
+
+# -- resume state ----------------------------------------------------------------------------------
+
+@dataclass
+class ResumeState:
+    """What a stage carries from one epoch to the next, stored in its ``last.pt``.
+
+    The file is a plain checkpoint (:func:`~quant_models.checkpoint.make_checkpoint`: model,
+    ``optimizer``, ``epoch``, the last epoch's ``metrics``) plus a ``resume`` entry with the
+    scheduler state, the global CPU RNG state, the metrics history and the process count. The
+    stage's model is selected by its last epoch, so no "best" value or file is kept."""
+
+    world: int = 1
+    """Processes of the run that wrote it; a resume must use as many."""
+    epoch: int = 0
+    """Epochs completed."""
+    history: list[dict] = field(default_factory=list)
+    """One metrics row per completed epoch (``metrics.jsonl`` without its ``final`` line)."""
+    state_dict: dict | None = None
+    """Model weights, when loaded from ``last.pt``."""
+    optimizer: dict | None = None
+    """Optimizer state, when loaded."""
+    scheduler: dict | None = None
+    """Learning-rate scheduler state, when loaded."""
+    rng_cpu: torch.Tensor | None = None
+    """Global CPU RNG state at the end of the last epoch, when loaded."""
+
+    @classmethod
+    def load(cls, path: Path, arch: str, world: int) -> ResumeState:
+        """The state in ``path`` (a ``last.pt``), checked against ``arch`` and ``world``."""
+        ck = load_checkpoint(path, expected_arch=arch)
+        extra = ck.get("resume")
+        if not isinstance(extra, dict) or extra.get("world") != world:
+            raise CheckpointError(f"--resume: {path} was written by a run with "
+                                  f"{(extra or {}).get('world')} process(es), this run has "
+                                  f"{world}; resume with the same process count")
+        return cls(world=world, epoch=int(ck["epoch"]), history=list(extra["history"]),
+                   state_dict=ck["state_dict"], optimizer=ck["optimizer"],
+                   scheduler=extra["scheduler"], rng_cpu=extra["rng_cpu"])
+
+    def restore(self, model: nn.Module, opt: torch.optim.Optimizer, sched: Any) -> None:
+        """Put the loaded weights, optimizer, scheduler and RNG state back in place."""
+        model.load_state_dict(self.state_dict)
+        opt.load_state_dict(self.optimizer)
+        sched.load_state_dict(self.scheduler)
+        torch.set_rng_state(self.rng_cpu)
+
+    def add_epoch(self, row: dict) -> None:
+        """Record a completed epoch's metrics row."""
+        self.history.append(row)
+        self.epoch = int(row["epoch"])
+
+    def save(self, path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, *,
+             arch: str, config: dict) -> None:
+        """Write ``last.pt`` from the live model, optimizer, scheduler and RNG (atomically)."""
+        ck = make_checkpoint(model, arch=arch, optimizer=opt, epoch=self.epoch,
+                             metrics=self.history[-1], config=config)
+        ck["resume"] = {"scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
+                        "history": self.history, "world": self.world}
+        save_checkpoint(path, ckpt=ck)
 
 
 # -- one stage -------------------------------------------------------------------------------------
@@ -339,18 +414,47 @@ def _progress(total: int, desc: str, enabled: bool):
                 mininterval=0.5 if tty else 60.0)
 
 
-def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
-              log=print) -> dict[str, Any]:
-    """Train one stage (resuming from its ``last.pt`` if present); returns its final metrics."""
-    stage = cfg.stages[index]
-    sdir = stage_dir(cfg, stage.name)
-    final_path = sdir / "final.pt"
-    if final_path.exists():
-        done = load_checkpoint(final_path, expected_arch=stage.student)
-        if env.main:
-            log(f"[{stage.name}] already complete: {done['metrics']}")
-        return dict(done["metrics"])
+@dataclass
+class StageRun:
+    """Everything one stage trains with (built by :func:`setup_stage`)."""
 
+    cfg: TrainConfig
+    index: int
+    env: DistEnv
+    splits: Splits
+    """All splits, on the training device."""
+    train: Split
+    """The training split (``data.train_subset`` of it)."""
+    steps: int
+    """Optimizer steps per epoch."""
+    student: nn.Module
+    wrapped: nn.Module
+    """The student as trained: taps in the forward pass, DDP-wrapped under ``torchrun``."""
+    teacher: nn.Module | None
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    tap_weights: dict[str, float]
+    """Per-tap weights of the block loss (:func:`~.losses.resolve_tap_weights`)."""
+
+    @property
+    def stage(self) -> Stage:
+        return self.cfg.stages[self.index]
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device(self.cfg.device)
+
+    @property
+    def saved_config(self) -> dict:
+        """The config stored in this stage's checkpoints."""
+        return {**to_dict(self.cfg), "stage": self.stage.name}
+
+
+def setup_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
+                log=print) -> StageRun:
+    """Seed, build the student (initialised from ``init_from``), the frozen teacher, the
+    optimizer and the warm-up + cosine schedule of stage ``index``."""
+    stage = cfg.stages[index]
     torch.manual_seed(derive_seed(cfg.seed, index, 0))
     dev = torch.device(cfg.device)
     student = build_model(stage.student, dataset=cfg.data.name.value,
@@ -365,7 +469,6 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
         teacher.to(dev)
     splits = splits.to(dev)
     tap_weights = resolve_tap_weights(stage.loss_weights, student.tap_names)
-    need_taps = stage.loss_weights.block > 0
 
     train = splits.train.subset(cfg.data.train_subset)
     if stage.batch_size % env.world:
@@ -375,7 +478,6 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
     if steps == 0:
         raise ConfigError(f"stage {stage.name!r}: batch_size {stage.batch_size} exceeds the "
                           f"{len(train)} training samples")
-    local_b = stage.batch_size // env.world
 
     wrapped: nn.Module = _Taps(student)
     if env.world > 1:
@@ -383,126 +485,155 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
     opt = _optimizer(stage, student)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, WarmupCosine(round(stage.warmup_epochs * steps), stage.epochs * steps))
+    return StageRun(cfg, index, env, splits, train, steps, student, wrapped, teacher, opt, sched,
+                    tap_weights)
 
-    history: list[dict] = []
-    start_epoch = 0
-    last_path = sdir / "last.pt"
-    if last_path.exists():
-        ck = load_checkpoint(last_path, expected_arch=stage.student)
-        extra = ck.get("resume")
-        if not isinstance(extra, dict) or extra.get("world") != env.world:
-            raise CheckpointError(f"--resume: {last_path} was written by a run with "
-                                  f"{(extra or {}).get('world')} process(es), this run has "
-                                  f"{env.world}; resume with the same process count")
-        student.load_state_dict(ck["state_dict"])
-        opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(extra["scheduler"])
-        torch.set_rng_state(extra["rng_cpu"])
-        history = list(extra["history"])
-        start_epoch = int(ck["epoch"])
-        if env.main:
-            log(f"[{stage.name}] resuming after epoch {start_epoch}/{stage.epochs}")
-    if env.main:
-        sdir.mkdir(parents=True, exist_ok=True)
-        _write_jsonl(sdir / "metrics.jsonl", history)
 
-    for epoch in range(start_epoch, stage.epochs):
-        g = torch.Generator().manual_seed(derive_seed(cfg.seed, index, epoch + 1))
-        perm = torch.randperm(len(train), generator=g).to(dev)
-        hflip = cfg.data.hflip if stage.hflip is None else stage.hflip
-        flips = (torch.rand(len(train), generator=g) < 0.5).to(dev) if hflip else None
-        pad = cfg.data.crop_pad if stage.crop_pad is None else stage.crop_pad
-        shifts = (torch.randint(0, 2 * pad + 1, (len(train), 2), generator=g).to(dev)
-                  if pad else None)
-        student.train()
-        # running sums stay on the device: no host sync per step
-        sums = {k: torch.zeros((), dtype=torch.float64, device=dev)
-                for k in ("loss", "ce", "kd", "block", "correct", "n")}
-        bar = _progress(steps, f"{stage.name} {epoch + 1}/{stage.epochs}",
-                        cfg.progress and env.main)
-        t0 = time.perf_counter()
-        for step in range(steps):
-            idx = perm[step * stage.batch_size:(step + 1) * stage.batch_size]
-            idx = idx[env.rank * local_b:(env.rank + 1) * local_b]
-            x, y = train.x[idx], train.y[idx]
-            if flips is not None:
-                f = flips[idx]
-                x = torch.where(f[:, None, None, None], x.flip(3), x)
-            if shifts is not None:
-                x = random_crop(x, shifts[idx], pad)
-            t_logits = t_taps = None
-            if teacher is not None:
-                with torch.no_grad():
-                    t_logits, t_taps = teacher.forward_taps(x)
-            logits, taps = wrapped(x)
-            loss, parts = distillation_loss(logits, taps, y, stage.loss_weights, tap_weights,
-                                            t_logits, t_taps if need_taps else None)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            b = len(y)
-            sums["loss"] += loss.detach() * b
-            for k, v in parts.items():
-                sums[k] += v.detach() * b if torch.is_tensor(v) else float(v) * b
-            sums["correct"] += (logits.detach().argmax(1) == y).sum()
-            sums["n"] += b
-            if bar is not None:
-                bar.update(1)
-                if step % 20 == 0 or step == steps - 1:
-                    bar.set_postfix(loss=f"{float(sums['loss'] / sums['n']):.3f}",
-                                    acc=f"{float(100 * sums['correct'] / sums['n']):.1f}",
-                                    refresh=False)
-        train_time = time.perf_counter() - t0
+def train_one_epoch(run: StageRun, epoch: int) -> tuple[dict[str, float], float]:
+    """Train one epoch (0-based ``epoch``); returns the train metrics summed over all processes
+    (``train_loss``, ``train_ce``/``train_kd``/``train_block`` where used, ``train_acc``) and the
+    seconds it took. Data order and augmentation come from a generator seeded by
+    ``(seed, stage, epoch)``."""
+    cfg, stage, env, train = run.cfg, run.stage, run.env, run.train
+    dev = run.device
+    steps, local_b = run.steps, stage.batch_size // env.world
+    need_taps = stage.loss_weights.block > 0
+
+    g = torch.Generator().manual_seed(derive_seed(cfg.seed, run.index, epoch + 1))
+    perm = torch.randperm(len(train), generator=g).to(dev)
+    hflip = cfg.data.hflip if stage.hflip is None else stage.hflip
+    flips = (torch.rand(len(train), generator=g) < 0.5).to(dev) if hflip else None
+    pad = cfg.data.crop_pad if stage.crop_pad is None else stage.crop_pad
+    shifts = (torch.randint(0, 2 * pad + 1, (len(train), 2), generator=g).to(dev)
+              if pad else None)
+    run.student.train()
+    # running sums stay on the device: no host sync per step
+    sums = {k: torch.zeros((), dtype=torch.float64, device=dev)
+            for k in ("loss", "ce", "kd", "block", "correct", "n")}
+    bar = _progress(steps, f"{stage.name} {epoch + 1}/{stage.epochs}", cfg.progress and env.main)
+    t0 = time.perf_counter()
+    for step in range(steps):
+        idx = perm[step * stage.batch_size:(step + 1) * stage.batch_size]
+        idx = idx[env.rank * local_b:(env.rank + 1) * local_b]
+        x, y = train.x[idx], train.y[idx]
+        if flips is not None:
+            f = flips[idx]
+            x = torch.where(f[:, None, None, None], x.flip(3), x)
+        if shifts is not None:
+            x = random_crop(x, shifts[idx], pad)
+        t_logits = t_taps = None
+        if run.teacher is not None:
+            with torch.no_grad():
+                t_logits, t_taps = run.teacher.forward_taps(x)
+        logits, taps = run.wrapped(x)
+        loss, parts = distillation_loss(logits, taps, y, stage.loss_weights, run.tap_weights,
+                                        t_logits, t_taps if need_taps else None)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        run.sched.step()
+        b = len(y)
+        sums["loss"] += loss.detach() * b
+        for k, v in parts.items():
+            sums[k] += v.detach() * b if torch.is_tensor(v) else float(v) * b
+        sums["correct"] += (logits.detach().argmax(1) == y).sum()
+        sums["n"] += b
         if bar is not None:
-            bar.close()
-        keys = list(sums)
-        tot = dict(zip(keys, _all_sum([float(sums[k]) for k in keys], env), strict=True))
-        stale = evaluate(student, splits.val, cfg.eval_batch_size, env)
-        recalibrate_bn(student, train, BN_RECALIBRATION_SAMPLES, cfg.eval_batch_size)
-        val = evaluate(student, splits.val, cfg.eval_batch_size, env)
-        row = {"epoch": epoch + 1, "train_loss": tot["loss"] / tot["n"],
-               **{f"train_{k}": tot[k] / tot["n"] for k in ("ce", "kd", "block") if tot[k]},
-               "train_acc": 100.0 * tot["correct"] / tot["n"], "val_loss": val["loss"],
-               "val_acc": val["acc"], "val_acc_running_bn": stale["acc"],
-               "lr": opt.param_groups[0]["lr"],
-               "epoch_time_s": round(train_time, 3), "step_time_s": round(train_time / steps, 5)}
-        history.append(row)
-        if env.main:
-            ck = make_checkpoint(student, arch=stage.student, optimizer=opt, epoch=epoch + 1,
-                                 metrics=row, config={**to_dict(cfg), "stage": stage.name})
-            ck["resume"] = {"scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
-                            "history": history, "world": env.world}
-            save_checkpoint(last_path, ckpt=ck)
-            _write_jsonl(sdir / "metrics.jsonl", history)
-            log(f"[{stage.name}] epoch {epoch + 1}/{stage.epochs} loss {row['train_loss']:.4f} "
-                f"train {row['train_acc']:.2f}% val {row['val_acc']:.2f}% "
-                f"(running BN statistics: {row['val_acc_running_bn']:.2f}%) ({train_time:.0f}s)")
-        _barrier(env)
+            bar.update(1)
+            if step % 20 == 0 or step == steps - 1:
+                bar.set_postfix(loss=f"{float(sums['loss'] / sums['n']):.3f}",
+                                acc=f"{float(100 * sums['correct'] / sums['n']):.1f}",
+                                refresh=False)
+    seconds = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    keys = list(sums)
+    tot = dict(zip(keys, _all_sum([float(sums[k]) for k in keys], env), strict=True))
+    return ({"train_loss": tot["loss"] / tot["n"],
+             **{f"train_{k}": tot[k] / tot["n"] for k in ("ce", "kd", "block") if tot[k]},
+             "train_acc": 100.0 * tot["correct"] / tot["n"]}, seconds)
 
+
+def validate(model: nn.Module, recal: Split, val: Split, batch_size: int,
+             env: DistEnv) -> dict[str, float]:
+    """Validate ``model`` as it would be shipped: its BatchNorm statistics are re-estimated on
+    ``recal`` (:data:`BN_RECALIBRATION_SAMPLES`) first; ``val_acc_running_bn`` is the accuracy
+    with the running statistics it had before."""
+    stale = evaluate(model, val, batch_size, env)
+    recalibrate_bn(model, recal, BN_RECALIBRATION_SAMPLES, batch_size)
+    fresh = evaluate(model, val, batch_size, env)
+    return {"val_loss": fresh["loss"], "val_acc": fresh["acc"], "val_acc_running_bn": stale["acc"]}
+
+
+def finish_stage(run: StageRun, history: list[dict], final_path: Path, log=print) -> dict[str, Any]:
+    """Test the trained student, write ``final.pt`` and the ``final`` line of ``metrics.jsonl``;
+    returns the stage's final metrics."""
+    cfg, stage, env = run.cfg, run.stage, run.env
     last = history[-1]
     val = {"acc": last["val_acc"], "loss": last["val_loss"]}
     stale = last.get("val_acc_running_bn")
     if stale is None:  # last epoch from a run of before per-epoch re-estimation: do it now
         stale = last["val_acc"]
-        recalibrate_bn(student, train, BN_RECALIBRATION_SAMPLES, cfg.eval_batch_size)
-        val = evaluate(student, splits.val, cfg.eval_batch_size, env)
-    recal = {"bn_recalibrated_on": min(BN_RECALIBRATION_SAMPLES, len(train)),
+        recalibrate_bn(run.student, run.train, BN_RECALIBRATION_SAMPLES, cfg.eval_batch_size)
+        val = evaluate(run.student, run.splits.val, cfg.eval_batch_size, env)
+    recal = {"bn_recalibrated_on": min(BN_RECALIBRATION_SAMPLES, len(run.train)),
              "val_acc_before_bn_recalibration": stale}
     if env.main:
         log(f"[{stage.name}] BN statistics re-estimated: val {stale:.2f}% (running statistics) "
             f"-> {val['acc']:.2f}%")
-    test = evaluate(student, splits.test, cfg.eval_batch_size, env)
+    test = evaluate(run.student, run.splits.test, cfg.eval_batch_size, env)
     metrics = {"epochs": stage.epochs, "val_acc": val["acc"], "val_loss": val["loss"],
                "test_acc": test["acc"], "test_loss": test["loss"], **recal,
                "train_time_s": round(sum(r["epoch_time_s"] for r in history), 1)}
     if env.main:
-        save_checkpoint(final_path, student, optimizer=None, epoch=stage.epochs, metrics=metrics,
-                        config={**to_dict(cfg), "stage": stage.name})
-        _write_jsonl(sdir / "metrics.jsonl", history + [{"final": True, **metrics}])
+        save_checkpoint(final_path, run.student, optimizer=None, epoch=stage.epochs,
+                        metrics=metrics, config=run.saved_config)
+        write_jsonl(final_path.parent / "metrics.jsonl", history + [{"final": True, **metrics}])
         log(f"[{stage.name}] done: val {metrics['val_acc']:.2f}% test {metrics['test_acc']:.2f}%")
     _barrier(env)
     return metrics
+
+
+def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
+              log=print) -> dict[str, Any]:
+    """Train one stage (resuming from its ``last.pt`` if present); returns its final metrics."""
+    stage = cfg.stages[index]
+    sdir = stage_dir(cfg, stage.name)
+    final_path, last_path = sdir / "final.pt", sdir / "last.pt"
+    if final_path.exists():
+        done = load_checkpoint(final_path, expected_arch=stage.student)
+        if env.main:
+            log(f"[{stage.name}] already complete: {done['metrics']}")
+        return dict(done["metrics"])
+
+    run = setup_stage(cfg, index, splits, env, log)
+    state = ResumeState(world=env.world)
+    if last_path.exists():
+        state = ResumeState.load(last_path, stage.student, env.world)
+        state.restore(run.student, run.opt, run.sched)
+        if env.main:
+            log(f"[{stage.name}] resuming after epoch {state.epoch}/{stage.epochs}")
+    if env.main:
+        sdir.mkdir(parents=True, exist_ok=True)
+        write_jsonl(sdir / "metrics.jsonl", state.history)
+
+    for epoch in range(state.epoch, stage.epochs):
+        train_metrics, seconds = train_one_epoch(run, epoch)
+        val_metrics = validate(run.student, run.train, run.splits.val, cfg.eval_batch_size, env)
+        row = {"epoch": epoch + 1, **train_metrics, **val_metrics,
+               "lr": run.opt.param_groups[0]["lr"],
+               "epoch_time_s": round(seconds, 3), "step_time_s": round(seconds / run.steps, 5)}
+        state.add_epoch(row)
+        if env.main:
+            state.save(last_path, run.student, run.opt, run.sched, arch=stage.student,
+                       config=run.saved_config)
+            write_jsonl(sdir / "metrics.jsonl", state.history)
+            log(f"[{stage.name}] epoch {epoch + 1}/{stage.epochs} loss {row['train_loss']:.4f} "
+                f"train {row['train_acc']:.2f}% val {row['val_acc']:.2f}% "
+                f"(running BN statistics: {row['val_acc_running_bn']:.2f}%) ({seconds:.0f}s)")
+        _barrier(env)
+
+    return finish_stage(run, state.history, final_path, log)
 
 
 def precheck_refs(cfg: TrainConfig) -> None:
@@ -547,10 +678,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print,
             continue
         results[stage.name] = run_stage(cfg, i, splits, env, log=log if env.main else _quiet)
     if env.main and only is None:
-        summary = exp_dir(cfg) / "results.json"
-        tmp = summary.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, summary)
+        write_json(exp_dir(cfg) / "results.json", results)
     return results
 
 
