@@ -92,11 +92,11 @@ def hand_vs_auto(tmp: Path, board: str) -> dict:
     from qonnx.custom_op.registry import getCustomOp
 
     from flow.config import load_board
+    from flow.export import export_bnn_pynq
     from flow.finn_env import detect_tools, finn_session
     from flow.folding import estimate
-    from tests.flow_models import brevitas_bnn_pynq
 
-    onnx = brevitas_bnn_pynq("CNV_1W1A", tmp / "cnv_w1a1.onnx")
+    onnx = export_bnn_pynq("CNV_1W1A", tmp / "cnv_w1a1.onnx")
     out, _ = _build(tmp, "cnv", board=board, onnx=str(onnx), stop_step="fold", verify_inputs=2)
     b = load_board(board)
     inter = out / "intermediate_models"

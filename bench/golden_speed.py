@@ -33,11 +33,11 @@ def run(n: int = 256, batches: tuple[int, ...] = (1, 64), repeats: int = 3,
     import onnxruntime as ort
 
     from flow.export import export_qonnx_model
-    from flow.fuzz import randomize_bn
     from flow.golden import golden_from_qonnx
     from flow.verify import make_inputs, pixels_to_x, verify
     from quant_models import build_model
     from quant_models.registry import get_entry
+    from quant_models.stress import randomize_bn
 
     torch.set_num_threads(1)
     if pretrained is None:

@@ -20,7 +20,9 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):  # run as a script: python flow/build.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,11 +31,13 @@ from flow.config import (  # noqa: E402
     DEFAULT_MODEL,
     BoardConfig,
     BuildConfig,
+    FrontEnd,
     list_boards,
     load_board,
     resolve_build_config,
     write_config,
 )
+from flow.finn_env import ToolStatus  # noqa: E402
 from sibnn_base.atomic import (  # noqa: E402
     DISK_ERRORS,
     TEMP_OWNER,
@@ -41,7 +45,6 @@ from sibnn_base.atomic import (  # noqa: E402
     make_temp_dir,
     owned_by_sibnn,
     swap_in,
-    write_marker,
 )
 from sibnn_base.errors import (  # noqa: E402
     ArgumentParser,
@@ -50,46 +53,6 @@ from sibnn_base.errors import (  # noqa: E402
     UserError,
     cli_errors,
 )
-
-
-def export_registry_model(cfg: BuildConfig, path: Path):
-    """Build (or load) the registry model and export it to cleaned QONNX at ``path``."""
-    import torch
-
-    from flow.export import export_qonnx_model
-    from quant_models import build_model
-    from quant_models.registry import get_entry
-
-    name = cfg.model or DEFAULT_MODEL
-    entry = get_entry(name)
-    torch.manual_seed(cfg.seed)
-    if cfg.checkpoint:
-        net, weights = build_model(name, pretrained=cfg.checkpoint), f"checkpoint {cfg.checkpoint}"
-    elif entry.pretrained is not None and not cfg.model_overrides:
-        net, weights = build_model(name, pretrained=True), f"shipped {entry.pretrained.file}"
-    else:
-        net = build_model(name, **cfg.model_overrides)
-        weights = f"untrained, seed {cfg.seed} (no shipped checkpoint yet)"
-    return export_qonnx_model(net.eval(), path), weights
-
-
-def load_onnx(path: str):
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.util.cleanup import cleanup_model
-
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"ONNX file {path} does not exist")
-    if p.stat().st_size == 0:
-        raise ConfigError(f"ONNX file {path} is empty (0 bytes)")
-    try:
-        model = ModelWrapper(str(p))
-    except Exception as err:  # onnx raises DecodeError and friends
-        raise ConfigError(f"{path} is not a readable ONNX model ({type(err).__name__})") from None
-    from flow.steps import step_check_supported
-
-    step_check_supported(model, None)  # with the file's own node names, before cleanup renames
-    return cleanup_model(model)
 
 
 def _check_output_dir(final: Path) -> None:
@@ -136,8 +99,8 @@ def _relocate(root: Path, old: str, new: str) -> None:
 
 
 def build_model_wrapper(model, cfg: BuildConfig, board: BoardConfig, out_dir: Path, tools,
-                        *, front_end: str = "finn", verifier=None, echo=print,
-                        results: dict | None = None):
+                        *, front_end: FrontEnd = FrontEnd.FINN, verifier=None, echo=print,
+                        ir=None, lowered=None):
     """Run the selected steps on a cleaned QONNX ``model`` inside ``out_dir`` (exists, ours).
 
     Returns ``(final_model, records, ctx)``. Raises on any failure.
@@ -154,7 +117,7 @@ def build_model_wrapper(model, cfg: BuildConfig, board: BoardConfig, out_dir: Pa
                                    vivado=tools.has_vivado, mvau_wwidth_max=cfg.mvau_wwidth_max)
         ctx = FlowContext(cfg=cfg, board=board, tools=tools, finn_cfg=finn_cfg,
                           finn_steps=finn_steps, out_dir=out_dir,
-                          all_steps=steps_for(front_end), results=dict(results or {}))
+                          all_steps=steps_for(front_end), ir=ir, lowered=lowered)
         final, records = run_steps(model, steps, ctx, verifier, echo=echo)
     return final, records, ctx
 
@@ -196,55 +159,58 @@ def _outputs(records, tools, stop_step: str | None) -> dict[str, str]:
     return out
 
 
-def resolve_front_end(requested: str, exported):
-    """``(golden, ir, front_end, note)``: build the golden model and pick the front end.
+@dataclass
+class BuildPlan:
+    """Everything a build decides, resolved once before any step runs (:func:`make_plan`), then
+    completed with the source graph (:func:`resolve_source`). :mod:`flow.runner` only runs it;
+    :mod:`flow.verify` owns the checking."""
 
-    ``auto`` takes the exact front end (``flow.lower``) when the integer IR covers the graph and
-    FINN's otherwise (the note says why); ``exact`` makes that an error; ``finn`` always uses
-    FINN's. The golden model is used for verification whenever it builds.
-    """
-    from flow.golden import golden_from_qonnx
-    from flow.lower import lower_to_finn
-    from sibnn_base.errors import UnsupportedGraphError
+    cfg: BuildConfig
+    board: BoardConfig
+    tools: ToolStatus
+    final: Path
+    """The output directory the build replaces atomically."""
+    resume: bool
+    """A partial rerun (``--start-step``) inside an earlier build of ``final``."""
+    # resolved from the source graph (resolve_source)
+    exported: Any = None
+    """The cleaned QONNX graph being compiled (``model.qonnx.onnx``)."""
+    weights: str = ""
+    """Which weights, in one line, for the report."""
+    golden: Any = None
+    """The golden model (ONNX Runtime), or None where the integer IR does not cover the graph."""
+    ir: Any = None
+    lowered: Any = None
+    """The exact front end's lowered graph from the front-end probe (reused by ``lower``)."""
+    front_end: FrontEnd = FrontEnd.FINN
+    front_end_note: str = ""
+    golden_io: dict | None = None
+    """The check of the golden model against ``sibnn-export``'s I/O pair, when the ONNX file
+    came with one."""
 
-    golden = ir = None
-    why = ""
-    try:
-        golden, ir = golden_from_qonnx(exported)
-    except UnsupportedGraphError as err:
-        why = f"integer IR: {err}"
-    if requested == "finn":
-        return golden, ir, "finn", ""
-    if ir is not None:
-        try:
-            lower_to_finn(ir)
-            return golden, ir, "exact", ""
-        except UnsupportedGraphError as err:
-            why = f"lowering: {err}"
-    if requested == "exact":
-        raise UnsupportedGraphError(f"the exact front end cannot take this graph ({why})")
-    return golden, ir, "finn", f"exact front end unavailable ({why})"
+    @property
+    def all_steps(self) -> list:
+        from flow.steps import steps_for
+
+        return steps_for(self.front_end)
+
+    @property
+    def steps(self) -> list:
+        from flow.steps import select_steps
+
+        return select_steps(self.cfg.start_step, self.cfg.stop_step, self.front_end)
 
 
-def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
-    """The whole build for ``cfg``; returns the output directory. See the module docstring.
-
-    ``verifier_factory(pixels_nhwc, golden)`` may replace the default verifier (the golden model
-    where it builds, else :class:`~flow.runner.ChainVerifier`).
-    """
-    from qonnx.core.modelwrapper import ModelWrapper
-
-    from flow import report
+def make_plan(cfg: BuildConfig) -> BuildPlan:
+    """Check everything that can be checked before anything is written: board, tools, step
+    names, the folding file, the output directory and what a partial rerun needs."""
     from flow.finn_env import detect_tools
-    from flow.runner import ChainVerifier, GoldenVerifier, verification_pixels, write_status
-    from flow.steps import select_steps, step_check_supported, step_names, steps_for
+    from flow.steps import step_names
 
     board = load_board(cfg.board, cfg.budget_fraction)
     tools = detect_tools()
     if cfg.require_bitfile:
         tools.require_vivado("the bitfile (require_bitfile)")
-    if cfg.front_end not in ("auto", "exact", "finn"):
-        raise ConfigError(f"front_end must be auto, exact or finn, not {cfg.front_end!r}")
     for flag, name in (("--start-step", cfg.start_step), ("--stop-step", cfg.stop_step)):
         if name is not None and name not in step_names():
             raise ConfigError(f"{flag} {name!r} is not a step; steps: {', '.join(step_names())}")
@@ -254,64 +220,163 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         load_folding(cfg.folding)  # malformed file: fail before anything is written
     final = cfg.resolved_output_dir().absolute()
     _check_output_dir(final)
-    resume = bool(cfg.start_step) and cfg.start_step != "check_supported"
+    resume = bool(cfg.start_step)
     if resume and not (final / "model.qonnx.onnx").is_file():
         raise ConfigError(f"--start-step {cfg.start_step} needs an earlier build in {final}")
-    work = make_temp_dir(final, "tmp-")
+    return BuildPlan(cfg=cfg, board=board, tools=tools, final=final, resume=resume)
+
+
+def resolve_source(plan: BuildPlan, work: Path) -> BuildPlan:
+    """Load or export the source graph into ``work``, check once that every layer maps, build
+    the golden model and pick the front end (lowering once, kept for the ``lower`` step)."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from flow.export import export_qonnx_model, load_qonnx, resolve_network
+    from flow.support import check_supported
+
+    cfg = plan.cfg
+    if plan.resume:
+        plan.exported = ModelWrapper(str(work / "model.qonnx.onnx"))
+        plan.weights = "from the previous build"
+    elif cfg.onnx:
+        plan.exported = load_qonnx(cfg.onnx)  # checked with the file's own node names
+        plan.exported.save(str(work / "model.qonnx.onnx"))
+        plan.weights = f"ONNX file {cfg.onnx}" + _described(plan.exported)
+    else:
+        net, weights = resolve_network(cfg.model or DEFAULT_MODEL, checkpoint=cfg.checkpoint,
+                                       overrides=cfg.model_overrides, seed=cfg.seed)
+        plan.exported = check_supported(export_qonnx_model(net, work / "model.qonnx.onnx",
+                                                           weights=weights))
+        plan.weights = weights.description
+    _pick_front_end(plan)
+    if cfg.onnx and plan.golden is not None:
+        plan.golden_io = _check_golden_io(Path(cfg.onnx), plan.golden)
+    return plan
+
+
+def _described(mw) -> str:
+    from flow.export import description
+
+    d = description(mw)
+    return f" ({d['sibnn_arch']}, {d.get('sibnn_weights', '?')})" if "sibnn_arch" in d else ""
+
+
+def _check_golden_io(onnx: Path, golden) -> dict | None:
+    """A ``sibnn-export`` bundle ships ``input.npy`` / ``expected_output.npy`` next to its QONNX:
+    the golden model this build verifies against must reproduce them bit for bit."""
+    import numpy as np
+
+    from flow.verify import assert_equal
+
+    x, y = onnx.parent / "input.npy", onnx.parent / "expected_output.npy"
+    if not (x.is_file() and y.is_file()):
+        return None
+    px, expected = np.load(x), np.load(y)
+    assert_equal("scores", expected.astype(np.int64),
+                 golden.run(px)["scores"].astype(np.int64), f"{y.name} vs this build's golden")
+    return {"input": str(x), "n_inputs": int(len(px)), "exact": True}
+
+
+def _pick_front_end(plan: BuildPlan) -> None:
+    """``auto`` takes the exact front end (``flow.lower``) when the integer IR covers the graph and
+    FINN's otherwise (the note says why); ``exact`` makes that an error; ``finn`` always uses
+    FINN's. The golden model is used for verification whenever it builds."""
+    from flow.golden import golden_from_qonnx
+    from flow.lower import lower_to_finn
+    from sibnn_base.errors import UnsupportedGraphError
+
+    requested = FrontEnd(plan.cfg.front_end)
+    why = ""
+    try:
+        plan.golden, plan.ir = golden_from_qonnx(plan.exported)
+    except UnsupportedGraphError as err:
+        why = f"integer IR: {err}"
+    if requested == FrontEnd.FINN:
+        plan.front_end = FrontEnd.FINN
+        return
+    if plan.ir is not None:
+        try:
+            plan.lowered = lower_to_finn(plan.ir)
+            plan.front_end = FrontEnd.EXACT
+            return
+        except UnsupportedGraphError as err:
+            why = f"lowering: {err}"
+    if requested == FrontEnd.EXACT:
+        raise UnsupportedGraphError(f"the exact front end cannot take this graph ({why})")
+    plan.front_end, plan.front_end_note = FrontEnd.FINN, f"exact front end unavailable ({why})"
+
+
+def _verifier(plan: BuildPlan, verifier_factory):
+    from flow.verify import ChainVerifier, GoldenVerifier, verification_pixels
+
+    shape = plan.exported.get_tensor_shape(plan.exported.graph.input[0].name)
+    pixels = verification_pixels((shape[2], shape[3], shape[1]), plan.cfg.verify_inputs,
+                                 plan.cfg.seed)
+    if verifier_factory is not None:
+        return verifier_factory(pixels, plan.golden)
+    if plan.golden is not None:
+        return GoldenVerifier(plan.golden, pixels)
+    return ChainVerifier(pixels)
+
+
+def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
+    """The whole build for ``cfg``; returns the output directory. See the module docstring.
+
+    ``verifier_factory(pixels_nhwc, golden)`` may replace the default verifier (the golden model
+    where it builds, else :class:`~flow.verify.ChainVerifier`).
+    """
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from flow import report
+    from flow.runner import write_status
+
+    plan = make_plan(cfg)
+    final, board, tools = plan.final, plan.board, plan.tools
+    work = make_temp_dir(final, "tmp-", "build")
     started = time.time()
     running = False
     try:
-        if resume:
+        if plan.resume:
             shutil.copytree(final, work, dirs_exist_ok=True)
-            exported = ModelWrapper(str(work / "model.qonnx.onnx"))
-            weights = "from the previous build"
-        elif cfg.onnx:
-            exported = load_onnx(cfg.onnx)
-            exported.save(str(work / "model.qonnx.onnx"))
-            weights = f"ONNX file {cfg.onnx}"
-        else:
-            exported, weights = export_registry_model(cfg, work / "model.qonnx.onnx")
-        step_check_supported(exported, None)  # name unsupported layers before any work
-        golden, ir, front_end, fe_note = resolve_front_end(cfg.front_end, exported)
-        all_steps = steps_for(front_end)
-        steps = select_steps(cfg.start_step, cfg.stop_step, front_end)
-        model = exported
-        if resume:
-            forget_outputs_from(work, all_steps, all_steps.index(steps[0]))
-            prev = all_steps[all_steps.index(steps[0]) - 1]
-            prev_file = work / "intermediate_models" / f"{all_steps.index(prev):02d}_{prev.name}.onnx"
-            if not prev_file.is_file():
-                raise ConfigError(f"--start-step {cfg.start_step} needs "
-                                  f"{final / prev_file.relative_to(work)} from an earlier build")
-            model = ModelWrapper(str(prev_file))
+        resolve_source(plan, work)
+        all_steps, steps = plan.all_steps, plan.steps
+        model = plan.exported
+        if plan.resume:
+            first = all_steps.index(steps[0])
+            forget_outputs_from(work, all_steps, first)
+            if first > 0:
+                prev = all_steps[first - 1]
+                prev_file = work / "intermediate_models" / f"{first - 1:02d}_{prev.name}.onnx"
+                if not prev_file.is_file():
+                    raise ConfigError(f"--start-step {cfg.start_step} needs "
+                                      f"{final / prev_file.relative_to(work)} from an earlier build")
+                model = ModelWrapper(str(prev_file))
         write_config(cfg, board, work)
         write_status(work, "running", model=cfg.model_name, board=board.name)
-        echo(f"sibnn-build: {cfg.model_name} ({weights}) -> {board.name} [{final}]")
-        echo(f"  front end: {front_end}" + (f"; {fe_note}" if fe_note else ""))
-        echo("  verification against: " + ("the golden model" if golden is not None else
+        echo(f"sibnn-build: {cfg.model_name} ({plan.weights}) -> {board.name} [{final}]")
+        echo(f"  front end: {plan.front_end.value}" +
+             (f"; {plan.front_end_note}" if plan.front_end_note else ""))
+        echo("  verification against: " + ("the golden model" if plan.golden is not None else
                                           "the exported model (no golden model for this graph)"))
+        if plan.golden_io:
+            echo(f"  golden model == the export's I/O pair on {plan.golden_io['n_inputs']} inputs")
         if tools.has_vivado:
             echo(f"  Vivado: {tools.vivado}")
         else:
             echo(f"  Vivado not found ({tools.reason}): Vivado-only outputs are skipped")
-        shape = exported.get_tensor_shape(exported.graph.input[0].name)
-        pixels = verification_pixels((shape[2], shape[3], shape[1]), cfg.verify_inputs, cfg.seed)
-        if verifier_factory is not None:
-            verifier = verifier_factory(pixels, golden)
-        elif golden is not None:
-            verifier = GoldenVerifier(golden, pixels)
-        else:
-            verifier = ChainVerifier(pixels)
+        verifier = _verifier(plan, verifier_factory)
         running = True
-        baseline = verifier("export", exported)
+        baseline = verifier("export", plan.exported)
         final_model, records, ctx = build_model_wrapper(
-            model, cfg, board, work, tools, front_end=front_end, verifier=verifier, echo=echo,
-            results={"ir": ir})
+            model, cfg, board, work, tools, front_end=plan.front_end, verifier=verifier,
+            echo=echo, ir=plan.ir, lowered=plan.lowered)
         summary = report.build_summary(
             model_name=cfg.model_name, board=board, out_dir=work, final_model=final_model,
             records=records, outputs=_outputs(records, tools, cfg.stop_step),
-            extra={"weights": weights, "front_end": front_end, "front_end_note": fe_note,
-                   "verified_against": "golden" if golden is not None else "export",
+            extra={"weights": plan.weights, "front_end": plan.front_end.value,
+                   "front_end_note": plan.front_end_note,
+                   "verified_against": "golden" if plan.golden is not None else "export",
+                   "golden_io": plan.golden_io,
                    "folding": ctx.results.get("folding"),
                    "output_affine": final_model.get_metadata_prop("sibnn_output_affine"),
                    "input_layout": final_model.get_metadata_prop("sibnn_input_layout") or "NCHW",
@@ -320,7 +385,6 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         report.write_summary(summary, work)
         write_status(work, "ok", model=cfg.model_name, board=board.name,
                      seconds=round(time.time() - started, 2))
-        write_marker(work, "build")
         (work / TEMP_OWNER).unlink(missing_ok=True)
     except UserError:
         if not running:  # bad input: leave nothing behind
@@ -367,7 +431,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--folding", default=None, help="FINN folding JSON (instead of auto folding)")
     p.add_argument("--start-step", default=None)
     p.add_argument("--stop-step", default=None)
-    p.add_argument("--front-end", default=None, choices=["auto", "exact", "finn"],
+    p.add_argument("--front-end", default=None, choices=[f.value for f in FrontEnd],
                    help="exact: sibnn's integer IR (flow.lower); finn: FINN's ConvertQONNXtoFINN "
                         "+ streamlining; auto (default): exact where the IR covers the graph")
     p.add_argument("--require-bitfile", action="store_true", default=None,

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from sibnn_base.errors import ConfigError
-from sibnn_base.typed import check_keys, coerce, load_mapping
+from sibnn_base.typed import check_keys, coerce, load_mapping, to_dict
 
 from .finn_env import MVAU_WWIDTH_MAX
 
@@ -34,6 +34,17 @@ DEFAULT_MODEL = "si_resnet_w1a1"
 
 DEFAULT_BOARD = "pynq-z2"
 """The board a build without ``--board`` targets."""
+
+
+class FrontEnd(str, Enum):
+    """How a build turns QONNX into FINN's streamlined graph."""
+
+    AUTO = "auto"
+    """``exact`` where sibnn's integer IR covers the graph, else ``finn``."""
+    EXACT = "exact"
+    """sibnn's integer IR lowered to FINN ops (``flow.lower``): exact by construction."""
+    FINN = "finn"
+    """FINN's ``ConvertQONNXtoFINN`` and streamlining with our rewrites (any supported graph)."""
 
 
 class ShellFlow(str, Enum):
@@ -94,7 +105,7 @@ class BuildConfig:
     """First step to run (needs the previous step's intermediate model in the output dir)."""
     stop_step: str | None = None
     """Last step to run."""
-    front_end: str = "auto"
+    front_end: FrontEnd = FrontEnd.AUTO
     """``exact`` (sibnn's integer IR, ``flow.lower``), ``finn`` (FINN's ConvertQONNXtoFINN and
     streamlining) or ``auto`` (exact where the IR covers the graph, else finn)."""
     target_fps: int | None = None
@@ -126,7 +137,7 @@ class BuildConfig:
         return Path("build") / f"{self.model_name}_{self.board}"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return to_dict(self)
 
 
 def list_boards() -> list[str]:

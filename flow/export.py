@@ -1,12 +1,18 @@
-"""Brevitas -> QONNX export (TorchScript path) and the ``sibnn-export`` CLI.
+"""The one door from models to ONNX: which weights (:func:`resolve_network`), Brevitas -> QONNX
+export (TorchScript path), the export bundle and the ``sibnn-export`` CLI.
 
 ``export_qonnx_model`` writes a cleaned QONNX file whose input ``x`` is ``pixel / 255`` (float32,
-NCHW) and whose outputs are ``logits`` and, with ``with_taps=True``, every block tap by name.
+NCHW) and whose outputs are ``logits`` and, with ``with_taps=True``, every block tap by name. The
+file describes itself in ``metadata_props`` (:data:`METADATA_KEYS`): architecture, model
+arguments, weights, checkpoint sha256 and seed, so a build of it knows what it compiles.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,10 +21,99 @@ from torch import nn
 TAPS_OUTPUT_PREFIX = ""
 """Tap outputs keep their tap names (``stem``, ``block_0``, ...) in the QONNX graph."""
 
+METADATA_KEYS = ("sibnn_arch", "sibnn_model_args", "sibnn_weights", "sibnn_checkpoint_sha256",
+                 "sibnn_seed")
+"""What an exported QONNX file says about itself (ONNX ``metadata_props``)."""
+
+
+@dataclass(frozen=True)
+class Weights:
+    """Which weights a network carries: decided once (:func:`resolve_network`) for every tool."""
+
+    arch: str
+    """Registry name of the architecture."""
+    kind: str
+    """``checkpoint`` (a user file), ``shipped`` (the registry's sha256-pinned file) or
+    ``untrained`` (seeded initialisation)."""
+    description: str
+    """One line for reports: ``checkpoint runs/x/best.pt``, ``shipped si_resnet_w1a1_fmnist.pt``."""
+    sha256: str | None = None
+    """sha256 of the checkpoint file (None for untrained weights)."""
+    seed: int = 0
+    """The torch seed the network was built under (it decides untrained weights)."""
+
+
+def _file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def resolve_network(name: str | None = None, *, checkpoint: str | None = None,
+                    overrides: dict | None = None, seed: int = 0,
+                    allow_untrained: bool = True) -> tuple[nn.Module, Weights]:
+    """The network to export and which weights it carries, in eval mode. The one rule:
+
+    * a ``checkpoint`` path: its weights and architecture (``name``, if given, must match);
+    * else the registry model ``name`` (default: the shipped student) with its shipped,
+      sha256-verified checkpoint when there is one and no ``overrides`` change the network;
+    * else seeded untrained weights (``torch.manual_seed(seed)``), unless ``allow_untrained`` is
+      False (a one-line :class:`~sibnn_base.errors.CheckpointError`).
+    """
+    from quant_models import build_model, model_from_checkpoint
+    from quant_models.registry import get_entry
+    from sibnn_base.errors import CheckpointError, ConfigError
+
+    from .config import DEFAULT_MODEL
+
+    torch.manual_seed(seed)
+    if checkpoint:
+        if overrides:
+            raise ConfigError("model overrides cannot be combined with a checkpoint: the "
+                              "checkpoint's model_args define the network")
+        net = model_from_checkpoint(checkpoint, expected_arch=name)
+        return net.eval(), Weights(net.arch, "checkpoint", f"checkpoint {checkpoint}",
+                                   _file_sha256(checkpoint), seed)
+    name = name or DEFAULT_MODEL
+    entry = get_entry(name)
+    if entry.pretrained is not None and not overrides:
+        net = build_model(name, pretrained=True)
+        return net.eval(), Weights(name, "shipped", f"shipped {entry.pretrained.file}",
+                                   entry.pretrained.sha256, seed)
+    if not allow_untrained:
+        raise CheckpointError(f"no pretrained checkpoint is shipped for {name}; train one with "
+                              "sibnn-train and pass it with --checkpoint")
+    net = build_model(name, **(overrides or {}))
+    return net.eval(), Weights(name, "untrained", f"untrained, seed {seed} (no shipped "
+                               "checkpoint" + (" for these overrides" if entry.pretrained else "")
+                               + ")", None, seed)
+
+
+def describe(mw, weights: Weights | None, model: nn.Module) -> None:
+    """Write what the exported file is (:data:`METADATA_KEYS`) into its ``metadata_props``."""
+    spec = getattr(model, "spec", None)
+    arch = weights.arch if weights else getattr(model, "arch", type(model).__name__)
+    props = {"sibnn_arch": arch,
+             "sibnn_model_args": json.dumps(spec.to_dict()) if spec is not None else "",
+             "sibnn_weights": weights.description if weights else "given module",
+             "sibnn_checkpoint_sha256": (weights.sha256 or "") if weights else "",
+             "sibnn_seed": str(weights.seed) if weights else ""}
+    for k, v in props.items():
+        mw.set_metadata_prop(k, v)
+
+
+def description(mw) -> dict[str, str]:
+    """The :data:`METADATA_KEYS` an exported QONNX file carries (empty for foreign files)."""
+    return {k: v for k in METADATA_KEYS if (v := mw.get_metadata_prop(k))}
+
 
 def export_qonnx_model(model: nn.Module, path: str | Path, *, with_taps: bool = False,
-                       input_shape: tuple[int, ...] | None = None):
-    """Export ``model`` (eval mode) to a cleaned QONNX file and return its ``ModelWrapper``.
+                       input_shape: tuple[int, ...] | None = None,
+                       weights: Weights | None = None):
+    """Export ``model`` (eval mode) to a cleaned QONNX file and return its ``ModelWrapper``; the
+    file carries :data:`METADATA_KEYS` (``weights`` from :func:`resolve_network`).
 
     Brevitas' default dynamo export turns pooling into ops FINN never maps, so the TorchScript
     exporter is used (``dynamo=False``), followed by qonnx ``cleanup_model``.
@@ -54,6 +149,7 @@ def export_qonnx_model(model: nn.Module, path: str | Path, *, with_taps: bool = 
         export_qonnx(module, dummy, str(path), dynamo=False, input_names=["x"], output_names=names)
     mw = cleanup_model(ModelWrapper(str(path)))
     _rename_io(mw, ["x"], names)
+    describe(mw, weights, model)
     mw.save(str(path))
     return mw
 
@@ -71,12 +167,32 @@ def _rename_io(mw, in_names: list[str], out_names: list[str]) -> None:
             mw.rename_tensor(old, new)
 
 
+def export_bnn_pynq(name: str, path: str | Path, seed: int = 0) -> Path:
+    """Brevitas' ``bnn_pynq`` example network ``name`` (TFC_1W1A, SFC_1W1A, LFC_1W1A, CNV_1W1A,
+    ...) with seeded random weights, exported as cleaned QONNX exactly as a user's plain
+    ``brevitas.export.export_qonnx`` would write it: the reference networks sibnn is compared with
+    (finn-examples' BNNs)."""
+    from brevitas.export import export_qonnx
+    from brevitas_examples.bnn_pynq.models import model_with_cfg
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.util.cleanup import cleanup_model
+
+    torch.manual_seed(seed)
+    net, _ = model_with_cfg(name, pretrained=False)
+    shape = (1, 1, 28, 28) if name.startswith(("TFC", "SFC", "LFC")) else (1, 3, 32, 32)
+    path = Path(path)
+    net.eval()
+    export_qonnx(net, torch.rand(*shape), str(path), dynamo=False)
+    cleanup_model(ModelWrapper(str(path))).save(str(path))
+    return path
+
+
 # ------------------------------------------------------------------------------------------------
 # Export bundle: QONNX + golden + golden I/O pair + verification report
 # ------------------------------------------------------------------------------------------------
 def export_bundle(out_dir: str | Path, *, model: nn.Module | None = None,
                   qonnx_path: str | Path | None = None, n_inputs: int = 64, seed: int = 0,
-                  check_qonnx: bool = True) -> dict:
+                  check_qonnx: bool = True, weights: Weights | None = None) -> dict:
     """Write ``model.qonnx.onnx``, ``reference.onnx``, ``input.npy``, ``expected_output.npy`` and
     ``verification.json`` into ``out_dir`` atomically, after proving golden == Brevitas (and
     QONNX) on integers. Give a torch ``model`` or an existing QONNX file (``qonnx_path``)."""
@@ -97,13 +213,13 @@ def export_bundle(out_dir: str | Path, *, model: nn.Module | None = None,
     t0 = time.perf_counter()
     with atomic_output_dir(out_dir, "export") as tmp:
         if model is not None:
-            qonnx = export_qonnx_model(model, tmp / "model.qonnx.onnx")
+            qonnx = export_qonnx_model(model, tmp / "model.qonnx.onnx", weights=weights)
             with_taps = export_qonnx_model(model, tmp / "taps.qonnx.onnx", with_taps=True)
             (tmp / "taps.qonnx.onnx").unlink()
             ir = integerize(with_taps)
             source = getattr(model, "arch", type(model).__name__)
         else:
-            qonnx = load_qonnx(qonnx_path)
+            qonnx = load_qonnx(qonnx_path, for_golden=True)
             qonnx.save(str(tmp / "model.qonnx.onnx"))
             with_taps = qonnx
             ir = integerize(qonnx)
@@ -131,43 +247,48 @@ def export_bundle(out_dir: str | Path, *, model: nn.Module | None = None,
     return report
 
 
-def load_qonnx(path: str | Path):
-    """Load a QONNX file, with one-line errors for a missing or malformed file."""
+def load_qonnx(path: str | Path, *, for_golden: bool = False):
+    """The one loader of QONNX files (``--onnx`` of sibnn-build and sibnn-export): one-line errors
+    for a missing, empty or unreadable file; every layer checked with the file's own node names
+    (before qonnx's cleanup renames them); then the cleaned ``ModelWrapper``.
+
+    A build checks that the flow maps every layer (:func:`flow.support.check_supported`);
+    ``for_golden`` (sibnn-export) instead needs Quant nodes and ops the integer IR covers."""
     import onnx
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.util.cleanup import cleanup_model
 
-    from sibnn_base.errors import UnsupportedGraphError, UserError
+    from sibnn_base.errors import ConfigError, UnsupportedGraphError
 
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"ONNX file {path} does not exist")
+        raise ConfigError(f"ONNX file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"ONNX file {path} is empty (0 bytes)")
     try:
         proto = onnx.load(str(path))
     except Exception as err:  # onnx raises DecodeError and friends
-        raise UnsupportedGraphError(f"{path} is not a readable ONNX file ({type(err).__name__})") \
-            from None
+        raise UnsupportedGraphError(f"{path} is not a readable ONNX file "
+                                    f"({type(err).__name__})") from None
     if len(proto.graph.node) == 0:
         raise UnsupportedGraphError(f"{path} has an empty graph")
-    has_quant = any(n.op_type in ("Quant", "BipolarQuant") for n in proto.graph.node)
-    if not has_quant:
-        raise UnsupportedGraphError(f"{path} is not a QONNX model (no Quant/BipolarQuant nodes)")
-    from .integerize import SUPPORTED
+    model = ModelWrapper(proto)
+    if for_golden:
+        from .integerize import SUPPORTED
 
-    bad = [f"{n.op_type} ({n.name or f'node {i}'})" for i, n in enumerate(proto.graph.node)
-           if n.op_type not in SUPPORTED]
-    if bad:
-        raise UnsupportedGraphError(f"{path}: unsupported op(s) {', '.join(bad[:8])}"
-                                    f"{' ...' if len(bad) > 8 else ''}")
-    return cleanup_model(ModelWrapper(proto))
+        if not any(n.op_type in ("Quant", "BipolarQuant") for n in proto.graph.node):
+            raise UnsupportedGraphError(f"{path} is not a QONNX model (no Quant/BipolarQuant "
+                                        "nodes)")
+        bad = [f"{n.op_type} ({n.name or f'node {i}'})" for i, n in enumerate(proto.graph.node)
+               if n.op_type not in SUPPORTED]
+        if bad:
+            raise UnsupportedGraphError(f"{path}: unsupported op(s) {', '.join(bad[:8])}"
+                                        f"{' ...' if len(bad) > 8 else ''}")
+    else:
+        from .support import check_supported
 
-
-def _resolve_model(name: str | None, checkpoint: str | None):
-    from quant_models import build_model, model_from_checkpoint
-
-    if checkpoint:
-        return model_from_checkpoint(checkpoint, expected_arch=name)
-    return build_model(name or "si_resnet_w1a1", pretrained=True)
+        check_supported(model)
+    return cleanup_model(model)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -199,8 +320,10 @@ def _main(argv: list[str] | None) -> int:
         rep = export_bundle(args.out, qonnx_path=args.onnx, n_inputs=args.n_inputs,
                             seed=args.seed)
     else:
-        rep = export_bundle(args.out, model=_resolve_model(args.model, args.checkpoint),
-                            n_inputs=args.n_inputs, seed=args.seed)
+        net, weights = resolve_network(args.model, checkpoint=args.checkpoint, seed=args.seed,
+                                       allow_untrained=False)
+        rep = export_bundle(args.out, model=net, weights=weights, n_inputs=args.n_inputs,
+                            seed=args.seed)
     v = rep["verification"]
     print(f"exported {rep['source']} to {args.out}: golden == "
           f"{' and '.join(sorted({c['between'].split(' vs ')[1] for c in v['comparisons']}))} on "

@@ -423,5 +423,10 @@ def _remove_identities(mw):
 
 
 def lower_to_finn(ir: IntegerIR):
-    """The streamlined FINN graph (NHWC, uint8 pixels in, integer scores out) of ``ir``."""
-    return _Lowering(ir).run()
+    """The streamlined FINN graph (NHWC, uint8 pixels in, integer scores out) of ``ir``; its
+    NHWC input is recorded under ``sibnn_input_layout`` for :func:`flow.verify.stage_input`."""
+    from .transforms import INPUT_LAYOUT_KEY
+
+    low = _Lowering(ir).run()
+    low.set_metadata_prop(INPUT_LAYOUT_KEY, "NHWC")
+    return low

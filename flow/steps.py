@@ -22,7 +22,6 @@ from qonnx.transformation.general import GiveUniqueNodeNames, RemoveUnusedTensor
 from qonnx.transformation.infer_data_layouts import InferDataLayouts
 from qonnx.transformation.infer_datatypes import InferDataTypes
 from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
-from qonnx.util.basic import get_by_name
 
 from sibnn_base.errors import ConfigError, UnsupportedGraphError
 
@@ -47,6 +46,10 @@ class FlowContext:
     """The whole step list of this build (intermediate models are numbered by it)."""
     results: dict = field(default_factory=dict)
     """Step results the report needs (folding estimate, skipped outputs, ...)."""
+    ir: Any = None
+    """The integer IR of the source graph, when the plan built one (the exact front end's input)."""
+    lowered: ModelWrapper | None = None
+    """The exact front end's lowered graph, when the plan's front-end probe made it."""
 
 
 @dataclass(frozen=True)
@@ -57,62 +60,6 @@ class Step:
     """Needs Vivado / Vitis HLS; skipped (and reported as such) without them."""
     output: str | None = None
     """The ``summary.json["outputs"]`` key this step produces, if any."""
-
-
-# -- what we can map -------------------------------------------------------------------------
-
-SUPPORTED_OPS = {
-    "Quant", "BipolarQuant", "BinaryQuant", "Trunc", "MultiThreshold", "Conv", "MatMul", "Gemm",
-    "BatchNormalization", "Add", "Sub", "Mul", "Div", "Pad", "Reshape", "Flatten", "MaxPool",
-    "ReduceSum", "GlobalAveragePool", "Transpose", "Identity", "Relu",
-}
-"""ONNX/QONNX ops the front end plus our steps can take to hardware (with the checks below)."""
-
-
-def unsupported_nodes(model: ModelWrapper) -> list[str]:
-    """``"op (node): reason"`` for every node the flow cannot map."""
-    bad = []
-    for n in model.graph.node:
-        name = f"{n.op_type} ({n.name or 'unnamed'})"
-        if n.op_type not in SUPPORTED_OPS:
-            bad.append(name)
-            continue
-        if n.op_type == "Pad":
-            mode = get_by_name(n.attribute, "mode")
-            if mode is not None and mode.s.decode() != "constant":
-                bad.append(f"{name}: mode {mode.s.decode()}")
-        if n.op_type == "Gemm":
-            ta = get_by_name(n.attribute, "transA")
-            if ta is not None and ta.i:
-                bad.append(f"{name}: transposed input (transA)")
-        if n.op_type == "Conv":
-            dil = get_by_name(n.attribute, "dilations")
-            if dil is not None and any(d != 1 for d in dil.ints):
-                bad.append(f"{name}: dilated convolution")
-        if n.op_type == "ReduceSum" and len(n.input) > 1:
-            axes = model.get_initializer(n.input[1])
-            shape = model.get_tensor_shape(n.input[0])
-            if axes is None or shape is None or len(shape) != 4 or \
-                    sorted(int(a) % 4 for a in axes.reshape(-1)) != [2, 3]:
-                bad.append(f"{name}: only a global sum over H, W maps")
-    return bad
-
-
-def step_check_supported(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
-    """Name every layer the flow cannot map, before any work is done; then the I/O count.
-
-    Inputs that are initializers (a plain Brevitas ``export_qonnx`` lists its weights as graph
-    inputs too) are weights, not inputs: only the others count."""
-    bad = unsupported_nodes(model)
-    if bad:
-        raise UnsupportedGraphError("unsupported layer(s): " + "; ".join(bad))
-    static = {i.name for i in model.graph.initializer}
-    inputs = [i.name for i in model.graph.input if i.name not in static]
-    if len(inputs) != 1 or len(model.graph.output) != 1:
-        raise UnsupportedGraphError(
-            f"the graph has {len(inputs)} inputs ({', '.join(inputs[:4])}) and "
-            f"{len(model.graph.output)} outputs; the flow maps single-input single-output networks")
-    return model
 
 
 def step_prepare_io(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
@@ -172,10 +119,12 @@ def step_convert_to_hw(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
     """FINN's conversion to HW layers; then every node must be a HW layer (else: name them).
 
     Identity ``Im2Col`` nodes (1x1, stride 1) are dropped and identical ones on one tensor merged
-    first, so no sliding-window unit is built twice or for nothing.
+    first, so no sliding-window unit is built twice or for nothing; then every fork becomes a
+    ``ReplicateStream`` (FINN would insert its deprecated ``DuplicateStreams``).
     """
     model = model.transform(ComposedTransformation([T.RemoveIdentityIm2Col(),
-                                                    T.ShareIdenticalIm2Col()]))
+                                                    T.ShareIdenticalIm2Col(),
+                                                    T.InferReplicateStreams()]))
     model = ctx.finn_steps.step_convert_to_hw(model, ctx.finn_cfg)
     left = non_hw_nodes(model)
     if left:
@@ -219,7 +168,6 @@ def step_fold(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
         ctx.results["folding"] = {"mode": "auto", "target_cycles": res.target_cycles,
                                   "feasible": res.feasible, "evaluated": res.evaluated,
                                   "mvau_wwidth_max": res.wwidth_max}
-        ctx.finn_cfg.mvau_wwidth_max = res.wwidth_max
     over = {k: (est.resources.get(k, 0), ctx.board.budget[k]) for k in ctx.board.budget
             if est.resources.get(k, 0) > ctx.board.budget[k]}
     if over and not ctx.cfg.allow_over_budget:
@@ -275,11 +223,9 @@ def step_lower(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
     from .integerize import integerize
     from .lower import lower_to_finn
 
-    ir = ctx.results.get("ir") if ctx is not None else None
-    if ir is None:
-        ir = integerize(model)
-    low = lower_to_finn(ir)
-    low.set_metadata_prop(T.INPUT_LAYOUT_KEY, "NHWC")
+    ir = ctx.ir if ctx is not None and ctx.ir is not None else integerize(model)
+    # the plan's probe already lowered this IR to pick the front end: reuse it, never lower twice
+    low = ctx.lowered if ctx is not None and ctx.lowered is not None else lower_to_finn(ir)
     chain = ir.outputs[0].chain
     ops = {"mul": "Mul", "div": "Div", "add": "Add", "sub": "Sub"}
     if all(op.kind in ops and np.asarray(op.params[0]).size == 1 for op in chain):
@@ -326,7 +272,7 @@ def steps_for(front_end: str) -> list[Step]:
     """The whole build, in order, for one front end."""
     if front_end not in FRONT_ENDS:
         raise ConfigError(f"unknown front end {front_end!r}; valid: {', '.join(FRONT_ENDS)}")
-    return [Step("check_supported", step_check_supported), *FRONT_ENDS[front_end], *BACK_END]
+    return [*FRONT_ENDS[front_end], *BACK_END]
 
 
 STEPS = steps_for("finn")

@@ -18,7 +18,6 @@ import numpy as np
 from .config import DEFAULT_BOARD, BuildConfig, list_boards, load_board
 
 RESOURCES = ("LUT", "BRAM_18K", "DSP")
-ACCURACY_FILE = Path(__file__).resolve().parents[1] / "bench" / "results" / "accuracy.json"
 
 
 def full_mode() -> bool:
@@ -161,9 +160,10 @@ def si_sweep(out_root: str | Path, *, rs: list[int], widths: list[int], depth: l
     return rows
 
 
-def load_accuracy(path: str | Path = ACCURACY_FILE) -> dict[str, float] | None:
-    """Mean test top-1 per ablation variant (``summary`` of ``bench/results/accuracy.json``),
-    None if the file or its numbers are absent."""
+def load_accuracy(path: str | Path) -> dict[str, float] | None:
+    """Mean test top-1 per ablation variant from an accuracy results file (``summary`` of what
+    ``python -m bench.accuracy`` writes, e.g. ``bench/results/accuracy.json``), None if the file
+    or its numbers are absent. The caller names the file: the product does not read bench/."""
     path = Path(path)
     if not path.is_file():
         return None
@@ -334,24 +334,22 @@ def exactness_trace(out_root: str | Path, *, image: np.ndarray | None = None,
     import torch
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from quant_models import build_model
-    from quant_models.registry import get_entry
-
-    from .export import export_qonnx_model
+    from .export import export_qonnx_model, resolve_network
     from .golden import golden_from_qonnx
-    from .runner import is_executable
-    from .verify import load_real_images, make_inputs, pixels_to_x, run_stage, to_int_grid
+    from .verify import (
+        execute_stage,
+        is_executable,
+        load_real_images,
+        make_inputs,
+        pixels_to_x,
+        to_int_grid,
+    )
 
     ov = dict(model_overrides or {})
     cfg = BuildConfig(board=board, model_overrides=ov, stop_step="convert_to_hw",
                       output_dir=str(Path(out_root) / "exactness_build"), verify_inputs=2)
     out = _quiet_build(cfg)
-    name = cfg.model_name
-    if get_entry(name).pretrained is not None and not ov:
-        net = build_model(name, pretrained=True)
-    else:
-        torch.manual_seed(cfg.seed)
-        net = build_model(name, **ov).eval()
+    net, _ = resolve_network(cfg.model_name, overrides=ov, seed=cfg.seed)  # the build's rule
     c, h, w = net.spec.input_shape
     if image is None:
         real = load_real_images(1, seed=7) if (c, h, w) == (1, 28, 28) else None
@@ -371,7 +369,7 @@ def exactness_trace(out_root: str | Path, *, image: np.ndarray | None = None,
         if not ok:
             rows.append({"stage": f.stem, "scores": None, "note": why})
             continue
-        y = run_stage(m, image).reshape(gold["scores"].shape)
+        y = execute_stage(m, image).reshape(gold["scores"].shape)
         oname = m.graph.output[0].name
         dt = m.get_tensor_datatype(oname)
         s = 1.0 if dt is not None and dt.is_integer() else golden.scale

@@ -8,14 +8,19 @@ naming the tensor, the first differing index and both values.
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
+from qonnx.core.datatype import DataType
+from qonnx.core.modelwrapper import ModelWrapper
 
 from sibnn_base.errors import VerificationError
 
+from . import transforms as T
+from .finn_env import HW_DOMAIN
 from .golden import GoldenModel
 
 
@@ -194,35 +199,31 @@ def verify(golden: GoldenModel, pixels_nhwc: np.ndarray, *, torch_model=None,
 # ------------------------------------------------------------------------------------------------
 # FINN stages
 # ------------------------------------------------------------------------------------------------
-def stage_io(model) -> tuple[str, str, bool, bool]:
-    """(input name, output name, input is uint8 pixels, input is NHWC) of a FINN-stage graph."""
-    from qonnx.core.datatype import DataType
+def stage_input(model, pixels_nhwc: np.ndarray) -> np.ndarray:
+    """The input a FINN-stage graph expects for uint8 ``pixels_nhwc``: raw pixels once its input
+    is ``UINT8``, ``pixels / 255`` (float32, like ``ToTensor``) before; NHWC where the graph
+    records it (``sibnn_input_layout``, set by the lowering and by our input transforms), NCHW
+    otherwise. The one place that decides a stage's input layout."""
+    name = model.graph.input[0].name
+    x = pixels_nhwc.astype(np.float32)
+    if model.get_tensor_datatype(name) != DataType["UINT8"]:
+        x = (x / np.float32(255.0)).astype(np.float32)
+    if model.get_metadata_prop(T.INPUT_LAYOUT_KEY) != "NHWC":
+        x = x.transpose(0, 3, 1, 2)
+    return np.ascontiguousarray(x)
 
-    iname = model.graph.input[0].name
-    oname = model.graph.output[0].name
-    pixels = model.get_tensor_datatype(iname) == DataType["UINT8"]
-    shape = model.get_tensor_shape(iname)
-    nhwc = len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
-    return iname, oname, pixels, nhwc
 
-
-def run_stage(model, pixels_nhwc: np.ndarray) -> np.ndarray:
-    """Execute a FINN-stage graph (python execution) on each image; returns the primary output."""
+def execute_stage(model, pixels_nhwc: np.ndarray) -> np.ndarray:
+    """Run a FINN-stage graph (qonnx python execution) on every image of ``pixels_nhwc``, batch 1
+    each as FINN graphs are built; returns the primary output. The one stage executor."""
     from qonnx.core.onnx_exec import execute_onnx
 
-    iname, oname, pixels, nhwc = stage_io(model)
-    x = pixels_nhwc.astype(np.float32)
-    if not pixels:
-        x = x / np.float32(255.0)
-    if not nhwc:
-        x = x.transpose(0, 3, 1, 2)
-    x = np.ascontiguousarray(x)
+    x = stage_input(model, pixels_nhwc)
+    iname, oname = model.graph.input[0].name, model.graph.output[0].name
     shape = model.get_tensor_shape(iname)
-    outs = []
-    for i in range(len(x)):
-        xi = x[i:i + 1].reshape(shape)
-        outs.append(execute_onnx(model, {iname: xi})[oname])
-    return np.concatenate(outs)
+    outs = [execute_onnx(model, {iname: x[i:i + 1].reshape(shape)})[oname]
+            for i in range(x.shape[0])]
+    return np.concatenate(outs, axis=0)
 
 
 def check_stage(step: str, model, golden: GoldenModel, pixels_nhwc: np.ndarray,
@@ -233,11 +234,9 @@ def check_stage(step: str, model, golden: GoldenModel, pixels_nhwc: np.ndarray,
     the integer scores; both are reduced to integers and compared with ``np.array_equal``.
     Returns ``{"step", "exact", "n_inputs", "seconds"}``; raises :class:`VerificationError`.
     """
-    from qonnx.core.datatype import DataType
-
     t0 = time.perf_counter()
     gold = gold if gold is not None else golden.run(pixels_nhwc)
-    out = run_stage(model, pixels_nhwc)
+    out = execute_stage(model, pixels_nhwc)
     out = out.reshape(gold["scores"].shape)
     oname = model.graph.output[0].name
     dt = model.get_tensor_datatype(oname)
@@ -252,14 +251,163 @@ def check_stage(step: str, model, golden: GoldenModel, pixels_nhwc: np.ndarray,
             "seconds": round(time.perf_counter() - t0, 3)}
 
 
+# ------------------------------------------------------------------------------------------------
+# Build-stage verifiers (what flow.runner calls after every step)
+# ------------------------------------------------------------------------------------------------
+Verifier = Callable[[str, ModelWrapper], dict]
+
+
+def is_executable(model: ModelWrapper, has_vivado: bool = False) -> tuple[bool, str]:
+    """Whether qonnx ``execute_onnx`` can run ``model`` here, and if not, why."""
+    special = [n.name for n in model.graph.node if n.op_type.endswith(("_hls", "_rtl"))]
+    if special:
+        if has_vivado:
+            return False, ("specialised HLS/RTL layers execute only in cppsim/rtlsim; running "
+                           "them from this flow is not implemented yet (not verified)")
+        return False, ("specialised HLS/RTL layers execute only in cppsim/rtlsim, which need "
+                       "Vivado/Vitis HLS: Vivado not found (not verified)")
+    if any(n.op_type == "StreamingDataflowPartition" for n in model.graph.node):
+        return False, "a dataflow partition node (its child model is verified instead)"
+    return True, ""
+
+
+def python_model_view(model: ModelWrapper) -> ModelWrapper | None:
+    """A copy of a specialised graph with every ``*_hls``/``*_rtl`` layer mapped back to its
+    FINN HW-abstraction op (same attributes), whose python execution models the layer: folding,
+    datatypes and thresholds are checked even where cppsim/rtlsim cannot run. None if the graph
+    has no specialised layers or holds a partition node."""
+    import copy
+
+    if any(n.op_type == "StreamingDataflowPartition" for n in model.graph.node):
+        return None
+    special = [n for n in model.graph.node if n.op_type.endswith(("_hls", "_rtl"))]
+    if not special:
+        return None
+    view = copy.deepcopy(model)
+    for n in view.graph.node:
+        if n.domain.startswith(HW_DOMAIN + ".") and n.op_type.endswith(("_hls", "_rtl")):
+            n.op_type = n.op_type.rsplit("_", 1)[0]
+            n.domain = HW_DOMAIN
+    return view
+
+
+
+
+def verification_pixels(hwc: tuple[int, int, int], n: int, seed: int) -> np.ndarray:
+    """``n`` uint8 NHWC images: the golden harness' extremes (0, 255, constant, checkerboard, one
+    bright pixel), seeded random ones, and real Fashion-MNIST images when installed and the shape
+    fits (:func:`make_inputs`)."""
+    real = load_real_images(max(n, 1), seed) if tuple(hwc) == (28, 28, 1) else None
+    return make_inputs(tuple(hwc), n, seed, real)
+
+
+@dataclass
+class GoldenVerifier:
+    """Verify each stage against the golden model (:func:`check_stage`).
+
+    A stage whose float logit scale was removed (``sibnn_output_affine`` recorded) outputs integer
+    scores even where FINN still annotates the output FLOAT32; the check then runs on a copy
+    annotated ``INT32`` so the scores are compared as integers (and must be integral).
+    """
+
+    golden: object
+    pixels: np.ndarray
+
+    def __post_init__(self) -> None:
+        self.gold = self.golden.run(self.pixels)
+
+    def __call__(self, step: str, model: ModelWrapper) -> dict:
+        import copy
+
+        out = model.graph.output[0].name
+        stripped = bool(model.get_metadata_prop(T.OUTPUT_AFFINE_KEY))
+        if not stripped and not model.get_tensor_datatype(out).is_integer() and \
+                "logits" in self.gold:
+            # float logits (the scale chain is still in the graph): bit-exact float32 equality
+            y = execute_stage(model, self.pixels)
+            ref = self.gold["logits"].reshape(y.shape)
+            if not np.array_equal(y, ref):
+                idx, a, b = _first_mismatch(y, ref)
+                raise VerificationError(f"step {step}: output {out} index {idx}: {a!r}, the "
+                                        f"golden model's logits give {b!r}")
+            return {"step": step, "exact": True, "n_inputs": int(len(y)), "against": "golden"}
+        if stripped and not model.get_tensor_datatype(out).is_integer():
+            model = copy.deepcopy(model)
+            model.set_tensor_datatype(out, DataType["INT32"])
+        res = check_stage(step, model, self.golden, self.pixels, gold=self.gold)
+        return {"step": res["step"], "exact": res["exact"], "n_inputs": res["n_inputs"],
+                "against": "golden"}
+
+
+def _first_mismatch(a: np.ndarray, b: np.ndarray) -> tuple[tuple, float, float]:
+    idx = tuple(int(i) for i in np.argwhere(a != b)[0])
+    return idx, float(a[idx]), float(b[idx])
+
+
+@dataclass
+class ChainVerifier:
+    """Local integer-exactness check, for graphs the golden model does not cover.
+
+    Used where the golden model does not cover a graph. The first call must see the exported model
+    (float logits). Later stages must reproduce the logits bit for bit through the recorded output
+    ops, and once they output integer scores ``s`` those must equal the first stage's scores
+    (``np.array_equal``). ``pixels`` are uint8 NHWC.
+    """
+
+    pixels_nhwc: np.ndarray
+    logits: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    scores_step: str = ""
+
+    def __call__(self, step: str, model: ModelWrapper) -> dict:
+        y = execute_stage(model, self.pixels_nhwc)
+        tensor = model.graph.output[0].name
+        recorded = json.loads(model.get_metadata_prop(T.OUTPUT_AFFINE_KEY) or "[]")
+        if self.logits is None:
+            self.logits = y
+            if not recorded and np.array_equal(y, np.round(y)):
+                self.scores, self.scores_step = y, step
+            return {"step": step, "exact": True, "n_inputs": int(len(y)), "against": "export"}
+        if y.shape != self.logits.shape:
+            raise VerificationError(f"step {step}: output {tensor} has shape {y.shape}, "
+                                    f"expected {self.logits.shape}")
+        back = T.apply_output_affine(y, recorded)
+        if not np.array_equal(back, self.logits):
+            idx, a, b = _first_mismatch(back, self.logits)
+            raise VerificationError(f"step {step}: output {tensor} index {idx}: gives logit "
+                                    f"{a!r}, the exported model gives {b!r}")
+        if not recorded and self.scores is None:
+            return {"step": step, "exact": True, "n_inputs": int(len(y)), "against": "export"}
+        if not np.array_equal(y, np.round(y)):
+            idx = tuple(int(i) for i in np.argwhere(y != np.round(y))[0])
+            raise VerificationError(f"step {step}: output {tensor}[{idx}] = {y[idx]!r} is not an "
+                                    "integer score")
+        if self.scores is None:
+            self.scores, self.scores_step = y, step
+        elif not np.array_equal(y, self.scores):
+            idx, a, b = _first_mismatch(y, self.scores)
+            raise VerificationError(f"step {step}: output {tensor} index {idx}: {a!r} != {b!r} "
+                                    f"after step {self.scores_step}")
+        return {"step": step, "exact": True, "n_inputs": int(len(y)), "against": "export"}
+
+
+def verify_step(step: str, model, verifier: Verifier, has_vivado: bool = False) -> dict:
+    """Check one build stage with ``verifier``: directly where the graph executes here; where it
+    holds specialised HLS/RTL layers, through FINN's python models of the same layers (a mismatch
+    there raises too), reported as not verified in cppsim/rtlsim with the reason."""
+    ok, why = is_executable(model, has_vivado)
+    if ok:
+        return verifier(step, model)
+    rec = {"step": step, "exact": None, "n_inputs": 0, "reason": why}
+    view = python_model_view(model)
+    if view is not None:
+        pm = verifier(step, view)
+        rec["python_model"] = {"exact": pm["exact"], "n_inputs": pm["n_inputs"]}
+    return rec
+
+
 def load_real_images(n: int, seed: int = 0) -> np.ndarray | None:
     """Up to ``n`` Fashion-MNIST test images (uint8 NHWC) if the Debian package is installed."""
-    import gzip
+    from quant_models.data import sample_test_images
 
-    path = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
-    if not path.is_file():
-        return None
-    with gzip.open(path, "rb") as fh:
-        data = np.frombuffer(fh.read(), np.uint8, offset=16).reshape(-1, 28, 28, 1)
-    idx = np.random.default_rng(seed).choice(len(data), min(n, len(data)), replace=False)
-    return data[idx]
+    return sample_test_images(n, seed)

@@ -259,3 +259,18 @@ def load_splits(name: str | DatasetName, data_dir: str | Path | None = None, *,
 def load_test(name: str | DatasetName, data_dir: str | Path | None = None) -> Split:
     """Only the official test split (for independent evaluation of a checkpoint)."""
     return load_splits(name, data_dir, val_size=1).test
+
+
+def sample_test_images(n: int, seed: int = 0, name: str | DatasetName = DatasetName.FMNIST,
+                       data_dir: str | Path | None = None) -> np.ndarray | None:
+    """Up to ``n`` seeded test images (uint8 NHWC) of an IDX dataset, or None when it is not
+    installed: the real images of the exactness harness (``flow.verify.load_real_images``)."""
+    ds = _parse_name(name)
+    directory = Path(data_dir) if data_dir is not None else DEFAULT_DIRS.get(ds)
+    path = _find(directory, IDX_FILES["test"][0]) if directory is not None else None
+    if path is None:
+        return None
+    data = _read_idx(path)[..., None]
+    idx = np.random.default_rng(seed).choice(len(data), min(n, len(data)), replace=False)
+    return data[idx]
+

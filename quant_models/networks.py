@@ -155,12 +155,15 @@ class SIResNet(nn.Module):
 
 
 class TapOutputs(nn.Module):
-    """Wrap a network so that ``forward`` returns ``(logits, *taps)`` (for export with taps)."""
+    """Wrap a network so that ``forward`` computes its taps: ``(logits, *taps)`` (``flat``, for
+    export with taps) or ``(logits, {tap: tensor})`` (for block-wise distillation, so DDP's hooks
+    see the pass that computes the taps)."""
 
-    def __init__(self, net: SIResNet) -> None:
+    def __init__(self, net: SIResNet, flat: bool = True) -> None:
         super().__init__()
         self.net = net
+        self.flat = flat
 
     def forward(self, x: torch.Tensor):
         logits, taps = self.net.forward_taps(x)
-        return (logits, *taps.values())
+        return (logits, *taps.values()) if self.flat else (logits, taps)

@@ -113,15 +113,21 @@ TEMP_OWNER = ".sibnn-tmp"
 temp dir of ours (its process is gone) from anything else."""
 
 
-def make_temp_dir(final: Path, tag: str) -> Path:
-    """A fresh hidden sibling of ``final`` to build into (one-line error if it cannot be made).
-    Stale temp dirs of ours for the same target (killed runs) are removed first."""
+def make_temp_dir(final: Path, tag: str, kind: str) -> Path:
+    """A fresh hidden sibling of ``final`` to build into (one-line error if it cannot be made),
+    marked from the start as a sibnn ``kind`` directory (so a failed run kept for inspection is
+    recognisably ours). Stale temp dirs of ours for the same target (killed runs) are removed
+    first."""
     remove_stale_temp_dirs(final, tag)
+    tmp = None
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{tag}", dir=final.parent))
         (tmp / TEMP_OWNER).write_text(str(os.getpid()))
+        write_marker(tmp, kind)
         return tmp
     except OSError as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise OutputDirError(f"cannot write next to {final}: {err.strerror}") from None
 
 
@@ -152,19 +158,12 @@ def remove_stale_temp_dirs(final: Path, tag: str) -> list[Path]:
 
 def owner_kind(path: Path) -> str | None:
     """Which sibnn tool wrote directory ``path`` (``export``, ``build``, ...), or None: the one
-    ownership rule of every tool. The marker file says it; a build directory written before
-    builds had the marker is recognised by its ``status.json``."""
-    path = Path(path)
+    ownership rule of every tool, read from the one marker file (:data:`MARKER`). A build's
+    ``status.json`` says how the build went, never who owns the directory."""
     try:
-        return str(json.loads((path / MARKER).read_text())["kind"])
+        return str(json.loads((Path(path) / MARKER).read_text())["kind"])
     except (OSError, ValueError, KeyError, TypeError):
-        pass
-    try:
-        if json.loads((path / "status.json").read_text()).get("tool") == "sibnn-build":
-            return "build"
-    except (OSError, ValueError, AttributeError):
-        pass
-    return None
+        return None
 
 
 def write_marker(path: Path, kind: str) -> None:
@@ -195,10 +194,9 @@ def atomic_output_dir(path: str | Path, kind: str) -> Iterator[Path]:
     """Yield a temp directory; on success it replaces ``path`` (with a marker file)."""
     path = Path(path)
     check_target(path, kind)
-    tmp = make_temp_dir(path, "partial-")
+    tmp = make_temp_dir(path, "partial-", kind)
     try:
         yield tmp
-        write_marker(tmp, kind)
         (tmp / TEMP_OWNER).unlink(missing_ok=True)
         swap_in(tmp, path)
     except OSError as err:

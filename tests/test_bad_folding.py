@@ -10,9 +10,9 @@ import pytest
 
 from flow.build import build
 from flow.config import resolve_build_config
+from flow.export import export_bnn_pynq
 from sibnn_base.errors import ConfigError
 from tests.conftest import assert_one_line_error, run_cli
-from tests.flow_models import brevitas_bnn_pynq
 
 
 def _quiet(_msg: str) -> None:
@@ -23,7 +23,7 @@ def _quiet(_msg: str) -> None:
 def tfc(tmp_path_factory):
     """TFC-W1A1 built to ``fold``: its ONNX and its automatic folding."""
     tmp = tmp_path_factory.mktemp("tfc")
-    onnx = brevitas_bnn_pynq("TFC_1W1A", tmp / "tfc.onnx")
+    onnx = export_bnn_pynq("TFC_1W1A", tmp / "tfc.onnx")
     out = build(resolve_build_config(onnx=str(onnx), output_dir=str(tmp / "out"),
                                      stop_step="fold"), echo=_quiet)
     return onnx, json.loads((out / "report" / "folding_config.json").read_text())

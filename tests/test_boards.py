@@ -49,10 +49,10 @@ def tfc_specialised(tmp_path_factory):
 
     from flow.build import build
     from flow.config import resolve_build_config
-    from tests.flow_models import brevitas_bnn_pynq
+    from flow.export import export_bnn_pynq
 
     tmp = tmp_path_factory.mktemp("tfc")
-    onnx = brevitas_bnn_pynq("TFC_1W1A", tmp / "tfc.onnx")
+    onnx = export_bnn_pynq("TFC_1W1A", tmp / "tfc.onnx")
     out = build(resolve_build_config(onnx=str(onnx), output_dir=str(tmp / "out"),
                                      stop_step="specialize_layers", verify_inputs=1),
                 echo=lambda _m: None)
@@ -81,10 +81,10 @@ def test_bitfile_per_board(name, tmp_path):
         pytest.skip(f"needs Xilinx Vivado ({tools.reason})")
     from flow.build import build
     from flow.config import resolve_build_config
+    from flow.export import export_bnn_pynq
     from flow.report import load_summary
-    from tests.flow_models import brevitas_bnn_pynq
 
-    onnx = brevitas_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")
+    onnx = export_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")
     out = build(resolve_build_config(board=name, onnx=str(onnx), output_dir=str(tmp_path / "o"),
                                      require_bitfile=True), echo=lambda _m: None)
     assert load_summary(out)["outputs"]["bitfile"] == "generated"

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from flow.export import export_bundle, export_qonnx_model
-from flow.fuzz import random_model
 from flow.golden import GoldenModel
 from quant_models import build_model, save_checkpoint
 from sibnn_base.errors import OutputDirError
+from tests.fuzz import random_model
 
 from .conftest import assert_one_line_error, run_cli
 
@@ -86,3 +86,73 @@ def test_cli_bad_inputs(tmp_path):
                                    str(tmp_path / "plain.pt"), "--out",
                                    str(tmp_path / "foreign")]), "not written by sibnn")
     assert not (tmp_path / "o").exists()
+
+
+def test_export_describes_itself_and_the_build_checks_its_io_pair(tmp_path):
+    """An exported QONNX names its architecture, weights, checkpoint sha256 and seed; a build of
+    it reads that, and proves its golden model reproduces the export's I/O pair bit for bit (a
+    tampered pair stops the build with the file and the index)."""
+    import hashlib
+
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from flow.build import build
+    from flow.config import resolve_build_config
+    from flow.export import description, resolve_network
+    from flow.report import load_summary
+    from sibnn_base.errors import VerificationError
+
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, build_model("si_resnet_w1a1", width=4, depth=[1]))
+    net, weights = resolve_network(checkpoint=str(ckpt), seed=3)
+    assert (weights.kind, weights.arch, weights.seed) == ("checkpoint", "si_resnet_w1a1", 3)
+    assert weights.sha256 == hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    export_bundle(tmp_path / "bundle", model=net, weights=weights, n_inputs=6)
+    qonnx = tmp_path / "bundle" / "model.qonnx.onnx"
+    meta = description(ModelWrapper(str(qonnx)))
+    assert meta["sibnn_arch"] == "si_resnet_w1a1" and meta["sibnn_seed"] == "3"
+    assert meta["sibnn_checkpoint_sha256"] == weights.sha256
+    assert json.loads(meta["sibnn_model_args"])["width"] == 4
+
+    cfg = resolve_build_config(onnx=str(qonnx), output_dir=str(tmp_path / "b"),
+                               stop_step="tidy_up", verify_inputs=2)
+    s = load_summary(build(cfg, echo=lambda _m: None))
+    assert s["golden_io"] == {"input": str(qonnx.parent / "input.npy"), "n_inputs": 6,
+                              "exact": True}
+    assert "si_resnet_w1a1" in s["weights"] and str(ckpt) in s["weights"]
+
+    y = np.load(qonnx.parent / "expected_output.npy")
+    y[2, 1] += 1
+    np.save(qonnx.parent / "expected_output.npy", y)
+    with pytest.raises(VerificationError, match=r"expected_output.npy.*index \[2, 1\]"):
+        build(resolve_build_config(onnx=str(qonnx), output_dir=str(tmp_path / "c"),
+                                   stop_step="tidy_up", verify_inputs=2), echo=lambda _m: None)
+
+
+def test_one_rule_decides_the_weights(tmp_path):
+    """Build, export and the notebooks share resolve_network: shipped weights when they exist
+    (unless overrides change the network), else seeded untrained ones; never both."""
+    from flow.export import resolve_network
+    from quant_models.registry import get_entry
+    from sibnn_base.errors import CheckpointError, ConfigError
+
+    entry = get_entry("si_resnet_w1a1")
+    _, w = resolve_network()
+    assert (w.arch, w.kind, w.sha256) == ("si_resnet_w1a1", "shipped", entry.pretrained.sha256)
+    a, w = resolve_network("resnet_w1a1", overrides={"width": 4, "depth": [1]}, seed=5)
+    b, _ = resolve_network("resnet_w1a1", overrides={"width": 4, "depth": [1]}, seed=5)
+    assert w.kind == "untrained" and w.sha256 is None
+    assert all(torch_equal(p, q) for p, q in zip(a.state_dict().values(),
+                                                 b.state_dict().values(), strict=True))
+    with pytest.raises(CheckpointError, match="no pretrained checkpoint is shipped"):
+        resolve_network("resnet_w1a1", overrides={"width": 4}, allow_untrained=False)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, build_model("resnet_w1a1", width=4, depth=[1]))
+    with pytest.raises(ConfigError, match="cannot be combined with a checkpoint"):
+        resolve_network(checkpoint=str(ckpt), overrides={"width": 8})
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)

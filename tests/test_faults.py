@@ -17,9 +17,9 @@ import pytest
 
 from flow.build import build
 from flow.config import resolve_build_config
+from flow.export import export_bnn_pynq
 from sibnn_base.errors import OutputDirError
 from tests.conftest import ROOT
-from tests.flow_models import brevitas_bnn_pynq
 
 
 def _quiet(_msg: str) -> None:
@@ -35,7 +35,7 @@ def _snapshot(root: Path) -> dict[str, str]:
 def prior(tmp_path_factory):
     """A finished TFC build (to fold) that every fault below must leave untouched."""
     tmp = tmp_path_factory.mktemp("faults")
-    onnx = brevitas_bnn_pynq("TFC_1W1A", tmp / "tfc.onnx")
+    onnx = export_bnn_pynq("TFC_1W1A", tmp / "tfc.onnx")
     out = tmp / "out"
     build(resolve_build_config(onnx=str(onnx), output_dir=str(out), stop_step="fold"),
           echo=_quiet)

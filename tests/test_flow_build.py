@@ -10,10 +10,11 @@ import pytest
 
 from flow.build import build
 from flow.config import resolve_build_config
+from flow.export import export_bnn_pynq
 from flow.finn_env import detect_tools
 from flow.report import format_summary, load_summary
 from tests.conftest import assert_one_line_error, run_cli
-from tests.flow_models import brevitas_bnn_pynq, si_resnet
+from tests.flow_models import si_resnet
 
 HAS_VIVADO = detect_tools().has_vivado
 
@@ -30,7 +31,7 @@ def _check_all_hw_and_exact(out: Path) -> dict:
     names = [v["step"] for v in s["verification"]]
     # every stage up to the dataflow partition executes here, and all are exact
     assert names.index("specialize_layers") == len(executed)
-    assert {"export", "check_supported", "convert_to_hw", "create_dataflow_partition"} <= \
+    assert {"export", "tidy_up", "convert_to_hw", "create_dataflow_partition"} <= \
         {v["step"] for v in executed}
     assert all(v["exact"] is True and v["n_inputs"] >= 1 for v in executed)
     for v in s["verification"]:
@@ -67,7 +68,7 @@ def _final_model(out: Path):
 
 @pytest.mark.parametrize("front_end", ["auto", "finn"])
 def test_brevitas_tfc_w1a1_all_hw_exact(tmp_path, front_end):
-    onnx = brevitas_bnn_pynq("TFC_1W1A", tmp_path / "tfc_w1a1.onnx")
+    onnx = export_bnn_pynq("TFC_1W1A", tmp_path / "tfc_w1a1.onnx")
     cfg = resolve_build_config(onnx=str(onnx), output_dir=str(tmp_path / "out"),
                                front_end=front_end)
     out = build(cfg, echo=_quiet)
@@ -103,7 +104,7 @@ def test_si_resnet_all_hw_exact_with_streams_and_integer_adds(tmp_path, front_en
 
 
 def test_failed_build_leaves_previous_output_intact(tmp_path):
-    onnx = brevitas_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")
+    onnx = export_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")
     out = tmp_path / "out"
     build(resolve_build_config(onnx=str(onnx), output_dir=str(out), stop_step="convert_to_hw"),
           echo=_quiet)
@@ -121,7 +122,7 @@ def test_failed_build_leaves_previous_output_intact(tmp_path):
 
 
 def test_start_step_resumes(tmp_path):
-    onnx = brevitas_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")
+    onnx = export_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")
     out = tmp_path / "out"
     build(resolve_build_config(onnx=str(onnx), output_dir=str(out), stop_step="tidy_up",
                                front_end="finn"), echo=_quiet)
@@ -135,7 +136,7 @@ def test_start_step_resumes(tmp_path):
 
 @pytest.mark.slow
 def test_brevitas_cnv_w1a1_all_hw_exact(tmp_path):
-    onnx = brevitas_bnn_pynq("CNV_1W1A", tmp_path / "cnv_w1a1.onnx")
+    onnx = export_bnn_pynq("CNV_1W1A", tmp_path / "cnv_w1a1.onnx")
     out = build(resolve_build_config(onnx=str(onnx), output_dir=str(tmp_path / "out"),
                                      verify_inputs=2), echo=_quiet)
     s = _check_all_hw_and_exact(out)
@@ -145,7 +146,7 @@ def test_brevitas_cnv_w1a1_all_hw_exact(tmp_path):
 @pytest.mark.vivado
 @pytest.mark.skipif(not HAS_VIVADO, reason="needs Xilinx Vivado (XILINX_VIVADO not set)")
 def test_bitfile_with_vivado(tmp_path):
-    onnx = brevitas_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")
+    onnx = export_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")
     out = build(resolve_build_config(onnx=str(onnx), output_dir=str(tmp_path / "out")),
                 echo=_quiet)
     s = load_summary(out)
@@ -240,7 +241,7 @@ def test_cli_folding_unknown_node_is_rejected_by_validation(tmp_path):
     from flow.folding import validate_folding
     from sibnn_base.errors import ConfigError
 
-    onnx = brevitas_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")
+    onnx = export_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")
     out = build(resolve_build_config(onnx=str(onnx), output_dir=str(tmp_path / "out"),
                                      stop_step="fold"), echo=_quiet)
     model = ModelWrapper(str(next((out / "intermediate_models").glob("*_fold.onnx"))))

@@ -9,7 +9,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 from flow.build import build
 from flow.config import BuildConfig
 from flow.report import load_summary
-from flow.runner import GoldenVerifier, python_model_view, verification_pixels
+from flow.verify import GoldenVerifier, python_model_view, verification_pixels
 from sibnn_base.errors import VerificationError
 
 
@@ -35,7 +35,7 @@ def test_post_specialisation_stages_run_their_python_models(small_build):
 def test_a_broken_folded_stage_fails(small_build):
     from flow.golden import golden_from_qonnx
 
-    model = ModelWrapper(str(small_build / "intermediate_models" / "07_minimize_bit_width.onnx"))
+    model = ModelWrapper(str(small_build / "intermediate_models" / "06_minimize_bit_width.onnx"))
     golden, _ = golden_from_qonnx(ModelWrapper(str(small_build / "model.qonnx.onnx")))
     node = next(n for n in model.graph.node if n.op_type.startswith("Thresholding"))
     thr = model.get_initializer(node.input[1])
@@ -66,9 +66,9 @@ def test_xnor_accumulators_hold_their_popcount(small_build, tmp_path):
                     bad.append(n.name)
         return bad
 
-    ours = ModelWrapper(str(small_build / "intermediate_models" / "07_minimize_bit_width.onnx"))
+    ours = ModelWrapper(str(small_build / "intermediate_models" / "06_minimize_bit_width.onnx"))
     assert too_narrow(ours) == []
-    folded = ModelWrapper(str(small_build / "intermediate_models" / "06_fold.onnx"))
+    folded = ModelWrapper(str(small_build / "intermediate_models" / "05_fold.onnx"))
     with finn_session(tmp_path, detect_tools()) as steps:
         cfg = dataflow_config(tmp_path, board="Pynq-Z2", fpga_part="xc7z020clg400-1",
                               clock_ns=10.0, shell_flow_type="vivado_zynq")

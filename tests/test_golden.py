@@ -10,12 +10,13 @@ import pytest
 import torch
 
 from flow.export import export_qonnx_model
-from flow.fuzz import count_ties, random_model, randomize_bn
 from flow.golden import GoldenModel, build_golden, golden_from_qonnx
 from flow.integerize import integerize
 from flow.verify import load_real_images, make_inputs, pixels_to_x, verify
 from quant_models import build_model
+from quant_models.stress import randomize_bn
 from sibnn_base.errors import UnsupportedGraphError, VerificationError
+from tests.fuzz import count_ties, random_model
 
 
 def _golden_for(model, tmp_path, name="m"):

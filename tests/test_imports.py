@@ -1,5 +1,8 @@
-"""Imports inside quant_models run one way: the module graph, function-level imports included,
-has no cycle (checkpoint knows nothing of the registry; the registry builds on checkpoint)."""
+"""Imports run one way. Across the tree the layers are ``sibnn_base`` < ``quant_models`` <
+``flow`` < ``bench`` < ``tests``: no module imports a layer above its own (the product never
+imports benchmarks or tests; benchmarks never import tests). Inside and across them the module
+graph, function-level imports included, has no cycle (e.g. checkpoint knows nothing of the
+registry; the registry builds on checkpoint)."""
 
 from __future__ import annotations
 
@@ -8,6 +11,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "quant_models"
+
+
+LAYERS = ("sibnn_base", "quant_models", "flow", "bench", "tests")
+"""Top-level packages, lowest first: each may import only those before it (and itself)."""
 
 
 def module_files(package: str) -> dict[str, Path]:
@@ -48,8 +55,8 @@ def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
-def import_graph(package: str) -> dict[str, set[str]]:
-    files = module_files(package)
+def import_graph(*packages: str) -> dict[str, set[str]]:
+    files = {k: v for p in packages for k, v in module_files(p).items()}
     return {name: imported_modules(name, path, set(files)) for name, path in files.items()}
 
 
@@ -99,3 +106,23 @@ def test_quant_models_imports_have_no_cycle():
     graph = import_graph(PACKAGE)
     assert find_cycle(graph) is None, f"import cycle: {' -> '.join(find_cycle(graph))}"
     assert "quant_models.registry" not in graph["quant_models.checkpoint"]
+
+
+def test_no_import_runs_back_up_the_layers():
+    graph = import_graph(*LAYERS)
+    rank = {p: i for i, p in enumerate(LAYERS)}
+    upward = sorted(f"{m} imports {t}" for m, targets in graph.items() for t in targets
+                    if rank[t.split(".")[0]] > rank[m.split(".")[0]])
+    assert upward == [], "imports that run back up: " + "; ".join(upward)
+
+
+def test_the_whole_tree_has_no_import_cycle():
+    graph = import_graph(*LAYERS)
+    cycle = find_cycle(graph)
+    assert cycle is None, f"import cycle: {' -> '.join(cycle)}"
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("def f():\n    from bench.common import write_results\n")
+    assert imported_modules("flow.m", src, {"flow.m", "bench.common"}) == {"bench.common"}

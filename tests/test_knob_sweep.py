@@ -15,10 +15,10 @@ import torch
 from flow.build import build
 from flow.config import resolve_build_config
 from flow.export import export_qonnx_model
-from flow.fuzz import randomize_bn
 from flow.report import load_summary
 from quant_models import build_model
 from quant_models.blocks import BiasedSign
+from quant_models.stress import randomize_bn
 
 
 def _quiet(_msg: str) -> None:

@@ -50,7 +50,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..data import Split, Splits, load_splits
-from ..networks import NetSpec
+from ..networks import NetSpec, TapOutputs
 from ..registry import TEACHER_OF, build_model, model_from_ckpt
 from .config import (
     RUNTIME_KEYS,
@@ -115,17 +115,6 @@ def derive_seed(*parts: int) -> int:
 
 
 # -- models ----------------------------------------------------------------------------------------
-
-class _Taps(nn.Module):
-    """``forward`` = ``forward_taps``, so DDP's hooks see the pass that computes the taps."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor):
-        return self.net.forward_taps(x)
-
 
 def _ref_path(cfg: TrainConfig, ref: str) -> Path:
     return Path(ref) if is_path_ref(ref) else stage_dir(cfg, ref) / "final.pt"
@@ -479,7 +468,7 @@ def setup_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
         raise ConfigError(f"stage {stage.name!r}: batch_size {stage.batch_size} exceeds the "
                           f"{len(train)} training samples")
 
-    wrapped: nn.Module = _Taps(student)
+    wrapped: nn.Module = TapOutputs(student, flat=False)
     if env.world > 1:
         wrapped = nn.parallel.DistributedDataParallel(wrapped)
     opt = _optimizer(stage, student)
