@@ -7,16 +7,16 @@ in silicon they are adders and stream registers. This module models them; the nu
 labelled as ours in ``summary.json`` (``estimates.sibnn_modelled``) and never mixed silently into
 FINN's.
 
-The model, per node, from the generated HLS (finn-plus 1.6.1 ``elementwise_binary_hls.py`` /
-``duplicatestreams_hls.py``; finn-hlslib ``streamtools.h``), for a 7-series/UltraScale fabric:
+The model, per node, from the HLS that finn-plus 1.6.1 generates for each layer (the formula of
+each layer type is documented next to it below: :data:`FORK_OPS`, :data:`ADD_OPS`,
+:data:`MUL_OPS`), for a 7-series/UltraScale fabric. Every layer pays for its ports:
 
 * every AXI-stream port of an HLS top gets a register slice (Vitis HLS ``regslice_both``): a
   two-entry skid buffer, ``2 * W`` FF and ``W`` LUT (the output mux) for a ``W``-bit stream, plus
-  about :data:`PORT_CONTROL_LUT` LUT / :data:`PORT_CONTROL_FF` FF of valid/ready control;
-* an elementwise add of ``PE`` lanes of ``B``-bit integers is ``PE`` ripple-carry adders on the
-  carry chain: ``PE * B`` LUT, registered at the output (``PE * B`` FF);
-* a stream duplication has no datapath: its cost is the register slices of one input and
-  ``n`` output ports.
+  about :data:`PORT_CONTROL_LUT` LUT / :data:`PORT_CONTROL_FF` FF of valid/ready control.
+
+Loop counters of the looped layers (``ReplicateStream_hls``, ``ElementwiseBinary_hls``: a
+``ceil(log2(iterations))``-bit counter, 10 bits for 784 iterations) are not counted.
 
 This is a model, not a measurement: without Vivado it cannot be calibrated here, so it is kept
 simple and visible. Where a synthesis report exists, it is the number to trust.
@@ -34,8 +34,27 @@ PORT_CONTROL_LUT = 4
 PORT_CONTROL_FF = 3
 """FFs of one stream port's handshake state."""
 
-MODELLED = ("ElementwiseAdd", "ElementwiseSub", "ElementwiseMul", "ElementwiseBinaryOperation",
-            "DuplicateStreams", "ReplicateStream", "AddStreams", "StreamingEltwise")
+FORK_OPS = ("ReplicateStream", "DuplicateStreams")
+"""Stream forks, ``LUT = sum(W) + PORT_CONTROL_LUT * (1 + n)``, ``FF = 2 * sum(W) +
+PORT_CONTROL_FF * (1 + n)`` over the input and the ``n`` outputs (``W = PE * bits`` each): register
+slices only, no datapath. ``ReplicateStream_hls`` (what sibnn builds; finn-plus
+``custom_op/fpgadataflow/hls/replicate_stream_hls.py``, ``docompute``) is an II=1 loop that reads
+one word and writes it to every output. ``DuplicateStreams_hls`` (finn-plus' deprecated fork,
+``duplicatestreams_hls.py``) does the same through finn-hlslib's ``StreamingDup`` (``dup.hpp``).
+Both cost the same here."""
+
+ADD_OPS = ("ElementwiseAdd", "ElementwiseSub", "ElementwiseBinaryOperation", "AddStreams",
+           "StreamingEltwise")
+"""Integer adds (finn-plus ``elementwise_binary_hls.py``; finn-hlslib ``streamtools.h`` for
+``AddStreams``/``StreamingEltwise``, which finn-plus 1.6.1 no longer ships): the port register
+slices plus ``PE`` ripple-carry adders of the ``B``-bit output on the carry chain, ``PE * B`` LUT,
+registered (``PE * B`` FF)."""
+
+MUL_OPS = ("ElementwiseMul",)
+"""Integer multiplies: the port register slices plus ``PE`` array multipliers in LUTs (no DSP
+assumed), ``PE * B * B`` LUT and ``PE * B`` FF for a ``B``-bit output."""
+
+MODELLED = FORK_OPS + ADD_OPS + MUL_OPS
 """Layer types (without ``_hls``/``_rtl``) whose FINN LUT estimate is 0 and which we model."""
 
 
@@ -58,17 +77,16 @@ def node_cost(model: ModelWrapper, node) -> dict | None:
     lut = sum(widths) + PORT_CONTROL_LUT * len(widths)
     ff = 2 * sum(widths) + PORT_CONTROL_FF * len(widths)
     formula = f"regslices of {len(widths)} ports, {sum(widths)} bits"
-    if base in ("ElementwiseAdd", "ElementwiseSub", "AddStreams", "StreamingEltwise",
-                "ElementwiseBinaryOperation"):
+    if base in ADD_OPS:
         pe = int(inst.get_nodeattr("PE"))
         bits = outs[0] // pe
         lut += pe * bits
         ff += pe * bits
         formula += f" + {pe} adders x {bits} bits"
-    elif base == "ElementwiseMul":
+    elif base in MUL_OPS:
         pe = int(inst.get_nodeattr("PE"))
         bits = outs[0] // pe
-        lut += pe * bits * bits  # an array multiplier in LUTs (no DSP assumed)
+        lut += pe * bits * bits
         ff += pe * bits
         formula += f" + {pe} multipliers {bits}x{bits} bits"
     return {"op": node.op_type, "LUT": lut, "FF": ff, "formula": formula}

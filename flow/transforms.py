@@ -21,6 +21,9 @@ They close the gaps FINN's default flow leaves for binary residual nets (FINDING
 * :class:`AnnotateIntegerInitializers`: integer-valued constants of ``Mul``/``Add`` get the
   smallest integer ``DataType``, so the integer adds and scales after streamlining become integer
   ``ElementwiseAdd``/``ElementwiseMul`` layers instead of float ones.
+* :class:`InferReplicateStreams`: every fork of a stream becomes finn-plus' ``ReplicateStream``
+  (the successor of ``DuplicateStreams``, which finn-plus deprecates), before FINN's
+  ``step_convert_to_hw`` would insert ``DuplicateStreams`` for it.
 """
 
 from __future__ import annotations
@@ -647,3 +650,68 @@ class FixXnorAccumulatorWidth(Transformation):
                 model.set_tensor_datatype(thr_name, new)
             changed = True
         return model, changed
+
+
+class InferReplicateStreams(Transformation):
+    """Put a ``ReplicateStream`` HW layer on every tensor read by more than one consumer.
+
+    finn-plus 1.6.1's ``step_convert_to_hw`` ends with ``InferDuplicateStreamsLayer``, which
+    inserts ``DuplicateStreams``; finn-plus deprecates that op (its PR 166: removed in the release
+    after 1.6.1) in favour of ``ReplicateStream``
+    (inferred by ``finn.transformation.fpgadataflow.replicate_stream.InferReplicateStream``, HLS
+    backend only, python execution and FINN's folding supported). Run before FINN's step, this
+    leaves no fork for ``InferDuplicateStreamsLayer``. Run it after the ``Im2Col`` rewrites, so
+    identical sliding windows are merged before their input is replicated.
+
+    FINN's ``InferReplicateStream`` covers a node output with several consumers. It skips two forks
+    that ``InferDuplicateStreamsLayer`` covers: a graph input read by several nodes, and a graph
+    output that a node also reads. Those get the same node here (a graph output keeps its name).
+    """
+
+    def apply(self, model: ModelWrapper):
+        from finn.transformation.fpgadataflow.replicate_stream import InferReplicateStream
+        from qonnx.transformation.infer_data_layouts import InferDataLayouts
+
+        changed = False
+        g = model.graph
+        for inp in g.input:
+            consumers = model.find_consumers(inp.name) or []
+            if len(consumers) >= 2:
+                _replicate(model, inp.name, consumers, keep_name=False, index=0)
+                changed = True
+        for out in g.output:
+            consumers = model.find_consumers(out.name) or []
+            producer = model.find_producer(out.name)
+            if consumers and producer is not None:
+                index = list(g.node).index(producer) + 1
+                _replicate(model, out.name, consumers, keep_name=True, index=index)
+                changed = True
+        model, finn_changed = InferReplicateStream().apply(model)
+        changed = changed or finn_changed
+        if changed:
+            model = model.transform(InferDataLayouts())
+        return model, changed
+
+
+def _replicate(model: ModelWrapper, tensor: str, consumers: list, keep_name: bool,
+               index: int) -> None:
+    """Insert at ``index`` the ``ReplicateStream`` FINN's ``InferReplicateStream`` builds for
+    ``tensor``, one replica per consumer; with ``keep_name`` the producer writes a new tensor and
+    the last replica is ``tensor`` itself (a graph output keeps its name)."""
+    shape = model.get_tensor_shape(tensor)
+    dtype = model.get_tensor_datatype(tensor)
+    replicas = [_new_tensor(model, shape) for _ in consumers]
+    for replica, consumer in zip(replicas, consumers, strict=True):
+        consumer.input[list(consumer.input).index(tensor)] = replica
+        model.set_tensor_datatype(replica, dtype)
+    src = tensor
+    if keep_name:
+        src = _new_tensor(model, shape)
+        producer = model.find_producer(tensor)
+        producer.output[list(producer.output).index(tensor)] = src
+        model.set_tensor_datatype(src, dtype)
+        replicas.append(tensor)
+    model.graph.node.insert(index, helper.make_node(
+        "ReplicateStream", [src], replicas, domain=HW_DOMAIN, backend="fpgadataflow",
+        num=len(replicas), num_elems=int(shape[-1]), PE=1, num_inputs=[int(d) for d in shape[:-1]],
+        dtype=dtype.name, name=f"ReplicateStream_{tensor}"))

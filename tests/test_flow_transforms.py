@@ -176,3 +176,64 @@ def test_identity_im2col_removed_and_identical_ones_shared():
     assert [n.op_type for n in new.graph.node].count("Im2Col") == 1
     for a, b in zip(both(new), ref, strict=True):
         assert np.array_equal(a, b)
+
+
+def _forks_graph() -> ModelWrapper:
+    """Every kind of fork: the graph input read twice (``x``), a node output read twice (``t``),
+    and a graph output also read by a node (``y``, which feeds the second output ``z``)."""
+    nodes = [helper.make_node("Add", ["x", "c1"], ["t"]),
+             helper.make_node("Mul", ["x", "c2"], ["u"]),
+             helper.make_node("Mul", ["t", "c2"], ["v"]),
+             helper.make_node("Add", ["t", "u"], ["w"]),
+             helper.make_node("Add", ["v", "w"], ["y"]),
+             helper.make_node("Mul", ["y", "c2"], ["z"])]
+    shape = [1, 4, 4, 8]
+    g = helper.make_graph(nodes, "forks", [_vi("x", shape)], [_vi("y", shape), _vi("z", shape)])
+    model = ModelWrapper(_mk(g))
+    model.set_initializer("c1", np.array([3.0], np.float32))
+    model.set_initializer("c2", np.array([-2.0], np.float32))
+    model.set_tensor_datatype("x", DataType["INT4"])
+    return model.transform(InferShapes())
+
+
+def test_every_fork_becomes_a_replicate_stream_and_stays_exact():
+    from finn.transformation.fpgadataflow.convert_to_hw.duplicate_streams import (
+        InferDuplicateStreamsLayer,
+    )
+
+    model = _forks_graph()
+    x = np.random.default_rng(0).integers(-8, 8, size=(1, 4, 4, 8)).astype(np.float32)
+
+    def outs(m):
+        res = execute_onnx(m, {"x": x})
+        return [res[o.name] for o in m.graph.output]
+
+    ref = outs(model)
+    new = model.transform(T.InferReplicateStreams())
+    reps = new.get_nodes_by_op_type("ReplicateStream")
+    assert len(reps) == 3
+    assert [o.name for o in new.graph.output] == ["y", "z"]  # a graph output keeps its name
+    outputs = {o.name for o in new.graph.output}
+    for name in [new.graph.input[0].name] + [o for n in new.graph.node for o in n.output]:
+        consumers = new.find_consumers(name) or []
+        assert len(consumers) + (name in outputs) <= 1, name
+    for a, b in zip(outs(new), ref, strict=True):
+        assert np.array_equal(a, b)
+    # our input/output forks are the node FINN's InferReplicateStream makes for the inner one
+    by_input = {n.input[0]: n for n in reps}
+    finn_made = {a.name for a in by_input["t"].attribute}
+    assert {a.name for a in by_input["x"].attribute} == finn_made
+    assert {a.name for a in next(n for n in reps if "y" in n.output).attribute} == finn_made
+    from qonnx.custom_op.registry import getCustomOp
+
+    for n in reps:
+        inst = getCustomOp(n)
+        assert inst.get_nodeattr("num") == len(n.output)
+        assert inst.get_nodeattr("dtype") == new.get_tensor_datatype(n.input[0]).name
+        assert list(inst.get_nodeattr("num_inputs")) == [1, 4, 4]
+    assert getCustomOp(by_input["x"]).get_nodeattr("dtype") == "INT4"
+    # FINN's convert_to_hw ends with InferDuplicateStreamsLayer: nothing is left for it
+    _, changed = InferDuplicateStreamsLayer().apply(new)
+    assert not changed
+    again = new.transform(T.InferReplicateStreams())
+    assert len(again.get_nodes_by_op_type("ReplicateStream")) == 3

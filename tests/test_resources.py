@@ -38,6 +38,24 @@ def test_fork_and_add_are_priced_from_their_stream_widths():
     assert set(est["sibnn_modelled"]["nodes"]) == {"dup", "add"}
 
 
+def test_replicate_stream_is_priced_like_the_fork_it_replaces():
+    """ReplicateStream (what the flow builds) and DuplicateStreams (finn-plus' deprecated fork) of
+    the same 3-way fork: register slices of one input and three outputs, no datapath."""
+    rep = helper.make_node("ReplicateStream_hls", ["x"], ["a", "b", "c"], domain=DOM,
+                           backend="fpgadataflow", num=3, num_elems=8, PE=2, dtype="INT4",
+                           num_inputs=[1, 4, 4], name="rep")
+    dup = helper.make_node("DuplicateStreams_hls", ["x"], ["a", "b", "c"], domain=DOM,
+                           backend="fpgadataflow", NumChannels=8, PE=2, NumOutputStreams=3,
+                           inputDataType="INT4", numInputVectors=[1, 4, 4], name="dup")
+    cost = modelled_costs(_graph([rep], ["x"], ["a", "b", "c"]))["rep"]
+    # one 8-bit input and three 8-bit outputs (PE 2 x INT4)
+    assert cost["LUT"] == 4 * 8 + 4 * PORT_CONTROL_LUT
+    assert cost["FF"] == 2 * 4 * 8 + 4 * PORT_CONTROL_FF
+    assert cost["op"] == "ReplicateStream_hls" and cost["formula"] == "regslices of 4 ports, 32 bits"
+    old = modelled_costs(_graph([dup], ["x"], ["a", "b", "c"]))["dup"]
+    assert (old["LUT"], old["FF"]) == (cost["LUT"], cost["FF"])
+
+
 def test_layers_finn_prices_are_not_modelled_again():
     mvau = helper.make_node("MVAU_hls", ["x"], ["y"], domain=DOM, backend="fpgadataflow",
                             MW=8, MH=8, SIMD=1, PE=1, inputDataType="BINARY",
