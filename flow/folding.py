@@ -215,7 +215,7 @@ FOLD_DIM = {
     "ConvolutionInputGenerator": {"SIMD": "IFMChannels"},
     "FMPadding": {"SIMD": "NumChannels"},
     "DuplicateStreams": {"PE": "NumChannels"},
-    "ReplicateStream": {"PE": "NumChannels"},
+    "ReplicateStream": {"PE": "num_elems"},
     "GlobalAccPool": {"PE": "NumChannels"},
     "StreamingMaxPool": {"PE": "NumChannels"},
     "LabelSelect": {"PE": "Labels"},

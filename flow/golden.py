@@ -75,19 +75,33 @@ def _emit_float_op(e: _Emitter, x: str, op: FloatOp, rank: int) -> str:
     raise AssertionError(k)
 
 
+THRESHOLD_MODES = ("auto", "staircase", "table", "compare")
+
+
 def build_golden(ir: IntegerIR, *, primary: str | None = None,
-                 thresholds: str = "table") -> onnx.ModelProto:
+                 thresholds: str = "auto") -> onnx.ModelProto:
     """Emit the golden ONNX model of ``ir``. ``primary`` names the logits output (default: the
     first QONNX output).
 
     ``thresholds`` picks how a multi-level threshold node ``q = base + step * sum_k [x >= t_k]``
-    is computed: ``"compare"`` broadcasts the K comparisons and sums them; ``"table"`` (default,
-    several times faster) tabulates that same sum once, at build time, for every integer of the
-    input's proven range and looks it up with ``Gather``. Both are exact and are tested equal;
-    single-threshold (bipolar) nodes are always one comparison.
+    is computed; all forms are exact and tested equal, single-threshold (bipolar) nodes are always
+    one comparison:
+
+    * ``"compare"``: the K comparisons, broadcast and summed (the definition, slowest);
+    * ``"table"``: that sum tabulated once, at build time, for every integer of the input's proven
+      range, looked up with ``Gather``;
+    * ``"staircase"``: ``clip(floor(x * m_c + c_c), 0, K)``, four elementwise ops. A uniform
+      quantizer behind a BatchNorm has thresholds ``ceil(a + k b)``; ``m_c, c_c`` are fitted per
+      channel and the float32 result is checked against the table for *every* integer of the
+      proven input range before it is used: a channel that does not pass raises;
+    * ``"auto"`` (default): ``staircase`` for the channels that pass that check; the few that do
+      not (ties that round to even on integer inputs) are looked up in their own table on their
+      slice of the tensor and scattered over the result; a node where most channels fail uses
+      ``table``.
     """
-    if thresholds not in ("table", "compare"):
-        raise ValueError(f"thresholds must be 'table' or 'compare', not {thresholds!r}")
+    if thresholds not in THRESHOLD_MODES:
+        raise ValueError(f"thresholds must be one of {', '.join(THRESHOLD_MODES)}, "
+                         f"not {thresholds!r}")
     e = _Emitter()
     shapes = {n: t.shape for n, t in ir.tensors.items()}
     N = "N"
@@ -203,9 +217,91 @@ def _emit_threshold(e: _Emitter, nd, src, rank: int, mode: str) -> None:
         vals = lo[:, None] + np.arange(L)[None, :]
         cnt = ((d[:, None, None] * vals[:, :, None]) >= thr[:, None, :]).sum(-1)
         table = (base + step * cnt).astype(np.float32)  # (C, L)
-        offset = (np.arange(C) * L - lo).astype(np.float32).reshape(cs)
-        idx = e.node("Cast", [e.node("Add", [x, e.const(offset, "off")])], to=TensorProto.INT32)
-        e.node("Gather", [e.const(table.reshape(-1), "table"), idx], nd.output, axis=0)
+        ok = np.zeros(C, bool)
+        if mode in ("auto", "staircase"):
+            m, c, ok = _staircase(thr, d, vals, cnt)
+            if mode == "staircase" and not ok.all():
+                raise ValueError(f"threshold node {nd.output}: the thresholds of channel(s) "
+                                 f"{np.flatnonzero(~ok).tolist()[:8]} are not a staircase "
+                                 "ceil(a + k b) on the input range; use thresholds='auto'")
+        if not ok.any() or ok.sum() < C / 2:
+            offset = (np.arange(C) * L - lo).astype(np.float32).reshape(cs)
+            idx = e.node("Cast", [e.node("Add", [x, e.const(offset, "off")])],
+                         to=TensorProto.INT32)
+            e.node("Gather", [e.const(table.reshape(-1), "table"), idx], nd.output, axis=0)
+            return
+        z = e.node("Add", [e.node("Mul", [x, e.const(m.reshape(cs), "m")]),
+                           e.const(c.reshape(cs), "c")])
+        q = e.node("Clip", [e.node("Floor", [z]), e.const(np.float32(0), "lo"),
+                            e.const(np.float32(K), "hi")])
+        if step != 1:
+            q = e.node("Mul", [q, e.const(step, "step")])
+        if ok.all():
+            e.node("Add", [q, e.const(base, "base")], nd.output)
+            return
+        # the few channels that are no staircase (ties to even): their own small table, looked
+        # up on their slice of the tensor only and scattered over the staircase's result
+        q = e.node("Add", [q, e.const(base, "base")])
+        bad = np.flatnonzero(~ok)
+        nb = len(bad)
+        bshape = (1, nb) + (1,) * (rank - 2)
+        xb = e.node("Gather", [x, e.const(bad, "bad", np.int64)], axis=1)
+        offset = (np.arange(nb) * L - lo[bad]).astype(np.float32).reshape(bshape)
+        idx = e.node("Cast", [e.node("Add", [xb, e.const(offset, "off")])], to=TensorProto.INT32)
+        tb = e.node("Gather", [e.const(table[bad].reshape(-1), "table"), idx], axis=0)
+        where = e.node("Expand", [e.const(bad.reshape(bshape), "bad", np.int64),
+                                  e.node("Shape", [tb])])
+        e.node("ScatterElements", [q, where, tb], nd.output, axis=1)
+
+
+def _staircase(thr: np.ndarray, d: np.ndarray, vals: np.ndarray, cnt: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel float32 ``(m, c)`` with ``clip(floor(x * m + c), 0, K) == cnt`` for every
+    integer ``x`` of ``vals`` (C, L), computed exactly as ONNX Runtime computes it (float32 Mul,
+    then Add, then Floor), and the mask of the channels where that holds (the others, e.g. a
+    quantizer whose ties round to even on integer inputs, need the table).
+
+    For ``y = d x`` and integer thresholds ``t_k = ceil(a + (k - 1) b)`` (``b > 0``), ``y >= t_k``
+    iff ``y >= a + (k - 1) b``, so the count is ``clip(floor((y - a) / b) + 1, 0, K)``: ``a, b``
+    are taken from the middle of the intervals the K thresholds allow."""
+    C, K = thr.shape
+    m = np.zeros(C, np.float64)
+    c = np.zeros(C, np.float64)
+    fitted = np.zeros(C, bool)
+    for ch in range(C):
+        t = np.sort(thr[ch].astype(np.float64))
+        y = d[ch] * vals[ch].astype(np.float64)
+        y_lo, y_hi = float(y.min()), float(y.max())
+        # thresholds outside the input's range (clamped to it by the IR) are met always or never:
+        # only the ones inside it pin the staircase; the check below covers the others
+        inside = np.flatnonzero((t > y_lo) & (t <= y_hi))
+        if len(inside) == 0:  # a constant count
+            m[ch], c[ch], fitted[ch] = 0.0, float(np.sum(t <= y_lo)) + 0.5, True
+            continue
+        k, tk = inside.astype(np.float64), t[inside]
+        if len(inside) == 1:  # one step: the others far outside the range
+            b = y_hi - y_lo + 2.0
+            a = tk[0] - k[0] * b - 0.5
+        else:
+            gap = k[None, :] - k[:, None]  # j - i
+            upper = gap > 0
+            diff = tk[None, :] - tk[:, None]
+            b_lo = np.max((diff - 1)[upper] / gap[upper])
+            b_hi = np.min((diff + 1)[upper] / gap[upper])
+            if not b_lo < b_hi or b_hi <= 0:
+                continue
+            b = (b_lo + b_hi) / 2 if b_lo > 0 else b_hi / 2
+            a_lo, a_hi = np.max(tk - 1 - k * b), np.min(tk - k * b)
+            if not a_lo < a_hi:
+                continue
+            a = (a_lo + a_hi) / 2
+        m[ch], c[ch], fitted[ch] = d[ch] / b, 1.0 - a / b, True
+    m32, c32 = m.astype(np.float32), c.astype(np.float32)
+    z = vals.astype(np.float32) * m32[:, None]
+    z = z + c32[:, None]
+    got = np.clip(np.floor(z), np.float32(0), np.float32(K))
+    ok = fitted & np.all(got == cnt.astype(np.float32), axis=1)
+    return m32, c32, ok
 
 
 def _chain_is_identity(o) -> bool:

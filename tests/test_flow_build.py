@@ -94,7 +94,7 @@ def test_si_resnet_all_hw_exact_with_streams_and_integer_adds(tmp_path, front_en
     assert s["input_layout"] == "NHWC"
     m = _final_model(out)
     ops = [n.op_type for n in m.graph.node]
-    assert "DuplicateStreams_hls" in ops
+    assert "ReplicateStream_hls" in ops
     adds = [n for n in m.graph.node if n.op_type == "ElementwiseAdd_hls"]
     assert len(adds) >= 4
     for n in adds:

@@ -161,20 +161,37 @@ def test_golden_model_file_round_trip(default_student, tmp_path):
     assert g2.scale == golden.scale
 
 
-@pytest.mark.parametrize("seed", [1, 6])
-def test_threshold_table_equals_comparisons(seed):
-    """The default tabulated thresholds and the literal compare-and-sum form agree exactly."""
-    m, _, kw = random_model(seed, ties=True)
+@pytest.mark.parametrize("seed,ties", [(1, True), (6, True), (3, False), (11, False)])
+def test_threshold_forms_agree(seed, ties):
+    """The literal compare-and-sum form, the table, and the default (fitted staircases, with the
+    channels whose ties round to even looked up in their own table) agree exactly."""
+    m, _, kw = random_model(seed, ties=ties)
     import tempfile
     from pathlib import Path
 
     with tempfile.TemporaryDirectory() as d:
         ir = integerize(export_qonnx_model(m, Path(d) / "m.onnx", with_taps=True))
-    a = GoldenModel(None, build_golden(ir, thresholds="table"))
-    b = GoldenModel(None, build_golden(ir, thresholds="compare"))
-    assert any(n.op_type == "Gather" for n in a.proto.graph.node)
-    assert any(n.op_type == "ReduceSum" for n in b.proto.graph.node)
+    forms = {t: GoldenModel(None, build_golden(ir, thresholds=t))
+             for t in ("auto", "table", "compare")}
+    assert any(n.op_type == "Gather" for n in forms["table"].proto.graph.node)
+    assert any(n.op_type == "ReduceSum" for n in forms["compare"].proto.graph.node)
     px = make_inputs((kw["input_size"], kw["input_size"], kw["in_channels"]), 50, seed)
-    ra, rb = a.run(px), b.run(px)
-    assert all(np.array_equal(ra[k], rb[k]) for k in ra)
-    assert verify(b, px, torch_model=m).exact
+    ref = forms["compare"].run(px)
+    for t in ("auto", "table"):
+        got = forms[t].run(px)
+        assert all(np.array_equal(ref[k], got[k]) for k in ref), t
+
+
+def test_the_shipped_model_thresholds_are_staircases(tmp_path):
+    """On the shipped student every multi-level threshold node is a fitted staircase (no full
+    table lookup), checked over each input's whole proven range at build time, and the golden
+    model stays bit-exact with Brevitas."""
+    m = build_model("si_resnet_w1a1", pretrained=True)
+    ir = integerize(export_qonnx_model(m, tmp_path / "m.onnx", with_taps=True))
+    auto = GoldenModel(None, build_golden(ir))
+    multi = [nd for nd in ir.nodes if nd.op == "threshold" and nd.attrs["thresholds"].shape[1] > 1]
+    assert sum(n.op_type == "Floor" for n in auto.proto.graph.node) == len(multi)
+    px = make_inputs((28, 28, 1), 64, 0)
+    assert verify(auto, px, torch_model=m).exact
+    with pytest.raises(ValueError, match="not a staircase"):
+        build_golden(ir, thresholds="staircase")  # a few channels round ties to even
