@@ -76,7 +76,7 @@ def si_overhead(tmp: Path, board: str) -> dict:
         res[name] = load_summary(out)["estimates"]
     r, s = res["resnet_w1a1"], res["si_resnet_w1a1"]
     lut = s["LUT"] / r["LUT"]
-    # with sibnn's model of the forks and adds that FINN prices at 0 (flow/resources.py)
+    # with sibnn's model of the forks and adds that FINN prices at 0 (flow/hw/resources.py)
     lut_m = s.get("LUT_modelled", s["LUT"]) / r.get("LUT_modelled", r["LUT"])
     bram = s["BRAM_18K"] / r["BRAM_18K"] if r["BRAM_18K"] else float("nan")
     return {"target_fps": target, "resnet_w1a1": r, "si_resnet_w1a1": s,
@@ -92,9 +92,9 @@ def hand_vs_auto(tmp: Path, board: str) -> dict:
     from qonnx.custom_op.registry import getCustomOp
 
     from flow.config import load_board
-    from flow.export import export_bnn_pynq
-    from flow.finn_env import detect_tools, finn_session
-    from flow.folding import estimate
+    from flow.front.export import export_bnn_pynq
+    from flow.hw.finn_env import detect_tools, finn_session
+    from flow.hw.folding import estimate
 
     onnx = export_bnn_pynq("CNV_1W1A", tmp / "cnv_w1a1.onnx")
     out, _ = _build(tmp, "cnv", board=board, onnx=str(onnx), stop_step="fold", verify_inputs=2)

@@ -32,9 +32,9 @@ def run(n: int = 256, batches: tuple[int, ...] = (1, 64), repeats: int = 3,
         pretrained: bool | None = None) -> dict:
     import onnxruntime as ort
 
-    from flow.export import export_qonnx_model
-    from flow.golden import golden_from_qonnx
-    from flow.verify import make_inputs, pixels_to_x, verify
+    from flow.front.export import export_qonnx_model
+    from flow.front.golden import golden_from_qonnx
+    from flow.proof.verify import make_inputs, pixels_to_x, verify
     from quant_models import build_model
     from quant_models.registry import get_entry
     from quant_models.stress import randomize_bn

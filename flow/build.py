@@ -25,6 +25,10 @@ from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):  # run as a script: python flow/build.py
+    # the repository root replaces the script's own directory on the path, so flow's modules
+    # (config, report, hw, ...) are imported as flow.* and never shadow an installed package
+    _here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(_here)]
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from flow.config import (  # noqa: E402
@@ -37,7 +41,7 @@ from flow.config import (  # noqa: E402
     resolve_build_config,
     write_config,
 )
-from flow.finn_env import ToolStatus  # noqa: E402
+from flow.hw.finn_env import ToolStatus  # noqa: E402
 from sibnn_base.atomic import (  # noqa: E402
     DISK_ERRORS,
     TEMP_OWNER,
@@ -105,9 +109,9 @@ def build_model_wrapper(model, cfg: BuildConfig, board: BoardConfig, out_dir: Pa
 
     Returns ``(final_model, records, ctx)``. Raises on any failure.
     """
-    from flow.finn_env import dataflow_config, finn_session
+    from flow.hw.finn_env import dataflow_config, finn_session
+    from flow.hw.steps import FlowContext, select_steps, steps_for
     from flow.runner import run_steps
-    from flow.steps import FlowContext, select_steps, steps_for
 
     steps = select_steps(cfg.start_step, cfg.stop_step, front_end)
     with finn_session(out_dir / "finn_build", tools, log_file=out_dir / "build.log") as finn_steps:
@@ -143,7 +147,7 @@ def _keep_failed(work: Path, final: Path, error: str) -> None:
 
 
 def _outputs(records, tools, stop_step: str | None) -> dict[str, str]:
-    from flow.steps import BACK_END
+    from flow.hw.steps import BACK_END
 
     done = {r.name: r.status for r in records}
     out = {}
@@ -163,7 +167,7 @@ def _outputs(records, tools, stop_step: str | None) -> dict[str, str]:
 class BuildPlan:
     """Everything a build decides, resolved once before any step runs (:func:`make_plan`), then
     completed with the source graph (:func:`resolve_source`). :mod:`flow.runner` only runs it;
-    :mod:`flow.verify` owns the checking."""
+    :mod:`flow.proof.verify` owns the checking."""
 
     cfg: BuildConfig
     board: BoardConfig
@@ -190,13 +194,13 @@ class BuildPlan:
 
     @property
     def all_steps(self) -> list:
-        from flow.steps import steps_for
+        from flow.hw.steps import steps_for
 
         return steps_for(self.front_end)
 
     @property
     def steps(self) -> list:
-        from flow.steps import select_steps
+        from flow.hw.steps import select_steps
 
         return select_steps(self.cfg.start_step, self.cfg.stop_step, self.front_end)
 
@@ -204,8 +208,8 @@ class BuildPlan:
 def make_plan(cfg: BuildConfig) -> BuildPlan:
     """Check everything that can be checked before anything is written: board, tools, step
     names, the folding file, the output directory and what a partial rerun needs."""
-    from flow.finn_env import detect_tools
-    from flow.steps import step_names
+    from flow.hw.finn_env import detect_tools
+    from flow.hw.steps import step_names
 
     board = load_board(cfg.board, cfg.budget_fraction)
     tools = detect_tools()
@@ -215,7 +219,7 @@ def make_plan(cfg: BuildConfig) -> BuildPlan:
         if name is not None and name not in step_names():
             raise ConfigError(f"{flag} {name!r} is not a step; steps: {', '.join(step_names())}")
     if cfg.folding:
-        from flow.folding import load_folding
+        from flow.hw.folding import load_folding
 
         load_folding(cfg.folding)  # malformed file: fail before anything is written
     final = cfg.resolved_output_dir().absolute()
@@ -231,8 +235,8 @@ def resolve_source(plan: BuildPlan, work: Path) -> BuildPlan:
     the golden model and pick the front end (lowering once, kept for the ``lower`` step)."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from flow.export import export_qonnx_model, load_qonnx, resolve_network
-    from flow.support import check_supported
+    from flow.front.export import export_qonnx_model, load_qonnx, resolve_network
+    from flow.front.support import check_supported
 
     cfg = plan.cfg
     if plan.resume:
@@ -255,7 +259,7 @@ def resolve_source(plan: BuildPlan, work: Path) -> BuildPlan:
 
 
 def _described(mw) -> str:
-    from flow.export import description
+    from flow.front.export import description
 
     d = description(mw)
     return f" ({d['sibnn_arch']}, {d.get('sibnn_weights', '?')})" if "sibnn_arch" in d else ""
@@ -266,7 +270,7 @@ def _check_golden_io(onnx: Path, golden) -> dict | None:
     the golden model this build verifies against must reproduce them bit for bit."""
     import numpy as np
 
-    from flow.verify import assert_equal
+    from flow.proof.verify import assert_equal
 
     x, y = onnx.parent / "input.npy", onnx.parent / "expected_output.npy"
     if not (x.is_file() and y.is_file()):
@@ -278,11 +282,11 @@ def _check_golden_io(onnx: Path, golden) -> dict | None:
 
 
 def _pick_front_end(plan: BuildPlan) -> None:
-    """``auto`` takes the exact front end (``flow.lower``) when the integer IR covers the graph and
+    """``auto`` takes the exact front end (``flow.front.lower``) when the integer IR covers the graph and
     FINN's otherwise (the note says why); ``exact`` makes that an error; ``finn`` always uses
     FINN's. The golden model is used for verification whenever it builds."""
-    from flow.golden import golden_from_qonnx
-    from flow.lower import lower_to_finn
+    from flow.front.golden import golden_from_qonnx
+    from flow.front.lower import lower_to_finn
     from sibnn_base.errors import UnsupportedGraphError
 
     requested = FrontEnd(plan.cfg.front_end)
@@ -307,7 +311,7 @@ def _pick_front_end(plan: BuildPlan) -> None:
 
 
 def _verifier(plan: BuildPlan, verifier_factory):
-    from flow.verify import ChainVerifier, GoldenVerifier, verification_pixels
+    from flow.proof.verify import ChainVerifier, GoldenVerifier, verification_pixels
 
     shape = plan.exported.get_tensor_shape(plan.exported.graph.input[0].name)
     pixels = verification_pixels((shape[2], shape[3], shape[1]), plan.cfg.verify_inputs,
@@ -323,7 +327,7 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
     """The whole build for ``cfg``; returns the output directory. See the module docstring.
 
     ``verifier_factory(pixels_nhwc, golden)`` may replace the default verifier (the golden model
-    where it builds, else :class:`~flow.verify.ChainVerifier`).
+    where it builds, else :class:`~flow.proof.verify.ChainVerifier`).
     """
     from qonnx.core.modelwrapper import ModelWrapper
 
@@ -413,7 +417,7 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from flow.steps import step_names
+    from flow.hw.steps import step_names
 
     p = ArgumentParser(
         prog="sibnn-build",
@@ -432,7 +436,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--start-step", default=None)
     p.add_argument("--stop-step", default=None)
     p.add_argument("--front-end", default=None, choices=[f.value for f in FrontEnd],
-                   help="exact: sibnn's integer IR (flow.lower); finn: FINN's ConvertQONNXtoFINN "
+                   help="exact: sibnn's integer IR (flow.front.lower); finn: FINN's ConvertQONNXtoFINN "
                         "+ streamlining; auto (default): exact where the IR covers the graph")
     p.add_argument("--require-bitfile", action="store_true", default=None,
                    help="fail (exit 2) instead of skipping the Vivado-only outputs")

@@ -17,10 +17,9 @@ from pathlib import Path
 
 import yaml
 
+from flow.hw.finn_env import MVAU_WWIDTH_MAX
 from sibnn_base.errors import ConfigError
 from sibnn_base.typed import check_keys, coerce, load_mapping, to_dict
-
-from .finn_env import MVAU_WWIDTH_MAX
 
 HW_CONFIG_DIR = Path(__file__).resolve().parent.parent / "hw_configs"
 """Where the board files live (one YAML per board, named ``<board-id>.yaml``)."""
@@ -42,7 +41,7 @@ class FrontEnd(str, Enum):
     AUTO = "auto"
     """``exact`` where sibnn's integer IR covers the graph, else ``finn``."""
     EXACT = "exact"
-    """sibnn's integer IR lowered to FINN ops (``flow.lower``): exact by construction."""
+    """sibnn's integer IR lowered to FINN ops (``flow.front.lower``): exact by construction."""
     FINN = "finn"
     """FINN's ``ConvertQONNXtoFINN`` and streamlining with our rewrites (any supported graph)."""
 
@@ -106,7 +105,7 @@ class BuildConfig:
     stop_step: str | None = None
     """Last step to run."""
     front_end: FrontEnd = FrontEnd.AUTO
-    """``exact`` (sibnn's integer IR, ``flow.lower``), ``finn`` (FINN's ConvertQONNXtoFINN and
+    """``exact`` (sibnn's integer IR, ``flow.front.lower``), ``finn`` (FINN's ConvertQONNXtoFINN and
     streamlining) or ``auto`` (exact where the IR covers the graph, else finn)."""
     target_fps: int | None = None
     """Throughput target for folding; None maximises throughput within the board budget."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import BUDGETED, BoardConfig
+from flow.config import BUDGETED, BoardConfig
 
 SCHEMA_VERSION = 1
 
@@ -39,7 +39,7 @@ def finn_estimates(out_dir: Path) -> dict:
 def build_summary(*, model_name: str, board: BoardConfig, out_dir: Path, final_model,
                   records, outputs: dict[str, str], extra: dict | None = None) -> dict:
     """``summary.json`` as the issue specifies it."""
-    from .steps import non_hw_nodes
+    from flow.hw.steps import non_hw_nodes
 
     non_hw = non_hw_nodes(final_model) if final_model is not None else []
     try:
@@ -47,7 +47,7 @@ def build_summary(*, model_name: str, board: BoardConfig, out_dir: Path, final_m
     except FileNotFoundError:
         est = None
     if est is not None and final_model is not None:
-        from .resources import modelled_costs, with_modelled
+        from flow.hw.resources import modelled_costs, with_modelled
 
         est = with_modelled(est, modelled_costs(final_model))
     summary = {

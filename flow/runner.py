@@ -8,8 +8,8 @@
   verified with the reason;
 * *raises* on failure (no debugger, no return codes).
 
-The runner only runs: what a stage is checked against, and how, is :mod:`flow.verify`'s
-(:func:`~flow.verify.verify_step` with a :data:`~flow.verify.Verifier`).
+The runner only runs: what a stage is checked against, and how, is :mod:`flow.proof.verify`'s
+(:func:`~flow.proof.verify.verify_step` with a :data:`~flow.proof.verify.Verifier`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from pathlib import Path
 
 from qonnx.core.modelwrapper import ModelWrapper
 
-from .steps import FlowContext, Step
-from .verify import Verifier, verify_step
+from flow.hw.steps import FlowContext, Step
+from flow.proof.verify import Verifier, verify_step
 
 
 @dataclass
@@ -44,7 +44,7 @@ def run_steps(model: ModelWrapper, steps: list[Step], ctx: FlowContext,
               verifier: Verifier | None, *, echo: Callable[[str], None] = print
               ) -> tuple[ModelWrapper, list[StepRecord]]:
     """Run ``steps`` on ``model`` inside ``ctx.out_dir``; raise on the first failure."""
-    from .steps import op_histogram
+    from flow.hw.steps import op_histogram
 
     inter = ctx.out_dir / "intermediate_models"
     inter.mkdir(parents=True, exist_ok=True)

@@ -264,7 +264,7 @@ def load_test(name: str | DatasetName, data_dir: str | Path | None = None) -> Sp
 def sample_test_images(n: int, seed: int = 0, name: str | DatasetName = DatasetName.FMNIST,
                        data_dir: str | Path | None = None) -> np.ndarray | None:
     """Up to ``n`` seeded test images (uint8 NHWC) of an IDX dataset, or None when it is not
-    installed: the real images of the exactness harness (``flow.verify.load_real_images``)."""
+    installed: the real images of the exactness harness (``flow.proof.verify.load_real_images``)."""
     ds = _parse_name(name)
     directory = Path(data_dir) if data_dir is not None else DEFAULT_DIRS.get(ds)
     path = _find(directory, IDX_FILES["test"][0]) if directory is not None else None

@@ -1,5 +1,5 @@
 """Small seeded QONNX models for the flow tests (exported fresh into each test's tmp dir).
-Brevitas' bnn_pynq networks come from the product (:func:`flow.export.export_bnn_pynq`), which the
+Brevitas' bnn_pynq networks come from the product (:func:`flow.front.export.export_bnn_pynq`), which the
 benchmarks use too."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ def si_resnet(path: Path, seed: int = 0, **overrides) -> Path:
     """Our SI-ResNet (small by default) with seeded weights and spread BatchNorm, as QONNX."""
     import numpy as np
 
-    from flow.export import export_qonnx_model
+    from flow.front.export import export_qonnx_model
     from quant_models import build_model
     from quant_models.stress import randomize_bn
 

@@ -10,7 +10,7 @@ import pytest
 
 from flow.build import build
 from flow.config import resolve_build_config
-from flow.export import export_bnn_pynq
+from flow.front.export import export_bnn_pynq
 from sibnn_base.errors import ConfigError
 from tests.conftest import assert_one_line_error, run_cli
 
@@ -94,7 +94,7 @@ def test_auto_folding_keeps_hls_mvau_simd_above_mw_over_1024():
     from qonnx.core.modelwrapper import ModelWrapper
     from qonnx.custom_op.registry import getCustomOp
 
-    from flow.folding import constraint_errors, repair_min_simd
+    from flow.hw.folding import constraint_errors, repair_min_simd
 
     node = helper.make_node("MVAU_hls", ["x", "w"], ["y"], domain="finn.custom_op.fpgadataflow.hls",
                             backend="fpgadataflow", MW=3000, MH=4, SIMD=1, PE=1,

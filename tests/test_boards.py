@@ -49,7 +49,7 @@ def tfc_specialised(tmp_path_factory):
 
     from flow.build import build
     from flow.config import resolve_build_config
-    from flow.export import export_bnn_pynq
+    from flow.front.export import export_bnn_pynq
 
     tmp = tmp_path_factory.mktemp("tfc")
     onnx = export_bnn_pynq("TFC_1W1A", tmp / "tfc.onnx")
@@ -61,8 +61,8 @@ def tfc_specialised(tmp_path_factory):
 
 @pytest.mark.parametrize("name", BOARDS)
 def test_auto_folding_fits_every_board(name, tfc_specialised, tmp_path):
-    from flow.finn_env import detect_tools, finn_session
-    from flow.folding import auto_fold
+    from flow.hw.finn_env import detect_tools, finn_session
+    from flow.hw.folding import auto_fold
 
     b = load_board(name)
     with finn_session(tmp_path / "finn", detect_tools()):
@@ -74,14 +74,14 @@ def test_auto_folding_fits_every_board(name, tfc_specialised, tmp_path):
 @pytest.mark.vivado
 @pytest.mark.parametrize("name", BOARDS)
 def test_bitfile_per_board(name, tmp_path):
-    from flow.finn_env import detect_tools
+    from flow.hw.finn_env import detect_tools
 
     tools = detect_tools()
     if not tools.has_vivado:
         pytest.skip(f"needs Xilinx Vivado ({tools.reason})")
     from flow.build import build
     from flow.config import resolve_build_config
-    from flow.export import export_bnn_pynq
+    from flow.front.export import export_bnn_pynq
     from flow.report import load_summary
 
     onnx = export_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")

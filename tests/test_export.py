@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from flow.export import export_bundle, export_qonnx_model
-from flow.golden import GoldenModel
+from flow.front.export import export_bundle, export_qonnx_model
+from flow.front.golden import GoldenModel
 from quant_models import build_model, save_checkpoint
 from sibnn_base.errors import OutputDirError
 from tests.fuzz import random_model
@@ -54,11 +54,11 @@ def test_failed_export_leaves_previous_bundle_intact(tmp_path):
 def test_cli_with_checkpoint_and_onnx(tmp_path):
     m = build_model("resnet_w1a1", width=4, depth=[1])
     save_checkpoint(tmp_path / "r.pt", m)
-    proc = run_cli(["-m", "flow.export", "--model", "resnet_w1a1", "--checkpoint",
+    proc = run_cli(["-m", "flow.front.export", "--model", "resnet_w1a1", "--checkpoint",
                     str(tmp_path / "r.pt"), "--out", str(tmp_path / "e1"), "--n-inputs", "6"])
     assert proc.returncode == 0, proc.stderr
     assert "golden == brevitas and qonnx on 6 inputs" in proc.stdout
-    proc = run_cli(["-m", "flow.export", "--onnx", str(tmp_path / "e1" / "model.qonnx.onnx"),
+    proc = run_cli(["-m", "flow.front.export", "--onnx", str(tmp_path / "e1" / "model.qonnx.onnx"),
                     "--out", str(tmp_path / "e2"), "--n-inputs", "3"])
     assert proc.returncode == 0, proc.stderr
 
@@ -66,11 +66,11 @@ def test_cli_with_checkpoint_and_onnx(tmp_path):
 def test_cli_bad_inputs(tmp_path):
     m = build_model("resnet_w1a1", width=4, depth=[1])
     save_checkpoint(tmp_path / "plain.pt", m)
-    assert_one_line_error(run_cli(["-m", "flow.export", "--model", "si_resnet_w1a1",
+    assert_one_line_error(run_cli(["-m", "flow.front.export", "--model", "si_resnet_w1a1",
                                    "--checkpoint", str(tmp_path / "plain.pt"), "--out",
                                    str(tmp_path / "o")]), "'resnet_w1a1' checkpoint")
     (tmp_path / "bad.onnx").write_bytes(b"garbage")
-    assert_one_line_error(run_cli(["-m", "flow.export", "--onnx", str(tmp_path / "bad.onnx"),
+    assert_one_line_error(run_cli(["-m", "flow.front.export", "--onnx", str(tmp_path / "bad.onnx"),
                                    "--out", str(tmp_path / "o")]), "not a readable ONNX file")
     plain = export_qonnx_model(build_model("resnet_w1a1", width=4, depth=[1]).eval(),
                                tmp_path / "q.onnx")
@@ -78,11 +78,11 @@ def test_cli_bad_inputs(tmp_path):
         if n.op_type == "ReduceSum":
             n.op_type, n.name = "ReduceMax", "pool0"
     plain.save(str(tmp_path / "q.onnx"))
-    assert_one_line_error(run_cli(["-m", "flow.export", "--onnx", str(tmp_path / "q.onnx"),
+    assert_one_line_error(run_cli(["-m", "flow.front.export", "--onnx", str(tmp_path / "q.onnx"),
                                    "--out", str(tmp_path / "o")]), "ReduceMax (pool0)")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "x").write_text("x")
-    assert_one_line_error(run_cli(["-m", "flow.export", "--model", "resnet_w1a1", "--checkpoint",
+    assert_one_line_error(run_cli(["-m", "flow.front.export", "--model", "resnet_w1a1", "--checkpoint",
                                    str(tmp_path / "plain.pt"), "--out",
                                    str(tmp_path / "foreign")]), "not written by sibnn")
     assert not (tmp_path / "o").exists()
@@ -98,7 +98,7 @@ def test_export_describes_itself_and_the_build_checks_its_io_pair(tmp_path):
 
     from flow.build import build
     from flow.config import resolve_build_config
-    from flow.export import description, resolve_network
+    from flow.front.export import description, resolve_network
     from flow.report import load_summary
     from sibnn_base.errors import VerificationError
 
@@ -132,7 +132,7 @@ def test_export_describes_itself_and_the_build_checks_its_io_pair(tmp_path):
 def test_one_rule_decides_the_weights(tmp_path):
     """Build, export and the notebooks share resolve_network: shipped weights when they exist
     (unless overrides change the network), else seeded untrained ones; never both."""
-    from flow.export import resolve_network
+    from flow.front.export import resolve_network
     from quant_models.registry import get_entry
     from sibnn_base.errors import CheckpointError, ConfigError
 

@@ -17,7 +17,7 @@ import pytest
 
 from flow.build import build
 from flow.config import resolve_build_config
-from flow.export import export_bnn_pynq
+from flow.front.export import export_bnn_pynq
 from sibnn_base.errors import OutputDirError
 from tests.conftest import ROOT
 
@@ -48,7 +48,7 @@ def _temps(out: Path) -> list[Path]:
 
 _PAUSED_BUILD = """
 import pathlib, runpy, sys, time
-import flow.steps as steps
+import flow.hw.steps as steps
 ready = pathlib.Path(sys.argv.pop(1))
 i = [s.name for s in steps.BACK_END].index("fold")
 real = steps.BACK_END[i]
@@ -168,7 +168,7 @@ def test_one_ownership_rule_for_every_tool(prior, tmp_path):
     from tests.conftest import assert_one_line_error, run_cli
 
     _, out = prior
-    proc = run_cli(["-m", "flow.export", "--out", str(out)])
+    proc = run_cli(["-m", "flow.front.export", "--out", str(out)])
     assert_one_line_error(proc, str(out), "holds a sibnn 'build' result, not 'export'")
 
 

@@ -10,8 +10,8 @@ import pytest
 
 from flow.build import build
 from flow.config import resolve_build_config
-from flow.export import export_bnn_pynq
-from flow.finn_env import detect_tools
+from flow.front.export import export_bnn_pynq
+from flow.hw.finn_env import detect_tools
 from flow.report import format_summary, load_summary
 from tests.conftest import assert_one_line_error, run_cli
 from tests.flow_models import si_resnet
@@ -238,7 +238,7 @@ def test_cli_unwritable_output_dir(tmp_path):
 def test_cli_folding_unknown_node_is_rejected_by_validation(tmp_path):
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from flow.folding import validate_folding
+    from flow.hw.folding import validate_folding
     from sibnn_base.errors import ConfigError
 
     onnx = export_bnn_pynq("TFC_1W1A", tmp_path / "tfc.onnx")

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from flow.config import BuildConfig, load_board, resolve_build_config, write_config
-from flow.steps import select_steps, step_names
+from flow.hw.steps import select_steps, step_names
 from sibnn_base.errors import ConfigError
 
 

@@ -8,8 +8,8 @@ from qonnx.core.modelwrapper import ModelWrapper
 
 from flow.build import build
 from flow.config import BuildConfig
+from flow.proof.verify import GoldenVerifier, python_model_view, verification_pixels
 from flow.report import load_summary
-from flow.verify import GoldenVerifier, python_model_view, verification_pixels
 from sibnn_base.errors import VerificationError
 
 
@@ -33,7 +33,7 @@ def test_post_specialisation_stages_run_their_python_models(small_build):
 
 
 def test_a_broken_folded_stage_fails(small_build):
-    from flow.golden import golden_from_qonnx
+    from flow.front.golden import golden_from_qonnx
 
     model = ModelWrapper(str(small_build / "intermediate_models" / "06_minimize_bit_width.onnx"))
     golden, _ = golden_from_qonnx(ModelWrapper(str(small_build / "model.qonnx.onnx")))
@@ -55,7 +55,7 @@ def test_xnor_accumulators_hold_their_popcount(small_build, tmp_path):
     from qonnx.core.datatype import DataType
     from qonnx.custom_op.registry import getCustomOp
 
-    from flow.finn_env import dataflow_config, detect_tools, finn_session
+    from flow.hw.finn_env import dataflow_config, detect_tools, finn_session
 
     def too_narrow(model):
         bad = []

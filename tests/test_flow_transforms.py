@@ -1,4 +1,4 @@
-"""Our graph rewrites (flow/transforms.py) on tiny hand-built graphs: exact on seeded inputs."""
+"""Our graph rewrites (flow/hw/transforms.py) on tiny hand-built graphs: exact on seeded inputs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from qonnx.transformation.composed import ComposedTransformation
 from qonnx.transformation.infer_shapes import InferShapes
 from qonnx.util.basic import qonnx_make_model
 
-from flow import transforms as T
+from flow.hw import transforms as T
 
 
 def _vi(name, shape):

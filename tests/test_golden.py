@@ -9,10 +9,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from flow.export import export_qonnx_model
-from flow.golden import GoldenModel, build_golden, golden_from_qonnx
-from flow.integerize import integerize
-from flow.verify import load_real_images, make_inputs, pixels_to_x, verify
+from flow.front.export import export_qonnx_model
+from flow.front.golden import GoldenModel, build_golden, golden_from_qonnx
+from flow.front.integerize import integerize
+from flow.proof.verify import load_real_images, make_inputs, pixels_to_x, verify
 from quant_models import build_model
 from quant_models.stress import randomize_bn
 from sibnn_base.errors import UnsupportedGraphError, VerificationError

@@ -14,7 +14,7 @@ import torch
 
 from flow.build import build
 from flow.config import resolve_build_config
-from flow.export import export_qonnx_model
+from flow.front.export import export_qonnx_model
 from flow.report import load_summary
 from quant_models import build_model
 from quant_models.blocks import BiasedSign

@@ -5,7 +5,7 @@ from __future__ import annotations
 from onnx import TensorProto, helper
 from qonnx.core.modelwrapper import ModelWrapper
 
-from flow.resources import PORT_CONTROL_FF, PORT_CONTROL_LUT, modelled_costs, with_modelled
+from flow.hw.resources import PORT_CONTROL_FF, PORT_CONTROL_LUT, modelled_costs, with_modelled
 
 DOM = "finn.custom_op.fpgadataflow.hls"
 

@@ -425,7 +425,7 @@ def test_float_weights_network_has_binary_activations_and_float_layers():
 
 
 def test_staged_recipe_trains_and_ends_w1a1(tmp_path):
-    from flow.export import export_qonnx_model
+    from flow.front.export import export_qonnx_model
     from sibnn_base.errors import UnsupportedGraphError
 
     results = train(build_config(staged(tmp_path)), log=lambda *_: None)

@@ -4,7 +4,7 @@ FINN's own front end (``ConvertQONNXtoFINN`` + streamlining) recomputes every th
 formula ``(k - 0.5) * s`` and float arithmetic, so it rounds ties up where Brevitas rounds them to
 even, and it cannot convert a bipolar tensor that forks into several binary convolutions to XNOR
 form. This module skips all of that: it writes the graph FINN's ``convert_to_hw`` expects directly
-from :mod:`flow.integerize`'s IR, with the IR's exact thresholds:
+from :mod:`flow.front.integerize`'s IR, with the IR's exact thresholds:
 
 * layout NHWC throughout; the input is the uint8 pixel stream ``(1, H, W, C)``;
 * a convolution is ``Im2Col`` + ``MatMul`` (integer or bipolar weights), or ``Im2Col`` +
@@ -25,10 +25,9 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper
 
+from flow.front.integerize import IntegerIR, IRNode
+from flow.hw.finn_env import HW_DOMAIN
 from sibnn_base.errors import UnsupportedGraphError
-
-from .finn_env import HW_DOMAIN
-from .integerize import IntegerIR, IRNode
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
 
@@ -424,8 +423,8 @@ def _remove_identities(mw):
 
 def lower_to_finn(ir: IntegerIR):
     """The streamlined FINN graph (NHWC, uint8 pixels in, integer scores out) of ``ir``; its
-    NHWC input is recorded under ``sibnn_input_layout`` for :func:`flow.verify.stage_input`."""
-    from .transforms import INPUT_LAYOUT_KEY
+    NHWC input is recorded under ``sibnn_input_layout`` for :func:`flow.proof.verify.stage_input`."""
+    from flow.hw.transforms import INPUT_LAYOUT_KEY
 
     low = _Lowering(ir).run()
     low.set_metadata_prop(INPUT_LAYOUT_KEY, "NHWC")

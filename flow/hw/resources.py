@@ -27,7 +27,7 @@ from __future__ import annotations
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
-from .finn_env import is_hw_node
+from flow.hw.finn_env import is_hw_node
 
 PORT_CONTROL_LUT = 4
 """LUTs of one stream port's valid/ready handshake (per register slice)."""
@@ -111,5 +111,5 @@ def with_modelled(est: dict, costs: dict[str, dict]) -> dict:
     return {**est, "LUT_modelled": est.get("LUT", 0.0) + lut,
             "sibnn_modelled": {"LUT": lut, "FF": ff, "nodes": costs,
                                "note": "LUT/FF of the stream layers FINN estimates at 0 (forks, "
-                                       "adds), by sibnn's model (flow/resources.py); "
+                                       "adds), by sibnn's model (flow/hw/resources.py); "
                                        "LUT_modelled = FINN's LUT + these"}}

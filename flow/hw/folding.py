@@ -20,10 +20,9 @@ from pathlib import Path
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
+from flow.config import BUDGETED, BoardConfig
+from flow.hw.finn_env import MVAU_WWIDTH_MAX, is_hw_node
 from sibnn_base.errors import ConfigError
-
-from .config import BUDGETED, BoardConfig
-from .finn_env import MVAU_WWIDTH_MAX, is_hw_node
 
 FOLDING_ATTRS = ("PE", "SIMD", "parallel_window", "ram_style", "ram_style_thresholds",
                  "resType", "mem_mode", "runtime_writeable_weights", "depth_trigger_uram",

@@ -2,7 +2,7 @@
 
 FINN's own steps (``finn.builder.build_dataflow_steps``) are called by name where they fit; our
 steps close the gaps for the SI fork/join, the bipolar padding, the sum pool and the uint8
-interface (see :mod:`flow.transforms`). ``ctx`` is a :class:`FlowContext`: our configs, FINN's
+interface (see :mod:`flow.hw.transforms`). ``ctx`` is a :class:`FlowContext`: our configs, FINN's
 ``DataflowBuildConfig`` and the tool status.
 """
 
@@ -23,11 +23,10 @@ from qonnx.transformation.infer_data_layouts import InferDataLayouts
 from qonnx.transformation.infer_datatypes import InferDataTypes
 from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
 
+from flow.config import BoardConfig, BuildConfig
+from flow.hw import transforms as T
+from flow.hw.finn_env import ToolStatus, is_hw_node
 from sibnn_base.errors import ConfigError, UnsupportedGraphError
-
-from . import transforms as T
-from .config import BoardConfig, BuildConfig
-from .finn_env import ToolStatus, is_hw_node
 
 
 @dataclass
@@ -40,7 +39,7 @@ class FlowContext:
     finn_cfg: Any
     """FINN's ``DataflowBuildConfig`` (output_dir = the build's working directory)."""
     finn_steps: ModuleType
-    """``finn.builder.build_dataflow_steps``, imported through :mod:`flow.finn_env`."""
+    """``finn.builder.build_dataflow_steps``, imported through :mod:`flow.hw.finn_env`."""
     out_dir: Path
     all_steps: list = field(default_factory=list)
     """The whole step list of this build (intermediate models are numbered by it)."""
@@ -81,7 +80,7 @@ def step_streamline(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
     """FINN's streamlining for fork/join graphs, plus our XNOR, pooling and interface rewrites.
 
     Order: ``StreamlinePlus`` (moves the residual scales past the adds and forks) -> conv lowering
-    -> :class:`~flow.transforms.ConvertBipolarToXnor` (all consumers of a fork at once) ->
+    -> :class:`~flow.hw.transforms.ConvertBipolarToXnor` (all consumers of a fork at once) ->
     ``StreamlinePlus`` again -> sum pool, NHWC padding and input transpose rewrites -> a last
     ``StreamlinePlus`` -> drop the identity pixel threshold -> integer constant annotation.
     """
@@ -152,7 +151,7 @@ def step_specialize_layers(model: ModelWrapper, ctx: FlowContext) -> ModelWrappe
 
 def step_fold(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
     """Auto-fold to the board budget, or apply (after validating) the user's folding file."""
-    from . import folding
+    from flow.hw import folding
 
     model = model.transform(GiveUniqueNodeNames())
     report = ctx.out_dir / "report"
@@ -185,7 +184,7 @@ def step_fold(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
 
 
 def step_minimize_bit_width(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
-    """FINN's bit-width minimisation, then :class:`~flow.transforms.FixXnorAccumulatorWidth`
+    """FINN's bit-width minimisation, then :class:`~flow.hw.transforms.FixXnorAccumulatorWidth`
     (FINN sizes XNOR accumulators too narrow and clips their thresholds)."""
     import copy
 
@@ -212,16 +211,16 @@ def _finn(name: str) -> Callable[[ModelWrapper, FlowContext], ModelWrapper]:
 
 
 def step_lower(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
-    """The exact front end (``flow.lower``): QONNX -> integer IR -> streamlined FINN graph.
+    """The exact front end (``flow.front.lower``): QONNX -> integer IR -> streamlined FINN graph.
 
     Thresholds are exact by construction (ties round as Brevitas rounds them), the input is uint8
     NHWC pixels and the output the integer class scores; the dropped float logit scale is recorded
-    under ``sibnn_output_affine`` like :class:`~flow.transforms.StripOutputAffine` does.
+    under ``sibnn_output_affine`` like :class:`~flow.hw.transforms.StripOutputAffine` does.
     """
     import json
 
-    from .integerize import integerize
-    from .lower import lower_to_finn
+    from flow.front.integerize import integerize
+    from flow.front.lower import lower_to_finn
 
     ir = ctx.ir if ctx is not None and ctx.ir is not None else integerize(model)
     # the plan's probe already lowered this IR to pick the front end: reuse it, never lower twice
@@ -247,7 +246,7 @@ FRONT_ENDS: dict[str, list[Step]] = {
         Step("streamline", step_streamline),
     ],
 }
-"""The two front ends: ``exact`` (sibnn's integer IR, ``flow.lower``) and ``finn`` (FINN's
+"""The two front ends: ``exact`` (sibnn's integer IR, ``flow.front.lower``) and ``finn`` (FINN's
 ``ConvertQONNXtoFINN`` + streamlining with our rewrites, for graphs the IR does not cover)."""
 
 BACK_END: list[Step] = [

@@ -1,6 +1,6 @@
 """What sibnn can take to hardware: the ONNX/QONNX ops (:data:`SUPPORTED_OPS`) and the one check
 (:func:`check_supported`) that names every unsupported layer before any work is done. A build
-runs it once, on the source graph with its own node names (:func:`flow.export.load_qonnx`, or
+runs it once, on the source graph with its own node names (:func:`flow.front.export.load_qonnx`, or
 the registry export); no step repeats it."""
 
 from __future__ import annotations

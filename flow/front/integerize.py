@@ -14,8 +14,8 @@ thresholds are read off, so the result is exact by construction, ties included (
 half to even; FINN's formula ``(k - 0.5) * s`` would round them up). Accumulations are exact
 because every value is a small integer (the bound is checked against float32's 2**24).
 
-The IR is emitted as a standard-ONNX golden model by :mod:`flow.golden` and lowered to a FINN
-graph by :mod:`flow.lower`.
+The IR is emitted as a standard-ONNX golden model by :mod:`flow.front.golden` and lowered to a FINN
+graph by :mod:`flow.front.lower`.
 """
 
 from __future__ import annotations

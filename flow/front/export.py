@@ -62,11 +62,10 @@ def resolve_network(name: str | None = None, *, checkpoint: str | None = None,
     * else seeded untrained weights (``torch.manual_seed(seed)``), unless ``allow_untrained`` is
       False (a one-line :class:`~sibnn_base.errors.CheckpointError`).
     """
+    from flow.config import DEFAULT_MODEL
     from quant_models import build_model, model_from_checkpoint
     from quant_models.registry import get_entry
     from sibnn_base.errors import CheckpointError, ConfigError
-
-    from .config import DEFAULT_MODEL
 
     torch.manual_seed(seed)
     if checkpoint:
@@ -202,11 +201,10 @@ def export_bundle(out_dir: str | Path, *, model: nn.Module | None = None,
     import numpy as np
     import onnx
 
+    from flow.front.golden import GoldenModel, build_golden
+    from flow.front.integerize import integerize
+    from flow.proof.verify import load_real_images, make_inputs, verify
     from sibnn_base.atomic import atomic_output_dir
-
-    from .golden import GoldenModel, build_golden
-    from .integerize import integerize
-    from .verify import load_real_images, make_inputs, verify
 
     if (model is None) == (qonnx_path is None):
         raise ValueError("give exactly one of model / qonnx_path")
@@ -252,7 +250,7 @@ def load_qonnx(path: str | Path, *, for_golden: bool = False):
     for a missing, empty or unreadable file; every layer checked with the file's own node names
     (before qonnx's cleanup renames them); then the cleaned ``ModelWrapper``.
 
-    A build checks that the flow maps every layer (:func:`flow.support.check_supported`);
+    A build checks that the flow maps every layer (:func:`flow.front.support.check_supported`);
     ``for_golden`` (sibnn-export) instead needs Quant nodes and ops the integer IR covers."""
     import onnx
     from qonnx.core.modelwrapper import ModelWrapper
@@ -274,7 +272,7 @@ def load_qonnx(path: str | Path, *, for_golden: bool = False):
         raise UnsupportedGraphError(f"{path} has an empty graph")
     model = ModelWrapper(proto)
     if for_golden:
-        from .integerize import SUPPORTED
+        from flow.front.integerize import SUPPORTED
 
         if not any(n.op_type in ("Quant", "BipolarQuant") for n in proto.graph.node):
             raise UnsupportedGraphError(f"{path} is not a QONNX model (no Quant/BipolarQuant "
@@ -285,7 +283,7 @@ def load_qonnx(path: str | Path, *, for_golden: bool = False):
             raise UnsupportedGraphError(f"{path}: unsupported op(s) {', '.join(bad[:8])}"
                                         f"{' ...' if len(bad) > 8 else ''}")
     else:
-        from .support import check_supported
+        from flow.front.support import check_supported
 
         check_supported(model)
     return cleanup_model(model)

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .integerize import FloatOp, IntegerIR
+from flow.front.integerize import FloatOp, IntegerIR
 
 OPSET = 17
 
@@ -358,7 +358,7 @@ class GoldenModel:
 
 def golden_from_qonnx(qonnx_model, threads: int = 1) -> tuple[GoldenModel, IntegerIR]:
     """Integerize a cleaned QONNX ``ModelWrapper`` and load its golden model."""
-    from .integerize import integerize
+    from flow.front.integerize import integerize
 
     ir = integerize(qonnx_model)
     return GoldenModel(None, build_golden(ir), threads), ir

@@ -1,0 +1,1 @@
+"""The proof: every exactness check and the one stage executor."""
