@@ -116,3 +116,19 @@ def test_si_squeeze_whose_quantiser_is_a_clip_keeps_the_fork_binary(tmp_path):
     for n in finn.graph.node:
         if n.op_type == "Im2Col" and any(get_by_name(n.attribute, "pad_amount").ints):
             assert finn.get_tensor_datatype(n.input[0]).name in ("BINARY", "UINT8"), n.name
+
+
+def test_tensor_datatypes_come_from_qonnx_candidates():
+    """The lowering's datatypes are qonnx's smallest candidates on the stream widths it uses."""
+    from qonnx.core.datatype import DataType
+
+    from flow.front.lower import _dtype_for
+    from sibnn_base.errors import UnsupportedGraphError
+
+    cases = {(0, 1): "BINARY", (0, 2): "UINT2", (0, 255): "UINT8", (0, 256): "UINT16",
+             (-1, 0): "INT2", (-1, 1): "INT2", (-128, 127): "INT8", (-129, 0): "INT16",
+             (0, 288): "UINT16", (-1785, 1785): "INT16", (-(2**31), 2**31 - 1): "INT32"}
+    for (lo, hi), name in cases.items():
+        assert _dtype_for(lo, hi) == DataType[name], (lo, hi)
+    with pytest.raises(UnsupportedGraphError, match="more than 32 bits"):
+        _dtype_for(0, 2**32)

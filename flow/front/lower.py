@@ -32,16 +32,24 @@ from sibnn_base.errors import UnsupportedGraphError
 QONNX_DOMAIN = "qonnx.custom_op.general"
 
 
+STREAM_BITS = (1, 2, 3, 4, 5, 6, 7, 8, 16, 32)
+"""The bit widths the lowering gives its tensors (FINN's HLS layers take any width; byte-sized
+widths above 8 keep the generated streams and accumulators regular)."""
+
+
 def _dtype_for(lo: int, hi: int):
+    """The smallest qonnx integer ``DataType`` of :data:`STREAM_BITS` bits holding ``[lo, hi]``:
+    qonnx's own candidate list (``DataType.get_accumulator_dt_cands``, unsigned first), less the
+    non-contiguous BIPOLAR/TERNARY and
+    INT1 (a signed stream has a sign bit and a value bit)."""
     from qonnx.core.datatype import DataType
 
-    if lo >= 0:
-        for bits in (1, 2, 3, 4, 5, 6, 7, 8, 16, 32):
-            if hi <= 2**bits - 1:
-                return DataType["BINARY"] if bits == 1 else DataType[f"UINT{bits}"]
-    for bits in (2, 3, 4, 5, 6, 7, 8, 16, 32):
-        if -(2 ** (bits - 1)) <= lo and hi <= 2 ** (bits - 1) - 1:
-            return DataType[f"INT{bits}"]
+    for name in DataType.get_accumulator_dt_cands():
+        dt = DataType[name]
+        if name in ("BIPOLAR", "TERNARY", "INT1") or dt.bitwidth() not in STREAM_BITS:
+            continue
+        if dt.min() <= lo and hi <= dt.max():
+            return dt
     raise UnsupportedGraphError(f"integer range [{lo}, {hi}] needs more than 32 bits")
 
 
