@@ -108,12 +108,23 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None,
     in_c, in_h, in_w = ir.input_shape[1:]
     graph_inputs = [helper.make_tensor_value_info("pixels_nhwc", TensorProto.UINT8,
                                                   [N, in_h, in_w, in_c])]
+    folded = _foldable_pads(ir)
     for nd in ir.nodes:
         a = nd.attrs
         rank = len(shapes[nd.output])
         if nd.op == "input":
             f = e.node("Cast", ["pixels_nhwc"], to=TensorProto.FLOAT)
             e.node("Transpose", [f], nd.output, perm=[0, 3, 1, 2])
+        elif nd.op == "conv" and nd.inputs[0] in folded:
+            # conv(pad(x, v)) == conv(pad(x, 0)) + v * conv(border): the spatial padding moves
+            # into the Conv and its constant border into one integer bias map (exact: integers)
+            pad = folded[nd.inputs[0]]
+            p, v = pad.attrs["pads"], float(pad.attrs["value"])
+            y = e.node("Conv", [pad.inputs[0], e.const(a["weight"], "w")], pads=[p[2], p[3], p[6], p[7]],
+                       strides=a["strides"], dilations=a["dilations"], group=a["group"],
+                       kernel_shape=a["kernel_shape"])
+            border = v * _border_response(ir.tensors[pad.inputs[0]].shape, p, a)
+            e.node("Add", [y, e.const(border, "border")], nd.output)
         elif nd.op == "conv":
             e.node("Conv", [nd.inputs[0], e.const(a["weight"], "w")], nd.output, pads=a["pads"],
                    strides=a["strides"], dilations=a["dilations"], group=a["group"],
@@ -129,6 +140,8 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None,
             e.node("Add", nd.inputs, nd.output)
         elif nd.op == "shift":
             e.node("Mul", [nd.inputs[0], e.const(np.float32(a["factor"]), "f")], nd.output)
+        elif nd.op == "pad" and nd.output in folded:
+            pass  # folded into its conv
         elif nd.op == "pad":
             e.node("Pad", [nd.inputs[0], e.const(a["pads"], "pads", np.int64),
                            e.const(np.float32(a["value"]), "pv")], nd.output, mode="constant")
@@ -195,7 +208,13 @@ def _emit_threshold(e: _Emitter, nd, src, rank: int, mode: str) -> None:
     cs = _channel_shape(rank, C)
     base, step = np.float32(a["base"]), np.float32(a["step"])
     x = nd.inputs[0]
-    if K == 1 and np.all(d == 1):
+    if K == 1 and np.all(d == 1) and base == -1 and step == 2 and \
+            np.all(np.abs(thr) < 2**22) and np.all(thr == np.round(thr)):
+        # a sign: x >= t  <=>  x - t + 0.5 > 0 for integers x, t, and that half-integer is never
+        # 0, so Sign gives exactly -1 / +1 (cheaper than a compare and a select)
+        shifted = e.node("Add", [x, e.const((0.5 - thr).reshape(cs), "half_minus_thr")])
+        e.node("Sign", [shifted], nd.output)
+    elif K == 1 and np.all(d == 1):
         ge = e.node("GreaterOrEqual", [x, e.const(thr.reshape(cs), "thr")])
         e.node("Where", [ge, e.const(base + step, "hi"), e.const(base, "lo")], nd.output)
     elif mode == "compare" or K == 1:
@@ -302,6 +321,39 @@ def _staircase(thr: np.ndarray, d: np.ndarray, vals: np.ndarray, cnt: np.ndarray
     got = np.clip(np.floor(z), np.float32(0), np.float32(K))
     ok = fitted & np.all(got == cnt.astype(np.float32), axis=1)
     return m32, c32, ok
+
+
+def _foldable_pads(ir: IntegerIR) -> dict:
+    """Pad nodes (spatial, constant value) whose only consumer is an unpadded conv, by output."""
+    consumers: dict[str, list] = {}
+    for nd in ir.nodes:
+        for i in nd.inputs:
+            consumers.setdefault(i, []).append(nd)
+    outputs = {o.tensor for o in ir.outputs}
+    out = {}
+    for nd in ir.nodes:
+        if nd.op != "pad" or nd.output in outputs:
+            continue
+        p = list(nd.attrs["pads"])
+        users = consumers.get(nd.output, [])
+        if len(p) == 8 and p[0] == p[1] == p[4] == p[5] == 0 and len(users) == 1 and \
+                users[0].op == "conv" and not any(users[0].attrs["pads"]):
+            out[nd.output] = nd
+    return out
+
+
+def _border_response(shape, pads, conv_attrs) -> np.ndarray:
+    """``conv(mask)`` with ``mask`` 1 on the padded border and 0 inside, (1, C_out, H_o, W_o):
+    what the pad value contributes to each output, computed exactly (float64 on integers)."""
+    import torch
+
+    _, c, h, w = shape
+    mask = np.ones((1, c, h + pads[2] + pads[6], w + pads[3] + pads[7]))
+    mask[:, :, pads[2]:pads[2] + h, pads[3]:pads[3] + w] = 0
+    wt = torch.from_numpy(np.asarray(conv_attrs["weight"], np.float64))
+    y = torch.nn.functional.conv2d(torch.from_numpy(mask), wt, stride=conv_attrs["strides"],
+                                   dilation=conv_attrs["dilations"], groups=conv_attrs["group"])
+    return y.numpy().astype(np.float32)
 
 
 def _chain_is_identity(o) -> bool:
