@@ -177,7 +177,12 @@ def resnet_w1a1(spec: NetSpec) -> nn.Module:
     return SIResNet(spec)
 
 
-@register_model("si_resnet_fp", defaults={"si": True, "binary": False})
+@register_model("si_resnet_fp", defaults={"si": True, "binary": False}, pretrained=PretrainedEntry(
+    file="si_resnet_fp_fmnist.pt",
+    sha256="480be82bf50d48c950a0424ab5fa3ac0d979a45b0403088957904c775361d151",
+    dataset="fmnist", input_shape=(1, 28, 28), top1=92.70,
+    command="sibnn-train --config configs/fmnist_teacher.yaml "
+            "--export quant_models/pretrained/si_resnet_fp_fmnist.pt"))
 def si_resnet_fp(spec: NetSpec) -> nn.Module:
     """The floating-point teacher twin of si_resnet_w1a1: same blocks, same taps."""
     return SIResNet(spec)

@@ -160,3 +160,27 @@ def test_teacher_checkpoint_is_read_once(tmp_path, torch_loads):
     assert [str(p) for p in torch_loads] == [str(path)]
     assert teacher.arch == "si_resnet_fp" and not teacher.training
     assert not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_shipped_teacher_measures_what_it_claims():
+    """build_model("si_resnet_fp", pretrained=True): the FP teacher every student distils from,
+    sha256-pinned, with the student's geometry, and at its registered test top-1 to the image."""
+    import torch
+
+    from quant_models.data import load_test
+    from sibnn_base.errors import DatasetError
+
+    entry = get_entry("si_resnet_fp").pretrained
+    teacher = build_model("si_resnet_fp", pretrained=True)
+    student = get_entry("si_resnet_w1a1")
+    assert teacher.spec.width == 32 and list(teacher.spec.depth) == [1, 1, 2]
+    assert student.pretrained is None or tuple(student.pretrained.input_shape) == \
+        tuple(entry.input_shape)
+    try:
+        test = load_test(entry.dataset)
+    except DatasetError as err:
+        pytest.skip(f"needs the {entry.dataset} test set: {err}")
+    with torch.no_grad():
+        correct = sum(int((teacher(test.x[i:i + 1000]).argmax(1) == test.y[i:i + 1000]).sum())
+                      for i in range(0, len(test.x), 1000))
+    assert round(100.0 * correct / len(test.x), 2) == entry.top1
