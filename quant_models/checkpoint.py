@@ -57,6 +57,15 @@ def make_checkpoint(model: nn.Module, *, arch: str | None = None, optimizer: Any
     }
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in chunks (what a shipped checkpoint is pinned by)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def payload_sha256(state: dict) -> str:
     """sha256 over a state dict's tensors in name order: name, dtype, shape and raw bytes."""
     h = hashlib.sha256()

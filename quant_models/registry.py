@@ -8,7 +8,6 @@ the network its ``model_args`` describe); the checkpoint module never imports th
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from torch import nn
 
 from sibnn_base.errors import CheckpointError, ConfigError, UnknownModelError
 
-from .checkpoint import load_checkpoint
+from .checkpoint import file_sha256, load_checkpoint
 from .networks import DATASET_SHAPES, NetSpec, SIResNet
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -154,7 +153,7 @@ def model_from_checkpoint(path: str | Path, expected_arch: str | None = None) ->
 def verify_sha256(path: Path, expected: str) -> None:
     if not Path(path).is_file():
         raise CheckpointError(f"shipped checkpoint {path} is missing; reinstall sibnn")
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = file_sha256(path)
     if digest != expected:
         raise CheckpointError(f"checkpoint {path} has sha256 {digest[:12]}..., expected "
                               f"{expected[:12]}...: the file is corrupt or was replaced")

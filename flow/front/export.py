@@ -9,7 +9,6 @@ arguments, weights, checkpoint sha256 and seed, so a build of it knows what it c
 
 from __future__ import annotations
 
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass
@@ -43,14 +42,6 @@ class Weights:
     """The torch seed the network was built under (it decides untrained weights)."""
 
 
-def _file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def resolve_network(name: str | None = None, *, checkpoint: str | None = None,
                     overrides: dict | None = None, seed: int = 0,
                     allow_untrained: bool = True) -> tuple[nn.Module, Weights]:
@@ -64,6 +55,7 @@ def resolve_network(name: str | None = None, *, checkpoint: str | None = None,
     """
     from flow.config import DEFAULT_MODEL
     from quant_models import build_model, model_from_checkpoint
+    from quant_models.checkpoint import file_sha256
     from quant_models.registry import get_entry
     from sibnn_base.errors import CheckpointError, ConfigError
 
@@ -74,7 +66,7 @@ def resolve_network(name: str | None = None, *, checkpoint: str | None = None,
                               "checkpoint's model_args define the network")
         net = model_from_checkpoint(checkpoint, expected_arch=name)
         return net.eval(), Weights(net.arch, "checkpoint", f"checkpoint {checkpoint}",
-                                   _file_sha256(checkpoint), seed)
+                                   file_sha256(checkpoint), seed)
     name = name or DEFAULT_MODEL
     entry = get_entry(name)
     if entry.pretrained is not None and not overrides:
