@@ -6,10 +6,15 @@ PY := $(VENV)/bin/python
 BOARD ?= pynq-z2
 STAMP := $(VENV)/.sibnn-installed
 
-.PHONY: install build test test-slow bench bench-accuracy lint clean
+.PHONY: install deps build test test-slow bench bench-accuracy lint clean
 
 install:
 	@bash scripts/install.sh
+
+# finn-hlslib for `--sim cppsim|all` (g++ cppsim without Vitis), at finn-plus' pinned commit, in
+# $(FINN_DEPS) (default deps/). Needs GitHub, or HLSLIB_SRC=<local clone>.
+deps: install
+	@bash scripts/deps.sh
 
 build: install
 	$(PY) flow/build.py --board $(BOARD)

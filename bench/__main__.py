@@ -2,6 +2,8 @@
 
 * ``golden_speed``: golden model (ONNX Runtime) vs Brevitas throughput;
 * ``flow``: default build time, SI hardware overhead, auto vs hand folding;
+* ``sim``: ``--sim all`` compile/run time per node type, cold and cached against the plain
+  build (needs g++, finn-hlslib and Verilator: ``make deps``);
 * ``accuracy --cost-only``: the distillation step cost (the ablation's training runs take about
   an hour: ``make bench-accuracy``).
 
@@ -12,11 +14,12 @@ from __future__ import annotations
 
 import sys
 
-from bench import accuracy, flow, golden_speed
+from bench import accuracy, flow, golden_speed, sim
 
 BENCHMARKS = {
     "golden_speed": lambda: golden_speed.main(),
     "flow": lambda: flow.main([]),
+    "sim": lambda: sim.main([]),
     "accuracy": lambda: accuracy.main(["--cost-only"]),
 }
 

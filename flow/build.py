@@ -36,6 +36,7 @@ from flow.config import (  # noqa: E402
     BoardConfig,
     BuildConfig,
     FrontEnd,
+    SimMode,
     list_boards,
     load_board,
     resolve_build_config,
@@ -191,6 +192,9 @@ class BuildPlan:
     golden_io: dict | None = None
     """The check of the golden model against ``sibnn-export``'s I/O pair, when the ONNX file
     came with one."""
+    sims: Any = None
+    """The code simulators ``--sim`` needs (:class:`flow.proof.simulate.Simulators`), found
+    before anything is written; None for ``--sim none``."""
 
     @property
     def all_steps(self) -> list:
@@ -218,6 +222,11 @@ def make_plan(cfg: BuildConfig) -> BuildPlan:
     for flag, name in (("--start-step", cfg.start_step), ("--stop-step", cfg.stop_step)):
         if name is not None and name not in step_names():
             raise ConfigError(f"{flag} {name!r} is not a step; steps: {', '.join(step_names())}")
+    sims = None
+    if SimMode(cfg.sim).kinds:
+        from flow.proof.simulate import find_simulators
+
+        sims = find_simulators(cfg.sim)  # a missing g++/Verilator/finn-hlslib: fail first
     if cfg.folding:
         from flow.hw.folding import load_folding
 
@@ -227,7 +236,7 @@ def make_plan(cfg: BuildConfig) -> BuildPlan:
     resume = bool(cfg.start_step)
     if resume and not (final / "model.qonnx.onnx").is_file():
         raise ConfigError(f"--start-step {cfg.start_step} needs an earlier build in {final}")
-    return BuildPlan(cfg=cfg, board=board, tools=tools, final=final, resume=resume)
+    return BuildPlan(cfg=cfg, board=board, tools=tools, final=final, resume=resume, sims=sims)
 
 
 def resolve_source(plan: BuildPlan, work: Path) -> BuildPlan:
@@ -310,12 +319,52 @@ def _pick_front_end(plan: BuildPlan) -> None:
     plan.front_end, plan.front_end_note = FrontEnd.FINN, f"exact front end unavailable ({why})"
 
 
-def _verifier(plan: BuildPlan, verifier_factory):
-    from flow.proof.verify import ChainVerifier, GoldenVerifier, verification_pixels
+def _pixels(plan: BuildPlan):
+    from flow.proof.verify import verification_pixels
 
     shape = plan.exported.get_tensor_shape(plan.exported.graph.input[0].name)
-    pixels = verification_pixels((shape[2], shape[3], shape[1]), plan.cfg.verify_inputs,
-                                 plan.cfg.seed)
+    return verification_pixels((shape[2], shape[3], shape[1]), plan.cfg.verify_inputs,
+                               plan.cfg.seed)
+
+
+def _check_sim_steps(plan: BuildPlan) -> None:
+    """``--sim`` runs the code ``hw_codegen`` generates: the build must get that far."""
+    if plan.sims is None:
+        return
+    names = [s.name for s in plan.all_steps]
+    stop = plan.cfg.stop_step
+    if stop is not None and stop in names and names.index(stop) < names.index("hw_codegen"):
+        raise ConfigError(f"--sim {SimMode(plan.cfg.sim).value} runs the code hw_codegen generates, but "
+                          f"--stop-step {stop} stops before it")
+
+
+def _simulate(plan: BuildPlan, work: Path, echo) -> dict:
+    """Run the ``hw_codegen`` stage as generated code (``--sim``); the ``simulation`` record."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from flow.hw.sim_common import default_cache_dir
+    from flow.proof.simulate import simulate
+    from flow.report import simulation_line
+
+    if plan.sims is None:
+        return {"mode": "none"}
+    found = sorted((work / "intermediate_models").glob("*_hw_codegen.onnx"))
+    if not found:
+        raise ConfigError(f"--sim {SimMode(plan.cfg.sim).value} needs the hw_codegen stage's model, "
+                          "which this build did not produce")
+    model = ModelWrapper(str(found[-1]))
+    pixels = _pixels(plan)[: plan.cfg.sim_inputs or plan.cfg.verify_inputs]
+    echo(f"  simulation (--sim {SimMode(plan.cfg.sim).value}): {plan.sims.describe()}")
+    rec = simulate(model, pixels, plan.sims, work=work / "sim", cache=default_cache_dir(),
+                   jobs=plan.cfg.sim_jobs, golden=plan.golden)
+    echo(f"  simulation: {simulation_line(rec)} ({rec['seconds']['total']:.1f} s)")
+    return rec
+
+
+def _verifier(plan: BuildPlan, verifier_factory):
+    from flow.proof.verify import ChainVerifier, GoldenVerifier
+
+    pixels = _pixels(plan)
     if verifier_factory is not None:
         return verifier_factory(pixels, plan.golden)
     if plan.golden is not None:
@@ -343,6 +392,7 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         if plan.resume:
             shutil.copytree(final, work, dirs_exist_ok=True)
         resolve_source(plan, work)
+        _check_sim_steps(plan)
         all_steps, steps = plan.all_steps, plan.steps
         model = plan.exported
         if plan.resume:
@@ -374,6 +424,7 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         final_model, records, ctx = build_model_wrapper(
             model, cfg, board, work, tools, front_end=plan.front_end, verifier=verifier,
             echo=echo, ir=plan.ir, lowered=plan.lowered)
+        simulation = _simulate(plan, work, echo)
         summary = report.build_summary(
             model_name=cfg.model_name, board=board, out_dir=work, final_model=final_model,
             records=records, outputs=_outputs(records, tools, cfg.stop_step),
@@ -381,6 +432,7 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
                    "front_end_note": plan.front_end_note,
                    "verified_against": "golden" if plan.golden is not None else "export",
                    "golden_io": plan.golden_io,
+                   "simulation": simulation,
                    "folding": ctx.results.get("folding"),
                    "output_affine": final_model.get_metadata_prop("sibnn_output_affine"),
                    "input_layout": final_model.get_metadata_prop("sibnn_input_layout") or "NCHW",
@@ -444,6 +496,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fold for this throughput instead of the fastest within budget")
     p.add_argument("--allow-over-budget", action="store_true", default=None,
                    help="build a folding whose estimates exceed the board budget")
+    p.add_argument("--sim", default=None, choices=[m.value for m in SimMode],
+                   help="after hw_codegen, run every HLS node as its generated C++ (cppsim, g++) "
+                        "and/or every RTL node as its RTL (rtlsim, Verilator), exact against the "
+                        "golden model (default none)")
     return p.parse_args(argv)
 
 
@@ -454,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
         a.config, board=a.board, model=a.model, onnx=a.onnx, checkpoint=a.checkpoint,
         output_dir=a.output_dir, folding=a.folding, start_step=a.start_step,
         stop_step=a.stop_step, target_fps=a.target_fps, front_end=a.front_end,
-        require_bitfile=a.require_bitfile, allow_over_budget=a.allow_over_budget)
+        require_bitfile=a.require_bitfile, allow_over_budget=a.allow_over_budget, sim=a.sim)
     build(cfg)
     return 0
 

@@ -46,6 +46,24 @@ class FrontEnd(str, Enum):
     """FINN's ``ConvertQONNXtoFINN`` and streamlining with our rewrites (any supported graph)."""
 
 
+class SimMode(str, Enum):
+    """Which generated code a build runs after ``hw_codegen`` (``flow.proof.simulate``)."""
+
+    NONE = "none"
+    """No code simulation: after specialisation only FINN's python models of the layers run."""
+    CPPSIM = "cppsim"
+    """Every ``*_hls`` node as its generated C++ compiled with g++ (``flow.hw.cppsim``)."""
+    RTLSIM = "rtlsim"
+    """Every ``*_rtl`` node as its generated RTL compiled with Verilator (``flow.hw.rtlsim``)."""
+    ALL = "all"
+    """Both: every HLS and RTL node as generated code."""
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return {"none": (), "cppsim": ("cppsim",), "rtlsim": ("rtlsim",),
+                "all": ("cppsim", "rtlsim")}[self.value]
+
+
 class ShellFlow(str, Enum):
     """FINN's ``shell_flow_type``."""
 
@@ -113,6 +131,13 @@ class BuildConfig:
     """Override of the board file's budget fraction."""
     verify_inputs: int = 8
     """How many inputs every executable stage is checked on (seeded, with extremes)."""
+    sim: SimMode = SimMode.NONE
+    """Run the generated code after ``hw_codegen``: ``cppsim`` (HLS C++ with g++), ``rtlsim``
+    (RTL with Verilator), ``all`` or ``none``; exact against the golden model or the build fails."""
+    sim_inputs: int | None = None
+    """How many of the verification inputs the code simulation runs (None: all of them)."""
+    sim_jobs: int = 2
+    """Parallel compiles and simulations for ``sim``."""
     seed: int = 0
     """Seed of the verification inputs and of untrained weights."""
     model_overrides: dict = field(default_factory=dict)
@@ -200,6 +225,11 @@ def resolve_build_config(config_file: str | Path | None = None, **cli) -> BuildC
         raise ConfigError("--checkpoint applies to --model, not to --onnx")
     if cfg.verify_inputs < 1:
         raise ConfigError("verify_inputs must be >= 1")
+    if cfg.sim_inputs is not None and not 1 <= cfg.sim_inputs <= cfg.verify_inputs:
+        raise ConfigError(f"sim_inputs must be in [1, verify_inputs={cfg.verify_inputs}], "
+                          f"got {cfg.sim_inputs}")
+    if cfg.sim_jobs < 1:
+        raise ConfigError(f"sim_jobs must be >= 1, got {cfg.sim_jobs}")
     if cfg.target_fps is not None and cfg.target_fps < 1:
         raise ConfigError(f"target_fps must be >= 1 frame per second, got {cfg.target_fps}")
     return cfg

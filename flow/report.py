@@ -88,6 +88,16 @@ def load_times(out_dir: str | Path) -> dict[str, float]:
     return _read_json(Path(out_dir) / "time_per_step.json")
 
 
+def simulation_line(rec: dict) -> str:
+    """``cppsim exact (N HLS nodes), rtlsim exact (M RTL nodes) on K inputs; ...`` from the
+    ``simulation`` record of ``summary.json`` (:mod:`flow.proof.simulate`)."""
+    parts = [f"{k} exact ({rec[k]['nodes']} {'HLS' if k == 'cppsim' else 'RTL'} nodes)"
+             for k in ("cppsim", "rtlsim") if k in rec]
+    po = rec.get("python_only") or []
+    tail = f"; python models only: {', '.join(po)}" if po else "; python_only: none"
+    return ", ".join(parts) + f" on {rec['n_inputs']} inputs" + tail
+
+
 def format_summary(summary: dict) -> str:
     """A short table: resources against the board, FPS, latency, verification per stage."""
     lines = [f"{summary['model']} on {summary['board']} ({summary['fpga_part']}, "
@@ -128,6 +138,12 @@ def format_summary(summary: dict) -> str:
     for note in sorted(x for x in notes if x):
         lines.append(f"    * {note}; FINN's python models of the same layers (this stage's "
                      "folding, datatypes, thresholds) were run instead")
+    sim = summary.get("simulation") or {}
+    if sim.get("mode", "none") != "none":
+        lines.append(f"  generated code (--sim {sim['mode']}): {simulation_line(sim)}")
+    else:
+        lines.append("  generated code: not run (--sim cppsim|rtlsim|all runs the HLS C++ with g++ "
+                     "and the RTL with Verilator)")
     lines.append("  outputs:")
     for k, v in summary["outputs"].items():
         lines.append(f"    {k:<22}{v}")

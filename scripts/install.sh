@@ -7,7 +7,8 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 STAMP="$VENV/.sibnn-installed"
 want=$(cat requirements.txt scripts/install.sh pyproject.toml | sha256sum | cut -d' ' -f1)
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" ]]; then
+AP_TYPES=${SIBNN_AP_TYPES:-deps/ap_types}
+if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -f "$AP_TYPES/ap_int.h" ]]; then
   exit 0
 fi
 echo "[install] creating $VENV (torch 2.13.0 CPU, finn-plus 1.6.1, brevitas 0.13.4) ..."
@@ -23,4 +24,25 @@ pip_quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a director
 "${PIP[@]}" install -r requirements.txt
 "${PIP[@]}" install --no-deps -e .
 "$VENV/bin/python" -c "import torch, brevitas, finn, qonnx, onnxruntime; print('[install] ok: torch', torch.__version__, 'brevitas', brevitas.__version__)"
+# Open ap_int/hls_stream headers for cppsim with g++ (flow/hw/cppsim.py): the hls4ml wheel ships
+# them (hls4ml/templates/vivado/ap_types). Only the wheel is downloaded, nothing is installed.
+if [[ ! -f "$AP_TYPES/ap_int.h" ]]; then
+  tmp=$(mktemp -d)
+  "${PIP[@]}" download --no-deps --only-binary=:all: "hls4ml==1.3.0" -d "$tmp"
+  "$VENV/bin/python" - "$tmp" "$AP_TYPES" <<'PYEOF'
+import pathlib, sys, zipfile
+whl = next(pathlib.Path(sys.argv[1]).glob("hls4ml-*.whl"))
+dest, part = pathlib.Path(sys.argv[2]), "hls4ml/templates/vivado/ap_types/"
+stage = dest.with_name(dest.name + ".tmp")
+with zipfile.ZipFile(whl) as z:
+    for name in z.namelist():
+        if name.startswith(part) and not name.endswith("/"):
+            f = stage / name[len(part):]
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(z.read(name))
+stage.rename(dest)
+PYEOF
+  rm -rf "$tmp"
+  echo "[install] ap_types headers (hls4ml 1.3.0 wheel) -> $AP_TYPES"
+fi
 echo "$want" > "$STAMP"

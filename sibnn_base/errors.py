@@ -55,6 +55,10 @@ class OutputDirError(UserError):
     """An output directory that cannot be written, or that exists and is not sibnn's."""
 
 
+class SimulationBuildError(SibnnError):
+    """Generated HLS C++ or RTL that g++/Verilator could not compile; names the node and the log."""
+
+
 class VerificationError(SibnnError):
     """Two implementations disagreed on an integer tensor; the message names tensor and index."""
 

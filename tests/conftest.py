@@ -36,3 +36,52 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, code
     assert "Traceback" not in proc.stderr
     for n in needles:
         assert n in lines[0], (n, lines[0])
+
+
+SMALL_HW = {"width": 8, "depth": [1, 1]}
+"""The small SI-ResNet most flow tests compile (seconds per stage instead of minutes)."""
+
+
+def available_sim_mode() -> str:
+    """The widest ``--sim`` mode this machine's tools allow (``all``, ``cppsim``, ``rtlsim`` or
+    ``none``), so the shared build runs every generated-code simulation that can run here."""
+    from flow.proof.simulate import find_simulators
+    from sibnn_base.errors import ToolMissingError
+
+    ok = []
+    for kind in ("cppsim", "rtlsim"):
+        try:
+            find_simulators(kind)
+            ok.append(kind)
+        except ToolMissingError:
+            pass
+    return {2: "all", 0: "none"}.get(len(ok)) or ok[0]
+
+
+@pytest.fixture(scope="session")
+def sim_cache(tmp_path_factory):
+    """One compile cache for the whole test session (``SIBNN_SIM_CACHE``), never ``~/.cache``."""
+    path = tmp_path_factory.mktemp("sim_cache")
+    old = os.environ.get("SIBNN_SIM_CACHE")
+    os.environ["SIBNN_SIM_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("SIBNN_SIM_CACHE", None)
+    else:
+        os.environ["SIBNN_SIM_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def small_hw_build(tmp_path_factory, sim_cache):
+    """The small SI-ResNet built for pynq-z2 through ``hw_codegen`` on 4 verification inputs,
+    running every generated-code simulation whose tools are here (:func:`available_sim_mode`;
+    cold: it fills :func:`sim_cache`). Shared by the python-model, cppsim, rtlsim and ``--sim``
+    tests, which must not modify it."""
+    from flow.build import build
+    from flow.config import BuildConfig
+
+    out = tmp_path_factory.mktemp("small_hw") / "b"
+    cfg = BuildConfig(board="pynq-z2", output_dir=str(out), stop_step="hw_codegen",
+                      model_overrides=SMALL_HW, verify_inputs=4, sim=available_sim_mode())
+    build(cfg, echo=lambda *a, **k: None)
+    return out

@@ -6,20 +6,15 @@ import numpy as np
 import pytest
 from qonnx.core.modelwrapper import ModelWrapper
 
-from flow.build import build
-from flow.config import BuildConfig
 from flow.proof.verify import GoldenVerifier, python_model_view, verification_pixels
 from flow.report import load_summary
 from sibnn_base.errors import VerificationError
 
 
 @pytest.fixture(scope="module")
-def small_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("pm") / "b"
-    cfg = BuildConfig(board="pynq-z2", output_dir=str(out), stop_step="minimize_bit_width",
-                      model_overrides={"width": 8, "depth": [1, 1]}, verify_inputs=4)
-    build(cfg, echo=lambda *a, **k: None)
-    return out
+def small_build(small_hw_build):
+    """The shared small build (conftest), through hw_codegen on 4 inputs."""
+    return small_hw_build
 
 
 def test_post_specialisation_stages_run_their_python_models(small_build):

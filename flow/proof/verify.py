@@ -235,19 +235,26 @@ def check_stage(step: str, model, golden: GoldenModel, pixels_nhwc: np.ndarray,
     """
     t0 = time.perf_counter()
     gold = gold if gold is not None else golden.run(pixels_nhwc)
-    out = execute_stage(model, pixels_nhwc)
-    out = out.reshape(gold["scores"].shape)
+    check_scores(step, model, execute_stage(model, pixels_nhwc), golden, gold)
+    return {"step": step, "exact": True, "n_inputs": int(len(pixels_nhwc)),
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def check_scores(step: str, model, y: np.ndarray, golden: GoldenModel, gold: dict,
+                 integer: bool = False) -> None:
+    """``y`` (``model``'s primary output, however computed) reduced to integer scores equals the
+    golden model's ``gold["scores"]``; ``integer`` forces the output to be read as integers (a
+    stage whose logit scale was removed). Raises :class:`VerificationError`."""
+    y = y.reshape(gold["scores"].shape)
     oname = model.graph.output[0].name
     dt = model.get_tensor_datatype(oname)
-    if dt is not None and dt.is_integer() and dt != DataType["FLOAT32"]:
-        ints = to_int_grid(out, 1.0, oname, f"step {step}")
+    if integer or (dt is not None and dt.is_integer() and dt != DataType["FLOAT32"]):
+        ints = to_int_grid(y, 1.0, oname, f"step {step}")
     elif golden.scale is not None:
-        ints = to_int_grid(out, golden.scale, oname, f"step {step}")
+        ints = to_int_grid(y, golden.scale, oname, f"step {step}")
     else:
         raise VerificationError(f"step {step}: float output and no documented scale")
     assert_equal("scores", gold["scores"].astype(np.int64), ints, f"golden vs step {step}")
-    return {"step": step, "exact": True, "n_inputs": int(len(pixels_nhwc)),
-            "seconds": round(time.perf_counter() - t0, 3)}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -302,11 +309,11 @@ def verification_pixels(hwc: tuple[int, int, int], n: int, seed: int) -> np.ndar
 
 @dataclass
 class GoldenVerifier:
-    """Verify each stage against the golden model (:func:`check_stage`).
+    """Verify each stage against the golden model (:func:`check_scores`).
 
     A stage whose float logit scale was removed (``sibnn_output_affine`` recorded) outputs integer
-    scores even where FINN still annotates the output FLOAT32; the check then runs on a copy
-    annotated ``INT32`` so the scores are compared as integers (and must be integral).
+    scores even where FINN still annotates the output FLOAT32; they are read as integers (and
+    must be integral).
     """
 
     golden: object
@@ -316,26 +323,25 @@ class GoldenVerifier:
         self.gold = self.golden.run(self.pixels)
 
     def __call__(self, step: str, model: ModelWrapper) -> dict:
-        import copy
+        return self.check(step, model, execute_stage(model, self.pixels))
 
+    def check(self, step: str, model: ModelWrapper, y: np.ndarray) -> dict:
+        """Compare ``y``, ``model``'s primary output on :attr:`pixels` however it was computed
+        (python execution, or generated code in :mod:`flow.proof.simulate`), with the golden
+        model."""
         out = model.graph.output[0].name
         stripped = bool(model.get_metadata_prop(T.OUTPUT_AFFINE_KEY))
-        if not stripped and not model.get_tensor_datatype(out).is_integer() and \
-                "logits" in self.gold:
+        dt = model.get_tensor_datatype(out)
+        if not stripped and not dt.is_integer() and "logits" in self.gold:
             # float logits (the scale chain is still in the graph): bit-exact float32 equality
-            y = execute_stage(model, self.pixels)
             ref = self.gold["logits"].reshape(y.shape)
             if not np.array_equal(y, ref):
                 idx, a, b = _first_mismatch(y, ref)
                 raise VerificationError(f"step {step}: output {out} index {idx}: {a!r}, the "
                                         f"golden model's logits give {b!r}")
             return {"step": step, "exact": True, "n_inputs": int(len(y)), "against": "golden"}
-        if stripped and not model.get_tensor_datatype(out).is_integer():
-            model = copy.deepcopy(model)
-            model.set_tensor_datatype(out, DataType["INT32"])
-        res = check_stage(step, model, self.golden, self.pixels, gold=self.gold)
-        return {"step": res["step"], "exact": res["exact"], "n_inputs": res["n_inputs"],
-                "against": "golden"}
+        check_scores(step, model, y, self.golden, self.gold, integer=stripped)
+        return {"step": step, "exact": True, "n_inputs": int(len(y)), "against": "golden"}
 
 
 def _first_mismatch(a: np.ndarray, b: np.ndarray) -> tuple[tuple, float, float]:
