@@ -27,6 +27,7 @@ settings or installed files.
 from __future__ import annotations
 
 import copy
+import errno
 import hashlib
 import json
 import os
@@ -445,6 +446,19 @@ def _execute_like_hlsbackend(inst, context: dict[str, np.ndarray], scratch: Path
             context[name] = 2 * context[name] - 1
 
 
+def _retry_busy(run, attempts: int = 50) -> None:
+    """``run()``, retried while exec'ing the freshly written launcher fails with ETXTBSY: when
+    nodes run on several threads, a child forked by another thread can briefly hold the
+    launcher's write descriptor (the classic fork/exec race; the file itself is complete)."""
+    for k in range(attempts):
+        try:
+            return run()
+        except OSError as err:
+            if err.errno != errno.ETXTBSY or k == attempts - 1:
+                raise
+            time.sleep(0.02 * (k + 1))
+
+
 def run_hls_node(model: ModelWrapper, node: NodeProto, context: dict[str, np.ndarray],
                  build: NodeBuild, scratch: Path) -> None:
     """Execute ``build``'s binary on ``node``'s inputs from ``context`` and store its outputs in
@@ -464,10 +478,9 @@ def run_hls_node(model: ModelWrapper, node: NodeProto, context: dict[str, np.nda
     where = f"cppsim of node {node.name} ({node.op_type})"
     log = scratch / RUN_LOG
     try:
-        if _finn_delegates_to_hlsbackend(inst):
-            _execute_like_hlsbackend(inst, context, scratch)
-        else:
-            inst.execute_node(context, model.graph)
+        _retry_busy(lambda: _execute_like_hlsbackend(inst, context, scratch)
+                    if _finn_delegates_to_hlsbackend(inst) else
+                    inst.execute_node(context, model.graph))
     except subprocess.CalledProcessError as err:
         raise VerificationError(f"{where} exited with status {err.returncode} "
                                 f"(log: {log})") from None
