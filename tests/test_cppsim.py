@@ -248,7 +248,7 @@ def test_a_node_gxx_rejects_names_node_op_and_log(small, picks, tools, cache, tm
         compile_hls_nodes(small[0], tmp_path / "work", bad, cache_dir=cache, jobs=1, names=[name])
     msg = str(err.value)
     assert name in msg and "ReplicateStream_hls" in msg and "bnn-library.h" in msg
-    log = Path(msg.rsplit("(log: ", 1)[1].rstrip(")"))
+    log = Path(re.search(r"\(log: ([^)]+)\)", msg).group(1))
     assert log.is_file() and "bnn-library.h" in log.read_text()
 
 

@@ -128,6 +128,29 @@ def _git_commit(repo: Path) -> str | None:
     return out.stdout.strip() or None
 
 
+def pinned_hlslib_commit() -> str | None:
+    """The finn-hlslib commit finn-plus pins (``finn/interface/external_dependencies.yaml``)."""
+    import yaml
+    from finn import interface
+
+    f = Path(interface.__file__).parent / "external_dependencies.yaml"
+    try:
+        return yaml.safe_load(f.read_text())["git_deps"]["finn-hlslib"]["commit"]
+    except (OSError, KeyError, TypeError):
+        return None
+
+
+def _version_hint(tools: CppsimTools) -> str:
+    """Why generated code may not compile: a finn-hlslib other than the one finn-plus pins."""
+    pin = pinned_hlslib_commit()
+    have = tools.hlslib_commit
+    if pin is None or (have is not None and have.startswith(pin[:10])):
+        return ""
+    return (f"; finn-hlslib in {tools.hlslib} is at {have[:10] if have else 'an unknown commit'}"
+            f", not {pin[:10]}, which finn-plus' generated code is written against: run "
+            "`make deps` with GitHub access (or HLSLIB_SRC=<clone with that commit>)")
+
+
 def npy2stream_dir() -> Path:
     """FINN's ``npy2stream`` templates (``cnpy``, ``npy2apintstream.hpp``)."""
     from finn.templates import get_templates_folder
@@ -312,7 +335,7 @@ def _compile(job: _Job, tools: CppsimTools, cache_dir: Path, cnpy_o: Path) -> No
     if not ok:
         shutil.rmtree(tmp, ignore_errors=True)
         raise SimulationBuildError(f"g++ failed on node {name} ({op}): {_first_error(log)} "
-                                   f"(log: {log})")
+                                   f"(log: {log}){_version_hint(tools)}")
     shims = _shims_used(deps, tools.shims)
     for o in objs:
         o.unlink()
