@@ -226,6 +226,7 @@ def make_plan(cfg: BuildConfig) -> BuildPlan:
     if SimMode(cfg.sim).kinds:
         from flow.proof.simulate import find_simulators
 
+        _check_sim_steps(cfg)
         sims = find_simulators(cfg.sim)  # a missing g++/Verilator/finn-hlslib: fail first
     if cfg.folding:
         from flow.hw.folding import load_folding
@@ -327,15 +328,16 @@ def _pixels(plan: BuildPlan):
                                plan.cfg.seed)
 
 
-def _check_sim_steps(plan: BuildPlan) -> None:
-    """``--sim`` runs the code ``hw_codegen`` generates: the build must get that far."""
-    if plan.sims is None:
-        return
-    names = [s.name for s in plan.all_steps]
-    stop = plan.cfg.stop_step
-    if stop is not None and stop in names and names.index(stop) < names.index("hw_codegen"):
-        raise ConfigError(f"--sim {SimMode(plan.cfg.sim).value} runs the code hw_codegen generates, but "
-                          f"--stop-step {stop} stops before it")
+def _check_sim_steps(cfg: BuildConfig) -> None:
+    """``--sim`` runs the code ``hw_codegen`` generates: the build must get that far. Every
+    front end shares the back end from ``hw_codegen`` on, so this is known before any export."""
+    from flow.hw.steps import BACK_END
+
+    names = [s.name for s in BACK_END]
+    reaching = names[names.index("hw_codegen"):]
+    if cfg.stop_step is not None and cfg.stop_step not in reaching:
+        raise ConfigError(f"--sim {SimMode(cfg.sim).value} runs the code hw_codegen generates, "
+                          f"but --stop-step {cfg.stop_step} stops before it")
 
 
 def _simulate(plan: BuildPlan, work: Path, echo) -> dict:
@@ -392,7 +394,6 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         if plan.resume:
             shutil.copytree(final, work, dirs_exist_ok=True)
         resolve_source(plan, work)
-        _check_sim_steps(plan)
         all_steps, steps = plan.all_steps, plan.steps
         model = plan.exported
         if plan.resume:
