@@ -270,8 +270,9 @@ def is_executable(model: ModelWrapper, has_vivado: bool = False) -> tuple[bool, 
         if has_vivado:
             return False, ("specialised HLS/RTL layers execute only in cppsim/rtlsim; running "
                            "them from this flow is not implemented yet (not verified)")
-        return False, ("specialised HLS/RTL layers execute only in cppsim/rtlsim, which need "
-                       "Vivado/Vitis HLS: Vivado not found (not verified)")
+        return False, ("specialised HLS/RTL layers execute in FINN only in cppsim/rtlsim, which "
+                       "need Vivado/Vitis HLS: Vivado not found (not verified at this step; "
+                       "--sim all runs the generated code with g++/Verilator after hw_codegen)")
     if any(n.op_type == "StreamingDataflowPartition" for n in model.graph.node):
         return False, "a dataflow partition node (its child model is verified instead)"
     return True, ""
