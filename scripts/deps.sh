@@ -9,12 +9,7 @@ cd "$(dirname "$0")/.."
 DEPS=${FINN_DEPS:-deps}
 DEST="$DEPS/finn-hlslib"
 PY=${VENV:-.venv}/bin/python
-PIN=$("$PY" - <<'PYEOF'
-import pathlib, yaml, finn.interface
-f = pathlib.Path(finn.interface.__file__).parent / "external_dependencies.yaml"
-print(yaml.safe_load(f.read_text())["git_deps"]["finn-hlslib"]["commit"])
-PYEOF
-)
+PIN=$("$PY" -c "from flow.hw.cppsim import pinned_hlslib_commit; print(pinned_hlslib_commit())")
 SRC=${HLSLIB_SRC:-https://github.com/Xilinx/finn-hlslib.git}
 if [[ -f "$DEST/bnn-library.h" ]]; then
   echo "[deps] finn-hlslib already in $DEST ($(cat "$DEST/.sibnn-commit" 2>/dev/null || echo '?'))"

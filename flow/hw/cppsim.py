@@ -44,7 +44,13 @@ from onnx import NodeProto
 from qonnx.core.modelwrapper import ModelWrapper
 
 from flow.hw.finn_env import HW_DOMAIN
-from flow.hw.sim_common import NodeBuild, run_parallel, source_digest
+from flow.hw.sim_common import (
+    NodeBuild,
+    publish_entry,
+    run_parallel,
+    select_nodes,
+    source_digest,
+)
 from sibnn_base.errors import SimulationBuildError, ToolMissingError, VerificationError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -251,17 +257,6 @@ def _first_error(log: Path) -> str:
     return (hit or next((ln for ln in reversed(lines) if ln.strip()), "no output")).strip()
 
 
-def _publish(tmp: Path, entry: Path, product: str = "node_model") -> None:
-    """Move a finished cache entry into place atomically; if another process got there first,
-    keep theirs (same key, same binary)."""
-    try:
-        os.rename(tmp, entry)
-    except OSError:
-        if not (entry / product).is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 CNPY_ROOTS = ("npy2stream", "ap_types", "shims")
 """The include roots ``cnpy.cpp`` is compiled against (it needs no finn-hlslib)."""
 
@@ -287,7 +282,7 @@ def cnpy_object(tools: CppsimTools, cache_dir: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise SimulationBuildError(f"g++ failed on FINN's cnpy.cpp: {_first_error(kept)} "
                                    f"(log: {kept})")
-    _publish(tmp, entry, "cnpy.o")
+    publish_entry(tmp, entry, "cnpy.o")
     return entry / "cnpy.o"
 
 
@@ -349,7 +344,7 @@ def _compile(job: _Job, tools: CppsimTools, cache_dir: Path, cnpy_o: Path) -> No
             "hlslib_commit": tools.hlslib_commit}
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
     entry = cache_dir / job.digest
-    _publish(tmp, entry)
+    publish_entry(tmp, entry, "node_model")
     return NodeBuild(node=name, op_type=op, kind="cppsim", executable=entry / "node_model",
                      source_sha256=job.digest, cached=False, compile_s=compile_s, shims=shims)
 
@@ -367,17 +362,6 @@ def _cached(job: _Job, cache_dir: Path) -> NodeBuild | None:
                      compile_s=0.0, shims=tuple(meta.get("shims", ())))
 
 
-def _select(model: ModelWrapper, names: list[str] | None) -> list[NodeProto]:
-    nodes = hls_nodes(model)
-    if names is None:
-        return nodes
-    by_name = {n.name: n for n in nodes}
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
-        raise ValueError(f"not *_hls nodes of this graph: {', '.join(unknown)}")
-    return [by_name[n] for n in names]
-
-
 def compile_hls_nodes(model: ModelWrapper, work_dir: Path, tools: CppsimTools, *,
                       cache_dir: Path, jobs: int = 2,
                       names: list[str] | None = None) -> dict[str, NodeBuild]:
@@ -391,7 +375,7 @@ def compile_hls_nodes(model: ModelWrapper, work_dir: Path, tools: CppsimTools, *
     fingerprint = headers_fingerprint(tools)
     extra = _digest_extra(tools, fingerprint)
     jobs_list = []
-    for node in _select(model, names):
+    for node in select_nodes(hls_nodes(model), names, "*_hls nodes"):
         node_dir = work_dir / node.name
         sources = generate_node_code(model, node, node_dir)
         digest = source_digest(sources, replace={str(node_dir): CODEGEN_PLACEHOLDER},

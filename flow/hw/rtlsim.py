@@ -43,7 +43,14 @@ from onnx import NodeProto
 from qonnx.core.modelwrapper import ModelWrapper
 
 from flow.hw.finn_env import HW_DOMAIN
-from flow.hw.sim_common import NodeBuild, default_cache_dir, run_parallel, source_digest
+from flow.hw.sim_common import (
+    NodeBuild,
+    default_cache_dir,
+    publish_entry,
+    run_parallel,
+    select_nodes,
+    source_digest,
+)
 from sibnn_base.errors import SimulationBuildError, ToolMissingError, VerificationError
 
 __all__ = ["RtlsimTools", "compile_rtl_nodes", "default_cache_dir", "find_rtlsim_tools",
@@ -460,10 +467,7 @@ def _runtime(tools: RtlsimTools, cache_dir: Path, mk: dict[str, list[str]], log:
                                 str(root / "include" / f"{name}.cpp")], tmp)
                 if proc.returncode != 0:
                     raise RuntimeError(f"Verilator's runtime {name}.cpp does not compile")
-            try:
-                os.rename(tmp, entry)
-            except OSError:  # another process was first
-                pass
+            publish_entry(tmp, entry, objs[0].name)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return objs
@@ -500,10 +504,7 @@ def _compile(st: _Staged, tools: RtlsimTools, cache_dir: Path, log_path: Path) -
         (tmp / "meta.json").write_text(json.dumps(
             {"top": st.top, "compiled_for": st.node.name, "op_type": st.node.op_type,
              "seconds": round(seconds, 2), "verilator": tools.verilator_version}, indent=1))
-        try:
-            os.rename(tmp, cache_dir / digest)
-        except OSError:  # another process finished the same entry first: use theirs
-            pass
+        publish_entry(tmp, cache_dir / digest, EXE)
         return seconds
     except RuntimeError as err:
         log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -521,13 +522,7 @@ def compile_rtl_nodes(model: ModelWrapper, work_dir: Path, tools: RtlsimTools, *
     """Build (or take from ``cache_dir``) one Verilator simulation per RTL node (those in
     ``names``, default all). Staged sources and compile logs go under ``work_dir/<node>/``.
     Raises :class:`SimulationBuildError` naming the first node that does not build."""
-    nodes = rtl_nodes(model)
-    if names is not None:
-        wanted = set(names)
-        nodes = [n for n in nodes if n.name in wanted]
-        unknown = wanted - {n.name for n in nodes}
-        if unknown:
-            raise ValueError(f"rtlsim: not RTL nodes of this graph: {sorted(unknown)}")
+    nodes = select_nodes(rtl_nodes(model), names, "RTL nodes")
     work_dir = Path(work_dir).absolute()
     cache_dir = Path(cache_dir).absolute()
 

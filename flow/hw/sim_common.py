@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -78,3 +79,27 @@ def run_parallel(fn: Callable, items: list, jobs: int) -> list:
             if e is not None:
                 raise e
         return [f.result() for f in futures]
+
+
+def publish_entry(tmp: Path, entry: Path, product: str) -> None:
+    """Move a finished cache entry ``tmp`` into place as ``entry`` atomically. If another
+    process published the same key first (``entry/product`` exists), keep theirs: same key,
+    same binary."""
+    try:
+        os.rename(tmp, entry)
+    except OSError:
+        if not (entry / product).is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def select_nodes(nodes: list, names: list[str] | None, what: str) -> list:
+    """``nodes`` (those a simulator takes), or the ones named in ``names`` in that order; a
+    name that is not among them is a ``ValueError`` naming ``what`` they must be."""
+    if names is None:
+        return nodes
+    by_name = {n.name: n for n in nodes}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ValueError(f"not {what} of this graph: {', '.join(unknown)}")
+    return [by_name[n] for n in names]

@@ -93,8 +93,7 @@ def compile_nodes(model, sims: Simulators, work: Path, cache: Path, jobs: int
     if rtl and "rtlsim" in wanted:
         from flow.hw import rtlsim
 
-        unsupported = rtlsim.unsupported_rtl_nodes(model) \
-            if hasattr(rtlsim, "unsupported_rtl_nodes") else {}
+        unsupported = rtlsim.unsupported_rtl_nodes(model)
         python_only.update(unsupported)
         todo = [n for n in rtl if n not in unsupported]
         if todo:

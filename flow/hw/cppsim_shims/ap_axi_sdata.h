@@ -17,27 +17,25 @@ namespace sibnn_shim {
 template<int W> struct nonzero_width { static constexpr int value = W > 0 ? W : 1; };
 }
 
-template<int D, int U, int TI, int TD>
-struct ap_axis {
-	ap_int<D> data;
+namespace sibnn_shim {
+// The fields ap_axis and ap_axiu share; only the data member's signedness differs.
+template<typename Data, int D, int U, int TI, int TD>
+struct axis_fields {
+	Data data;
 	ap_uint<(D + 7) / 8> keep;
 	ap_uint<(D + 7) / 8> strb;
-	ap_uint<sibnn_shim::nonzero_width<U>::value> user;
+	ap_uint<nonzero_width<U>::value> user;
 	ap_uint<1> last;
-	ap_uint<sibnn_shim::nonzero_width<TI>::value> id;
-	ap_uint<sibnn_shim::nonzero_width<TD>::value> dest;
+	ap_uint<nonzero_width<TI>::value> id;
+	ap_uint<nonzero_width<TD>::value> dest;
 };
+}
 
 template<int D, int U, int TI, int TD>
-struct ap_axiu {
-	ap_uint<D> data;
-	ap_uint<(D + 7) / 8> keep;
-	ap_uint<(D + 7) / 8> strb;
-	ap_uint<sibnn_shim::nonzero_width<U>::value> user;
-	ap_uint<1> last;
-	ap_uint<sibnn_shim::nonzero_width<TI>::value> id;
-	ap_uint<sibnn_shim::nonzero_width<TD>::value> dest;
-};
+struct ap_axis : sibnn_shim::axis_fields<ap_int<D>, D, U, TI, TD> {};
+
+template<int D, int U, int TI, int TD>
+struct ap_axiu : sibnn_shim::axis_fields<ap_uint<D>, D, U, TI, TD> {};
 
 template<int D, int U, int TI, int TD>
 struct qdma_axis {
