@@ -1,6 +1,6 @@
 """Golden model (ONNX Runtime) throughput against Brevitas eval throughput, same inputs, one run.
 
-Goal: golden >= 5x Brevitas. Both single-threaded (torch.set_num_threads(1), ORT intra_op 1) so the
+Goal: golden >= 5x Brevitas at batch 64, >= 10x at batch 1. Both single-threaded (torch.set_num_threads(1), ORT intra_op 1) so the
 ratio measures the implementations, not the thread pools.
 
     python -m bench.golden_speed [--n 512] [--batch 64]
@@ -30,10 +30,8 @@ def _best_of(fn, repeats: int) -> float:
 
 def run(n: int = 256, batches: tuple[int, ...] = (1, 64), repeats: int = 3,
         pretrained: bool | None = None) -> dict:
-    import onnxruntime as ort
-
     from flow.front.export import export_qonnx_model
-    from flow.front.golden import golden_from_qonnx
+    from flow.front.golden import GoldenModel, golden_from_qonnx
     from flow.proof.verify import make_inputs, pixels_to_x, verify
     from quant_models import build_model
     from quant_models.registry import get_entry
@@ -56,17 +54,13 @@ def run(n: int = 256, batches: tuple[int, ...] = (1, 64), repeats: int = 3,
     c, h, w = model.spec.input_shape
     px = make_inputs((h, w, c), n, seed=0)
     assert verify(golden, px[:64], torch_model=model).exact  # the same function, proven first
-    # deployment session: ORT's default graph optimisations, one thread; its outputs are checked
-    # equal to the deterministic (optimisation-off) session's before timing
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(golden.proto.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    # what verification runs: the golden model's own session (ONNX Runtime's graph optimisation
+    # where audited exact, flow.front.golden.audit_optimised); the unoptimised session's outputs
+    # are checked equal first, on every timed image
+    plain = GoldenModel(None, golden.proto, threads=1, optimised=False)
     primary = ["scores", "logits", "top1"]
-    ref = golden.run(px[:64], primary)
-    got = sess.run(primary, {"pixels_nhwc": px[:64]})
-    assert all(np.array_equal(ref[k], v) for k, v in zip(primary, got, strict=True))
+    ref, got = plain.run(px, primary), golden.run(px, primary)
+    assert all(np.array_equal(ref[k], got[k]) for k in primary)
     x = pixels_to_x(px)
     rows, per_batch = [], {}
     for batch in batches:
@@ -80,19 +74,21 @@ def run(n: int = 256, batches: tuple[int, ...] = (1, 64), repeats: int = 3,
 
         def gold(chunks=chunks):
             for pb, _ in chunks:
-                sess.run(primary, {"pixels_nhwc": pb})
+                golden.session.run(primary, {"pixels_nhwc": pb})
 
         brevitas()
         gold()  # warm-up
         t_b, t_g = _best_of(brevitas, repeats), _best_of(gold, repeats)
         per_batch[str(batch)] = {"n_images": m, "brevitas_img_per_s": m / t_b,
                                  "golden_img_per_s": m / t_g, "ratio": t_b / t_g,
-                                 "goal_met": t_b / t_g >= 5.0}
+                                 "goal_met": t_b / t_g >= (5.0 if batch > 1 else 10.0)}
         rows.append([str(batch), f"{m / t_b:.0f}", f"{m / t_g:.0f}", f"{t_b / t_g:.2f}"])
     res = {"model": which, "threads": 1, "repeats": repeats, "goal_ratio": 5.0,
+           "goal_ratio_batch1": 10.0, "golden_session": golden.session_note,
            "per_batch": per_batch,
            "notes": "best of `repeats`; Brevitas eval in torch, golden = reference.onnx in ONNX "
-                    "Runtime (default optimisations); outputs checked identical first"}
+                    "Runtime, the session verification uses; outputs checked identical to the "
+                    "unoptimised session's first"}
     write_results("golden_speed", res,
                   [["batch", "Brevitas img/s", "golden img/s", "golden / Brevitas"], *rows])
     return res
@@ -107,7 +103,8 @@ def main() -> None:
     for b, v in r["per_batch"].items():
         print(f"batch {b}: golden {v['golden_img_per_s']:.0f} img/s vs Brevitas "
               f"{v['brevitas_img_per_s']:.0f} img/s = {v['ratio']:.2f}x "
-              f"(goal >= 5x: {'met' if v['goal_met'] else 'MISSED'})")
+              f"(goal {'>= 5x' if b != '1' else '>= 10x'}: "
+              f"{'met' if v['goal_met'] else 'MISSED'})")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ if __package__ in (None, ""):  # run as a script: python flow/build.py
 
 from flow.config import (  # noqa: E402
     DEFAULT_MODEL,
+    SIM_INPUTS_DEFAULT,
     BoardConfig,
     BuildConfig,
     FrontEnd,
@@ -355,7 +356,7 @@ def _simulate(plan: BuildPlan, work: Path, echo) -> dict:
         raise ConfigError(f"--sim {SimMode(plan.cfg.sim).value} needs the hw_codegen stage's model, "
                           "which this build did not produce")
     model = ModelWrapper(str(found[-1]))
-    pixels = _pixels(plan)[: plan.cfg.sim_inputs or plan.cfg.verify_inputs]
+    pixels = _pixels(plan)[: plan.cfg.sim_inputs or SIM_INPUTS_DEFAULT]
     echo(f"  simulation (--sim {SimMode(plan.cfg.sim).value}): {plan.sims.describe()}")
     rec = simulate(model, pixels, plan.sims, work=work / "sim", cache=default_cache_dir(),
                    jobs=plan.cfg.sim_jobs, golden=plan.golden)

@@ -34,6 +34,10 @@ DEFAULT_MODEL = "si_resnet_w1a1"
 DEFAULT_BOARD = "pynq-z2"
 """The board a build without ``--board`` targets."""
 
+SIM_INPUTS_DEFAULT = 8
+"""How many verification inputs ``--sim`` runs through the generated code unless ``sim_inputs``
+says otherwise."""
+
 
 class FrontEnd(str, Enum):
     """How a build turns QONNX into FINN's streamlined graph."""
@@ -129,13 +133,16 @@ class BuildConfig:
     """Throughput target for folding; None maximises throughput within the board budget."""
     budget_fraction: float | None = None
     """Override of the board file's budget fraction."""
-    verify_inputs: int = 8
-    """How many inputs every executable stage is checked on (seeded, with extremes)."""
+    verify_inputs: int = 64
+    """How many inputs every executable stage is checked on (seeded, with extremes and, where
+    installed, real Fashion-MNIST images)."""
     sim: SimMode = SimMode.NONE
     """Run the generated code after ``hw_codegen``: ``cppsim`` (HLS C++ with g++), ``rtlsim``
     (RTL with Verilator), ``all`` or ``none``; exact against the golden model or the build fails."""
     sim_inputs: int | None = None
-    """How many of the verification inputs the code simulation runs (None: all of them)."""
+    """How many of the verification inputs the code simulation runs (None: the first
+    ``SIM_INPUTS_DEFAULT``, or all of them if fewer: generated code runs about 10-100x slower per
+    input than FINN's python models)."""
     sim_jobs: int = 2
     """Parallel compiles and simulations for ``sim``."""
     seed: int = 0

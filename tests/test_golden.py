@@ -171,8 +171,10 @@ def test_threshold_forms_agree(seed, ties):
 
     with tempfile.TemporaryDirectory() as d:
         ir = integerize(export_qonnx_model(m, Path(d) / "m.onnx", with_taps=True))
-    forms = {t: GoldenModel(None, build_golden(ir, thresholds=t))
+    forms = {t: GoldenModel(None, build_golden(ir, thresholds=t), optimised=t != "compare")
              for t in ("auto", "table", "compare")}
+    assert not any(n.op_type == "Clip" and "one_minus_2thr" in "".join(n.input)
+                   for n in forms["compare"].proto.graph.node)  # the definition: no sign rewrite
     assert any(n.op_type == "Gather" for n in forms["table"].proto.graph.node)
     assert any(n.op_type == "ReduceSum" for n in forms["compare"].proto.graph.node)
     px = make_inputs((kw["input_size"], kw["input_size"], kw["in_channels"]), 50, seed)
@@ -195,3 +197,49 @@ def test_the_shipped_model_thresholds_are_staircases(tmp_path):
     assert verify(auto, px, torch_model=m).exact
     with pytest.raises(ValueError, match="not a staircase"):
         build_golden(ir, thresholds="staircase")  # a few channels round ties to even
+
+
+def test_signs_are_computed_by_their_convs(default_student):
+    """No ONNX Sign (several times slower than Clip in ONNX Runtime): a sign whose input is a conv
+    read by nothing else is that conv with doubled weights and a bias, then a Clip."""
+    _, _, golden, ir = default_student
+    nodes = golden.proto.graph.node
+    assert not any(n.op_type == "Sign" for n in nodes)
+    init = {t.name for t in golden.proto.graph.initializer}
+    fused = [n for n in nodes if n.op_type == "Conv" and len(n.input) == 3 and n.input[2] in init]
+    n_signs = sum(1 for nd in ir.nodes if nd.op == "threshold" and
+                  nd.attrs["thresholds"].shape[1] == 1)
+    assert 1 <= len(fused) < n_signs  # the SI squeezes; the others read a clip or a staircase
+
+
+def test_optimised_session_is_audited_and_equal(default_student):
+    """The golden session runs ONNX Runtime's graph optimisation only where the audit proves the
+    rewritten graph exact, and then equals the unoptimised session bit for bit."""
+    m, _, golden, _ = default_student
+    assert golden.session_note == "ONNX Runtime graph optimisation, audited exact"
+    plain = GoldenModel(None, golden.proto, optimised=False)
+    assert plain.session_note.startswith("no graph optimisation")
+    px = make_inputs((28, 28, 1), 48, 5)
+    a, b = golden.run(px), plain.run(px)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_audit_rejects_a_float_folded_into_a_conv(default_student, tmp_path):
+    """ONNX Runtime's ConvMulFusion (on by default) multiplies a staircase's float factor into
+    the conv weights before it, which changes float32 rounding: the audit names it."""
+    from flow.front.golden import OPTIMIZERS_OFF, audit_optimised
+
+    _, _, golden, _ = default_student
+
+    def dump(disabled):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(tmp_path / "o.onnx")
+        ort.InferenceSession(golden.proto.SerializeToString(), so,
+                             providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+        return onnx.load(str(tmp_path / "o.onnx"))
+
+    why = audit_optimised(golden.proto, dump([]))
+    assert any("float folded in" in w for w in why), why
+    assert any("multipliers/offsets differ" in w for w in why)
+    assert audit_optimised(golden.proto, dump(list(OPTIMIZERS_OFF))) == []

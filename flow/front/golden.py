@@ -87,7 +87,8 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None,
     is computed; all forms are exact and tested equal, single-threshold (bipolar) nodes are always
     one comparison:
 
-    * ``"compare"``: the K comparisons, broadcast and summed (the definition, slowest);
+    * ``"compare"``: the K comparisons, broadcast and summed, and a sign as a comparison and a
+      select (the definition, slowest);
     * ``"table"``: that sum tabulated once, at build time, for every integer of the input's proven
       range, looked up with ``Gather``;
     * ``"staircase"``: ``clip(floor(x * m_c + c_c), 0, K)``, four elementwise ops. A uniform
@@ -98,6 +99,10 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None,
       not (ties that round to even on integer inputs) are looked up in their own table on their
       slice of the tensor and scattered over the result; a node where most channels fail uses
       ``table``.
+
+    Outside ``"compare"``, a sign (one threshold, outputs -1 / +1) is ``clip(2x + 1 - 2t, -1, 1)``,
+    and when its input is a conv output read by nothing else, the conv computes it with doubled
+    weights and the bias ``1 - 2t`` (:func:`_emit_conv_sign`).
     """
     if thresholds not in THRESHOLD_MODES:
         raise ValueError(f"thresholds must be one of {', '.join(THRESHOLD_MODES)}, "
@@ -109,10 +114,15 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None,
     graph_inputs = [helper.make_tensor_value_info("pixels_nhwc", TensorProto.UINT8,
                                                   [N, in_h, in_w, in_c])]
     folded = _foldable_pads(ir)
+    signs = _sign_after_conv(ir) if thresholds != "compare" else {}
     for nd in ir.nodes:
         a = nd.attrs
         rank = len(shapes[nd.output])
-        if nd.op == "input":
+        if nd.op == "threshold" and nd.inputs[0] in signs:
+            pass  # computed by its conv (below)
+        elif nd.op == "conv" and nd.output in signs:
+            _emit_conv_sign(e, nd, signs[nd.output])
+        elif nd.op == "input":
             f = e.node("Cast", ["pixels_nhwc"], to=TensorProto.FLOAT)
             e.node("Transpose", [f], nd.output, perm=[0, 3, 1, 2])
         elif nd.op == "conv" and nd.inputs[0] in folded:
@@ -208,12 +218,15 @@ def _emit_threshold(e: _Emitter, nd, src, rank: int, mode: str) -> None:
     cs = _channel_shape(rank, C)
     base, step = np.float32(a["base"]), np.float32(a["step"])
     x = nd.inputs[0]
-    if K == 1 and np.all(d == 1) and base == -1 and step == 2 and \
-            np.all(np.abs(thr) < 2**22) and np.all(thr == np.round(thr)):
-        # a sign: x >= t  <=>  x - t + 0.5 > 0 for integers x, t, and that half-integer is never
-        # 0, so Sign gives exactly -1 / +1 (cheaper than a compare and a select)
-        shifted = e.node("Add", [x, e.const((0.5 - thr).reshape(cs), "half_minus_thr")])
-        e.node("Sign", [shifted], nd.output)
+    if mode != "compare" and _is_sign(nd, src):
+        # a sign: d x >= t  <=>  2 d x + 1 - 2t >= 1 for integers x, t and d = +-1, and that odd
+        # integer is never 0, so clipping it to [-1, 1] gives exactly -1 / +1 (ONNX Runtime's
+        # Sign is several times slower than Mul, Add and Clip together)
+        two = np.float32(2) if np.all(d == 1) else (2 * d).astype(np.float32).reshape(cs)
+        two_x = e.node("Mul", [x, e.const(two, "two")])
+        odd = e.node("Add", [two_x, e.const((1 - 2 * thr).reshape(cs), "one_minus_2thr")])
+        e.node("Clip", [odd, e.const(np.float32(-1), "lo"), e.const(np.float32(1), "hi")],
+               nd.output)
     elif K == 1 and np.all(d == 1):
         ge = e.node("GreaterOrEqual", [x, e.const(thr.reshape(cs), "thr")])
         e.node("Where", [ge, e.const(base + step, "hi"), e.const(base, "lo")], nd.output)
@@ -237,8 +250,13 @@ def _emit_threshold(e: _Emitter, nd, src, rank: int, mode: str) -> None:
         cnt = ((d[:, None, None] * vals[:, :, None]) >= thr[:, None, :]).sum(-1)
         table = (base + step * cnt).astype(np.float32)  # (C, L)
         ok = np.zeros(C, bool)
+        shift = 0.0  # the base, when the clip's bounds carry it
         if mode in ("auto", "staircase"):
             m, c, ok = _staircase(thr, d, vals, cnt)
+            if step == 1 and base != 0 and base == np.round(base):
+                m2, c2, ok2 = _staircase(thr, d, vals, cnt, float(base))
+                if np.array_equal(ok2, ok):
+                    m, c, shift = m2, c2, float(base)
             if mode == "staircase" and not ok.all():
                 raise ValueError(f"threshold node {nd.output}: the thresholds of channel(s) "
                                  f"{np.flatnonzero(~ok).tolist()[:8]} are not a staircase "
@@ -251,8 +269,11 @@ def _emit_threshold(e: _Emitter, nd, src, rank: int, mode: str) -> None:
             return
         z = e.node("Add", [e.node("Mul", [x, e.const(m.reshape(cs), "m")]),
                            e.const(c.reshape(cs), "c")])
-        q = e.node("Clip", [e.node("Floor", [z]), e.const(np.float32(0), "lo"),
-                            e.const(np.float32(K), "hi")])
+        q = e.node("Clip", [e.node("Floor", [z]), e.const(np.float32(shift), "lo"),
+                            e.const(np.float32(shift + K), "hi")],
+                   nd.output if shift and ok.all() else None)
+        if shift and ok.all():
+            return
         if step != 1:
             q = e.node("Mul", [q, e.const(step, "step")])
         if ok.all():
@@ -260,7 +281,8 @@ def _emit_threshold(e: _Emitter, nd, src, rank: int, mode: str) -> None:
             return
         # the few channels that are no staircase (ties to even): their own small table, looked
         # up on their slice of the tensor only and scattered over the staircase's result
-        q = e.node("Add", [q, e.const(base, "base")])
+        if not shift:
+            q = e.node("Add", [q, e.const(base, "base")])
         bad = np.flatnonzero(~ok)
         nb = len(bad)
         bshape = (1, nb) + (1,) * (rank - 2)
@@ -273,12 +295,66 @@ def _emit_threshold(e: _Emitter, nd, src, rank: int, mode: str) -> None:
         e.node("ScatterElements", [q, where, tb], nd.output, axis=1)
 
 
-def _staircase(thr: np.ndarray, d: np.ndarray, vals: np.ndarray, cnt: np.ndarray
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-channel float32 ``(m, c)`` with ``clip(floor(x * m + c), 0, K) == cnt`` for every
-    integer ``x`` of ``vals`` (C, L), computed exactly as ONNX Runtime computes it (float32 Mul,
-    then Add, then Floor), and the mask of the channels where that holds (the others, e.g. a
-    quantizer whose ties round to even on integer inputs, need the table).
+def _is_sign(nd, src) -> bool:
+    """A single-threshold node with outputs -1 / +1, directions +-1, on integer thresholds whose
+    doubled values stay far inside float32's exact integers (the input's range is the IR's
+    proof)."""
+    a = nd.attrs
+    thr, d = a["thresholds"], a["direction"]
+    bound = max(float(np.max(np.abs(src.lo))), float(np.max(np.abs(src.hi))))
+    return (thr.shape[1] == 1 and bool(np.all(np.abs(d) == 1)) and float(a["base"]) == -1 and
+            float(a["step"]) == 2 and bool(np.all(thr == np.round(thr))) and
+            float(np.max(np.abs(thr))) < 2**21 and bound < 2**21)
+
+
+def _sign_after_conv(ir: IntegerIR) -> dict:
+    """Sign nodes (:func:`_is_sign`) whose input is the output of an unpadded conv (the SI
+    squeezes) read by nothing else, keyed by that conv output: the conv computes the sign itself
+    (:func:`_emit_conv_sign`)."""
+    consumers: dict[str, list] = {}
+    for nd in ir.nodes:
+        for i in nd.inputs:
+            consumers.setdefault(i, []).append(nd)
+    producer = {nd.output: nd for nd in ir.nodes}
+    outputs = {o.tensor for o in ir.outputs}
+    out = {}
+    for nd in ir.nodes:
+        src = nd.inputs[0] if nd.inputs else None
+        if nd.op != "threshold" or src in outputs or producer.get(src) is None or \
+                producer[src].op != "conv" or len(consumers[src]) != 1 or \
+                getattr(producer.get(producer[src].inputs[0]), "op", None) == "pad" or \
+                any(producer[src].attrs["pads"]) or \
+                not _is_sign(nd, ir.tensors[src]):
+            continue
+        out[src] = nd
+    return out
+
+
+def _emit_conv_sign(e: _Emitter, conv, sign) -> None:
+    """``sign(d conv(x, W) >= t)`` as ``clip(conv(x, 2dW) + 1 - 2t, -1, 1)`` (``d = +-1`` per output
+    channel): the doubled conv and its bias are integers below 2**22 (:func:`_is_sign`), exact in
+    float32 in any summation order, and the odd result clips to exactly -1 / +1. One Conv with a
+    bias and one Clip, which ONNX Runtime's optimiser may fuse into the conv (an exact fusion: the
+    clip follows the sum)."""
+    a = conv.attrs
+    thr = sign.attrs["thresholds"][:, 0]
+    d = np.asarray(sign.attrs["direction"], np.float32).reshape(-1, 1, 1, 1)
+    w2 = 2 * d * np.asarray(a["weight"], np.float32)
+    bias = (1 - 2 * thr).astype(np.float32)
+    y = e.node("Conv", [conv.inputs[0], e.const(w2, "w2"), e.const(bias, "one_minus_2thr")],
+               pads=a["pads"], strides=a["strides"], dilations=a["dilations"], group=a["group"],
+               kernel_shape=a["kernel_shape"])
+    e.node("Clip", [y, e.const(np.float32(-1), "lo"), e.const(np.float32(1), "hi")],
+           sign.output)
+
+
+def _staircase(thr: np.ndarray, d: np.ndarray, vals: np.ndarray, cnt: np.ndarray,
+               shift: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel float32 ``(m, c)`` with ``clip(floor(x * m + c), shift, shift + K) == cnt +
+    shift`` for every integer ``x`` of ``vals`` (C, L), computed exactly as ONNX Runtime computes
+    it (float32 Mul, then Add, then Floor), and the mask of the channels where that holds (the
+    others, e.g. a quantizer whose ties round to even on integer inputs, need the table). An
+    integer ``shift`` (the node's base) saves the Add after the Clip.
 
     For ``y = d x`` and integer thresholds ``t_k = ceil(a + (k - 1) b)`` (``b > 0``), ``y >= t_k``
     iff ``y >= a + (k - 1) b``, so the count is ``clip(floor((y - a) / b) + 1, 0, K)``: ``a, b``
@@ -315,11 +391,11 @@ def _staircase(thr: np.ndarray, d: np.ndarray, vals: np.ndarray, cnt: np.ndarray
                 continue
             a = (a_lo + a_hi) / 2
         m[ch], c[ch], fitted[ch] = d[ch] / b, 1.0 - a / b, True
-    m32, c32 = m.astype(np.float32), c.astype(np.float32)
+    m32, c32 = m.astype(np.float32), (c + shift).astype(np.float32)
     z = vals.astype(np.float32) * m32[:, None]
     z = z + c32[:, None]
-    got = np.clip(np.floor(z), np.float32(0), np.float32(K))
-    ok = fitted & np.all(got == cnt.astype(np.float32), axis=1)
+    got = np.clip(np.floor(z), np.float32(shift), np.float32(shift + K))
+    ok = fitted & np.all(got == (cnt + shift).astype(np.float32), axis=1)
     return m32, c32, ok
 
 
@@ -360,26 +436,144 @@ def _chain_is_identity(o) -> bool:
     return all(op.kind == "mul" for op in o.chain)
 
 
+OPTIMIZERS_OFF = ("ConvMulFusion", "ConvBNFusion", "MatMulScaleFusion", "MatMulAddFusion",
+                  "MatMulBNFusion", "GemmActivationFusion")
+"""ONNX Runtime graph optimisations the golden model never runs: each folds a float factor or
+offset into a Conv/MatMul's weights or bias (e.g. a staircase multiplier into the conv before
+it), which changes float32 rounding. The rest is audited (:func:`audit_optimised`)."""
+
+_EXACT_OPS = {("", op) for op in (
+    "Add", "ArgMax", "Cast", "Clip", "Conv", "Expand", "Floor", "Gather", "GreaterOrEqual",
+    "Identity", "MatMul", "MaxPool", "Mul", "Pad", "ReduceSum", "Relu", "Reshape",
+    "ScatterElements", "Shape", "Sign", "Sub", "Transpose", "Unsqueeze", "Where",
+    "BatchNormalization", "Div")} | {
+    ("com.microsoft.nchwc", "Conv"), ("com.microsoft.nchwc", "ReorderInput"),
+    ("com.microsoft.nchwc", "ReorderOutput"), ("com.microsoft.nchwc", "MaxPool"),
+    ("com.microsoft", "FusedConv")}
+"""What an audited optimised golden graph may hold: our own standard ops, and the Conv forms
+ONNX Runtime's CPU optimiser makes (blocked NCHWc layout and its reorders, a fused activation or
+residual sum applied after the full accumulation)."""
+
+
+def audit_optimised(original: onnx.ModelProto, optimised: onnx.ModelProto) -> list[str]:
+    """Why ``optimised`` (ONNX Runtime's rewrite of ``original``) might not compute bit for bit
+    what ``original`` computes; empty when it provably does.
+
+    The golden model carries integers in float32, bounded by 2**24 (checked when the IR is built),
+    so any summation order of integer products is exact. The rewrite is accepted when:
+
+    * every node is an allowed op (:data:`_EXACT_OPS`), a fused activation being Relu or Clip;
+    * every Conv's weights and bias are integers (no float factor or offset folded in), except a
+      one-tap depthwise Conv without bias, sum or activation, which is a per-channel Mul (the
+      NCHWc layout's form of one: one rounded product per value, as Mul);
+    * the non-integer constants of Mul/Add/Sub/Div nodes (those Convs counted as Mul) are the same
+      multiset as before, so every float step of the staircases and the logit chain is still
+      there, on its own.
+    """
+    from onnx import numpy_helper as nh
+
+    def consts(m):
+        return {t.name: nh.to_array(t) for t in m.graph.initializer}
+
+    def key(op, arr):
+        return op, np.asarray(arr, np.float32).reshape(-1).tobytes()
+
+    def float_steps(m):
+        c = consts(m)
+        out = []
+        for n in m.graph.node:
+            if n.op_type in ("Mul", "Add", "Sub", "Div"):
+                out += [key(n.op_type, c[i]) for i in n.input
+                        if i in c and c[i].dtype.kind == "f" and np.any(c[i] != np.round(c[i]))]
+            elif _is_channel_mul(n, c):
+                out.append(key("Mul", c[n.input[1]]))
+        return sorted(out)
+
+    why = []
+    c = consts(optimised)
+    for n in optimised.graph.node:
+        if (n.domain, n.op_type) not in _EXACT_OPS:
+            why.append(f"{n.domain or 'ai.onnx'}.{n.op_type} ({n.name}) is not audited")
+            continue
+        if n.op_type in ("Conv", "FusedConv") and not _is_channel_mul(n, c):
+            act = {a.name: helper.get_attribute_value(a) for a in n.attribute}.get("activation")
+            if act not in (None, b"Relu", b"Clip", "Relu", "Clip"):
+                why.append(f"{n.name}: fused activation {act!r}")
+            for i in n.input[1:3]:
+                if i and i in c and np.any(c[i] != np.round(c[i])):
+                    why.append(f"{n.name}: non-integer weights or bias {i} (a float folded in)")
+    if float_steps(original) != float_steps(optimised):
+        why.append("the float multipliers/offsets differ from the original graph's")
+    return why
+
+
+def _is_channel_mul(n, consts: dict) -> bool:
+    """A Conv that is exactly a per-channel Mul: one tap, depthwise, with float weights and no
+    bias, residual sum or activation."""
+    if n.op_type != "Conv" or len(n.input) < 2 or n.input[1] not in consts or \
+            any(n.input[2:]):
+        return False
+    w = consts[n.input[1]]
+    attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+    return (w.ndim == 4 and w.shape[1:] == (1, 1, 1) and attrs.get("group") == w.shape[0] and
+            "activation" not in attrs)
+
+
 @dataclass
 class GoldenModel:
-    """A loaded golden model: deterministic ORT session (no graph optimisation)."""
+    """A loaded golden model in ONNX Runtime.
+
+    ``optimised`` (default): ONNX Runtime's full CPU graph optimisation minus
+    :data:`OPTIMIZERS_OFF`, used only when :func:`audit_optimised` proves the rewritten graph
+    exact; otherwise, and with ``optimised=False``, no graph optimisation at all.
+    :attr:`session_note` says which one runs, and why."""
 
     path: Path | None
     proto: onnx.ModelProto
     threads: int = 1
+    optimised: bool = True
 
     def __post_init__(self) -> None:
+        self.session_note = "no graph optimisation (optimised=False)"
+        self.session = None
+        if self.optimised:
+            self.session, self.session_note = self._optimised_session()
+        if self.session is None:
+            self.session = self._session(self._options(0))
+        self.meta = {p.key: p.value for p in self.proto.metadata_props}
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _options(self, level: int, dump: str | None = None):
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if level else
+                                       ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self.session = ort.InferenceSession(self.proto.SerializeToString(), so,
-                                            providers=["CPUExecutionProvider"])
-        self.meta = {p.key: p.value for p in self.proto.metadata_props}
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        so.log_severity_level = 3  # the "NCHWc model is hardware specific" notice on dumping
+        if dump:
+            so.optimized_model_filepath = dump
+        return so
+
+    def _session(self, so, disabled=()):
+        import onnxruntime as ort
+
+        return ort.InferenceSession(self.proto.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(disabled))
+
+    def _optimised_session(self):
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="sibnn-golden-") as d:
+            dump = str(Path(d) / "optimised.onnx")
+            sess = self._session(self._options(1, dump), OPTIMIZERS_OFF)
+            why = audit_optimised(self.proto, onnx.load(dump))
+        if why:
+            return None, f"no graph optimisation: the optimised graph failed the audit ({why[0]})"
+        return sess, "ONNX Runtime graph optimisation, audited exact"
 
     @classmethod
     def load(cls, path: str | Path, threads: int = 1) -> GoldenModel:

@@ -21,13 +21,16 @@ graph by :mod:`flow.front.lower`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import torch
 from onnx import helper, numpy_helper
 
 from sibnn_base.errors import UnsupportedGraphError
+
+if TYPE_CHECKING:  # torch is imported where it runs: a CLI's argument errors stay fast
+    import torch
 
 F32_EXACT = 2**24
 """Integers up to this magnitude are exact in float32: the golden model's accumulation bound."""
@@ -63,6 +66,8 @@ class FloatOp:
     params: tuple = ()
 
     def torch(self, t: torch.Tensor) -> torch.Tensor:
+        import torch
+
         k, p = self.kind, self.params
         if k == "mul":
             return t * _t(p[0])
@@ -86,6 +91,8 @@ class FloatOp:
 
 
 def _t(a) -> torch.Tensor:
+    import torch
+
     return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
 
 
@@ -160,6 +167,8 @@ class QuantSpec:
     bipolar: bool
 
     def apply(self, y: torch.Tensor, layout_rank: int) -> torch.Tensor:
+        import torch
+
         """Integer level (as float tensor) of ``y``; exactly Brevitas' operations."""
         if self.bipolar:
             return torch.where(y >= 0, 1.0, -1.0)
@@ -382,6 +391,8 @@ class Integerizer:
         lo, hi = base.per_channel(base.lo), base.per_channel(base.hi)
         length = int(np.max(hi - lo)) + 1
         grid = lo[:, None] + np.minimum(np.arange(length)[None, :], (hi - lo)[:, None])  # (C, L)
+        import torch
+
         if rank == 4:
             t = torch.from_numpy(grid.astype(np.float32)).reshape(1, C, length, 1)
         elif rank == 2:

@@ -82,16 +82,16 @@ def run_brevitas(model, pixels_nhwc: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def run_qonnx(model, pixels_nhwc: np.ndarray) -> dict[str, np.ndarray]:
-    """QONNX ``execute_onnx``, one image at a time (exported graphs have batch 1)."""
-    from qonnx.core.onnx_exec import execute_onnx
-
+    """The QONNX graph executed by qonnx, one image at a time (exported graphs have batch 1),
+    through :class:`StageExecutor`."""
     x = pixels_to_x(pixels_nhwc).numpy()
     in_name = model.graph.input[0].name
     shape = model.get_tensor_shape(in_name)
     names = [o.name for o in model.graph.output]
     outs: dict[str, list] = {o: [] for o in names}
+    run = StageExecutor(model)
     for i in range(len(x)):
-        r = execute_onnx(model, {in_name: x[i:i + 1].reshape(shape)})
+        r = run({in_name: x[i:i + 1].reshape(shape)})
         for k in outs:
             outs[k].append(r[k])
     res = {k: np.concatenate(v) for k, v in outs.items()}
@@ -212,16 +212,85 @@ def stage_input(model, pixels_nhwc: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def execute_stage(model, pixels_nhwc: np.ndarray) -> np.ndarray:
-    """Run a FINN-stage graph (qonnx python execution) on every image of ``pixels_nhwc``, batch 1
-    each as FINN graphs are built; returns the primary output. The one stage executor."""
-    from qonnx.core.onnx_exec import execute_onnx
+class StageExecutor:
+    """qonnx's node execution of one stage graph, image after image, stricter and faster than
+    ``execute_onnx``.
 
+    Every node runs through qonnx's own ``execute_node`` (FINN's python models for the HW ops,
+    ONNX Runtime for standard ops), in graph order. What differs from ``execute_onnx``:
+
+    * **no silent rounding.** ``execute_onnx`` passes every tensor through
+      ``sanitize_quant_values``, which *rounds* a value that is off its datatype annotation (with a
+      warning) and never checks ranges. Here every node output annotated with an integer datatype
+      must already be an integer, and every output of a HW layer (``fpgadataflow`` domain: its
+      annotation is the stream's width in hardware) must also be in its type's range, or
+      :class:`~sibnn_base.errors.VerificationError` names the node, the tensor and the first bad
+      index. (Range is not checked before the HW layers: FINN's ConvertQONNXtoFINN annotates a
+      signed quantizer's threshold count, 0..2**b - 1 before its bias Add, with the signed type.)
+    * the initializers are converted once per stage, not once per image, and are read-only, so a
+      node that wrote into its parameters would raise instead of corrupting the next image.
+    """
+
+    def __init__(self, model: ModelWrapper) -> None:
+        from qonnx.util.basic import get_preferred_qonnx_opset
+
+        if not model.check_all_tensor_shapes_specified():
+            raise VerificationError("stage graph has tensors without shapes (run InferShapes)")
+        self.model = model
+        self.template = model.make_empty_exec_context()
+        inits = {t.name for t in model.graph.initializer}
+        for name in inits:
+            arr = self.template[name]
+            if isinstance(arr, np.ndarray):
+                arr.flags.writeable = False
+        self.buffers = [k for k, v in self.template.items()
+                        if k not in inits and isinstance(v, np.ndarray)]
+        opsets = model.get_opset_imports()
+        default = get_preferred_qonnx_opset()
+        self.nodes = []
+        for n in model.graph.node:  # (node, opset, its outputs annotated with integer types)
+            hw = n.domain.startswith(HW_DOMAIN)
+            ints = [(o, dt if hw else None) for o in n.output
+                    if (dt := model.get_tensor_datatype(o)) is not None and dt.is_integer()]
+            self.nodes.append((n, opsets.get(n.domain, default), ints))
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run the graph on one input dict; the full execution context."""
+        from qonnx.core.onnx_exec import execute_node
+
+        ctx = dict(self.template)
+        for k in self.buffers:
+            ctx[k] = np.zeros_like(self.template[k])
+        for name, value in inputs.items():
+            if name in ctx and ctx[name].shape != value.shape:
+                raise VerificationError(f"stage input {name} has shape {value.shape}, the graph "
+                                        f"expects {ctx[name].shape}")
+            ctx[name] = value
+        graph = self.model.graph
+        for node, opset, ints in self.nodes:
+            execute_node(node, ctx, graph, opset)
+            for out, dt in ints:
+                v = ctx[out]
+                ok = dt.allowed(v) if dt is not None else np.round(v) == v
+                if not np.all(ok):
+                    idx = tuple(int(i) for i in np.argwhere(~np.asarray(ok))[0])
+                    what = (f"a {dt.name} value, as the HW layer's annotation says" if dt is not None
+                            else f"an integer, as its {self.model.get_tensor_datatype(out).name} "
+                                 "annotation says")
+                    raise VerificationError(
+                        f"node {node.name} ({node.op_type}): output {out}[{list(idx)}] = "
+                        f"{v[idx]!r} is not {what}")
+        return ctx
+
+
+def execute_stage(model, pixels_nhwc: np.ndarray) -> np.ndarray:
+    """Run a FINN-stage graph on every image of ``pixels_nhwc``, batch 1 each as FINN graphs are
+    built (:class:`StageExecutor`); returns the primary output. The one stage executor."""
     x = stage_input(model, pixels_nhwc)
     iname, oname = model.graph.input[0].name, model.graph.output[0].name
     shape = model.get_tensor_shape(iname)
-    outs = [execute_onnx(model, {iname: x[i:i + 1].reshape(shape)})[oname]
-            for i in range(x.shape[0])]
+    run = StageExecutor(model)
+    outs = [run({iname: x[i:i + 1].reshape(shape)})[oname] for i in range(x.shape[0])]
     return np.concatenate(outs, axis=0)
 
 
