@@ -174,6 +174,42 @@ def test_each_hls_layer_kind_matches_its_python_model(small, picks, builds, role
                     f"{name} case {k}")
 
 
+@pytest.mark.parametrize("role", ["xnor_mvau_thresholds", "final_fc_mvau"])
+def test_mvau_weight_file_is_written_once_and_runs_like_finns_own_path(small, picks, builds,
+                                                                       role, tmp_path):
+    """With ``weight_files`` the MVAU's streamed weight file is made once per weight tensor and
+    reused: outputs equal FINN's own execute_node path and the python model, on every case; new
+    weights get a new file."""
+    model, view, contexts = small
+    name = picks[role]
+    build = builds[0][name]
+    node = _node(model, name)
+    shared = tmp_path / "weights"
+    cases = [*contexts, *extreme_contexts(model, name, contexts[0], seed=3)]
+    for k, ctx in enumerate(cases):
+        c = {key: v for key, v in ctx.items() if key not in node.output}
+        run_hls_node(model, node, c, build, tmp_path / f"s{k}", weight_files=shared)
+        got = [c[o] for o in node.output]
+        assert_same(cppsim_outputs(model, name, ctx, build, tmp_path / "finn"), got, name)
+        assert_same(python_outputs(view, name, ctx), got, name)
+    files = list(shared.glob("*.npy"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    c = {key: v for key, v in contexts[0].items() if key not in node.output}
+    run_hls_node(model, node, c, build, tmp_path / "again", weight_files=shared)
+    assert files[0].stat().st_mtime_ns == stamp  # reused, not rewritten
+    flipped = dict(contexts[0])
+    w = np.asarray(flipped[node.input[1]]).copy()
+    wdt = model.get_tensor_datatype(node.input[1])
+    w.flat[0] = wdt.min() if w.flat[0] != wdt.min() else wdt.max()
+    flipped[node.input[1]] = w
+    c = {key: v for key, v in flipped.items() if key not in node.output}
+    run_hls_node(model, node, c, build, tmp_path / "new", weight_files=shared)
+    assert len(list(shared.glob("*.npy"))) == 2
+    assert_same(cppsim_outputs(model, name, flipped, build, tmp_path / "finn2"),
+                [c[o] for o in node.output], name)
+
+
 def test_sources_are_relocatable_and_shims_are_recorded(builds, picks):
     b, work = builds
     for name in picks.values():

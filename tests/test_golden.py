@@ -222,6 +222,8 @@ def test_optimised_session_is_audited_and_equal(default_student):
     px = make_inputs((28, 28, 1), 48, 5)
     a, b = golden.run(px), plain.run(px)
     assert all(np.array_equal(a[k], b[k]) for k in a)
+    prof = golden.kernel_profile(px[:4], runs=1)  # where the time goes (bench/golden_speed)
+    assert prof["Conv"] > 0 and "Sign" not in prof
 
 
 def test_audit_rejects_a_float_folded_into_a_conv(default_student, tmp_path):

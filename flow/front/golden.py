@@ -575,6 +575,27 @@ class GoldenModel:
             return None, f"no graph optimisation: the optimised graph failed the audit ({why[0]})"
         return sess, "ONNX Runtime graph optimisation, audited exact"
 
+    def kernel_profile(self, pixels_nhwc: np.ndarray, runs: int = 3) -> dict[str, int]:
+        """Microseconds per op type over ``runs`` runs on ``pixels_nhwc``, from ONNX Runtime's
+        profiler, in a twin of this session (same graph, same optimisation)."""
+        import collections
+        import tempfile
+
+        audited = self.session_note.endswith("audited exact")
+        with tempfile.TemporaryDirectory(prefix="sibnn-golden-") as d:
+            so = self._options(1 if audited else 0)
+            so.enable_profiling = True
+            so.profile_file_prefix = str(Path(d) / "profile")
+            sess = self._session(so, OPTIMIZERS_OFF if audited else ())
+            for _ in range(runs):
+                sess.run(None, {"pixels_nhwc": pixels_nhwc})
+            events = json.loads(Path(sess.end_profiling()).read_text())
+        t: collections.Counter = collections.Counter()
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                t[e["args"]["op_name"]] += int(e["dur"])
+        return dict(t)
+
     @classmethod
     def load(cls, path: str | Path, threads: int = 1) -> GoldenModel:
         return cls(Path(path), onnx.load(str(path)), threads)

@@ -453,6 +453,60 @@ def _execute_like_hlsbackend(inst, context: dict[str, np.ndarray], scratch: Path
             context[name] = 2 * context[name] - 1
 
 
+WEIGHT_STREAM_MODES = ("dynamic", "external", "internal_decoupled", "external_mem")
+"""MVAU memory modes whose cppsim reads the weights from ``input_1.npy`` (finn-plus 1.6.1)."""
+
+
+def _is_streamed_weight_mvau(inst) -> bool:
+    """``inst`` is finn-plus 1.6.1's ``MVAU_hls`` (not a subclass that may execute differently) in
+    a mode that streams its weights from a file."""
+    from finn.custom_op.fpgadataflow.hls.matrixvectoractivation_hls import MVAU_hls
+
+    return (type(inst).execute_node is MVAU_hls.execute_node and
+            inst.get_nodeattr("mem_mode") in WEIGHT_STREAM_MODES)
+
+
+def _execute_mvau(inst, context: dict[str, np.ndarray], scratch: Path, weight_files: Path
+                  ) -> None:
+    """``MVAU_hls.execute_node``'s cppsim branch, step for step, except that the weight file is
+    written once per distinct weight tensor and node configuration (by FINN's own
+    ``make_weight_file``, into ``weight_files``) and then linked into ``scratch``."""
+    from qonnx.core.datatype import DataType
+
+    node = inst.onnx_node
+    x = np.asarray(context[node.input[0]])
+    if x.dtype != np.float32:
+        raise VerificationError(f"cppsim of node {node.name}: input is {x.dtype}, not float32")
+    x = x.reshape(inst.get_folded_input_shape(0))
+    if inst.get_input_datatype(0) == DataType["BIPOLAR"]:
+        x = (x + 1) / 2  # stored as binary
+    np.save(scratch / "input_0.npy", x.copy())
+    w = np.asarray(context[node.input[1]], dtype=np.float32)
+    attrs = sorted((a.name, str(a)) for a in node.attribute  # not where this run happens
+                   if a.name != "exec_mode" and not re.search(r"(_dir|_path)(_\w+)?$", a.name))
+    key = hashlib.sha256(w.tobytes() + repr((w.shape, attrs)).encode()).hexdigest()[:32]
+    weight_files.mkdir(parents=True, exist_ok=True)
+    cached = weight_files / f"{key}.npy"
+    if not cached.is_file():
+        with tempfile.TemporaryDirectory(dir=weight_files) as d:
+            tmp = Path(d) / "w.npy"
+            inst.make_weight_file(w.reshape(-1, w.shape[-1]), "decoupled_npy", str(tmp))
+            os.replace(tmp, cached)  # atomic; a racing thread writes the same bytes
+    target = scratch / "input_1.npy"
+    target.unlink(missing_ok=True)
+    try:
+        os.link(cached, target)
+    except OSError:
+        shutil.copyfile(cached, target)
+    inst.exec_precompiled_singlenode_model()
+    inst.npy_to_dynamic_output(context)
+    if inst.get_output_datatype() == DataType["BIPOLAR"]:
+        context[node.output[0]] = 2 * context[node.output[0]] - 1
+    if tuple(context[node.output[0]].shape) != tuple(inst.get_normal_output_shape()):
+        raise VerificationError(f"cppsim of node {node.name} did not produce the expected "
+                                "output shape")
+
+
 def _retry_busy(run, attempts: int = 50) -> None:
     """``run()``, retried while exec'ing the freshly written launcher fails with ETXTBSY: when
     nodes run on several threads, a child forked by another thread can briefly hold the
@@ -467,14 +521,18 @@ def _retry_busy(run, attempts: int = 50) -> None:
 
 
 def run_hls_node(model: ModelWrapper, node: NodeProto, context: dict[str, np.ndarray],
-                 build: NodeBuild, scratch: Path) -> None:
+                 build: NodeBuild, scratch: Path, weight_files: Path | None = None) -> None:
     """Execute ``build``'s binary on ``node``'s inputs from ``context`` and store its outputs in
     ``context`` as FINN's python execution does (float32, normal output shapes, BIPOLAR as +-1).
 
     The inputs are written (folded, BIPOLAR as binary) and the outputs read back as FINN's own
     ``execute_node`` does in cppsim mode, into ``scratch``, where the binary runs. A binary that
     fails, or whose streams are read while empty or left holding data (the hardware would hang),
-    raises :class:`VerificationError` naming the node."""
+    raises :class:`VerificationError` naming the node.
+
+    ``weight_files``: a directory where an MVAU's streamed weight file is kept per distinct weight
+    tensor and node configuration, and linked into ``scratch``; FINN's ``execute_node`` writes it
+    again on every call (about 0.6 s per node and input, most of a ``--sim`` run)."""
     scratch = Path(scratch).absolute()
     scratch.mkdir(parents=True, exist_ok=True)
     for stale in [*scratch.glob("input_*.npy"), *scratch.glob("output_*.npy"), scratch / RUN_LOG]:
@@ -485,9 +543,12 @@ def run_hls_node(model: ModelWrapper, node: NodeProto, context: dict[str, np.nda
     where = f"cppsim of node {node.name} ({node.op_type})"
     log = scratch / RUN_LOG
     try:
-        _retry_busy(lambda: _execute_like_hlsbackend(inst, context, scratch)
-                    if _finn_delegates_to_hlsbackend(inst) else
-                    inst.execute_node(context, model.graph))
+        if _finn_delegates_to_hlsbackend(inst):
+            _retry_busy(lambda: _execute_like_hlsbackend(inst, context, scratch))
+        elif weight_files is not None and _is_streamed_weight_mvau(inst):
+            _retry_busy(lambda: _execute_mvau(inst, context, scratch, Path(weight_files)))
+        else:
+            _retry_busy(lambda: inst.execute_node(context, model.graph))
     except subprocess.CalledProcessError as err:
         raise VerificationError(f"{where} exited with status {err.returncode} "
                                 f"(log: {log})") from None

@@ -128,12 +128,14 @@ def _first_diff(a: np.ndarray, b: np.ndarray) -> str:
             f"{b[idx]!r} ({n} of {a.size} values differ)")
 
 
-def simulate_one(model, view, builds: dict, x: np.ndarray, scratch: Path, image: int
+def simulate_one(model, view, builds: dict, x: np.ndarray, scratch: Path, image: int,
+                 weight_files: Path | None = None
                  ) -> tuple[np.ndarray, dict[str, int], dict[str, float]]:
     """Execute ``model`` on one input (batch 1) with every node in ``builds`` as its generated
     code; raises :class:`VerificationError` at the first node whose outputs differ from its
     python model. Returns the graph output, the RTL cycle count per simulated RTL node and the
-    seconds each simulated node ran."""
+    seconds each simulated node ran. ``weight_files``: where MVAU weight files are shared between
+    inputs (:func:`~flow.hw.cppsim.run_hls_node`)."""
     from flow.hw.cppsim import run_hls_node
     from flow.hw.rtlsim import run_rtl_node
 
@@ -154,7 +156,7 @@ def simulate_one(model, view, builds: dict, x: np.ndarray, scratch: Path, image:
         node_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         if b.kind == "cppsim":
-            run_hls_node(model, node, ctx, b, node_dir)
+            run_hls_node(model, node, ctx, b, node_dir, weight_files)
         else:
             cycles[node.name] = int(run_rtl_node(model, node, ctx, b, node_dir))
         seconds[node.name] = time.perf_counter() - t0
@@ -195,7 +197,8 @@ def simulate(model, pixels_nhwc: np.ndarray, sims: Simulators, *, work: Path, ca
     scratch = work / "run"
 
     def one(i: int):
-        return simulate_one(model, view, builds, xs[i:i + 1], scratch / f"input_{i}", i)
+        return simulate_one(model, view, builds, xs[i:i + 1], scratch / f"input_{i}", i,
+                            scratch / "weights")
 
     t1 = time.perf_counter()
     results = run_parallel(one, list(range(len(xs))), jobs)
