@@ -252,11 +252,7 @@ def _emit_threshold(e: _Emitter, nd, src, rank: int, mode: str) -> None:
         ok = np.zeros(C, bool)
         shift = 0.0  # the base, when the clip's bounds carry it
         if mode in ("auto", "staircase"):
-            m, c, ok = _staircase(thr, d, vals, cnt)
-            if step == 1 and base != 0 and base == np.round(base):
-                m2, c2, ok2 = _staircase(thr, d, vals, cnt, float(base))
-                if np.array_equal(ok2, ok):
-                    m, c, shift = m2, c2, float(base)
+            m, c, ok, shift = _staircase(thr, d, vals, cnt, float(base) if step == 1 else 0.0)
             if mode == "staircase" and not ok.all():
                 raise ValueError(f"threshold node {nd.output}: the thresholds of channel(s) "
                                  f"{np.flatnonzero(~ok).tolist()[:8]} are not a staircase "
@@ -295,6 +291,15 @@ def _emit_threshold(e: _Emitter, nd, src, rank: int, mode: str) -> None:
         e.node("ScatterElements", [q, where, tb], nd.output, axis=1)
 
 
+def _consumers(ir: IntegerIR) -> dict[str, list]:
+    """The nodes reading each tensor of ``ir``."""
+    out: dict[str, list] = {}
+    for nd in ir.nodes:
+        for i in nd.inputs:
+            out.setdefault(i, []).append(nd)
+    return out
+
+
 def _is_sign(nd, src) -> bool:
     """A single-threshold node with outputs -1 / +1, directions +-1, on integer thresholds whose
     doubled values stay far inside float32's exact integers (the input's range is the IR's
@@ -311,22 +316,21 @@ def _sign_after_conv(ir: IntegerIR) -> dict:
     """Sign nodes (:func:`_is_sign`) whose input is the output of an unpadded conv (the SI
     squeezes) read by nothing else, keyed by that conv output: the conv computes the sign itself
     (:func:`_emit_conv_sign`)."""
-    consumers: dict[str, list] = {}
-    for nd in ir.nodes:
-        for i in nd.inputs:
-            consumers.setdefault(i, []).append(nd)
+    consumers = _consumers(ir)
     producer = {nd.output: nd for nd in ir.nodes}
     outputs = {o.tensor for o in ir.outputs}
     out = {}
     for nd in ir.nodes:
-        src = nd.inputs[0] if nd.inputs else None
-        if nd.op != "threshold" or src in outputs or producer.get(src) is None or \
-                producer[src].op != "conv" or len(consumers[src]) != 1 or \
-                getattr(producer.get(producer[src].inputs[0]), "op", None) == "pad" or \
-                any(producer[src].attrs["pads"]) or \
-                not _is_sign(nd, ir.tensors[src]):
+        if nd.op != "threshold":
             continue
-        out[src] = nd
+        src = nd.inputs[0]
+        conv = producer.get(src)
+        if conv is None or conv.op != "conv" or src in outputs or len(consumers[src]) != 1:
+            continue
+        padded = any(conv.attrs["pads"]) or \
+            getattr(producer.get(conv.inputs[0]), "op", None) == "pad"
+        if not padded and _is_sign(nd, ir.tensors[src]):
+            out[src] = nd
     return out
 
 
@@ -349,12 +353,13 @@ def _emit_conv_sign(e: _Emitter, conv, sign) -> None:
 
 
 def _staircase(thr: np.ndarray, d: np.ndarray, vals: np.ndarray, cnt: np.ndarray,
-               shift: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+               base: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
     """Per-channel float32 ``(m, c)`` with ``clip(floor(x * m + c), shift, shift + K) == cnt +
     shift`` for every integer ``x`` of ``vals`` (C, L), computed exactly as ONNX Runtime computes
-    it (float32 Mul, then Add, then Floor), and the mask of the channels where that holds (the
-    others, e.g. a quantizer whose ties round to even on integer inputs, need the table). An
-    integer ``shift`` (the node's base) saves the Add after the Clip.
+    it (float32 Mul, then Add, then Floor), the mask of the channels where that holds (the others,
+    e.g. a quantizer whose ties round to even on integer inputs, need the table), and ``shift``:
+    a nonzero integer ``base`` (the node's) when the same channels hold with it (the clip's bounds
+    then carry the base, saving an Add), else 0.
 
     For ``y = d x`` and integer thresholds ``t_k = ceil(a + (k - 1) b)`` (``b > 0``), ``y >= t_k``
     iff ``y >= a + (k - 1) b``, so the count is ``clip(floor((y - a) / b) + 1, 0, K)``: ``a, b``
@@ -391,20 +396,26 @@ def _staircase(thr: np.ndarray, d: np.ndarray, vals: np.ndarray, cnt: np.ndarray
                 continue
             a = (a_lo + a_hi) / 2
         m[ch], c[ch], fitted[ch] = d[ch] / b, 1.0 - a / b, True
-    m32, c32 = m.astype(np.float32), (c + shift).astype(np.float32)
-    z = vals.astype(np.float32) * m32[:, None]
-    z = z + c32[:, None]
-    got = np.clip(np.floor(z), np.float32(shift), np.float32(shift + K))
-    ok = fitted & np.all(got == (cnt + shift).astype(np.float32), axis=1)
-    return m32, c32, ok
+    m32 = m.astype(np.float32)
+
+    def check(shift: float) -> tuple[np.ndarray, np.ndarray]:
+        c32 = (c + shift).astype(np.float32)
+        z = vals.astype(np.float32) * m32[:, None]
+        z = z + c32[:, None]
+        got = np.clip(np.floor(z), np.float32(shift), np.float32(shift + K))
+        return c32, fitted & np.all(got == (cnt + shift).astype(np.float32), axis=1)
+
+    c32, ok = check(0.0)
+    if base != 0 and base == np.round(base):
+        c_b, ok_b = check(base)
+        if np.array_equal(ok_b, ok):
+            return m32, c_b, ok, base
+    return m32, c32, ok, 0.0
 
 
 def _foldable_pads(ir: IntegerIR) -> dict:
     """Pad nodes (spatial, constant value) whose only consumer is an unpadded conv, by output."""
-    consumers: dict[str, list] = {}
-    for nd in ir.nodes:
-        for i in nd.inputs:
-            consumers.setdefault(i, []).append(nd)
+    consumers = _consumers(ir)
     outputs = {o.tensor for o in ir.outputs}
     out = {}
     for nd in ir.nodes:
@@ -478,8 +489,7 @@ def audit_optimised(original: onnx.ModelProto, optimised: onnx.ModelProto) -> li
     def key(op, arr):
         return op, np.asarray(arr, np.float32).reshape(-1).tobytes()
 
-    def float_steps(m):
-        c = consts(m)
+    def float_steps(m, c):
         out = []
         for n in m.graph.node:
             if n.op_type in ("Mul", "Add", "Sub", "Div"):
@@ -502,7 +512,7 @@ def audit_optimised(original: onnx.ModelProto, optimised: onnx.ModelProto) -> li
             for i in n.input[1:3]:
                 if i and i in c and np.any(c[i] != np.round(c[i])):
                     why.append(f"{n.name}: non-integer weights or bias {i} (a float folded in)")
-    if float_steps(original) != float_steps(optimised):
+    if float_steps(original, consts(original)) != float_steps(optimised, c):
         why.append("the float multipliers/offsets differ from the original graph's")
     return why
 

@@ -428,14 +428,16 @@ def _finn_delegates_to_hlsbackend(inst) -> bool:
     return type(inst).execute_node in delegating
 
 
-def _execute_like_hlsbackend(inst, context: dict[str, np.ndarray], scratch: Path) -> None:
+def _execute_like_hlsbackend(inst, context: dict[str, np.ndarray], scratch: Path,
+                             streams: tuple[int, ...] | None = None) -> None:
     """``HLSBackend.execute_node``'s cppsim branch without its rtlsim input packing, which it
-    computes and discards in cppsim mode (about 1 s per 25k-element input, 50x the binary)."""
+    computes and discards in cppsim mode (about 1 s per 25k-element input, 50x the binary).
+    ``streams``: the inputs to write as npy files (default: every input with a stream)."""
     from qonnx.core.datatype import DataType
 
     node = inst.onnx_node
     for i, name in enumerate(node.input):
-        if inst.get_instream_width(i) == 0:
+        if inst.get_instream_width(i) == 0 or (streams is not None and i not in streams):
             continue  # not a stream: no npy file
         x = context[name]
         if x.dtype not in (np.float32, np.float16):
@@ -468,19 +470,11 @@ def _is_streamed_weight_mvau(inst) -> bool:
 
 def _execute_mvau(inst, context: dict[str, np.ndarray], scratch: Path, weight_files: Path
                   ) -> None:
-    """``MVAU_hls.execute_node``'s cppsim branch, step for step, except that the weight file is
-    written once per distinct weight tensor and node configuration (by FINN's own
-    ``make_weight_file``, into ``weight_files``) and then linked into ``scratch``."""
-    from qonnx.core.datatype import DataType
-
+    """``MVAU_hls.execute_node``'s cppsim branch, except that the weight file is written once per
+    distinct weight tensor and node configuration (by FINN's own ``make_weight_file``, into
+    ``weight_files``) and then linked into ``scratch``; the activations go in and out as for every
+    other HLS layer (:func:`_execute_like_hlsbackend`)."""
     node = inst.onnx_node
-    x = np.asarray(context[node.input[0]])
-    if x.dtype != np.float32:
-        raise VerificationError(f"cppsim of node {node.name}: input is {x.dtype}, not float32")
-    x = x.reshape(inst.get_folded_input_shape(0))
-    if inst.get_input_datatype(0) == DataType["BIPOLAR"]:
-        x = (x + 1) / 2  # stored as binary
-    np.save(scratch / "input_0.npy", x.copy())
     w = np.asarray(context[node.input[1]], dtype=np.float32)
     attrs = sorted((a.name, str(a)) for a in node.attribute  # not where this run happens
                    if a.name != "exec_mode" and not re.search(r"(_dir|_path)(_\w+)?$", a.name))
@@ -498,13 +492,7 @@ def _execute_mvau(inst, context: dict[str, np.ndarray], scratch: Path, weight_fi
         os.link(cached, target)
     except OSError:
         shutil.copyfile(cached, target)
-    inst.exec_precompiled_singlenode_model()
-    inst.npy_to_dynamic_output(context)
-    if inst.get_output_datatype() == DataType["BIPOLAR"]:
-        context[node.output[0]] = 2 * context[node.output[0]] - 1
-    if tuple(context[node.output[0]].shape) != tuple(inst.get_normal_output_shape()):
-        raise VerificationError(f"cppsim of node {node.name} did not produce the expected "
-                                "output shape")
+    _execute_like_hlsbackend(inst, context, scratch, streams=(0,))
 
 
 def _retry_busy(run, attempts: int = 50) -> None:
