@@ -333,7 +333,7 @@ def summarise(per_seed: dict, seeds: list[int]) -> dict:
 
 
 def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None,
-          run: dict | None = None) -> list[list[str]]:
+          run: dict | None = None, shipped: dict | None = None) -> list[list[str]]:
     rows = [["variant", *[f"seed {s} test %" for s in seeds], "mean ± std %", "vs plain",
              "mean val %"]]
     for v in summary:
@@ -372,7 +372,7 @@ def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None,
                      + f", {run['threads']} thread(s) per job"
                      + (f", wall {wall / 60:.1f} min" if wall else ""),
                      *[""] * len(seeds), "", "", ""])
-    return rows
+    return rows + shipped_rows(shipped, len(rows[0]))
 
 
 def render(path: Path, cost: dict | None = None) -> None:
@@ -385,8 +385,8 @@ def render(path: Path, cost: dict | None = None) -> None:
     run = data.get("run")
     seeds = run["seeds"] if run else []
     per_seed = {int(k): v for k, v in data["per_seed"].items()}
-    write_results("accuracy", data, table(data["summary"], per_seed, seeds, data["step_cost"], run),
-                  results_dir=path.parent)
+    write_results("accuracy", data, table(data["summary"], per_seed, seeds, data["step_cost"], run,
+                                          data.get("shipped")), results_dir=path.parent)
 
 
 def update_cost(path: Path, cost: dict) -> None:
@@ -397,6 +397,77 @@ def update_cost(path: Path, cost: dict) -> None:
                       table({}, {}, [], cost), results_dir=path.parent)
         return
     render(path, cost)
+
+
+def shipped(data_dir: str | None = None, batch: int = 1000) -> dict:
+    """Every registry model with a shipped checkpoint, evaluated here on the whole test set of
+    its dataset by a plain float loop (``pixels / 255``, eval mode, argmax), against the top-1
+    its registry entry claims; the issue's goals for the shipped student (the build's default
+    model) and its teacher."""
+    from flow.config import DEFAULT_MODEL
+    from quant_models.data import load_test
+    from quant_models.registry import TEACHER_OF, get_entry, list_models
+
+    models = {}
+    for name in list_models():
+        entry = get_entry(name).pretrained
+        if entry is None:
+            continue
+        test = load_test(entry.dataset, data_dir)
+        model = build_model(name, pretrained=True)
+        correct = 0
+        with torch.no_grad():
+            for i in range(0, len(test.x), batch):
+                correct += int((model(test.x[i:i + batch]).argmax(1) == test.y[i:i + batch]).sum())
+        acc = round(100.0 * correct / len(test.x), 2)
+        models[name] = {"file": entry.file, "sha256": entry.sha256, "dataset": entry.dataset,
+                        "test_images": len(test.x), "test_acc": acc,
+                        "registry_top1": entry.top1, "matches_registry": acc == entry.top1,
+                        "command": entry.command}
+    out: dict = {"default_model": DEFAULT_MODEL, "models": models,
+                 "evaluated_by": "plain float loop over pixels / 255 on the whole test set"}
+    student, teacher = models.get(DEFAULT_MODEL), models.get(TEACHER_OF.get(DEFAULT_MODEL, ""))
+    g = {}
+    if student:
+        g["student_top1"] = {"goal": f"shipped {DEFAULT_MODEL} >= 91.0 %",
+                             "measured": student["test_acc"], "met": student["test_acc"] >= 91.0}
+    if teacher:
+        g["teacher_top1"] = {"goal": f"shipped {TEACHER_OF[DEFAULT_MODEL]} >= 93.0 %",
+                             "measured": teacher["test_acc"], "met": teacher["test_acc"] >= 93.0}
+    if student and teacher:
+        gap = round(teacher["test_acc"] - student["test_acc"], 2)
+        g["teacher_gap"] = {"goal": "shipped teacher - shipped student <= 2.0 points",
+                            "measured": gap, "met": gap <= 2.0}
+    out["goals"] = g
+    return out
+
+
+def shipped_rows(sh: dict | None, width: int) -> list[list[str]]:
+    """Table rows for the shipped checkpoints (``width`` cells per row)."""
+    if not sh:
+        return []
+    # columns: label, one per seed, mean, vs plain, val
+    rows = [[f"shipped {n} ({m['file']}), whole test set", *[""] * (width - 4),
+             f"{m['test_acc']:.2f}",
+             "registry " + ("matches" if m["matches_registry"] else f"says {m['registry_top1']}"),
+             ""] for n, m in sh["models"].items()]
+    rows += [[f"goal {g['goal']}: {g['measured']} -> {'met' if g['met'] else 'MISSED'}",
+              *[""] * (width - 1)] for g in sh["goals"].values()]
+    return rows
+
+
+def update_shipped(path: Path, sh: dict) -> None:
+    """Store the shipped-checkpoint evaluation; the ablation numbers already in ``path`` stay."""
+    data = json.loads(path.read_text()) if path.exists() else {
+        "complete": False, "run": None, "step_cost": None, "summary": {}, "goals": {},
+        "per_seed": {}, "configs": {}}
+    data["shipped"] = sh
+    data.pop("machine", None)
+    run = data.get("run")
+    seeds = run["seeds"] if run else []
+    per_seed = {int(k): v for k, v in data["per_seed"].items()}
+    write_results("accuracy", data, table(data["summary"], per_seed, seeds, data["step_cost"], run,
+                                          sh), results_dir=path.parent)
 
 
 def _device_name(device: str) -> str | None:
@@ -434,6 +505,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads per job")
     p.add_argument("--cost-steps", type=int, default=10)
     p.add_argument("--cost-only", action="store_true", help="only measure the step-cost ratio")
+    p.add_argument("--shipped", action="store_true",
+                   help="only evaluate the shipped checkpoints on the whole test set (goals: "
+                        "student >= 91 %%, teacher >= 93 %%, gap <= 2 points)")
     p.add_argument("--no-cost", action="store_true", help="skip the step-cost measurement")
     p.add_argument("--train-seed", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--train-stage", default=None, help=argparse.SUPPRESS)
@@ -443,6 +517,15 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = Path(args.results_dir) if args.results_dir else bench.common.RESULTS
     if args.render:
         render(results_dir / "accuracy.json")
+        return 0
+    if args.shipped:
+        sh = shipped(args.data_dir)
+        update_shipped(results_dir / "accuracy.json", sh)
+        for n, m in sh["models"].items():
+            print(f"{n}: {m['test_acc']:.2f} % on {m['test_images']} test images "
+                  f"(registry: {m['registry_top1']})")
+        for g in sh["goals"].values():
+            print(f"goal {g['goal']}: measured {g['measured']} -> {'met' if g['met'] else 'MISSED'}")
         return 0
     if args.quick:
         args.epochs, args.train_subset = 1, 6400
@@ -480,8 +563,12 @@ def main(argv: list[str] | None = None) -> int:
            "evaluated_on": f"{args.dataset} test set, last epoch", "wall_s": None}
     t0 = time.perf_counter()
 
+    old = results_dir / "accuracy.json"
+    kept = json.loads(old.read_text()).get("shipped") if old.exists() else None
+
     def save(final: bool = False) -> dict:
-        """Rewrite the results from every finished stage on disk (complete once all are)."""
+        """Rewrite the results from every finished stage on disk (complete once all are); the
+        shipped-checkpoint evaluation (``--shipped``) already in the file stays."""
         per_seed = {s: collect(c) for s, c in configs.items()}
         summary = summarise(per_seed, args.seeds)
         complete = all(len(r) == len(variants(args.epochs, tuple(args.widths)))
@@ -492,7 +579,9 @@ def main(argv: list[str] | None = None) -> int:
                 "goals": goals(summary), "decisions": decisions(per_seed, args.seeds),
                 "per_seed": {str(s): r for s, r in per_seed.items()},
                 "configs": {str(s): to_dict(c) for s, c in configs.items()}}
-        write_results("accuracy", data, table(summary, per_seed, args.seeds, cost, run),
+        if kept:
+            data["shipped"] = kept
+        write_results("accuracy", data, table(summary, per_seed, args.seeds, cost, run, kept),
                       results_dir=results_dir)
         return data
 

@@ -37,7 +37,10 @@ def _conv_share(golden, pixels) -> float:
 
 
 def run(n: int = 256, batches: tuple[int, ...] = (1, 64), repeats: int = 3,
-        pretrained: bool | None = None) -> dict:
+        pretrained: bool | None = None, model_name: str | None = None) -> dict:
+    """Time ``model_name`` (default: the build's default model, the one verification runs on
+    by default) with its shipped weights where it has them, else seeded weights."""
+    from flow.config import DEFAULT_MODEL
     from flow.front.export import export_qonnx_model
     from flow.front.golden import GoldenModel, golden_from_qonnx
     from flow.proof.verify import make_inputs, pixels_to_x, verify
@@ -46,16 +49,17 @@ def run(n: int = 256, batches: tuple[int, ...] = (1, 64), repeats: int = 3,
     from quant_models.stress import randomize_bn
 
     torch.set_num_threads(1)
+    name = model_name or DEFAULT_MODEL
     if pretrained is None:
-        pretrained = get_entry("si_resnet_w1a1").pretrained is not None
+        pretrained = get_entry(name).pretrained is not None
     if pretrained:
-        model, which = build_model("si_resnet_w1a1", pretrained=True), "shipped si_resnet_w1a1"
+        model, which = build_model(name, pretrained=True), f"shipped {name}"
     else:
         torch.manual_seed(0)
-        model = build_model("si_resnet_w1a1")
+        model = build_model(name)
         randomize_bn(model, np.random.default_rng(0))
         model.eval()
-        which = "si_resnet_w1a1 default size, seeded weights"
+        which = f"{name} default size, seeded weights"
     with tempfile.TemporaryDirectory() as d:
         mw = export_qonnx_model(model, Path(d) / "m.onnx", with_taps=True)
         golden, _ = golden_from_qonnx(mw, threads=1)
@@ -111,8 +115,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--model", default=None, help="registry model (default: the build's default)")
     a = p.parse_args()
-    r = run(a.n, repeats=a.repeats)
+    r = run(a.n, repeats=a.repeats, model_name=a.model)
     for b, v in r["per_batch"].items():
         print(f"batch {b}: golden {v['golden_img_per_s']:.0f} img/s vs Brevitas "
               f"{v['brevitas_img_per_s']:.0f} img/s = {v['ratio']:.2f}x "

@@ -202,6 +202,15 @@ def si_h_resnet_w1a1_mbh(spec: NetSpec) -> nn.Module:
     return SIResNet(spec)
 
 
+@register_model("resnet_w1a1_mbh", defaults={"si": False, "binary": True, "head_bits": 8,
+                                             "sign_bias": True})
+def resnet_w1a1_mbh(spec: NetSpec) -> nn.Module:
+    """si_h_resnet_w1a1_mbh without SI (8-bit head, sign bias): the ablation's ``mbh`` row and
+    the hardware-overhead reference of SI on ``h``."""
+    return SIResNet(spec)
+
+
 TEACHER_OF = {"si_resnet_w1a1": "si_resnet_fp", "resnet_w1a1": "si_resnet_fp",
-              "si_h_resnet_w1a1": "si_resnet_fp", "si_h_resnet_w1a1_mbh": "si_resnet_fp"}
+              "si_h_resnet_w1a1": "si_resnet_fp", "si_h_resnet_w1a1_mbh": "si_resnet_fp",
+              "resnet_w1a1_mbh": "si_resnet_fp"}
 """The FP teacher twin used to distil each student."""

@@ -40,6 +40,27 @@ def test_new_step_cost_keeps_the_ablation_numbers(tmp_path, monkeypatch):
     assert "88.00" in md and "1.400x" in md
 
 
+def test_shipped_evaluation_is_stored_beside_the_ablation(tmp_path, monkeypatch):
+    path = _results(tmp_path, monkeypatch)
+    per_seed = {0: {"plain": {"test_acc": 80.0}}}
+    summary = accuracy.summarise(per_seed, [0])
+    bench.common.write_results("accuracy", {
+        "complete": True, "run": None, "step_cost": None, "summary": summary, "goals": {},
+        "per_seed": {"0": per_seed[0]}, "configs": {}}, [["h"]])
+    sh = {"default_model": "m", "models": {"m": {"file": "m.pt", "test_acc": 89.5,
+                                                 "registry_top1": 89.4,
+                                                 "matches_registry": False}},
+          "goals": {"student_top1": {"goal": "shipped m >= 91.0 %", "measured": 89.5,
+                                     "met": False}}}
+    accuracy.update_shipped(path, sh)
+    data = json.loads(path.read_text())
+    assert data["shipped"] == sh and data["summary"] == summary
+    md = (tmp_path / "accuracy.md").read_text()
+    assert "89.50" in md and "registry says 89.4" in md and "shipped m >= 91.0 %: 89.5 -> MISSED" in md
+    rows = accuracy.shipped_rows(sh, 6)
+    assert all(len(r) == 6 for r in rows)
+
+
 def test_step_cost_without_results_file(tmp_path, monkeypatch):
     path = _results(tmp_path, monkeypatch)
     accuracy.update_cost(path, {"batch": 256, "ratio": 1.3})
@@ -100,14 +121,18 @@ def test_goals_name_the_best_si_variant_by_validation_accuracy():
 
 def test_ablation_runs_every_variant_as_concurrent_jobs_on_cpu(tmp_path):
     """The GPU ablation's command at a tiny CPU scale: 8x8 digits, one epoch, two jobs at once;
-    every variant is trained, collected with its device, and the table states the budget."""
+    every variant is trained, collected with its device, and the table states the budget. The
+    shipped-checkpoint section already in the results file stays."""
+    (tmp_path / "res").mkdir()
+    sh = {"default_model": "m", "models": {}, "goals": {}}
+    (tmp_path / "res" / "accuracy.json").write_text(json.dumps({"shipped": sh}))
     proc = run_cli(["-m", "bench.accuracy", "--dataset", "digits", "--val-size", "200",
                     "--epochs", "1", "--seeds", "0", "--jobs", "2", "--no-cost",
                     "--device", "cpu", "--runs-dir", str(tmp_path / "runs"),
                     "--results-dir", str(tmp_path / "res")], timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp_path / "res" / "accuracy.json").read_text())
-    assert data["complete"] is True
+    assert data["complete"] is True and data["shipped"] == sh
     assert set(data["per_seed"]["0"]) == set(accuracy.variants(1))
     assert all(r["device"] == "cpu" and r["epochs"] == 1 for r in data["per_seed"]["0"].values())
     assert data["run"]["jobs_at_once"] == 2 and data["run"]["wall_s"] > 0

@@ -71,6 +71,30 @@ def test_auto_folding_fits_every_board(name, tfc_specialised, tmp_path):
     assert res.estimate.fps(b.synth_clk_period_ns) > 0
 
 
+def test_folding_search_estimates_each_distinct_folding_once(tfc_specialised, tmp_path,
+                                                             monkeypatch):
+    """Neighbouring targets of the binary search often fold alike: each folding is estimated
+    once, and the cached search finds what estimating every point finds."""
+    from flow.hw import folding
+    from flow.hw.finn_env import detect_tools, finn_session
+
+    b = load_board("pynq-z2")
+    real, calls = folding.estimate, []
+
+    def counting(model, part):
+        calls.append(folding._signature(model))
+        return real(model, part)
+
+    with finn_session(tmp_path / "finn", detect_tools()):
+        monkeypatch.setattr(folding, "estimate", counting)
+        res = folding.auto_fold(tfc_specialised, b, widen=False)
+        assert len(calls) == len(set(calls)) and len(calls) < res.evaluated
+        assert res.estimate == real(res.model, b.fpga_part)
+        # folding afresh at the target found reproduces the folding returned
+        again = folding._fold(tfc_specialised, res.target_cycles, folding.MVAU_WWIDTH_MAX)
+        assert folding._signature(again) == folding._signature(res.model)
+
+
 @pytest.mark.vivado
 @pytest.mark.parametrize("name", BOARDS)
 def test_bitfile_per_board(name, tmp_path):

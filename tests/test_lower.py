@@ -63,6 +63,29 @@ def test_si_student_maps_all_hw_with_streams_and_integer_adds(tmp_path):
     assert hw.get_tensor_shape(hw.graph.input[0].name) == [1, 28, 28, 1]
 
 
+def test_strided_shortcut_and_si_squeeze_share_one_window_generator(tmp_path):
+    """A downsampling block's 1x1 stride-2 shortcut and its SI squeeze both read ``a`` through
+    the same window: one Im2Col (one sliding-window generator in hardware) feeds both, exactly."""
+    torch.manual_seed(0)
+    m = build_model("si_resnet_w1a1", width=8, depth=[1, 1])
+    randomize_bn(m, np.random.default_rng(0))
+    finn, hw = _lower_and_check(m.eval(), (1, 28, 28), tmp_path)
+    from qonnx.custom_op.registry import getCustomOp
+
+    windows = [n for n in finn.graph.node if n.op_type == "Im2Col"]
+
+    def window(n):
+        inst = getCustomOp(n)
+        return (n.input[0], tuple(inst.get_nodeattr("stride")),
+                tuple(inst.get_nodeattr("kernel_size")), tuple(inst.get_nodeattr("pad_amount")))
+
+    assert len({window(n) for n in windows}) == len(windows)  # no window computed twice
+    strided = [n for n in windows if window(n)[1:3] == ((2, 2), (1, 1))]
+    assert len(strided) == 1 and len(finn.find_consumers(strided[0].output[0])) == 2
+    gens = [n for n in hw.graph.node if n.op_type.startswith("ConvolutionInputGenerator")]
+    assert len(gens) == len(windows)
+
+
 @pytest.mark.parametrize("seed", [1, 6])
 def test_random_tie_topologies(seed, tmp_path):
     m, _, kw = random_model(seed, ties=True)

@@ -52,6 +52,13 @@ def test_si_overhead_at_most_ten_percent(kw):
     assert with_si <= 1.10 * without, (with_si, without)
 
 
+def test_shipped_si_variant_and_its_twin_without_si_differ_by_the_si_params_only():
+    s = summary(build_model("si_h_resnet_w1a1_mbh"))
+    plain = summary(build_model("resnet_w1a1_mbh"))
+    assert s["total_params"] - s["si_params"] == plain["total_params"]
+    assert s["total_params"] <= 1.10 * plain["total_params"]
+
+
 def test_si_params_counted_per_block():
     s = summary(build_model("si_resnet_w1a1"))
     assert s["si_params"] > 0

@@ -66,6 +66,7 @@ class _Lowering:
         self.producer = {nd.output: nd for nd in ir.nodes}
         self.repr: dict[str, str] = {}  # IR tensor -> how it is carried: "int" | "binary"
         self.negate: dict[str, np.ndarray] = {}  # acc tensor -> per-channel sign to fold in
+        self.windows: dict[tuple, str] = {}  # (input, window parameters) -> its Im2Col output
         self.n = 0
 
     def name(self, hint: str) -> str:
@@ -204,13 +205,19 @@ class _Lowering:
         pad_amount = [pads[0], pads[1], pads[2], pads[3]]
         n, h, wd, c = self.vinfo[in_name][0]
         oh, ow = self.nhwc(nd.output)[1:3]
-        cols = self.name("im2col")
-        self.nodes.append(helper.make_node(
-            "Im2Col", [in_name], [cols], domain=QONNX_DOMAIN, name=self.name("Im2Col"),
-            stride=list(a["strides"]), kernel_size=[kh, kw], pad_amount=pad_amount,
-            pad_value=int(pad_value), input_shape=str((n, h, wd, c)), dilations=[1, 1],
-            depthwise=0))
-        self.vinfo[cols] = ((n, oh, ow, kh * kw * ci), self.vinfo[in_name][1])
+        # Convolutions that read the same tensor through the same window (a block's strided 1x1
+        # shortcut and its SI squeeze on ``a``) share one Im2Col: one sliding-window generator in
+        # hardware, forked after it, instead of a fork and two generators. Same values, exactly.
+        key = (in_name, tuple(a["strides"]), (kh, kw), tuple(pad_amount), int(pad_value))
+        cols = self.windows.get(key)
+        if cols is None:
+            cols = self.windows[key] = self.name("im2col")
+            self.nodes.append(helper.make_node(
+                "Im2Col", [in_name], [cols], domain=QONNX_DOMAIN, name=self.name("Im2Col"),
+                stride=list(a["strides"]), kernel_size=[kh, kw], pad_amount=pad_amount,
+                pad_value=int(pad_value), input_shape=str((n, h, wd, c)), dilations=[1, 1],
+                depthwise=0))
+            self.vinfo[cols] = ((n, oh, ow, kh * kw * ci), self.vinfo[in_name][1])
         wmat = w.transpose(2, 3, 1, 0).reshape(kh * kw * ci, co)  # (kh, kw, ci) x co
         self.matmul(nd, cols, wmat, binary_in)
 

@@ -64,7 +64,9 @@ def estimate(model: ModelWrapper, fpga_part: str) -> Estimate:
 
     if folding_errors(model) or constraint_errors(model):
         return Estimate({k: float("inf") for k in BUDGETED}, 2**62, 2**62, "", False)
-    model = model.transform(AnnotateCycles())
+    # AnnotateCycles only annotates node attributes: the folding checked above is the one
+    # estimated, and qonnx's cleanup (which converts every parameter tensor) has nothing to do
+    model = model.transform(AnnotateCycles(), cleanup=False)
     per_node = model.analysis(lambda m: res_estimation(m, fpga_part))
     totals = {k: 0.0 for k in BUDGETED}
     for res in per_node.values():
@@ -72,7 +74,7 @@ def estimate(model: ModelWrapper, fpga_part: str) -> Estimate:
             totals[k] += float(res.get(k, 0))
     perf = model.analysis(dataflow_performance)
     return Estimate(totals, int(perf["max_cycles"]), int(perf["critical_path_cycles"]),
-                    str(perf["max_cycles_node_name"]), not folding_errors(model))
+                    str(perf["max_cycles_node_name"]), True)
 
 
 def folding_errors(model: ModelWrapper) -> list[str]:
@@ -82,13 +84,15 @@ def folding_errors(model: ModelWrapper) -> list[str]:
     such a point is invalid, not merely expensive.
     """
     errors = []
+    # names only: ModelWrapper.get_initializer converts the whole tensor to numpy
+    params = {t.name for t in model.graph.initializer}
     for n in model.graph.node:
         if not is_hw_node(n):
             continue
         inst = getCustomOp(n)
         try:
             for i in range(len(n.input)):
-                if model.get_initializer(n.input[i]) is None:
+                if n.input[i] not in params:
                     inst.get_instream_width(i)
                     inst.get_folded_input_shape(i)
             inst.get_outstream_width()
@@ -101,8 +105,9 @@ def folding_errors(model: ModelWrapper) -> list[str]:
 def _fold(model: ModelWrapper, target_cycles: int, wwidth_max: int) -> ModelWrapper:
     from finn.transformation.fpgadataflow.set_folding import SetFolding
 
+    # SetFolding only sets node attributes: no cleanup (it converts every parameter tensor)
     folded = model.transform(SetFolding(target_cycles, mvau_wwidth_max=wwidth_max,
-                                        two_pass_relaxation=True))
+                                        two_pass_relaxation=True), cleanup=False)
     return repair_min_simd(folded)
 
 
@@ -138,6 +143,11 @@ def auto_fold(model: ModelWrapper, board: BoardConfig, *, target_fps: int | None
     return _search(model, board, wwidth_max, target_fps)
 
 
+def _signature(model: ModelWrapper) -> str:
+    """The folding of every HW node, as one string: equal strings, equal estimates."""
+    return json.dumps(folding_dict(model), sort_keys=True, default=str)
+
+
 def _search(model: ModelWrapper, board: BoardConfig, wwidth_max: int,
             target_fps: int | None = None) -> FoldingResult:
     budget = board.budget
@@ -147,8 +157,16 @@ def _search(model: ModelWrapper, board: BoardConfig, wwidth_max: int,
         m = _fold(model, t, wwidth_max)
         est = estimate(m, board.fpga_part)
         return FoldingResult(m, est, t, est.within(budget), 1, wwidth_max)
+    seen: dict[str, Estimate] = {}  # neighbouring targets often give the same folding
+
+    def cached(m: ModelWrapper) -> Estimate:
+        key = _signature(m)
+        if key not in seen:
+            seen[key] = estimate(m, board.fpga_part)
+        return seen[key]
+
     slow = _fold(model, 10**12, wwidth_max)
-    slow_est = estimate(slow, board.fpga_part)
+    slow_est = cached(slow)
     best = FoldingResult(slow, slow_est, slow_est.max_cycles, slow_est.within(budget), 1,
                          wwidth_max)
     lo, hi = 1, slow_est.max_cycles  # hi is feasible iff the folded-out design fits
@@ -156,7 +174,7 @@ def _search(model: ModelWrapper, board: BoardConfig, wwidth_max: int,
     while lo < hi:
         mid = (lo + hi) // 2
         m = _fold(model, mid, wwidth_max)
-        est = estimate(m, board.fpga_part)
+        est = cached(m)
         evaluated += 1
         if est.within(budget):
             if not best.feasible or est.max_cycles < best.estimate.max_cycles:
