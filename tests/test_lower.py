@@ -86,6 +86,32 @@ def test_strided_shortcut_and_si_squeeze_share_one_window_generator(tmp_path):
     assert len(gens) == len(windows)
 
 
+def test_strided_shortcut_on_sign_of_h_shares_the_si_squeeze_window(tmp_path):
+    """SI on ``h``: the squeeze reads ``h``, the shortcut ``a = sign(h + b)``, both 1x1 at stride
+    2. The shortcut reads the sign of the squeeze's window instead (a 1x1 window only selects
+    pixels), so one window generator on ``h`` serves both, exactly."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    torch.manual_seed(0)
+    m = build_model("si_h_resnet_w1a1", width=8, depth=[1, 1], sign_bias=True)
+    randomize_bn(m, np.random.default_rng(1))
+    with torch.no_grad():
+        for mod in m.modules():
+            if hasattr(mod, "bias") and isinstance(mod.bias, torch.nn.Parameter) and \
+                    mod.bias.dim() == 4:
+                mod.bias.uniform_(-1.0, 1.0)  # sign biases off the grid: thresholds move
+    finn, hw = _lower_and_check(m.eval(), (1, 28, 28), tmp_path)
+    strided = [n for n in finn.graph.node if n.op_type == "Im2Col"
+               and tuple(getCustomOp(n).get_nodeattr("stride")) == (2, 2)
+               and tuple(getCustomOp(n).get_nodeattr("kernel_size")) == (1, 1)]
+    assert len(strided) == 1
+    cons = finn.find_consumers(strided[0].output[0])
+    assert sorted(c.op_type for c in cons) == ["MatMul", "MultiThreshold"]
+    sign = next(c for c in cons if c.op_type == "MultiThreshold")
+    assert finn.get_tensor_datatype(sign.output[0]).name == "BINARY"
+    assert finn.find_consumers(sign.output[0])[0].op_type == "XnorPopcountMatMul"
+
+
 @pytest.mark.parametrize("seed", [1, 6])
 def test_random_tie_topologies(seed, tmp_path):
     m, _, kw = random_model(seed, ties=True)

@@ -203,23 +203,56 @@ class _Lowering:
                                         "integers; FINN's padding inserts only 0")
         # pads [top, left, bottom, right] for Im2Col
         pad_amount = [pads[0], pads[1], pads[2], pads[3]]
-        n, h, wd, c = self.vinfo[in_name][0]
         oh, ow = self.nhwc(nd.output)[1:3]
-        # Convolutions that read the same tensor through the same window (a block's strided 1x1
-        # shortcut and its SI squeeze on ``a``) share one Im2Col: one sliding-window generator in
-        # hardware, forked after it, instead of a fork and two generators. Same values, exactly.
-        key = (in_name, tuple(a["strides"]), (kh, kw), tuple(pad_amount), int(pad_value))
-        cols = self.windows.get(key)
+        strides = tuple(a["strides"])
+        cols = self.signed_window(src, strides, (oh, ow)) if binary_in and (kh, kw) == (1, 1) \
+            and not any(pads) else None
         if cols is None:
-            cols = self.windows[key] = self.name("im2col")
-            self.nodes.append(helper.make_node(
-                "Im2Col", [in_name], [cols], domain=QONNX_DOMAIN, name=self.name("Im2Col"),
-                stride=list(a["strides"]), kernel_size=[kh, kw], pad_amount=pad_amount,
-                pad_value=int(pad_value), input_shape=str((n, h, wd, c)), dilations=[1, 1],
-                depthwise=0))
-            self.vinfo[cols] = ((n, oh, ow, kh * kw * ci), self.vinfo[in_name][1])
+            cols = self.window(in_name, strides, (kh, kw), pad_amount, int(pad_value), (oh, ow))
         wmat = w.transpose(2, 3, 1, 0).reshape(kh * kw * ci, co)  # (kh, kw, ci) x co
         self.matmul(nd, cols, wmat, binary_in)
+
+    def window(self, src: str, strides: tuple, kernel: tuple, pad_amount: list, pad_value: int,
+               out_hw: tuple) -> str:
+        """The Im2Col of ``src`` through this window. Convolutions that read one tensor through
+        one window (a block's strided 1x1 shortcut and its SI squeeze) share it: one sliding-window
+        generator in hardware, forked after it, instead of a fork and two generators."""
+        key = (src, strides, kernel, tuple(pad_amount), pad_value)
+        if key in self.windows:
+            return self.windows[key]
+        n, h, wd, c = self.vinfo[src][0]
+        cols = self.windows[key] = self.name("im2col")
+        self.nodes.append(helper.make_node(
+            "Im2Col", [src], [cols], domain=QONNX_DOMAIN, name=self.name("Im2Col"),
+            stride=list(strides), kernel_size=list(kernel), pad_amount=list(pad_amount),
+            pad_value=pad_value, input_shape=str((n, h, wd, c)), dilations=[1, 1], depthwise=0))
+        self.vinfo[cols] = ((n, *out_hw, kernel[0] * kernel[1] * c), self.vinfo[src][1])
+        return cols
+
+    def signed_window(self, a: str, strides: tuple, out_hw: tuple) -> str | None:
+        """For a strided 1x1 conv on ``a = sign(h)`` (carried as bits) when another conv reads
+        ``h`` through the same 1x1 window (the SI squeeze on ``h``): the window of ``h``, shared
+        with that conv, then the sign of the window. A 1x1 window only selects pixels, so
+        ``sign(window(h)) = window(sign(h))`` exactly; in hardware one generator on ``h`` replaces
+        a generator on ``a`` and one on ``h``, for one small threshold layer. None otherwise."""
+        t = self.producer.get(a)
+        if t is None or t.op != "threshold" or not t.attrs.get("bipolar") or \
+                np.any(t.attrs["direction"] != 1) or self.repr.get(a) != "binary":
+            return None
+        h = t.inputs[0]
+        if self.repr.get(h, "int") != "int" or h in self.negate:
+            return None
+        if not any(c.op == "conv" and c.attrs["weight"].shape[2:] == (1, 1)
+                   and tuple(c.attrs["strides"]) == strides and not any(c.attrs["pads"])
+                   for c in self.consumers.get(h, [])):
+            return None
+        cols_h = self.window(h, strides, (1, 1), [0, 0, 0, 0], 0, out_hw)
+        key = ("sign", cols_h, a)
+        if key not in self.windows:
+            out = self.windows[key] = self.name("sign_window")
+            self.threshold_node(cols_h, out, t.attrs["thresholds"].astype(np.int64).copy(),
+                                self.vinfo[a][1], 0.0)
+        return self.windows[key]
 
     def lower_matmul(self, nd: IRNode, pad_of: dict) -> None:
         w = nd.attrs["weight"].copy()  # (Ci, Co)
