@@ -63,29 +63,6 @@ def test_si_student_maps_all_hw_with_streams_and_integer_adds(tmp_path):
     assert hw.get_tensor_shape(hw.graph.input[0].name) == [1, 28, 28, 1]
 
 
-def test_strided_shortcut_and_si_squeeze_share_one_window_generator(tmp_path):
-    """A downsampling block's 1x1 stride-2 shortcut and its SI squeeze both read ``a`` through
-    the same window: one Im2Col (one sliding-window generator in hardware) feeds both, exactly."""
-    torch.manual_seed(0)
-    m = build_model("si_resnet_w1a1", width=8, depth=[1, 1])
-    randomize_bn(m, np.random.default_rng(0))
-    finn, hw = _lower_and_check(m.eval(), (1, 28, 28), tmp_path)
-    from qonnx.custom_op.registry import getCustomOp
-
-    windows = [n for n in finn.graph.node if n.op_type == "Im2Col"]
-
-    def window(n):
-        inst = getCustomOp(n)
-        return (n.input[0], tuple(inst.get_nodeattr("stride")),
-                tuple(inst.get_nodeattr("kernel_size")), tuple(inst.get_nodeattr("pad_amount")))
-
-    assert len({window(n) for n in windows}) == len(windows)  # no window computed twice
-    strided = [n for n in windows if window(n)[1:3] == ((2, 2), (1, 1))]
-    assert len(strided) == 1 and len(finn.find_consumers(strided[0].output[0])) == 2
-    gens = [n for n in hw.graph.node if n.op_type.startswith("ConvolutionInputGenerator")]
-    assert len(gens) == len(windows)
-
-
 def test_strided_shortcut_on_sign_of_h_shares_the_si_squeeze_window(tmp_path):
     """SI on ``h``: the squeeze reads ``h``, the shortcut ``a = sign(h + b)``, both 1x1 at stride
     2. The shortcut reads the sign of the squeeze's window instead (a 1x1 window only selects
@@ -104,12 +81,21 @@ def test_strided_shortcut_on_sign_of_h_shares_the_si_squeeze_window(tmp_path):
     strided = [n for n in finn.graph.node if n.op_type == "Im2Col"
                and tuple(getCustomOp(n).get_nodeattr("stride")) == (2, 2)
                and tuple(getCustomOp(n).get_nodeattr("kernel_size")) == (1, 1)]
+    assert len(strided) == 2 and len({n.input[0] for n in strided}) == 1  # both window h
+    signs = [c for n in strided for c in finn.find_consumers(n.output[0])
+             if c.op_type == "MultiThreshold"]
+    assert len(signs) == 1 and finn.get_tensor_datatype(signs[0].output[0]).name == "BINARY"
+    assert finn.find_consumers(signs[0].output[0])[0].op_type == "XnorPopcountMatMul"
+    # what convert_to_hw runs first: the two windows of h become one, feeding both
+    from flow.hw.transforms import ShareIdenticalIm2Col
+
+    shared = finn.transform(ShareIdenticalIm2Col())
+    strided = [n for n in shared.graph.node if n.op_type == "Im2Col"
+               and tuple(getCustomOp(n).get_nodeattr("stride")) == (2, 2)
+               and tuple(getCustomOp(n).get_nodeattr("kernel_size")) == (1, 1)]
     assert len(strided) == 1
-    cons = finn.find_consumers(strided[0].output[0])
-    assert sorted(c.op_type for c in cons) == ["MatMul", "MultiThreshold"]
-    sign = next(c for c in cons if c.op_type == "MultiThreshold")
-    assert finn.get_tensor_datatype(sign.output[0]).name == "BINARY"
-    assert finn.find_consumers(sign.output[0])[0].op_type == "XnorPopcountMatMul"
+    assert sorted(c.op_type for c in shared.find_consumers(strided[0].output[0])) == \
+        ["MatMul", "MultiThreshold"]
 
 
 @pytest.mark.parametrize("seed", [1, 6])

@@ -66,7 +66,6 @@ class _Lowering:
         self.producer = {nd.output: nd for nd in ir.nodes}
         self.repr: dict[str, str] = {}  # IR tensor -> how it is carried: "int" | "binary"
         self.negate: dict[str, np.ndarray] = {}  # acc tensor -> per-channel sign to fold in
-        self.windows: dict[tuple, str] = {}  # (input, window parameters) -> its Im2Col output
         self.n = 0
 
     def name(self, hint: str) -> str:
@@ -214,14 +213,11 @@ class _Lowering:
 
     def window(self, src: str, strides: tuple, kernel: tuple, pad_amount: list, pad_value: int,
                out_hw: tuple) -> str:
-        """The Im2Col of ``src`` through this window. Convolutions that read one tensor through
-        one window (a block's strided 1x1 shortcut and its SI squeeze) share it: one sliding-window
-        generator in hardware, forked after it, instead of a fork and two generators."""
-        key = (src, strides, kernel, tuple(pad_amount), pad_value)
-        if key in self.windows:
-            return self.windows[key]
+        """The Im2Col of ``src`` through this window. Two of them on one tensor with one window
+        (a block's strided 1x1 shortcut and its SI squeeze) become one sliding-window generator,
+        forked after it, in ``convert_to_hw`` (:class:`flow.hw.transforms.ShareIdenticalIm2Col`)."""
         n, h, wd, c = self.vinfo[src][0]
-        cols = self.windows[key] = self.name("im2col")
+        cols = self.name("im2col")
         self.nodes.append(helper.make_node(
             "Im2Col", [src], [cols], domain=QONNX_DOMAIN, name=self.name("Im2Col"),
             stride=list(strides), kernel_size=list(kernel), pad_amount=list(pad_amount),
@@ -231,10 +227,11 @@ class _Lowering:
 
     def signed_window(self, a: str, strides: tuple, out_hw: tuple) -> str | None:
         """For a strided 1x1 conv on ``a = sign(h)`` (carried as bits) when another conv reads
-        ``h`` through the same 1x1 window (the SI squeeze on ``h``): the window of ``h``, shared
-        with that conv, then the sign of the window. A 1x1 window only selects pixels, so
-        ``sign(window(h)) = window(sign(h))`` exactly; in hardware one generator on ``h`` replaces
-        a generator on ``a`` and one on ``h``, for one small threshold layer. None otherwise."""
+        ``h`` through the same 1x1 window (the SI squeeze on ``h``): the sign of the window of
+        ``h``. A 1x1 window only selects pixels, so ``sign(window(h)) = window(sign(h))``
+        exactly; the two windows of ``h`` are then one generator in hardware
+        (:class:`flow.hw.transforms.ShareIdenticalIm2Col`), which replaces a generator on ``a``
+        and one on ``h``, for one small threshold layer. None otherwise."""
         t = self.producer.get(a)
         if t is None or t.op != "threshold" or not t.attrs.get("bipolar") or \
                 np.any(t.attrs["direction"] != 1) or self.repr.get(a) != "binary":
@@ -247,12 +244,10 @@ class _Lowering:
                    for c in self.consumers.get(h, [])):
             return None
         cols_h = self.window(h, strides, (1, 1), [0, 0, 0, 0], 0, out_hw)
-        key = ("sign", cols_h, a)
-        if key not in self.windows:
-            out = self.windows[key] = self.name("sign_window")
-            self.threshold_node(cols_h, out, t.attrs["thresholds"].astype(np.int64).copy(),
-                                self.vinfo[a][1], 0.0)
-        return self.windows[key]
+        out = self.name("sign_window")
+        self.threshold_node(cols_h, out, t.attrs["thresholds"].astype(np.int64).copy(),
+                            self.vinfo[a][1], 0.0)
+        return out
 
     def lower_matmul(self, nd: IRNode, pad_of: dict) -> None:
         w = nd.attrs["weight"].copy()  # (Ci, Co)
