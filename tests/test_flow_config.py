@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from flow.config import BuildConfig, load_board, resolve_build_config, write_config
+from flow.config import DEFAULT_MODEL, BuildConfig, load_board, resolve_build_config, write_config
 from flow.hw.steps import select_steps, step_names
 from sibnn_base.errors import ConfigError
 
@@ -13,8 +13,8 @@ from sibnn_base.errors import ConfigError
 def test_defaults():
     cfg = resolve_build_config()
     assert cfg == BuildConfig()
-    assert cfg.model_name == "si_resnet_w1a1"
-    assert str(cfg.resolved_output_dir()) == "build/si_resnet_w1a1_pynq-z2"
+    assert cfg.model_name == DEFAULT_MODEL
+    assert str(cfg.resolved_output_dir()) == f"build/{DEFAULT_MODEL}_pynq-z2"
 
 
 def test_precedence_defaults_yaml_cli(tmp_path):

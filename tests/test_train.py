@@ -333,18 +333,21 @@ def test_existing_run_without_resume_is_refused(tmp_path):
 # -- the shipped default model --------------------------------------------------------------------
 
 def _shipped_entry():
+    from flow.config import DEFAULT_MODEL
     from quant_models.registry import get_entry
 
-    entry = get_entry("si_resnet_w1a1").pretrained
+    entry = get_entry(DEFAULT_MODEL).pretrained
     if entry is None:
-        pytest.skip("no pretrained checkpoint registered for si_resnet_w1a1")
+        pytest.skip(f"no pretrained checkpoint registered for {DEFAULT_MODEL}")
     return entry
 
 
 def test_shipped_default_model_loads_in_eval_mode():
+    from flow.config import DEFAULT_MODEL
+
     entry = _shipped_entry()
-    model = build_model("si_resnet_w1a1", pretrained=True)
-    assert not model.training and model.arch == "si_resnet_w1a1"
+    model = build_model(DEFAULT_MODEL, pretrained=True)
+    assert not model.training and model.arch == DEFAULT_MODEL
     assert entry.dataset == "fmnist" and tuple(model.spec.input_shape) == tuple(entry.input_shape)
     assert entry.teacher_top1 is not None and "sibnn-train" in entry.command
     binary = sum(p.numel() for n, p in model.named_parameters() if p.ndim > 1)
@@ -355,23 +358,25 @@ def test_shipped_default_model_loads_in_eval_mode():
                     .is_file(), reason="Fashion-MNIST not installed "
                                        "(apt-get install dataset-fashion-mnist)")
 def test_shipped_default_model_accuracy_on_test_subset():
+    from flow.config import DEFAULT_MODEL
     from quant_models.data import load_test
     from quant_models.train import evaluate
 
     entry = _shipped_entry()
     test = load_test("fmnist")
-    model = build_model("si_resnet_w1a1", pretrained=True)
+    model = build_model(DEFAULT_MODEL, pretrained=True)
     acc = evaluate(model, test.subset(1000), batch_size=500)["acc"]
     assert acc > entry.top1 - 3.0  # 1,000 images: well within sampling noise of the full set
 
 
 @pytest.mark.slow
 def test_shipped_default_model_full_test_set_matches_registry():
+    from flow.config import DEFAULT_MODEL
     from quant_models.data import load_test
     from quant_models.train import evaluate
 
     entry = _shipped_entry()
-    model = build_model("si_resnet_w1a1", pretrained=True)
+    model = build_model(DEFAULT_MODEL, pretrained=True)
     acc = evaluate(model, load_test("fmnist"), batch_size=1000)["acc"]
     assert acc == pytest.approx(entry.top1, abs=0.01)
 

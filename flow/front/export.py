@@ -288,12 +288,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(argv: list[str] | None) -> int:
+    from flow.config import DEFAULT_MODEL
     from sibnn_base.errors import ArgumentParser
 
     p = ArgumentParser(prog="sibnn-export", description=(
         "Export a model to QONNX and build its bit-exact golden model (reference.onnx)."))
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", help="registered model (default: the shipped si_resnet_w1a1)")
+    src.add_argument("--model", help=f"registered model (default: the shipped {DEFAULT_MODEL})")
     src.add_argument("--onnx", help="an existing QONNX file (e.g. a Brevitas bnn_pynq export)")
     p.add_argument("--checkpoint", help="checkpoint of --model (default: the shipped weights)")
     p.add_argument("--out", required=True, help="output directory (written atomically)")
