@@ -128,7 +128,9 @@ def test_bipolar_padding_is_minus_one():
 
 
 def test_unknown_model_lists_valid_ones():
-    with pytest.raises(UnknownModelError, match="valid models: resnet_w1a1, si_h_resnet_w1a1, si_h_resnet_w1a1_mbh, si_resnet_fp"):
+    with pytest.raises(UnknownModelError, match="valid models: resnet_w1a1, resnet_w1a1_mbh, "
+                                                "si_h_resnet_w1a1, si_h_resnet_w1a1_mbh, "
+                                                "si_resnet_fp, si_resnet_w1a1"):
         build_model("resnet50")
 
 
