@@ -226,6 +226,29 @@ def test_optimised_session_is_audited_and_equal(default_student):
     assert prof["Conv"] > 0 and "Sign" not in prof
 
 
+def test_asking_for_no_tap_runs_the_tap_free_session(default_student):
+    """``run(px, ["scores", ...])`` uses :meth:`GoldenModel.primary`: the graph pruned to the
+    primary outputs (fewer nodes), audited like the full one, with the same outputs."""
+    from flow.front.golden import PRIMARY, prune_to
+
+    _, _, golden, _ = default_student
+    prim = golden.primary()
+    assert prim is golden.primary() and prim is not golden
+    assert [o.name for o in prim.proto.graph.output] == list(PRIMARY)
+    assert len(prim.proto.graph.node) < len(golden.proto.graph.node)
+    assert prim.session_note == golden.session_note
+    px = make_inputs((28, 28, 1), 32, 7)
+    full = dict(zip(PRIMARY, golden.session.run(list(PRIMARY), {"pixels_nhwc": px}), strict=True))
+    part = golden.run(px, ["scores", "top1"])
+    assert all(np.array_equal(full[k], part[k]) for k in part)
+    assert set(golden.run(px)) == set(golden.output_names)  # all, taps included: the full graph
+    one = prune_to(golden.proto, ["scores"])
+    assert [o.name for o in one.graph.output] == ["scores"]
+    names = {i for n in one.graph.node for i in n.input} | {o for n in one.graph.node
+                                                           for o in n.output}
+    assert {t.name for t in one.graph.initializer} <= names
+
+
 def test_audit_rejects_a_float_folded_into_a_conv(default_student, tmp_path):
     """ONNX Runtime's ConvMulFusion (on by default) multiplies a staircase's float factor into
     the conv weights before it, which changes float32 rounding: the audit names it."""

@@ -529,6 +529,37 @@ def _is_channel_mul(n, consts: dict) -> bool:
             "activation" not in attrs)
 
 
+PRIMARY = ("scores", "logits", "top1")
+"""The golden model's outputs that Brevitas' forward computes too (the rest are the taps)."""
+
+
+def prune_to(proto: onnx.ModelProto, keep: list[str]) -> onnx.ModelProto:
+    """A copy of ``proto`` that computes only the graph outputs ``keep``: the other outputs, the
+    nodes only they need, and the initializers no node reads any more are dropped. ONNX Runtime
+    runs every node of a graph, fetched or not, so this is what asking for fewer outputs costs."""
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    g = m.graph
+    kept_outputs = [o for o in g.output if o.name in keep]
+    del g.output[:]
+    g.output.extend(kept_outputs)
+    need = {o.name for o in kept_outputs}
+    nodes = []
+    for n in reversed(list(g.node)):
+        if any(o in need for o in n.output):
+            nodes.append(n)
+            need.update(i for i in n.input if i)
+    del g.node[:]
+    g.node.extend(reversed(nodes))
+    inits = [t for t in g.initializer if t.name in need]
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    vis = [v for v in g.value_info if v.name in need]
+    del g.value_info[:]
+    g.value_info.extend(vis)
+    return m
+
+
 @dataclass
 class GoldenModel:
     """A loaded golden model in ONNX Runtime.
@@ -552,6 +583,19 @@ class GoldenModel:
             self.session = self._session(self._options(0))
         self.meta = {p.key: p.value for p in self.proto.metadata_props}
         self.output_names = [o.name for o in self.session.get_outputs()]
+        self._primary: GoldenModel | None = None
+
+    def primary(self) -> GoldenModel:
+        """This golden model without its taps (:data:`PRIMARY` outputs only, :func:`prune_to`),
+        optimised and audited the same way; what :meth:`run` uses when no tap is asked for."""
+        if self._primary is None:
+            keep = [n for n in self.output_names if n in PRIMARY]
+            if len(keep) == len(self.output_names):
+                self._primary = self
+            else:
+                self._primary = GoldenModel(None, prune_to(self.proto, keep), self.threads,
+                                            self.optimised)
+        return self._primary
 
     def _options(self, level: int, dump: str | None = None):
         import onnxruntime as ort
@@ -625,11 +669,13 @@ class GoldenModel:
 
     def run(self, pixels_nhwc: np.ndarray, outputs: list[str] | None = None
             ) -> dict[str, np.ndarray]:
-        """Run on uint8 NHWC pixels; ``outputs`` limits what is computed (default: all)."""
+        """Run on uint8 NHWC pixels; ``outputs`` limits what is computed (default: all; without
+        taps, the session of :meth:`primary`, which does not compute them)."""
         if pixels_nhwc.dtype != np.uint8 or pixels_nhwc.ndim != 4:
             raise ValueError("golden input must be uint8 NHWC pixels")
         names = outputs or self.output_names
-        outs = self.session.run(names, {"pixels_nhwc": pixels_nhwc})
+        model = self.primary() if all(n in PRIMARY for n in names) else self
+        outs = model.session.run(names, {"pixels_nhwc": pixels_nhwc})
         return dict(zip(names, outs, strict=True))
 
 
