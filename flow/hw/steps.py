@@ -146,6 +146,9 @@ def step_create_dataflow_partition(model: ModelWrapper, ctx: FlowContext) -> Mod
 
 
 def step_specialize_layers(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+    """FINN's specialisation, with MVAUs as HLS (:class:`~flow.hw.transforms.PreferHlsMvau`: an
+    RTL MVAU's DSP primitives cannot run as generated code without Vivado)."""
+    model = model.transform(T.PreferHlsMvau())
     return ctx.finn_steps.step_specialize_layers(model, ctx.finn_cfg)
 
 

@@ -603,6 +603,23 @@ class ShareIdenticalIm2Col(Transformation):
         return model, False
 
 
+class PreferHlsMvau(Transformation):
+    """Every MVAU without an explicit ``preferred_impl_style`` is specialised as HLS.
+
+    FINN would make an MVAU with >= 4-bit inputs and weights (the multi-bit head) an RTL MVAU,
+    whose DSP primitives Verilator cannot simulate: that node could never run as generated code
+    without Vivado (``--sim``), only as FINN's python model. The HLS MVAU computes the same
+    integers with LUT multipliers and runs in cppsim, so every node of the build stays provable."""
+
+    def apply(self, model: ModelWrapper):
+        for n in model.graph.node:
+            if n.op_type == "MVAU" and n.domain == HW_DOMAIN:
+                inst = getCustomOp(n)
+                if inst.get_nodeattr("preferred_impl_style") == "":
+                    inst.set_nodeattr("preferred_impl_style", "hls")
+        return model, False
+
+
 class FixXnorAccumulatorWidth(Transformation):
     """Widen the accumulator of XNOR-mode MVAUs that FINN's ``MinimizeAccumulatorWidth`` made
     too narrow, and restore the thresholds it clipped.
