@@ -195,7 +195,13 @@ def si_h_resnet_w1a1(spec: NetSpec) -> nn.Module:
 
 
 @register_model("si_h_resnet_w1a1_mbh", defaults={"si": True, "binary": True, "si_input": "h",
-                                                  "head_bits": 8, "sign_bias": True})
+                                                  "head_bits": 8, "sign_bias": True},
+                pretrained=PretrainedEntry(
+                    file="si_h_resnet_w1a1_mbh_fmnist.pt",
+                    sha256="0620af38b821a2b23300930ed739f9cf5ce8688e0c58da749a8880f1015217d8",
+                    dataset="fmnist", input_shape=(1, 28, 28), top1=86.28, teacher_top1=92.70,
+                    command="sibnn-train --config configs/fmnist_student.yaml "
+                            "--export quant_models/pretrained/si_h_resnet_w1a1_mbh_fmnist.pt"))
 def si_h_resnet_w1a1_mbh(spec: NetSpec) -> nn.Module:
     """SI on ``h``, plus a multi-bit head (``h`` pooled into an FC with 8-bit weights) and a
     learnable per-channel bias before every sign (absorbed into the thresholds)."""

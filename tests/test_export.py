@@ -132,13 +132,14 @@ def test_export_describes_itself_and_the_build_checks_its_io_pair(tmp_path):
 def test_one_rule_decides_the_weights(tmp_path):
     """Build, export and the notebooks share resolve_network: shipped weights when they exist
     (unless overrides change the network), else seeded untrained ones; never both."""
+    from flow.config import DEFAULT_MODEL
     from flow.front.export import resolve_network
     from quant_models.registry import get_entry
     from sibnn_base.errors import CheckpointError, ConfigError
 
-    entry = get_entry("si_resnet_w1a1")
+    entry = get_entry(DEFAULT_MODEL)
     _, w = resolve_network()
-    assert (w.arch, w.kind, w.sha256) == ("si_resnet_w1a1", "shipped", entry.pretrained.sha256)
+    assert (w.arch, w.kind, w.sha256) == (DEFAULT_MODEL, "shipped", entry.pretrained.sha256)
     a, w = resolve_network("resnet_w1a1", overrides={"width": 4, "depth": [1]}, seed=5)
     b, _ = resolve_network("resnet_w1a1", overrides={"width": 4, "depth": [1]}, seed=5)
     assert w.kind == "untrained" and w.sha256 is None
