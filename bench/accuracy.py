@@ -38,7 +38,9 @@ resident on it: the seeds' teachers first, then all their students together::
 
 The step-cost ratio is measured in one process: a distillation step (frozen teacher forward +
 student forward with taps + CE/KD/block loss + backward + Adam) against a plain CE step of the same
-student, interleaved, same batch, median of ``--cost-steps`` each.
+student, interleaved, same batch, median of ``--cost-steps`` each. Both use the fused quantizer
+forward that training uses (``quant_models/fastpath.py``); the same distillation step with
+Brevitas' own forward is timed alongside, giving ``fused_forward_speedup``.
 
 Results: ``bench/results/accuracy.json`` and ``accuracy.md`` (``--results-dir``), rewritten while
 the jobs run, with exactly what was run (epochs, seeds, subset, device, wall time) and
@@ -61,6 +63,7 @@ import torch
 import bench.common
 from bench.common import write_results
 from quant_models import build_model, load_checkpoint
+from quant_models.fastpath import fast_forward, plain_forward
 from quant_models.train.config import build_config
 from quant_models.train.engine import DistEnv, exp_dir, prepare_run_dir, train
 from quant_models.train.losses import distillation_loss, resolve_tap_weights
@@ -242,18 +245,28 @@ def step_cost(steps: int, batch: int, data_dir: str | None) -> dict:
         loss.backward()
         opt.step()
 
+    def distil_brevitas():  # the same step with Brevitas' own quantizer forward
+        plain_forward(student)
+        try:
+            distil()
+        finally:
+            fast_forward(student)
+
     student.train()
-    plain(), distil()  # warm-up
-    tp, td = [], []
+    fast_forward(student)  # as training runs it (quant_models/fastpath.py)
+    plain(), distil(), distil_brevitas()  # warm-up
+    tp, td, tb = [], [], []
     for _ in range(steps):
-        for fn, acc in ((plain, tp), (distil, td)):
+        for fn, acc in ((plain, tp), (distil, td), (distil_brevitas, tb)):
             t0 = time.perf_counter()
             fn()
             acc.append(time.perf_counter() - t0)
-    p, d = statistics.median(tp), statistics.median(td)
+    p, d, b = statistics.median(tp), statistics.median(td), statistics.median(tb)
     return {"batch": batch, "steps_each": steps, "inputs": source,
             "threads": torch.get_num_threads(), "plain_step_s": round(p, 4),
-            "distill_step_s": round(d, 4), "ratio": round(d / p, 3), "goal_ratio_max": 1.6}
+            "distill_step_s": round(d, 4), "ratio": round(d / p, 3), "goal_ratio_max": 1.6,
+            "distill_step_brevitas_forward_s": round(b, 4),
+            "fused_forward_speedup": round(b / d, 3)}
 
 
 def collect(cfg) -> dict:
@@ -357,6 +370,9 @@ def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None,
     if cost:
         rows.append([f"distillation step / plain step (batch {cost['batch']})",
                      *[""] * len(seeds), f"{cost['ratio']:.3f}x", "goal <= 1.6x", ""])
+        if "fused_forward_speedup" in cost:
+            rows.append(["distillation step, Brevitas forward / fused forward",
+                         *[""] * len(seeds), f"{cost['fused_forward_speedup']:.3f}x", "", ""])
     best = goals(summary).get("method_gain")
     if best:
         rows.append([f"the full method ({best['goal'].split(' ')[0]}) vs plain: "

@@ -151,3 +151,12 @@ def test_ablation_refuses_a_missing_gpu_in_one_line(tmp_path):
     proc = run_cli(["-m", "bench.accuracy", "--device", "cuda", "--epochs", "1",
                     "--runs-dir", str(tmp_path)])
     assert_one_line_error(proc, "cuda", "--device cpu")
+
+
+def test_step_cost_times_fused_and_brevitas_forward():
+    cost = accuracy.step_cost(steps=1, batch=8, data_dir=None)
+    assert cost["batch"] == 8 and cost["steps_each"] == 1
+    for key in ("plain_step_s", "distill_step_s", "distill_step_brevitas_forward_s"):
+        assert cost[key] > 0
+    assert cost["fused_forward_speedup"] == round(
+        cost["distill_step_brevitas_forward_s"] / cost["distill_step_s"], 3)

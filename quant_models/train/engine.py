@@ -50,6 +50,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..data import Split, Splits, load_splits
+from ..fastpath import fast_forward
 from ..networks import NetSpec, TapOutputs
 from ..registry import TEACHER_OF, build_model, model_from_ckpt
 from .config import (
@@ -454,6 +455,10 @@ def setup_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
             log(f"[{stage.name}] initialised {n} tensors from {stage.init_from}")
     teacher = load_teacher(cfg, stage, student) if stage.teacher is not None else None
     student.to(dev)
+    fused = fast_forward(student)  # same values and gradients as Brevitas', faster (fastpath.py)
+    if env.main and fused:
+        log(f"[{stage.name}] fused quantizer forward on {sum(fused.values())} layers "
+            f"({', '.join(f'{n} {k}' for k, n in sorted(fused.items()))})")
     if teacher is not None:
         teacher.to(dev)
     splits = splits.to(dev)
