@@ -43,7 +43,7 @@ def make_checkpoint(model: nn.Module, *, arch: str | None = None, optimizer: Any
     spec = getattr(model, "spec", None)
     if arch is None or spec is None:
         raise ValueError("model has no arch/spec; build it with quant_models.build_model")
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     return {
         "format_version": FORMAT_VERSION,
         "arch": arch,

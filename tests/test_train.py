@@ -12,9 +12,11 @@ import torch
 import yaml
 
 from quant_models import build_model, load_checkpoint, save_checkpoint
+from quant_models.data import load_splits
 from quant_models.train import build_config, load_config, train
 from quant_models.train.cli import main as train_main
 from quant_models.train.config import TapNorm
+from quant_models.train.engine import evaluate
 from quant_models.train.losses import block_mse, logit_kd, normalise_tap
 from sibnn_base.errors import ConfigError, OutputDirError
 from sibnn_base.typed import to_dict
@@ -575,3 +577,19 @@ def test_training_on_cuda_matches_the_cpu_metrics_closely(tmp_path):
     assert res["student"]["val_acc"] > 30.0
     ck = load_checkpoint(tmp_path / "g/tiny/student/final.pt")
     assert all(t.device.type == "cpu" for t in ck["state_dict"].values())
+
+
+def test_channels_last_run_writes_ordinary_weights_and_is_part_of_the_run(tmp_path):
+    """A channels-last run trains, writes contiguous weights that a default-layout model
+    evaluates to the same test accuracy, and a resume may not switch the layout."""
+    d = tiny(tmp_path, channels_last=True)
+    d["stages"][1]["epochs"] = 1
+    res = train(build_config(d), log=lambda *_: None)
+    final = tmp_path / "tiny/student/final.pt"
+    state = load_checkpoint(final)["state_dict"]
+    assert all(v.is_contiguous() for v in state.values())
+    model = build_model("si_resnet_w1a1", pretrained=final)
+    splits = load_splits("digits", None, val_size=300)
+    assert evaluate(model, splits.test)["acc"] == pytest.approx(res["student"]["test_acc"])
+    with pytest.raises(ConfigError, match="channels_last"):
+        train(build_config({**d, "channels_last": False}), resume=True, log=lambda *_: None)

@@ -461,6 +461,10 @@ def setup_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
             f"({', '.join(f'{n} {k}' for k, n in sorted(fused.items()))})")
     if teacher is not None:
         teacher.to(dev)
+    if cfg.channels_last:
+        student.to(memory_format=torch.channels_last)
+        if teacher is not None:
+            teacher.to(memory_format=torch.channels_last)
     splits = splits.to(dev)
     tap_weights = resolve_tap_weights(stage.loss_weights, student.tap_names)
 
