@@ -34,6 +34,8 @@ from collections.abc import Iterator
 
 import brevitas.nn as qnn
 import torch
+from brevitas.core.bit_width import BitWidthImplType
+from brevitas.core.scaling import ScalingImplType
 from torch import nn
 from torch.autograd import Function
 
@@ -111,6 +113,9 @@ def _act_forward(m: qnn.QuantIdentity):
     inj = _injector(proxy)
     if inj is None or _injector(getattr(m, "input_quant", None)) is not None:
         return None
+    if (getattr(inj, "scaling_impl_type", None) is not ScalingImplType.CONST
+            or getattr(inj, "bit_width_impl_type", None) is not BitWidthImplType.CONST):
+        return None  # a learned scale or bit width (a subclass of ours): Brevitas' forward
     with torch.no_grad():
         scale = float(proxy.scale().reshape(-1)[0])
         bits = int(proxy.bit_width())

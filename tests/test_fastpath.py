@@ -161,3 +161,14 @@ def test_plain_forward_restores_brevitas_and_deepcopy_uses_its_own_weights():
     assert not any("forward" in vars(m) for m in model.modules())
     plain_forward(twin)
     assert not any("forward" in vars(m) for m in twin.modules())
+
+
+def test_a_learned_scale_keeps_the_brevitas_forward():
+    from brevitas.core.scaling import ScalingImplType
+
+    class LearnedScale(SignedIntActQuant):
+        scaling_impl_type = ScalingImplType.PARAMETER
+
+    q = qnn.QuantIdentity(act_quant=LearnedScale, return_quant_tensor=False,
+                          **residual_quant_kwargs(4, -1))
+    assert fast_forward(q) == {} and "forward" not in vars(q)
