@@ -40,7 +40,8 @@ The step-cost ratio is measured in one process: a distillation step (frozen teac
 student forward with taps + CE/KD/block loss + backward + Adam) against a plain CE step of the same
 student, interleaved, same batch, median of ``--cost-steps`` each. Both use the fused quantizer
 forward that training uses (``quant_models/fastpath.py``); the same distillation step with
-Brevitas' own forward is timed alongside, giving ``fused_forward_speedup``.
+Brevitas' own forward is timed alongside, giving ``fused_forward_speedup``, and the fused step in
+the channels-last layout (``channels_last_speedup``).
 
 Results: ``bench/results/accuracy.json`` and ``accuracy.md`` (``--results-dir``), rewritten while
 the jobs run, with exactly what was run (epochs, seeds, subset, device, wall time) and
@@ -50,6 +51,7 @@ the jobs run, with exactly what was run (epochs, seeds, subset, device, wall tim
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import subprocess
@@ -236,14 +238,18 @@ def step_cost(steps: int, batch: int, data_dir: str | None) -> dict:
         loss.backward()
         opt.step()
 
-    def distil():
-        with torch.no_grad():
-            t_logits, t_taps = teacher.forward_taps(x)
-        logits, taps = student.forward_taps(x)
-        loss, _ = distillation_loss(logits, taps, y, lw_full, tap_w, t_logits, t_taps)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    def make_distil(student, teacher, opt):
+        def distil():
+            with torch.no_grad():
+                t_logits, t_taps = teacher.forward_taps(x)
+            logits, taps = student.forward_taps(x)
+            loss, _ = distillation_loss(logits, taps, y, lw_full, tap_w, t_logits, t_taps)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return distil
+
+    distil = make_distil(student, teacher, opt)
 
     def distil_brevitas():  # the same step with Brevitas' own quantizer forward
         plain_forward(student)
@@ -254,19 +260,26 @@ def step_cost(steps: int, batch: int, data_dir: str | None) -> dict:
 
     student.train()
     fast_forward(student)  # as training runs it (quant_models/fastpath.py)
-    plain(), distil(), distil_brevitas()  # warm-up
-    tp, td, tb = [], [], []
+    # the same step in the channels-last layout (the training config's channels_last)
+    student_cl = copy.deepcopy(student).to(memory_format=torch.channels_last)
+    distil_cl = make_distil(student_cl, copy.deepcopy(teacher).to(memory_format=torch.channels_last),
+                            torch.optim.Adam(student_cl.parameters(), 1e-4))
+    plain(), distil(), distil_brevitas(), distil_cl()  # warm-up
+    timed = {"plain": (plain, []), "distil": (distil, []), "brevitas": (distil_brevitas, []),
+             "channels_last": (distil_cl, [])}
     for _ in range(steps):
-        for fn, acc in ((plain, tp), (distil, td), (distil_brevitas, tb)):
+        for fn, acc in timed.values():
             t0 = time.perf_counter()
             fn()
             acc.append(time.perf_counter() - t0)
-    p, d, b = statistics.median(tp), statistics.median(td), statistics.median(tb)
+    p, d, b, c = (statistics.median(acc) for _, acc in timed.values())
     return {"batch": batch, "steps_each": steps, "inputs": source,
             "threads": torch.get_num_threads(), "plain_step_s": round(p, 4),
             "distill_step_s": round(d, 4), "ratio": round(d / p, 3), "goal_ratio_max": 1.6,
             "distill_step_brevitas_forward_s": round(b, 4),
-            "fused_forward_speedup": round(b / d, 3)}
+            "fused_forward_speedup": round(b / d, 3),
+            "distill_step_channels_last_s": round(c, 4),
+            "channels_last_speedup": round(d / c, 3)}
 
 
 def collect(cfg) -> dict:
@@ -373,6 +386,9 @@ def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None,
         if "fused_forward_speedup" in cost:
             rows.append(["distillation step, Brevitas forward / fused forward",
                          *[""] * len(seeds), f"{cost['fused_forward_speedup']:.3f}x", "", ""])
+        if "channels_last_speedup" in cost:
+            rows.append(["distillation step, default / channels-last layout (both fused)",
+                         *[""] * len(seeds), f"{cost['channels_last_speedup']:.3f}x", "", ""])
     best = goals(summary).get("method_gain")
     if best:
         rows.append([f"the full method ({best['goal'].split(' ')[0]}) vs plain: "

@@ -160,3 +160,4 @@ def test_step_cost_times_fused_and_brevitas_forward():
         assert cost[key] > 0
     assert cost["fused_forward_speedup"] == round(
         cost["distill_step_brevitas_forward_s"] / cost["distill_step_s"], 3)
+    assert cost["distill_step_channels_last_s"] > 0 and cost["channels_last_speedup"] > 0
