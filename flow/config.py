@@ -28,7 +28,7 @@ RESOURCES = ("LUT", "FF", "BRAM_18K", "URAM", "DSP")
 BUDGETED = ("LUT", "BRAM_18K", "URAM", "DSP")
 """Resources the folding keeps within budget (FINN's estimates do not model FF)."""
 
-DEFAULT_MODEL = "si_resnet_w1a1"
+DEFAULT_MODEL = "si_h_resnet_w1a1_mbh"
 """The model a build without ``--model``/``--onnx`` compiles (the shipped student)."""
 
 DEFAULT_BOARD = "pynq-z2"
