@@ -17,7 +17,7 @@ import sys
 from bench import accuracy, flow, golden_speed, sim
 
 BENCHMARKS = {
-    "golden_speed": lambda: golden_speed.main(),
+    "golden_speed": lambda: golden_speed.main([]),
     "flow": lambda: flow.main([]),
     "sim": lambda: sim.main([]),
     "accuracy": lambda: accuracy.main(["--cost-only"]),

@@ -114,12 +114,12 @@ def run(n: int = 256, batches: tuple[int, ...] = (1, 64), repeats: int = 3,
     return res
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--model", default=None, help="registry model (default: the build's default)")
-    a = p.parse_args()
+    a = p.parse_args(argv)
     r = run(a.n, repeats=a.repeats, model_name=a.model)
     for b, v in r["per_batch"].items():
         print(f"batch {b}: golden {v['golden_img_per_s']:.0f} img/s vs Brevitas "

@@ -161,3 +161,24 @@ def test_step_cost_times_fused_and_brevitas_forward():
     assert cost["fused_forward_speedup"] == round(
         cost["distill_step_brevitas_forward_s"] / cost["distill_step_s"], 3)
     assert cost["distill_step_channels_last_s"] > 0 and cost["channels_last_speedup"] > 0
+
+
+def test_bench_dispatch_does_not_hand_its_own_argv_to_a_benchmark(monkeypatch):
+    """`python -m bench golden_speed` once died in golden_speed's argparse on "golden_speed"."""
+    import sys
+
+    import pytest
+
+    from bench import __main__ as entry
+    from bench import golden_speed
+
+    class Reached(Exception):
+        pass
+
+    def reached(*_a, **_k):
+        raise Reached
+
+    monkeypatch.setattr(golden_speed, "run", reached)
+    monkeypatch.setattr(sys, "argv", ["bench", "golden_speed"])
+    with pytest.raises(Reached):
+        entry.main(["golden_speed"])
