@@ -27,6 +27,7 @@ manager) removes, and ``state_dict`` is unchanged.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import types
@@ -93,7 +94,7 @@ def _injector(proxy) -> type | None:
 
 
 def _is(inj: type | None, cls: type) -> bool:
-    return inj is not None and isinstance(inj, type) and issubclass(inj, cls)
+    return isinstance(inj, type) and issubclass(inj, cls)
 
 
 def _no_io_quant(m: nn.Module) -> bool:
@@ -138,9 +139,8 @@ def _act_forward(m: qnn.QuantIdentity):
 def _weight_forward(m: nn.Module):
     """The fused forward for a binary-weight conv or linear layer without bias or input/output
     quantisation, or None."""
-    if not _is(_injector(m.weight_quant), BinaryWeightQuant) or not _no_io_quant(m):
-        return None
-    if m.bias is not None:
+    if m.bias is not None or not _is(_injector(m.weight_quant), BinaryWeightQuant) \
+            or not _no_io_quant(m):
         return None
     if isinstance(m, qnn.QuantConv2d) and m.padding_mode == "zeros":
         return "binary_conv", types.MethodType(_binary_conv, m)
@@ -162,22 +162,20 @@ def _binary_linear(self: qnn.QuantLinear, x: torch.Tensor) -> torch.Tensor:
 def fast_forward(model: nn.Module) -> dict[str, int]:
     """Give every layer of ``model`` that uses one of sibnn's quantizers the fused forward
     (idempotent). Returns how many layers got each kind of fast forward."""
-    counts: dict[str, int] = {}
+    counts: collections.Counter[str] = collections.Counter()
     for m in model.modules():
-        if getattr(m, _MARK, None):
-            counts[getattr(m, _MARK)] = counts.get(getattr(m, _MARK), 0) + 1
-            continue
-        found = None
-        if isinstance(m, qnn.QuantIdentity):
-            found = _act_forward(m)
-        elif isinstance(m, (qnn.QuantConv2d, qnn.QuantLinear)):
-            found = _weight_forward(m)
-        if found:
-            kind, fn = found
-            m.forward = fn
-            setattr(m, _MARK, kind)
-            counts[kind] = counts.get(kind, 0) + 1
-    return counts
+        if not getattr(m, _MARK, None):
+            found = None
+            if isinstance(m, qnn.QuantIdentity):
+                found = _act_forward(m)
+            elif isinstance(m, (qnn.QuantConv2d, qnn.QuantLinear)):
+                found = _weight_forward(m)
+            if not found:
+                continue
+            m.forward = found[1]
+            setattr(m, _MARK, found[0])
+        counts[getattr(m, _MARK)] += 1
+    return dict(counts)
 
 
 def plain_forward(model: nn.Module) -> None:

@@ -150,10 +150,10 @@ class TrainConfig:
     the device once and stays there (no loader, no host copies per step)."""
     channels_last: bool = False
     """Train student and teacher in the channels-last memory layout, oneDNN's own on CPU, which
-    spares the layout reorders around every convolution (measured: a distillation step of
-    ``si_h_resnet_w1a1_mbh``, batch 256, 1 thread, 2.77 s -> 2.27 s). The numbers are not bit-identical to
-    the default layout's (BatchNorm reduces its statistics in another order), so this is part of
-    a run's identity: a ``--resume`` must keep it. The weights it writes are ordinary."""
+    spares the layout reorders around every convolution (``python -m bench.accuracy --cost-only``:
+    a distillation step, batch 256, 1 thread, 1.98 s -> 1.71 s). The numbers are not bit-identical
+    to the default layout's (BatchNorm reduces its statistics in another order), so this is part
+    of a run's identity: a ``--resume`` must keep it. The weights it writes are ordinary."""
 
     def stage(self, name: str) -> Stage:
         for s in self.stages:
