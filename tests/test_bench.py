@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import bench.common
 from bench import accuracy
 
@@ -158,8 +160,9 @@ def test_step_cost_times_fused_and_brevitas_forward():
     assert cost["batch"] == 8 and cost["steps_each"] == 1
     for key in ("plain_step_s", "distill_step_s", "distill_step_brevitas_forward_s"):
         assert cost[key] > 0
-    assert cost["fused_forward_speedup"] == round(
-        cost["distill_step_brevitas_forward_s"] / cost["distill_step_s"], 3)
+    # the bench divides unrounded medians; the stored step times are rounded to 0.1 ms
+    assert cost["fused_forward_speedup"] == pytest.approx(
+        cost["distill_step_brevitas_forward_s"] / cost["distill_step_s"], rel=5e-3)
     assert cost["distill_step_channels_last_s"] > 0 and cost["channels_last_speedup"] > 0
 
 
