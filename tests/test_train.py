@@ -106,6 +106,7 @@ def test_every_shipped_config_is_valid(path):
     ("stages.ghost.epochs", 1, "no stage named"),
     ("data.crop_pad", 9, "data.crop_pad must be in 0..8"),
     ("stages.teacher.crop_pad", -1, "crop_pad must be in 0..8"),
+    ("stages.student.ema_decay", 1.0, "ema_decay must lie in"),
     ("device", "tpu", "device 'tpu'"),
     ("device", "cuda:7" if torch.cuda.is_available() else "cuda", "cuda"),
 ])
@@ -593,3 +594,60 @@ def test_channels_last_run_writes_ordinary_weights_and_is_part_of_the_run(tmp_pa
     assert evaluate(model, splits.test)["acc"] == pytest.approx(res["student"]["test_acc"])
     with pytest.raises(ConfigError, match="channels_last"):
         train(build_config({**d, "channels_last": False}), resume=True, log=lambda *_: None)
+
+
+def test_weight_ema_is_the_lerp_of_the_weights_after_each_step():
+    """One update moves every parameter (not the buffers) by ``1 - decay`` towards the
+    student's; the average is a copy that does not train."""
+    from quant_models.train.ema import WeightEMA
+
+    torch.manual_seed(0)
+    student = build_model("si_resnet_w1a1", dataset="digits", width=8, depth=[1, 1])
+    ema = WeightEMA(student, 0.75)
+    before = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    ema.update()
+    params = dict(student.named_parameters())
+    after = ema.model.state_dict()
+    for k, v in after.items():
+        want = before[k] + 0.25 * (params[k] - before[k]) if k in params else before[k]
+        assert torch.allclose(v, want, rtol=0, atol=1e-6), k
+    assert not any(p.requires_grad for p in ema.model.parameters())
+
+
+def test_ema_stage_ships_the_average_trains_the_same_student_and_resumes_exactly(tmp_path, tiny_run):
+    """With ``ema_decay`` the student's own trajectory is the run without it (``val_acc_raw`` =
+    its ``val_acc``), ``final.pt`` holds the average (not the last step's weights), and an
+    interrupted run resumes to the same average."""
+    plain_run, _ = tiny_run
+    d = tiny(tmp_path / "a")
+    d["stages"][1]["ema_decay"] = 0.9
+    full = train(build_config(d), log=lambda *_: None)["student"]
+    *epochs, final = rows(tmp_path / "a/tiny/student/metrics.jsonl")
+    *plain_epochs, plain_final = rows(plain_run / "student/metrics.jsonl")
+    assert [r["val_acc_raw"] for r in epochs] == [r["val_acc"] for r in plain_epochs]
+    assert final["test_acc_raw"] == plain_final["test_acc"]
+    assert final["ema_decay"] == 0.9 and full["test_acc"] == final["test_acc"]
+    shipped = load_checkpoint(tmp_path / "a/tiny/student/final.pt")["state_dict"]
+    raw = load_checkpoint(tmp_path / "a/tiny/student/last.pt")["state_dict"]
+    weights = [k for k in shipped if k.endswith(".weight") and shipped[k].dim() == 4]
+    assert weights and not any(torch.equal(shipped[k], raw[k]) for k in weights)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_student_epoch_1(msg):
+        if msg.startswith("[student] epoch 1/"):
+            raise Stop
+
+    d_b = {**d, "out_dir": str(tmp_path / "b")}
+    with pytest.raises(Stop):
+        train(build_config(d_b), log=stop_after_student_epoch_1)
+    train(build_config(d_b), resume=True, log=lambda *_: None)
+    resumed = load_checkpoint(tmp_path / "b/tiny/student/final.pt")["state_dict"]
+    assert all(torch.equal(shipped[k], resumed[k]) for k in shipped)
+    with pytest.raises(ConfigError, match="stages"):
+        d_b["stages"][1]["ema_decay"] = 0.99
+        train(build_config(d_b), resume=True, log=lambda *_: None)

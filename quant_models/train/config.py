@@ -113,6 +113,11 @@ class Stage:
     """SGD momentum."""
     batch_size: int = 256
     """Global batch size (split across DDP processes)."""
+    ema_decay: float | None = None
+    """Ship an exponential moving average of the weights, updated after every step with this
+    decay (e.g. 0.998: about 500 steps), instead of the last step's weights; None = off. Every
+    epoch is validated both ways (``val_acc`` is the average's, ``val_acc_raw`` the last
+    step's). See :mod:`quant_models.train.ema`."""
     hflip: bool | None = None
     """Random horizontal flips in this stage; None = the experiment's ``data.hflip``."""
     crop_pad: int | None = None
@@ -251,6 +256,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{w}: unknown model {s.student!r}; valid: {', '.join(list_models())}")
         if s.epochs < 1 or s.batch_size < 1 or s.lr <= 0 or s.weight_decay < 0:
             raise ConfigError(f"{w}: epochs and batch_size must be >= 1, lr > 0, weight_decay >= 0")
+        if s.ema_decay is not None and not 0 < s.ema_decay < 1:
+            raise ConfigError(f"{w}: ema_decay must lie in (0, 1) (e.g. 0.998), got {s.ema_decay}")
         if s.crop_pad is not None and not 0 <= s.crop_pad <= 8:
             raise ConfigError(f"{w}: crop_pad must be in 0..8 pixels, got {s.crop_pad}")
         if s.warmup_epochs < 0 or s.warmup_epochs > s.epochs:

@@ -62,6 +62,7 @@ from .config import (
     config_diff,
     is_path_ref,
 )
+from .ema import WeightEMA
 from .losses import distillation_loss, resolve_tap_weights
 
 GEOMETRY_KEYS = ("in_channels", "input_size", "num_classes", "width", "depth")
@@ -339,8 +340,9 @@ class ResumeState:
 
     The file is a plain checkpoint (:func:`~quant_models.checkpoint.make_checkpoint`: model,
     ``optimizer``, ``epoch``, the last epoch's ``metrics``) plus a ``resume`` entry with the
-    scheduler state, the global CPU RNG state, the metrics history and the process count. The
-    stage's model is selected by its last epoch, so no "best" value or file is kept."""
+    scheduler state, the global CPU RNG state, the metrics history, the process count and, with
+    ``ema_decay``, the weight average. The stage's model is its last epoch's (or that epoch's
+    weight average), so no "best" value or file is kept."""
 
     world: int = 1
     """Processes of the run that wrote it; a resume must use as many."""
@@ -356,6 +358,8 @@ class ResumeState:
     """Learning-rate scheduler state, when loaded."""
     rng_cpu: torch.Tensor | None = None
     """Global CPU RNG state at the end of the last epoch, when loaded."""
+    ema: dict | None = None
+    """The weight average's state (stages with ``ema_decay``), when loaded."""
 
     @classmethod
     def load(cls, path: Path, arch: str, world: int) -> ResumeState:
@@ -368,13 +372,19 @@ class ResumeState:
                                   f"{world}; resume with the same process count")
         return cls(world=world, epoch=int(ck["epoch"]), history=list(extra["history"]),
                    state_dict=ck["state_dict"], optimizer=ck["optimizer"],
-                   scheduler=extra["scheduler"], rng_cpu=extra["rng_cpu"])
+                   scheduler=extra["scheduler"], rng_cpu=extra["rng_cpu"], ema=extra.get("ema"))
 
-    def restore(self, model: nn.Module, opt: torch.optim.Optimizer, sched: Any) -> None:
-        """Put the loaded weights, optimizer, scheduler and RNG state back in place."""
+    def restore(self, model: nn.Module, opt: torch.optim.Optimizer, sched: Any,
+                ema: WeightEMA | None = None) -> None:
+        """Put the loaded weights, optimizer, scheduler, weight average and RNG state back."""
         model.load_state_dict(self.state_dict)
         opt.load_state_dict(self.optimizer)
         sched.load_state_dict(self.scheduler)
+        if ema is not None:
+            if self.ema is None:  # resume_diff refuses a changed ema_decay; this is a damaged file
+                raise CheckpointError("--resume: last.pt holds no weight average, but the stage "
+                                      "has ema_decay; start the run afresh")
+            ema.load_state_dict(self.ema)
         torch.set_rng_state(self.rng_cpu)
 
     def add_epoch(self, row: dict) -> None:
@@ -383,12 +393,15 @@ class ResumeState:
         self.epoch = int(row["epoch"])
 
     def save(self, path: Path, model: nn.Module, opt: torch.optim.Optimizer, sched: Any, *,
-             arch: str, config: dict) -> None:
-        """Write ``last.pt`` from the live model, optimizer, scheduler and RNG (atomically)."""
+             arch: str, config: dict, ema: WeightEMA | None = None) -> None:
+        """Write ``last.pt`` from the live model, optimizer, scheduler, weight average and RNG
+        (atomically)."""
         ck = make_checkpoint(model, arch=arch, optimizer=opt, epoch=self.epoch,
                              metrics=self.history[-1], config=config)
         ck["resume"] = {"scheduler": sched.state_dict(), "rng_cpu": torch.get_rng_state(),
                         "history": self.history, "world": self.world}
+        if ema is not None:
+            ck["resume"]["ema"] = ema.state_dict()
         save_checkpoint(path, ckpt=ck)
 
 
@@ -425,6 +438,14 @@ class StageRun:
     sched: torch.optim.lr_scheduler.LambdaLR
     tap_weights: dict[str, float]
     """Per-tap weights of the block loss (:func:`~.losses.resolve_tap_weights`)."""
+    ema: WeightEMA | None = None
+    """The weight average, when the stage has ``ema_decay``."""
+
+    @property
+    def shipped(self) -> nn.Module:
+        """The network the stage validates, tests and writes to ``final.pt``: the weight average
+        when there is one, else the student."""
+        return self.student if self.ema is None else self.ema.model
 
     @property
     def stage(self) -> Stage:
@@ -483,8 +504,9 @@ def setup_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
     opt = _optimizer(stage, student)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, WarmupCosine(round(stage.warmup_epochs * steps), stage.epochs * steps))
+    ema = WeightEMA(student, stage.ema_decay) if stage.ema_decay is not None else None
     return StageRun(cfg, index, env, splits, train, steps, student, wrapped, teacher, opt, sched,
-                    tap_weights)
+                    tap_weights, ema)
 
 
 def train_one_epoch(run: StageRun, epoch: int) -> tuple[dict[str, float], float]:
@@ -530,6 +552,8 @@ def train_one_epoch(run: StageRun, epoch: int) -> tuple[dict[str, float], float]
         loss.backward()
         run.opt.step()
         run.sched.step()
+        if run.ema is not None:
+            run.ema.update()
         b = len(y)
         sums["loss"] += loss.detach() * b
         for k, v in parts.items():
@@ -572,19 +596,23 @@ def finish_stage(run: StageRun, history: list[dict], final_path: Path, log=print
     stale = last.get("val_acc_running_bn")
     if stale is None:  # last epoch from a run of before per-epoch re-estimation: do it now
         stale = last["val_acc"]
-        recalibrate_bn(run.student, run.train, BN_RECALIBRATION_SAMPLES, cfg.eval_batch_size)
-        val = evaluate(run.student, run.splits.val, cfg.eval_batch_size, env)
+        recalibrate_bn(run.shipped, run.train, BN_RECALIBRATION_SAMPLES, cfg.eval_batch_size)
+        val = evaluate(run.shipped, run.splits.val, cfg.eval_batch_size, env)
     recal = {"bn_recalibrated_on": min(BN_RECALIBRATION_SAMPLES, len(run.train)),
              "val_acc_before_bn_recalibration": stale}
     if env.main:
         log(f"[{stage.name}] BN statistics re-estimated: val {stale:.2f}% (running statistics) "
             f"-> {val['acc']:.2f}%")
-    test = evaluate(run.student, run.splits.test, cfg.eval_batch_size, env)
+    test = evaluate(run.shipped, run.splits.test, cfg.eval_batch_size, env)
     metrics = {"epochs": stage.epochs, "val_acc": val["acc"], "val_loss": val["loss"],
                "test_acc": test["acc"], "test_loss": test["loss"], **recal,
                "train_time_s": round(sum(r["epoch_time_s"] for r in history), 1)}
+    if run.ema is not None:  # the last step's weights, for the record (their BN re-estimated)
+        metrics.update(ema_decay=stage.ema_decay, val_acc_raw=last["val_acc_raw"],
+                       test_acc_raw=evaluate(run.student, run.splits.test, cfg.eval_batch_size,
+                                             env)["acc"])
     if env.main:
-        save_checkpoint(final_path, run.student, optimizer=None, epoch=stage.epochs,
+        save_checkpoint(final_path, run.shipped, optimizer=None, epoch=stage.epochs,
                         metrics=metrics, config=run.saved_config)
         write_jsonl(final_path.parent / "metrics.jsonl", history + [{"final": True, **metrics}])
         log(f"[{stage.name}] done: val {metrics['val_acc']:.2f}% test {metrics['test_acc']:.2f}%")
@@ -608,7 +636,7 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
     state = ResumeState(world=env.world)
     if last_path.exists():
         state = ResumeState.load(last_path, stage.student, env.world)
-        state.restore(run.student, run.opt, run.sched)
+        state.restore(run.student, run.opt, run.sched, run.ema)
         if env.main:
             log(f"[{stage.name}] resuming after epoch {state.epoch}/{stage.epochs}")
     if env.main:
@@ -618,17 +646,27 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
     for epoch in range(state.epoch, stage.epochs):
         train_metrics, seconds = train_one_epoch(run, epoch)
         val_metrics = validate(run.student, run.train, run.splits.val, cfg.eval_batch_size, env)
+        if run.ema is not None:
+            raw = val_metrics
+            val_metrics = {**validate(run.ema.model, run.train, run.splits.val,
+                                      cfg.eval_batch_size, env),
+                           "val_acc_raw": raw["val_acc"], "val_loss_raw": raw["val_loss"],
+                           # the average never runs in train mode: only the student has running
+                           # statistics of its own
+                           "val_acc_running_bn": raw["val_acc_running_bn"]}
         row = {"epoch": epoch + 1, **train_metrics, **val_metrics,
                "lr": run.opt.param_groups[0]["lr"],
                "epoch_time_s": round(seconds, 3), "step_time_s": round(seconds / run.steps, 5)}
         state.add_epoch(row)
         if env.main:
             state.save(last_path, run.student, run.opt, run.sched, arch=stage.student,
-                       config=run.saved_config)
+                       config=run.saved_config, ema=run.ema)
             write_jsonl(sdir / "metrics.jsonl", state.history)
             log(f"[{stage.name}] epoch {epoch + 1}/{stage.epochs} loss {row['train_loss']:.4f} "
                 f"train {row['train_acc']:.2f}% val {row['val_acc']:.2f}% "
-                f"(running BN statistics: {row['val_acc_running_bn']:.2f}%) ({seconds:.0f}s)")
+                f"(running BN statistics: {row['val_acc_running_bn']:.2f}%"
+                + (f", last step's weights: {row['val_acc_raw']:.2f}%" if run.ema else "")
+                + f") ({seconds:.0f}s)")
         _barrier(env)
 
     return finish_stage(run, state.history, final_path, log)
