@@ -148,12 +148,13 @@ class BipolarPad(nn.Module):
 
 
 class Stem(nn.Module):
-    """pixels -> 3x3 binary conv (zero padding is pixel value 0) -> BN -> residual grid."""
+    """pixels -> 3x3 conv with ``weight_bits``-bit weights (binary by default; zero padding is
+    pixel value 0) -> BN -> residual grid."""
 
-    def __init__(self, f: Flavour, c_in: int, c_out: int) -> None:
+    def __init__(self, f: Flavour, c_in: int, c_out: int, weight_bits: int = 1) -> None:
         super().__init__()
         self.input = f.pixel_in()
-        self.conv = f.conv(c_in, c_out, 3, padding=1)
+        self.conv = f.conv(c_in, c_out, 3, padding=1, weight_bits=weight_bits)
         self.bn = nn.BatchNorm2d(c_out)
         self.quant = f.residual_quant()
 

@@ -56,6 +56,11 @@ class NetSpec:
     ``head_bits``-bit weights (a multi-bit head)."""
     sign_bias: bool = False
     """A learnable per-channel bias before every sign (absorbed into the thresholds)."""
+    stem_bits: int = 1
+    """Weight bits of the stem's 3x3 conv, the layer that reads the 8-bit pixels: 1 = binary;
+    2..8 = a multi-bit first layer, as most of the BNN literature keeps it (XNOR-Net, Bi-Real,
+    ReActNet, FINN's own CNV keeps 8-bit *inputs*). It has ``9 * in_channels * width`` weights
+    (288 on Fashion-MNIST), so its cost is in the multipliers, not the weights."""
     float_weights: bool = False
     """Binary activations with float weights: the first stage of the staged recipe (binary
     activations first, then binary weights, as in Real-to-Binary). Such a network is *not* W1A1:
@@ -86,6 +91,7 @@ class NetSpec:
             (1 <= self.si_weight_bits <= 8, "si_weight_bits must be in 1..8"),
             (self.si_input in ("a", "h"), f"si_input must be 'a' or 'h', got {self.si_input!r}"),
             (1 <= self.head_bits <= 8, "head_bits must be in 1..8"),
+            (1 <= self.stem_bits <= 8, "stem_bits must be in 1..8"),
             (self.binary or not self.float_weights,
              "float_weights only applies to a binary network (the FP teacher is all float)"),
         ]
@@ -124,7 +130,7 @@ class SIResNet(nn.Module):
                     res_scale_log2=spec.res_scale_log2, si_act_bits=spec.si_act_bits,
                     si_weight_bits=spec.si_weight_bits, float_weights=spec.float_weights,
                     sign_bias=spec.sign_bias)
-        self.stem = Stem(f, spec.in_channels, spec.width)
+        self.stem = Stem(f, spec.in_channels, spec.width, spec.stem_bits)
         blocks = []
         c = spec.width
         for stage, n in enumerate(spec.depth):

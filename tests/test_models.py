@@ -216,3 +216,19 @@ def test_registry_variant_refuses_a_conflicting_fixed_key():
         build_model("si_resnet_w1a1", si_input="x")
     with pytest.raises(ConfigError, match="head_bits must be in 1..8"):
         build_model("resnet_w1a1", head_bits=9)
+    with pytest.raises(ConfigError, match="stem_bits must be in 1..8"):
+        build_model("resnet_w1a1", stem_bits=0)
+
+
+def test_stem_bits_gives_the_stem_multi_bit_weights_and_nothing_else():
+    """``stem_bits`` changes the quantiser of the stem's conv only; the FP twin ignores it."""
+    one, eight = (build_model("si_h_resnet_w1a1_mbh", stem_bits=b) for b in (1, 8))
+    w1, w8 = one.stem.conv.quant_weight(), eight.stem.conv.quant_weight()
+    assert int(w1.bit_width) == 1 and int(w8.bit_width) == 8
+    assert len(torch.unique(w8.value)) > 2
+    other = [(n, type(m.weight_quant.tensor_quant).__name__) for n, m in one.named_modules()
+             if hasattr(m, "weight_quant") and not n.startswith("stem")]
+    assert other == [(n, type(m.weight_quant.tensor_quant).__name__)
+                     for n, m in eight.named_modules()
+                     if hasattr(m, "weight_quant") and not n.startswith("stem")]
+    assert build_model("si_resnet_fp", stem_bits=8).spec.stem_bits == 8
