@@ -46,6 +46,13 @@ the channels-last layout (``channels_last_speedup``).
 Results: ``bench/results/accuracy.json`` and ``accuracy.md`` (``--results-dir``), rewritten while
 the jobs run, with exactly what was run (epochs, seeds, subset, device, wall time) and
 ``complete: false`` until every job is done. A rerun of the same command resumes.
+
+Full-budget runs: on CPU the ablation fits only a small budget, so single training runs at the
+shipped budget (``sibnn-train``, e.g. the shipped recipe with another student) are recorded beside
+it, each with its recipe, epochs, device, threads and wall time, and every SI run against its
+twin without SI trained with the same recipe (:data:`SI_TWIN`), on validation and on test::
+
+    python -m bench.accuracy --record-runs runs/fmnist_plain_mbh_e18_ema runs/fmnist_si_h_mbh_e18_ema
 """
 
 from __future__ import annotations
@@ -69,7 +76,7 @@ from quant_models.fastpath import fast_forward, plain_forward
 from quant_models.train.config import build_config
 from quant_models.train.engine import DistEnv, exp_dir, prepare_run_dir, train
 from quant_models.train.losses import distillation_loss, resolve_tap_weights
-from sibnn_base.errors import ArgumentParser, cli_errors
+from sibnn_base.errors import ArgumentParser, ConfigError, cli_errors
 from sibnn_base.typed import load_mapping, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,6 +113,10 @@ VARIANTS: dict[str, Variant] = {
                       si=True),
 }
 
+
+SI_TWIN = {"si_h_resnet_w1a1_mbh": "resnet_w1a1_mbh", "si_h_resnet_w1a1": "resnet_w1a1",
+           "si_resnet_w1a1": "resnet_w1a1"}
+"""Each SI student and its twin without SI (same head and sign bias), for recorded runs."""
 
 WIDTH_VARIANTS = ("teacher", "plain", "si_h_mbh")
 """Trained again at every extra ``--widths`` width (each width has its own teacher, since block
@@ -295,6 +306,110 @@ def collect(cfg) -> dict:
     return out
 
 
+def record_run(run_dir: Path) -> dict:
+    """One finished ``sibnn-train`` experiment (``runs/<experiment>``): its last stage's final
+    metrics and everything that defines its budget and recipe, read from its own files."""
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        raise ConfigError(f"--record-runs: {run_dir} is not a training run (no config.yaml)")
+    cfg = build_config(load_mapping(cfg_path))
+    stage = cfg.stages[-1]
+    lines = (run_dir / stage.name / "metrics.jsonl")
+    rows = [json.loads(x) for x in lines.read_text().splitlines()] if lines.is_file() else []
+    if not rows or not rows[-1].get("final"):
+        raise ConfigError(f"--record-runs: stage {stage.name!r} of {run_dir} has not finished "
+                          f"(resume it with sibnn-train --resume)")
+    *epochs, final = rows
+    recipe = to_dict(cfg)
+    for k in ("experiment", "out_dir", "progress", "eval_batch_size"):
+        recipe.pop(k, None)
+    keep = ("val_acc", "test_acc", "val_acc_raw", "test_acc_raw", "ema_decay", "train_time_s")
+    return {"student": stage.student, "stage": stage.name, "epochs": stage.epochs,
+            "train_images": cfg.data.train_subset or f"all but {cfg.data.val_size} for val",
+            "seed": cfg.seed, "device": cfg.device, "threads": cfg.num_threads,
+            "channels_last": cfg.channels_last,
+            **{k: final[k] for k in keep if k in final},
+            "val_acc_by_epoch": [r["val_acc"] for r in epochs],
+            "recipe": recipe}
+
+
+def _same_recipe(a: dict, b: dict) -> bool:
+    """Whether two recorded runs differ in nothing but the student (and the runtime keys)."""
+    def strip(r):
+        r = copy.deepcopy(r["recipe"])
+        for k in ("num_threads", "device"):
+            r.pop(k, None)
+        for s in r["stages"]:
+            s.pop("student", None)
+        return r
+    return strip(a) == strip(b)
+
+
+def run_comparisons(runs: dict) -> dict:
+    """Every recorded SI run against a recorded twin without SI with the same recipe: val and
+    test deltas (val decides; a single seed, so under about a point is within run noise)."""
+    out = {}
+    for name, r in runs.items():
+        twin = SI_TWIN.get(r["student"])
+        for other, o in runs.items():
+            if o["student"] == twin and _same_recipe(r, o):
+                d = {"si_run": name, "plain_run": other,
+                     "val_delta": round(r["val_acc"] - o["val_acc"], 2),
+                     "test_delta": round(r["test_acc"] - o["test_acc"], 2)}
+                if "val_acc_raw" in r and "val_acc_raw" in o:
+                    d["val_delta_last_step_weights"] = round(r["val_acc_raw"] - o["val_acc_raw"], 2)
+                    d["test_delta_last_step_weights"] = round(r["test_acc_raw"] - o["test_acc_raw"],
+                                                              2)
+                d["si_better_by_0.5_on_val"] = d["val_delta"] >= 0.5
+                out[f"{name} vs {other}"] = d
+    return out
+
+
+def run_rows(data: dict, width: int) -> list[list[str]]:
+    """Table rows for the recorded full-budget runs and their SI-vs-twin comparisons."""
+    runs = data.get("full_runs") or {}
+    rows = []
+    for name, r in runs.items():
+        ema = (f", EMA {r['ema_decay']} (last step's weights: val {r['val_acc_raw']:.2f}, test "
+               f"{r['test_acc_raw']:.2f})" if "ema_decay" in r else "")
+        rows.append([f"run {name}: {r['student']}, {r['epochs']} epochs, {r['train_images']} "
+                     f"training images, seed {r['seed']}, {r['device']} x {r['threads']} "
+                     f"thread(s), {r['train_time_s'] / 60:.0f} min{ema}", *[""] * (width - 4),
+                     f"{r['test_acc']:.2f}", "", f"{r['val_acc']:.2f}"])
+    for name, c in (data.get("run_comparisons") or {}).items():
+        rows.append([f"{name}: val {c['val_delta']:+.2f}, test {c['test_delta']:+.2f} points "
+                     f"(SI >= +0.5 on val: {'yes' if c['si_better_by_0.5_on_val'] else 'no'})",
+                     *[""] * (width - 1)])
+    return rows
+
+
+EMPTY = {"complete": False, "run": None, "step_cost": None, "summary": {}, "goals": {},
+         "per_seed": {}, "configs": {}}
+"""A results file with no ablation in it yet."""
+
+
+def update_runs(path: Path, run_dirs: list[Path]) -> dict:
+    """Record ``run_dirs`` (by experiment name, replacing earlier records of the same name) and
+    recompute the comparisons; the ablation and shipped numbers already in ``path`` stay."""
+    data = json.loads(path.read_text()) if path.exists() else copy.deepcopy(EMPTY)
+    runs = dict(data.get("full_runs") or {})
+    for d in run_dirs:
+        runs[d.name] = record_run(d)
+    data["full_runs"] = runs
+    data["run_comparisons"] = run_comparisons(runs)
+    data.pop("machine", None)
+    _write(path, data)
+    return data
+
+
+def _write(path: Path, data: dict) -> None:
+    run = data.get("run")
+    seeds = run["seeds"] if run else []
+    per_seed = {int(k): v for k, v in data["per_seed"].items()}
+    write_results("accuracy", data, table(data["summary"], per_seed, seeds, data["step_cost"], run,
+                                          data.get("shipped"), data), results_dir=path.parent)
+
+
 def goals(summary: dict) -> dict:
     """The issue's accuracy goals, each with its measured value and whether it is met. "The full
     method" is the best SI variant distilled block-wise (by mean *validation* accuracy)."""
@@ -359,7 +474,8 @@ def summarise(per_seed: dict, seeds: list[int]) -> dict:
 
 
 def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None,
-          run: dict | None = None, shipped: dict | None = None) -> list[list[str]]:
+          run: dict | None = None, shipped: dict | None = None,
+          data: dict | None = None) -> list[list[str]]:
     rows = [["variant", *[f"seed {s} test %" for s in seeds], "mean ± std %", "vs plain",
              "mean val %"]]
     for v in summary:
@@ -404,7 +520,7 @@ def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None,
                      + f", {run['threads']} thread(s) per job"
                      + (f", wall {wall / 60:.1f} min" if wall else ""),
                      *[""] * len(seeds), "", "", ""])
-    return rows + shipped_rows(shipped, len(rows[0]))
+    return rows + run_rows(data or {}, len(rows[0])) + shipped_rows(shipped, len(rows[0]))
 
 
 def render(path: Path, cost: dict | None = None) -> None:
@@ -414,11 +530,7 @@ def render(path: Path, cost: dict | None = None) -> None:
     if cost is not None:
         data["step_cost"] = cost
         data.pop("machine", None)  # measured now, on this machine
-    run = data.get("run")
-    seeds = run["seeds"] if run else []
-    per_seed = {int(k): v for k, v in data["per_seed"].items()}
-    write_results("accuracy", data, table(data["summary"], per_seed, seeds, data["step_cost"], run,
-                                          data.get("shipped")), results_dir=path.parent)
+    _write(path, data)
 
 
 def update_cost(path: Path, cost: dict) -> None:
@@ -490,16 +602,10 @@ def shipped_rows(sh: dict | None, width: int) -> list[list[str]]:
 
 def update_shipped(path: Path, sh: dict) -> None:
     """Store the shipped-checkpoint evaluation; the ablation numbers already in ``path`` stay."""
-    data = json.loads(path.read_text()) if path.exists() else {
-        "complete": False, "run": None, "step_cost": None, "summary": {}, "goals": {},
-        "per_seed": {}, "configs": {}}
+    data = json.loads(path.read_text()) if path.exists() else copy.deepcopy(EMPTY)
     data["shipped"] = sh
     data.pop("machine", None)
-    run = data.get("run")
-    seeds = run["seeds"] if run else []
-    per_seed = {int(k): v for k, v in data["per_seed"].items()}
-    write_results("accuracy", data, table(data["summary"], per_seed, seeds, data["step_cost"], run,
-                                          sh), results_dir=path.parent)
+    _write(path, data)
 
 
 def _device_name(device: str) -> str | None:
@@ -541,6 +647,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="only evaluate the shipped checkpoints on the whole test set (goals: "
                         "student >= 91 %%, teacher >= 93 %%, gap <= 2 points)")
     p.add_argument("--no-cost", action="store_true", help="skip the step-cost measurement")
+    p.add_argument("--record-runs", nargs="+", default=None, metavar="RUN_DIR",
+                   help="only record these finished sibnn-train runs (runs/<experiment>) beside "
+                        "the ablation, each SI run compared with its twin without SI trained "
+                        "with the same recipe")
     p.add_argument("--train-seed", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--train-stage", default=None, help=argparse.SUPPRESS)
     p.add_argument("--render", action="store_true",
@@ -549,6 +659,11 @@ def main(argv: list[str] | None = None) -> int:
     results_dir = Path(args.results_dir) if args.results_dir else bench.common.RESULTS
     if args.render:
         render(results_dir / "accuracy.json")
+        return 0
+    if args.record_runs:
+        data = update_runs(results_dir / "accuracy.json", [Path(d) for d in args.record_runs])
+        for name, c in data["run_comparisons"].items():
+            print(f"{name}: val {c['val_delta']:+.2f}, test {c['test_delta']:+.2f} points")
         return 0
     if args.shipped:
         sh = shipped(args.data_dir)
@@ -596,11 +711,13 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
 
     old = results_dir / "accuracy.json"
-    kept = json.loads(old.read_text()).get("shipped") if old.exists() else None
+    prev = json.loads(old.read_text()) if old.exists() else {}
+    kept = {k: prev[k] for k in ("shipped", "full_runs", "run_comparisons") if k in prev}
 
     def save(final: bool = False) -> dict:
         """Rewrite the results from every finished stage on disk (complete once all are); the
-        shipped-checkpoint evaluation (``--shipped``) already in the file stays."""
+        shipped-checkpoint evaluation (``--shipped``) and the recorded runs (``--record-runs``)
+        already in the file stay."""
         per_seed = {s: collect(c) for s, c in configs.items()}
         summary = summarise(per_seed, args.seeds)
         complete = all(len(r) == len(variants(args.epochs, tuple(args.widths)))
@@ -611,9 +728,9 @@ def main(argv: list[str] | None = None) -> int:
                 "goals": goals(summary), "decisions": decisions(per_seed, args.seeds),
                 "per_seed": {str(s): r for s, r in per_seed.items()},
                 "configs": {str(s): to_dict(c) for s, c in configs.items()}}
-        if kept:
-            data["shipped"] = kept
-        write_results("accuracy", data, table(summary, per_seed, args.seeds, cost, run, kept),
+        data.update(kept)
+        write_results("accuracy", data, table(summary, per_seed, args.seeds, cost, run,
+                                              kept.get("shipped"), kept),
                       results_dir=results_dir)
         return data
 

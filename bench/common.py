@@ -8,6 +8,8 @@ import platform
 import time
 from pathlib import Path
 
+from sibnn_base.atomic import atomic_write
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -20,14 +22,16 @@ def machine() -> dict:
 def write_results(name: str, data: dict, table: list[list[str]],
                   results_dir: Path | None = None) -> Path:
     """Write ``<results_dir>/<name>.json`` and ``.md`` (a Markdown table); default
-    :data:`RESULTS`."""
+    :data:`RESULTS`. Each file is replaced atomically: an interrupted write leaves the old one."""
     out = Path(results_dir) if results_dir is not None else RESULTS
     out.mkdir(parents=True, exist_ok=True)
     data = {"benchmark": name, "machine": machine(), **data}
     path = out / f"{name}.json"
-    path.write_text(json.dumps(data, indent=2) + "\n")
+    text = (json.dumps(data, indent=2) + "\n").encode()
+    atomic_write(path, lambda fh: fh.write(text))
     head, *rows = table
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
-    (out / f"{name}.md").write_text(f"# {name}\n\n" + "\n".join(md) + "\n")
+    doc = (f"# {name}\n\n" + "\n".join(md) + "\n").encode()
+    atomic_write(out / f"{name}.md", lambda fh: fh.write(doc))
     return path

@@ -185,3 +185,52 @@ def test_bench_dispatch_does_not_hand_its_own_argv_to_a_benchmark(monkeypatch):
     monkeypatch.setattr(sys, "argv", ["bench", "golden_speed"])
     with pytest.raises(Reached):
         entry.main(["golden_speed"])
+
+
+def _digits_run(out, experiment: str, student: str, epochs: int = 1) -> None:
+    from quant_models.train import build_config, train
+
+    train(build_config({
+        "experiment": experiment, "out_dir": str(out), "num_threads": 1, "progress": False,
+        "data": {"name": "digits", "val_size": 200, "train_subset": 256},
+        "model": {"width": 8, "depth": [1, 1]}, "eval_batch_size": 400,
+        "stages": [{"name": "student", "student": student, "epochs": epochs, "lr": 0.005,
+                    "batch_size": 64, "ema_decay": 0.9}]}), log=lambda *_: None)
+
+
+def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_path, capsys):
+    """``--record-runs`` stores finished sibnn-train runs beside the ablation (the shipped section
+    stays) and compares an SI run with its twin without SI only when the recipes match; an
+    unfinished or foreign directory is a one-line error that writes nothing."""
+    runs, res = tmp_path / "runs", tmp_path / "res"
+    res.mkdir()
+    sh = {"default_model": "m", "models": {}, "goals": {}}
+    (res / "accuracy.json").write_text(json.dumps({**accuracy.EMPTY, "shipped": sh}))
+    _digits_run(runs, "si", "si_resnet_w1a1")
+    _digits_run(runs, "plain", "resnet_w1a1")
+    _digits_run(runs, "plain_longer", "resnet_w1a1", epochs=2)
+    rc = accuracy.main(["--record-runs", *(str(runs / n) for n in ("si", "plain", "plain_longer")),
+                        "--results-dir", str(res)])
+    assert rc == 0 and "si vs plain: val" in capsys.readouterr().out
+    data = json.loads((res / "accuracy.json").read_text())
+    assert data["shipped"] == sh and set(data["full_runs"]) == {"si", "plain", "plain_longer"}
+    si, plain = data["full_runs"]["si"], data["full_runs"]["plain"]
+    assert si["student"] == "si_resnet_w1a1" and si["epochs"] == 1 and si["device"] == "cpu"
+    assert si["train_images"] == 256 and si["ema_decay"] == 0.9 and len(si["val_acc_by_epoch"]) == 1
+    assert list(data["run_comparisons"]) == ["si vs plain"]  # plain_longer: another recipe
+    c = data["run_comparisons"]["si vs plain"]
+    assert c["val_delta"] == round(si["val_acc"] - plain["val_acc"], 2)
+    assert c["test_delta_last_step_weights"] == round(si["test_acc_raw"] - plain["test_acc_raw"], 2)
+    accuracy.render(res / "accuracy.json")  # a re-render keeps the rows
+    md = (res / "accuracy.md").read_text()
+    assert "run si: si_resnet_w1a1, 1 epochs, 256 training images" in md and "si vs plain" in md
+    before = (res / "accuracy.json").read_text()
+    (runs / "half").mkdir()
+    for bad, msg in ((runs / "half", "not a training run"), (runs / "si" / "student", "not a")):
+        rc = accuracy.main(["--record-runs", str(bad), "--results-dir", str(res)])
+        assert rc != 0 and msg in capsys.readouterr().err
+    (runs / "si" / "student" / "metrics.jsonl").write_text(
+        (runs / "si" / "student" / "metrics.jsonl").read_text().splitlines()[0] + "\n")
+    rc = accuracy.main(["--record-runs", str(runs / "si"), "--results-dir", str(res)])
+    assert rc != 0 and "has not finished" in capsys.readouterr().err
+    assert (res / "accuracy.json").read_text() == before
