@@ -325,7 +325,7 @@ def record_run(run_dir: Path) -> dict:
         recipe.pop(k, None)
     keep = ("val_acc", "test_acc", "val_acc_raw", "test_acc_raw", "ema_decay", "train_time_s")
     return {"student": stage.student, "stage": stage.name, "epochs": stage.epochs,
-            "train_images": cfg.data.train_subset or f"all but {cfg.data.val_size} for val",
+            "train_images": cfg.data.train_subset or f"all but the {cfg.data.val_size} val",
             "seed": cfg.seed, "device": cfg.device, "threads": cfg.num_threads,
             "channels_last": cfg.channels_last,
             **{k: final[k] for k in keep if k in final},
@@ -372,7 +372,7 @@ def run_rows(data: dict, width: int) -> list[list[str]]:
     for name, r in runs.items():
         ema = (f", EMA {r['ema_decay']} (last step's weights: val {r['val_acc_raw']:.2f}, test "
                f"{r['test_acc_raw']:.2f})" if "ema_decay" in r else "")
-        rows.append([f"run {name}: {r['student']}, {r['epochs']} epochs, {r['train_images']} "
+        rows.append([f"run {name}: {r['student']}, {r['epochs']} epochs on {r['train_images']} "
                      f"training images, seed {r['seed']}, {r['device']} x {r['threads']} "
                      f"thread(s), {r['train_time_s'] / 60:.0f} min{ema}", *[""] * (width - 4),
                      f"{r['test_acc']:.2f}", "", f"{r['val_acc']:.2f}"])

@@ -223,7 +223,7 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     assert c["test_delta_last_step_weights"] == round(si["test_acc_raw"] - plain["test_acc_raw"], 2)
     accuracy.render(res / "accuracy.json")  # a re-render keeps the rows
     md = (res / "accuracy.md").read_text()
-    assert "run si: si_resnet_w1a1, 1 epochs, 256 training images" in md and "si vs plain" in md
+    assert "run si: si_resnet_w1a1, 1 epochs on 256 training images" in md and "si vs plain" in md
     before = (res / "accuracy.json").read_text()
     (runs / "half").mkdir()
     for bad, msg in ((runs / "half", "not a training run"), (runs / "si" / "student", "not a")):
