@@ -206,31 +206,10 @@ def test_signs_are_computed_by_their_convs(default_student):
     nodes = golden.proto.graph.node
     assert not any(n.op_type == "Sign" for n in nodes)
     init = {t.name for t in golden.proto.graph.initializer}
-    fused = [n for n in nodes if n.op_type == "Conv" and len(n.input) == 3 and
-             n.input[2] in init and "one_minus_2thr" in n.input[2]]
+    fused = [n for n in nodes if n.op_type == "Conv" and len(n.input) == 3 and n.input[2] in init]
     n_signs = sum(1 for nd in ir.nodes if nd.op == "threshold" and
                   nd.attrs["thresholds"].shape[1] == 1)
     assert 1 <= len(fused) < n_signs  # the SI squeezes; the others read a clip or a staircase
-
-
-def test_padded_binary_convs_read_shifted_signs_without_a_border_map(default_student):
-    """Every block's ``a`` is read only by convs, so the golden model stores ``a + 1`` (0 / 2):
-    its -1-padded 3x3 convs pad with zeros and take ``-sum(W)`` as an integer bias, with no
-    border map added after them; the forms test and the Brevitas checks prove it exact."""
-    _, _, golden, ir = default_student
-    nodes = golden.proto.graph.node
-    init = {t.name: t for t in golden.proto.graph.initializer}
-    padded = [nd for nd in ir.nodes if nd.op == "pad" and float(nd.attrs["value"]) == -1.0]
-    assert padded
-    assert not any("border" in i for n in nodes for i in n.input)
-    shifted = [n for n in nodes if n.op_type == "Conv" and len(n.input) == 3 and
-               "minus_sum_w" in n.input[2]]
-    assert len(shifted) >= len(padded)
-    for n in shifted:
-        b = onnx.numpy_helper.to_array(init[n.input[2]])
-        w = onnx.numpy_helper.to_array(init[n.input[1]])
-        assert np.array_equal(b, -w.astype(np.float64).sum(axis=(1, 2, 3)))
-    assert any(n.op_type == "Add" and "two_minus_2thr" in n.input[1] for n in nodes)
 
 
 def test_optimised_session_is_audited_and_equal(default_student):

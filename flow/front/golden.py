@@ -102,11 +102,7 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None,
 
     Outside ``"compare"``, a sign (one threshold, outputs -1 / +1) is ``clip(2x + 1 - 2t, -1, 1)``,
     and when its input is a conv output read by nothing else, the conv computes it with doubled
-    weights and the bias ``1 - 2t`` (:func:`_emit_conv_sign`). A sign read only by convs, through
-    a -1 padding or directly (every binary block's ``a``), is stored shifted, ``b = a + 1`` in
-    {0, 2} (:func:`_shifted_signs`): ``pad_-1(a) = pad_0(b) - 1``, so its convs pad with ONNX's
-    own zeros and take ``-sum(W)`` as an integer bias, instead of adding a border map after the
-    conv (one full-tensor Add per padded conv, and the layout reorders around it).
+    weights and the bias ``1 - 2t`` (:func:`_emit_conv_sign`).
     """
     if thresholds not in THRESHOLD_MODES:
         raise ValueError(f"thresholds must be one of {', '.join(THRESHOLD_MODES)}, "
@@ -119,28 +115,13 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None,
                                                   [N, in_h, in_w, in_c])]
     folded = _foldable_pads(ir)
     signs = _sign_after_conv(ir) if thresholds != "compare" else {}
-    shifted = _shifted_signs(ir, folded, signs) if thresholds != "compare" else set()
     for nd in ir.nodes:
         a = nd.attrs
         rank = len(shapes[nd.output])
-        # a conv reading a shifted sign b = a + 1: conv(a, W) = conv(b, W) - sum(W) (integers)
-        pad_in = folded[nd.inputs[0]].inputs[0] if nd.op == "conv" and nd.inputs[0] in folded \
-            else None
-        shift_bias = _minus_weight_sums(a["weight"]) if nd.op == "conv" and (
-            nd.inputs[0] in shifted or pad_in in shifted) else None
         if nd.op == "threshold" and nd.inputs[0] in signs:
             pass  # computed by its conv (below)
-        elif nd.op == "threshold" and nd.output in shifted:
-            _emit_threshold(e, nd, ir.tensors[nd.inputs[0]], rank, thresholds, shifted=True)
         elif nd.op == "conv" and nd.output in signs:
-            _emit_conv_sign(e, nd, signs[nd.output], shift_bias)
-        elif nd.op == "conv" and shift_bias is not None:
-            p = folded[nd.inputs[0]].attrs["pads"] if pad_in is not None else None
-            e.node("Conv", [pad_in or nd.inputs[0], e.const(a["weight"], "w"),
-                            e.const(shift_bias, "minus_sum_w")], nd.output,
-                   pads=[p[2], p[3], p[6], p[7]] if p is not None else a["pads"],
-                   strides=a["strides"], dilations=a["dilations"], group=a["group"],
-                   kernel_shape=a["kernel_shape"])
+            _emit_conv_sign(e, nd, signs[nd.output])
         elif nd.op == "input":
             f = e.node("Cast", ["pixels_nhwc"], to=TensorProto.FLOAT)
             e.node("Transpose", [f], nd.output, perm=[0, 3, 1, 2])
@@ -229,9 +210,8 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None,
     return model
 
 
-def _emit_threshold(e: _Emitter, nd, src, rank: int, mode: str, shifted: bool = False) -> None:
-    """``q = base + step * sum_k [d_c * x >= t_ck]`` (see :func:`build_golden`); a sign with
-    ``shifted`` writes ``q + 1`` (0 / 2, :func:`_shifted_signs`)."""
+def _emit_threshold(e: _Emitter, nd, src, rank: int, mode: str) -> None:
+    """``q = base + step * sum_k [d_c * x >= t_ck]`` (see :func:`build_golden`)."""
     a = nd.attrs
     thr, d = a["thresholds"], a["direction"]
     C, K = thr.shape
@@ -241,15 +221,9 @@ def _emit_threshold(e: _Emitter, nd, src, rank: int, mode: str, shifted: bool = 
     if mode != "compare" and _is_sign(nd, src):
         # a sign: d x >= t  <=>  2 d x + 1 - 2t >= 1 for integers x, t and d = +-1, and that odd
         # integer is never 0, so clipping it to [-1, 1] gives exactly -1 / +1 (ONNX Runtime's
-        # Sign is several times slower than Mul, Add and Clip together); shifted: the even
-        # integer 2 d x + 2 - 2t clipped to [0, 2] is exactly that sign + 1
+        # Sign is several times slower than Mul, Add and Clip together)
         two = np.float32(2) if np.all(d == 1) else (2 * d).astype(np.float32).reshape(cs)
         two_x = e.node("Mul", [x, e.const(two, "two")])
-        if shifted:
-            even = e.node("Add", [two_x, e.const((2 - 2 * thr).reshape(cs), "two_minus_2thr")])
-            e.node("Clip", [even, e.const(np.float32(0), "lo"), e.const(np.float32(2), "hi")],
-                   nd.output)
-            return
         odd = e.node("Add", [two_x, e.const((1 - 2 * thr).reshape(cs), "one_minus_2thr")])
         e.node("Clip", [odd, e.const(np.float32(-1), "lo"), e.const(np.float32(1), "hi")],
                nd.output)
@@ -360,57 +334,22 @@ def _sign_after_conv(ir: IntegerIR) -> dict:
     return out
 
 
-def _emit_conv_sign(e: _Emitter, conv, sign, shift_bias: np.ndarray | None = None) -> None:
+def _emit_conv_sign(e: _Emitter, conv, sign) -> None:
     """``sign(d conv(x, W) >= t)`` as ``clip(conv(x, 2dW) + 1 - 2t, -1, 1)`` (``d = +-1`` per output
     channel): the doubled conv and its bias are integers below 2**22 (:func:`_is_sign`), exact in
     float32 in any summation order, and the odd result clips to exactly -1 / +1. One Conv with a
     bias and one Clip, which ONNX Runtime's optimiser may fuse into the conv (an exact fusion: the
-    clip follows the sum). ``shift_bias`` (``-sum(W)`` per output channel) when ``x`` is a shifted
-    sign ``x + 1`` (:func:`_shifted_signs`): doubled with the weights."""
+    clip follows the sum)."""
     a = conv.attrs
     thr = sign.attrs["thresholds"][:, 0]
     d = np.asarray(sign.attrs["direction"], np.float32).reshape(-1, 1, 1, 1)
     w2 = 2 * d * np.asarray(a["weight"], np.float32)
     bias = (1 - 2 * thr).astype(np.float32)
-    if shift_bias is not None:
-        bias = bias + 2 * d.reshape(-1) * shift_bias
     y = e.node("Conv", [conv.inputs[0], e.const(w2, "w2"), e.const(bias, "one_minus_2thr")],
                pads=a["pads"], strides=a["strides"], dilations=a["dilations"], group=a["group"],
                kernel_shape=a["kernel_shape"])
     e.node("Clip", [y, e.const(np.float32(-1), "lo"), e.const(np.float32(1), "hi")],
            sign.output)
-
-
-def _shifted_signs(ir: IntegerIR, folded: dict, signs: dict) -> set[str]:
-    """Sign outputs (:func:`_is_sign`, not computed by their conv) read only by convs, each
-    unpadded or behind a -1 padding folded into it (:func:`_foldable_pads`), and by nothing else
-    (no graph output): the golden model stores them as ``sign + 1`` in {0, 2}. Each reading
-    conv's sums stay integers far inside float32's exact range (``3 * sum |W| < 2**22``)."""
-    consumers = _consumers(ir)
-    outputs = {o.tensor for o in ir.outputs}
-    out = set()
-    for nd in ir.nodes:
-        if nd.op != "threshold" or nd.inputs[0] in signs or nd.output in outputs or \
-                not _is_sign(nd, ir.tensors[nd.inputs[0]]):
-            continue
-        convs, ok = [], bool(consumers.get(nd.output))
-        for c in consumers.get(nd.output, []):
-            if c.op == "pad" and c.output in folded and float(c.attrs["value"]) == -1.0:
-                convs += consumers[c.output]
-            elif c.op == "conv" and not any(c.attrs["pads"]):
-                convs.append(c)
-            else:
-                ok = False
-        if ok and all(3 * np.abs(np.asarray(c.attrs["weight"], np.float64)).sum(axis=(1, 2, 3))
-                      .max() < 2**22 for c in convs):
-            out.add(nd.output)
-    return out
-
-
-def _minus_weight_sums(weight) -> np.ndarray:
-    """``-sum(W)`` per output channel: the response of a conv to an all-ones input (its padding
-    included), the bias that turns ``conv(a + 1, W)`` back into ``conv(a, W)``."""
-    return (-np.asarray(weight, np.float64).sum(axis=(1, 2, 3))).astype(np.float32)
 
 
 def _staircase(thr: np.ndarray, d: np.ndarray, vals: np.ndarray, cnt: np.ndarray,
