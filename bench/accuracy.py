@@ -73,7 +73,7 @@ import bench.common
 from bench.common import write_results
 from quant_models import build_model, load_checkpoint
 from quant_models.fastpath import fast_forward, plain_forward
-from quant_models.train.config import build_config
+from quant_models.train.config import RUNTIME_KEYS, build_config
 from quant_models.train.engine import DistEnv, exp_dir, prepare_run_dir, train
 from quant_models.train.losses import distillation_loss, resolve_tap_weights
 from sibnn_base.errors import ArgumentParser, ConfigError, cli_errors
@@ -320,9 +320,7 @@ def record_run(run_dir: Path) -> dict:
         raise ConfigError(f"--record-runs: stage {stage.name!r} of {run_dir} has not finished "
                           f"(resume it with sibnn-train --resume)")
     *epochs, final = rows
-    recipe = to_dict(cfg)
-    for k in ("experiment", "out_dir", "progress", "eval_batch_size"):
-        recipe.pop(k, None)
+    recipe = {k: v for k, v in to_dict(cfg).items() if k not in ("experiment", "out_dir")}
     keep = ("val_acc", "test_acc", "val_acc_raw", "test_acc_raw", "ema_decay", "train_time_s")
     return {"student": stage.student, "stage": stage.name, "epochs": stage.epochs,
             "train_images": cfg.data.train_subset or f"all but the {cfg.data.val_size} val",
@@ -334,14 +332,12 @@ def record_run(run_dir: Path) -> dict:
 
 
 def _same_recipe(a: dict, b: dict) -> bool:
-    """Whether two recorded runs differ in nothing but the student (and the runtime keys)."""
+    """Whether two recorded runs differ in nothing but the student and the runtime keys (those a
+    ``--resume`` may change, :data:`~quant_models.train.config.RUNTIME_KEYS`)."""
     def strip(r):
-        r = copy.deepcopy(r["recipe"])
-        for k in ("num_threads", "device"):
-            r.pop(k, None)
-        for s in r["stages"]:
-            s.pop("student", None)
-        return r
+        out = {k: v for k, v in r["recipe"].items() if k not in RUNTIME_KEYS}
+        out["stages"] = [{k: v for k, v in s.items() if k != "student"} for s in out["stages"]]
+        return out
     return strip(a) == strip(b)
 
 
@@ -729,9 +725,7 @@ def main(argv: list[str] | None = None) -> int:
                 "per_seed": {str(s): r for s, r in per_seed.items()},
                 "configs": {str(s): to_dict(c) for s, c in configs.items()}}
         data.update(kept)
-        write_results("accuracy", data, table(summary, per_seed, args.seeds, cost, run,
-                                              kept.get("shipped"), kept),
-                      results_dir=results_dir)
+        _write(results_dir / "accuracy.json", data)
         return data
 
     for cfg in configs.values():  # write (or check, on a rerun) each seed's run directory once
