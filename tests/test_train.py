@@ -17,6 +17,7 @@ from quant_models.train import build_config, load_config, train
 from quant_models.train.cli import main as train_main
 from quant_models.train.config import TapNorm
 from quant_models.train.engine import evaluate
+from quant_models.train.engine import validate as real_validate
 from quant_models.train.losses import block_mse, logit_kd, normalise_tap
 from sibnn_base.errors import ConfigError, OutputDirError
 from sibnn_base.typed import to_dict
@@ -107,6 +108,7 @@ def test_every_shipped_config_is_valid(path):
     ("data.crop_pad", 9, "data.crop_pad must be in 0..8"),
     ("stages.teacher.crop_pad", -1, "crop_pad must be in 0..8"),
     ("stages.student.ema_decay", 1.0, "ema_decay must lie in"),
+    ("stages.student.select", "best", "not one of"),
     ("device", "tpu", "device 'tpu'"),
     ("device", "cuda:7" if torch.cuda.is_available() else "cuda", "cuda"),
 ])
@@ -651,3 +653,81 @@ def test_ema_stage_ships_the_average_trains_the_same_student_and_resumes_exactly
     with pytest.raises(ConfigError, match="stages"):
         d_b["stages"][1]["ema_decay"] = 0.99
         train(build_config(d_b), resume=True, log=lambda *_: None)
+
+
+
+def _scripted_val(monkeypatch, accs: list[float], done: int = 0) -> list[dict]:
+    """Make the validation of epoch ``done + 1``, ``done + 2``, ... report ``accs[done]``,
+    ``accs[done + 1]``, ... (after the real re-estimation and evaluation ran) and record the
+    weights it saw; returns the record."""
+    import copy
+
+    import quant_models.train.engine as engine
+
+    seen = []
+
+    def validate(model, recal, val, batch_size, env):
+        out = real_validate(model, recal, val, batch_size, env)
+        seen.append(copy.deepcopy(model.state_dict()))
+        return {**out, "val_acc": accs[done + len(seen) - 1]}
+
+    monkeypatch.setattr(engine, "validate", validate)
+    return seen
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_select_best_val_ships_the_best_validation_epoch_and_resumes_to_it(tmp_path, monkeypatch):
+    """``select: best_val`` ships the epoch of the highest validation accuracy (the first of
+    equals) and reports the last epoch's numbers beside it; ``select: last`` ships the last
+    epoch and names the best; ``select`` is the one stage key a ``--resume`` may change, and the
+    resumed run ships what an uninterrupted one ships."""
+    accs = [50.0, 70.0, 60.0, 70.0]
+    d = tiny(tmp_path / "a")
+    d["stages"] = d["stages"][:1]
+    d["stages"][0].update(epochs=4, select="best_val")
+    seen = _scripted_val(monkeypatch, accs)
+    got = train(build_config(d), log=lambda *_: None)["teacher"]
+    sdir = tmp_path / "a/tiny/teacher"
+    assert got["selected_epoch"] == got["best_val_epoch"] == 2 and got["val_acc"] == 70.0
+    final = load_checkpoint(sdir / "final.pt")
+    assert final["epoch"] == 2 and _same(final["state_dict"], seen[1])
+    assert _same(load_checkpoint(sdir / "best.pt")["state_dict"], seen[1])
+    assert not _same(seen[1], seen[3])  # the last epoch's weights are other weights
+    model = build_model("si_resnet_fp", pretrained=sdir / "final.pt")
+    test = load_splits("digits", val_size=300).test
+    assert got["test_acc"] == evaluate(model, test)["acc"]
+    model.load_state_dict(seen[3])
+    assert got["test_acc_last"] == evaluate(model, test)["acc"] and got["val_acc_last"] == 70.0
+    assert rows(sdir / "metrics.jsonl")[-1]["select"] == "best_val"
+
+    # the same run with select: last, interrupted after epoch 3 ...
+    d_b = {**d, "out_dir": str(tmp_path / "b"), "stages": [{**d["stages"][0], "select": "last"}]}
+    _scripted_val(monkeypatch, accs)
+
+    def stop_after_epoch_3(msg):
+        if msg.startswith("[teacher] epoch 3/"):
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(build_config(d_b), log=stop_after_epoch_3)
+    # ... and resumed with select: best_val: the epoch-2 weights come back from best.pt
+    _scripted_val(monkeypatch, accs, done=3)
+    resumed = train(build_config({**d, "out_dir": str(tmp_path / "b")}), resume=True,
+                    log=lambda *_: None)["teacher"]
+    assert strip_time([resumed]) == strip_time([got])
+    assert _same(load_checkpoint(tmp_path / "b/tiny/teacher/final.pt")["state_dict"], seen[1])
+
+    # select: last ships the last epoch and names the best one
+    _scripted_val(monkeypatch, accs)
+    last = train(build_config({**d_b, "out_dir": str(tmp_path / "c")}),
+                 log=lambda *_: None)["teacher"]
+    assert (last["selected_epoch"], last["best_val_epoch"], last["select"]) == (4, 2, "last")
+    assert last["test_acc"] == got["test_acc_last"] and "test_acc_last" not in last
+    assert _same(load_checkpoint(tmp_path / "c/tiny/teacher/final.pt")["state_dict"], seen[3])

@@ -33,6 +33,18 @@ class OptimizerName(str, Enum):
     SGD = "sgd"
 
 
+class Select(str, Enum):
+    """Which epoch's weights a stage ships in ``final.pt``.
+
+    ``last``: the last epoch's. ``best_val``: the epoch with the highest validation accuracy
+    (the first of equals; the test split is never looked at to choose), kept in ``best.pt`` as
+    training goes. Validation accuracy moves by up to a point from one epoch to the next even late
+    in the cosine decay (configs/fmnist_student.yaml), so the last epoch is partly a draw."""
+
+    LAST = "last"
+    BEST_VAL = "best_val"
+
+
 class TapNorm(str, Enum):
     """How block outputs are normalised before the block-wise MSE.
 
@@ -122,6 +134,10 @@ class Stage:
     """Random horizontal flips in this stage; None = the experiment's ``data.hflip``."""
     crop_pad: int | None = None
     """Random-crop padding in this stage; None = the experiment's ``data.crop_pad``."""
+    select: Select = Select.LAST
+    """Which epoch ``final.pt`` holds: ``last`` or ``best_val`` (:class:`Select`). Every run
+    keeps its best validation epoch in ``best.pt`` either way; this key only picks what is
+    shipped, so a ``--resume`` may change it (:data:`SELECTION_KEYS`)."""
     model: dict[str, Any] = field(default_factory=dict)
     """Model overrides for this stage only, over the experiment's ``model``: e.g.
     ``{float_weights: true}`` for the first stage of the staged recipe (binary activations with
@@ -169,6 +185,10 @@ class TrainConfig:
 
 RUNTIME_KEYS = ("progress", "num_threads", "eval_batch_size", "device")
 """Keys that may differ between a run and its ``--resume`` without changing its results."""
+
+SELECTION_KEYS = ("select",)
+"""Stage keys that a ``--resume`` may change: they pick which of the trained epochs is shipped,
+not how any epoch is trained."""
 
 
 # -- overrides -----------------------------------------------------------------------------------

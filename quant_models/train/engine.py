@@ -6,7 +6,10 @@ Each stage writes ``<out_dir>/<experiment>/<stage>/``:
   with the test accuracy (reported only; model selection uses the validation split);
 * ``last.pt``: model, optimizer, scheduler, RNG states and metric history, written atomically
   after every epoch (``--resume`` continues from it);
-* ``final.pt``: the trained model alone (no optimizer), written when the stage completes.
+* ``best.pt``: the model alone at its best validation epoch so far (the stage's ``select:
+  best_val`` ships it), written atomically whenever validation improves;
+* ``final.pt``: the trained model alone (no optimizer), written when the stage completes: the last
+  epoch's, or the best validation epoch's with ``select: best_val``.
 
 and ``<out_dir>/<experiment>/`` holds ``config.yaml`` (the resolved config) and ``results.json``.
 Every file is written with :func:`sibnn_base.atomic.atomic_write` (``metrics.jsonl`` is rewritten
@@ -55,7 +58,9 @@ from ..networks import NetSpec, TapOutputs
 from ..registry import TEACHER_OF, build_model, model_from_ckpt
 from .config import (
     RUNTIME_KEYS,
+    SELECTION_KEYS,
     OptimizerName,
+    Select,
     Stage,
     TrainConfig,
     build_config,
@@ -273,12 +278,17 @@ def stage_dir(cfg: TrainConfig, stage: str) -> Path:
 
 
 def _comparable(resolved: dict) -> dict:
-    return {k: v for k, v in resolved.items() if k not in RUNTIME_KEYS}
+    out = {k: v for k, v in resolved.items() if k not in RUNTIME_KEYS}
+    if isinstance(out.get("stages"), list):
+        out["stages"] = [{k: v for k, v in st.items() if k not in SELECTION_KEYS}
+                         if isinstance(st, dict) else st for st in out["stages"]]
+    return out
 
 
 def resume_diff(old: dict, new: dict) -> list[str]:
     """Keys in which config ``new`` may not resume run ``old``: everything but the runtime keys
-    must match, except that ``new`` may *append* stages (a finished run extended with another
+    and the stages' selection keys (:data:`SELECTION_KEYS`) must match, except that ``new`` may
+    *append* stages (a finished run extended with another
     stage keeps its completed stages)."""
     try:  # fill in fields added since the run was written (their defaults change nothing)
         old = to_dict(build_config(old))
@@ -341,8 +351,8 @@ class ResumeState:
     The file is a plain checkpoint (:func:`~quant_models.checkpoint.make_checkpoint`: model,
     ``optimizer``, ``epoch``, the last epoch's ``metrics``) plus a ``resume`` entry with the
     scheduler state, the global CPU RNG state, the metrics history, the process count and, with
-    ``ema_decay``, the weight average. The stage's model is its last epoch's (or that epoch's
-    weight average), so no "best" value or file is kept."""
+    ``ema_decay``, the weight average. The best validation epoch's weights are in ``best.pt``
+    (:class:`BestEpoch`), not here."""
 
     world: int = 1
     """Processes of the run that wrote it; a resume must use as many."""
@@ -403,6 +413,38 @@ class ResumeState:
         if ema is not None:
             ck["resume"]["ema"] = ema.state_dict()
         save_checkpoint(path, ckpt=ck)
+
+
+@dataclass
+class BestEpoch:
+    """The epoch whose weights ``best.pt`` holds: the best validation accuracy so far (the first
+    of equals); epoch 0 = none yet."""
+
+    epoch: int = 0
+    val_acc: float = -math.inf
+
+    @classmethod
+    def load(cls, path: Path, arch: str, done: int) -> BestEpoch:
+        """What ``path`` holds, for a stage that has completed ``done`` epochs. ``best.pt`` is
+        written before ``last.pt``, so after an interruption between the two it may hold the
+        epoch after ``done``: that epoch is then retrained identically (exact resume) and beats
+        every earlier one again, so it counts as none yet."""
+        if not path.exists():
+            return cls()
+        ck = load_checkpoint(path, expected_arch=arch)
+        epoch = int(ck["epoch"])
+        if epoch > done:
+            return cls()
+        return cls(epoch, float(ck["metrics"]["val_acc"]))
+
+    def offer(self, row: dict, path: Path, model: nn.Module, *, arch: str, config: dict) -> bool:
+        """Keep ``model`` (validated as ``row``) in ``path`` if it beats the best so far."""
+        if not row["val_acc"] > self.val_acc:
+            return False
+        save_checkpoint(path, model, optimizer=None, arch=arch, epoch=int(row["epoch"]),
+                        metrics=row, config=config)
+        self.epoch, self.val_acc = int(row["epoch"]), float(row["val_acc"])
+        return True
 
 
 # -- one stage -------------------------------------------------------------------------------------
@@ -603,16 +645,35 @@ def finish_stage(run: StageRun, history: list[dict], final_path: Path, log=print
     if env.main:
         log(f"[{stage.name}] BN statistics re-estimated: val {stale:.2f}% (running statistics) "
             f"-> {val['acc']:.2f}%")
+    top = max(history, key=lambda r: r["val_acc"])  # the first of equals
+    chosen = {"select": stage.select.value, "selected_epoch": int(last["epoch"]),
+              "best_val_epoch": int(top["epoch"]), "best_val_acc": top["val_acc"]}
+    if stage.select is Select.BEST_VAL:
+        best = BestEpoch.load(final_path.parent / "best.pt", stage.student, int(last["epoch"]))
+        if best.epoch == 0:  # only a run resumed from before best.pt existed, at its very end
+            chosen["select_note"] = "no best.pt: the last epoch is shipped"
+        elif best.epoch != last["epoch"]:
+            row = next(r for r in history if r["epoch"] == best.epoch)
+            chosen.update(selected_epoch=best.epoch, val_acc_last=val["acc"],
+                          test_acc_last=evaluate(run.shipped, run.splits.test,
+                                                 cfg.eval_batch_size, env)["acc"])
+            ck = load_checkpoint(final_path.parent / "best.pt", expected_arch=stage.student)
+            run.shipped.load_state_dict(ck["state_dict"])
+            val = {"acc": row["val_acc"], "loss": row["val_loss"]}
+            recal["val_acc_before_bn_recalibration"] = row.get("val_acc_running_bn", stale)
+        if env.main:
+            log(f"[{stage.name}] select best_val: epoch {chosen['selected_epoch']} "
+                f"(val {val['acc']:.2f}%) of {last['epoch']}")
     test = evaluate(run.shipped, run.splits.test, cfg.eval_batch_size, env)
     metrics = {"epochs": stage.epochs, "val_acc": val["acc"], "val_loss": val["loss"],
-               "test_acc": test["acc"], "test_loss": test["loss"], **recal,
+               "test_acc": test["acc"], "test_loss": test["loss"], **recal, **chosen,
                "train_time_s": round(sum(r["epoch_time_s"] for r in history), 1)}
     if run.ema is not None:  # the last step's weights, for the record (their BN re-estimated)
         metrics.update(ema_decay=stage.ema_decay, val_acc_raw=last["val_acc_raw"],
                        test_acc_raw=evaluate(run.student, run.splits.test, cfg.eval_batch_size,
                                              env)["acc"])
     if env.main:
-        save_checkpoint(final_path, run.shipped, optimizer=None, epoch=stage.epochs,
+        save_checkpoint(final_path, run.shipped, optimizer=None, epoch=chosen["selected_epoch"],
                         metrics=metrics, config=run.saved_config)
         write_jsonl(final_path.parent / "metrics.jsonl", history + [{"final": True, **metrics}])
         log(f"[{stage.name}] done: val {metrics['val_acc']:.2f}% test {metrics['test_acc']:.2f}%")
@@ -639,6 +700,7 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
         state.restore(run.student, run.opt, run.sched, run.ema)
         if env.main:
             log(f"[{stage.name}] resuming after epoch {state.epoch}/{stage.epochs}")
+    best = BestEpoch.load(sdir / "best.pt", stage.student, state.epoch)
     if env.main:
         sdir.mkdir(parents=True, exist_ok=True)
         write_jsonl(sdir / "metrics.jsonl", state.history)
@@ -658,7 +720,9 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
                "lr": run.opt.param_groups[0]["lr"],
                "epoch_time_s": round(seconds, 3), "step_time_s": round(seconds / run.steps, 5)}
         state.add_epoch(row)
-        if env.main:
+        if env.main:  # best.pt before last.pt (BestEpoch.load)
+            best.offer(row, sdir / "best.pt", run.shipped, arch=stage.student,
+                       config=run.saved_config)
             state.save(last_path, run.student, run.opt, run.sched, arch=stage.student,
                        config=run.saved_config, ema=run.ema)
             write_jsonl(sdir / "metrics.jsonl", state.history)
