@@ -321,8 +321,12 @@ def record_run(run_dir: Path) -> dict:
                           f"(resume it with sibnn-train --resume)")
     *epochs, final = rows
     recipe = {k: v for k, v in to_dict(cfg).items() if k not in ("experiment", "out_dir")}
-    keep = ("val_acc", "test_acc", "val_acc_raw", "test_acc_raw", "ema_decay", "train_time_s")
-    return {"student": stage.student, "stage": stage.name, "epochs": stage.epochs,
+    keep = ("val_acc", "test_acc", "val_acc_raw", "test_acc_raw", "ema_decay", "train_time_s",
+            "select", "selected_epoch", "best_val_epoch", "val_acc_last", "test_acc_last")
+    # the network itself, as its checkpoint describes it: registry defaults may change later
+    model_args = load_checkpoint(run_dir / stage.name / "final.pt")["model_args"]
+    return {"student": stage.student, "model_args": model_args, "stage": stage.name,
+            "epochs": stage.epochs,
             "train_images": cfg.data.train_subset or f"all but the {cfg.data.val_size} val",
             "seed": cfg.seed, "device": cfg.device, "threads": cfg.num_threads,
             "channels_last": cfg.channels_last,
@@ -368,6 +372,10 @@ def run_rows(data: dict, width: int) -> list[list[str]]:
     for name, r in runs.items():
         ema = (f", EMA {r['ema_decay']} (last step's weights: val {r['val_acc_raw']:.2f}, test "
                f"{r['test_acc_raw']:.2f})" if "ema_decay" in r else "")
+        if r.get("select") == "best_val":
+            ema += (f", best-val epoch {r['selected_epoch']} shipped (last epoch: val "
+                    f"{r.get('val_acc_last', r['val_acc']):.2f}, test "
+                    f"{r.get('test_acc_last', r['test_acc']):.2f})")
         rows.append([f"run {name}: {r['student']}, {r['epochs']} epochs on {r['train_images']} "
                      f"training images, seed {r['seed']}, {r['device']} x {r['threads']} "
                      f"thread(s), {r['train_time_s'] / 60:.0f} min{ema}", *[""] * (width - 4),

@@ -217,6 +217,10 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     si, plain = data["full_runs"]["si"], data["full_runs"]["plain"]
     assert si["student"] == "si_resnet_w1a1" and si["epochs"] == 1 and si["device"] == "cpu"
     assert si["train_images"] == 256 and si["ema_decay"] == 0.9 and len(si["val_acc_by_epoch"]) == 1
+    # the network as its checkpoint describes it, and which epoch was shipped
+    assert si["model_args"]["si"] is True and plain["model_args"]["si"] is False
+    assert si["model_args"]["width"] == plain["model_args"]["width"]
+    assert (si["select"], si["selected_epoch"], si["best_val_epoch"]) == ("last", 1, 1)
     assert list(data["run_comparisons"]) == ["si vs plain"]  # plain_longer: another recipe
     c = data["run_comparisons"]["si vs plain"]
     assert c["val_delta"] == round(si["val_acc"] - plain["val_acc"], 2)
