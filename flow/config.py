@@ -151,6 +151,11 @@ class BuildConfig:
     """Registry overrides for an untrained model (e.g. ``{"depth": [1, 1]}``)."""
     mvau_wwidth_max: int = MVAU_WWIDTH_MAX
     """FINN's cap on MVAU weight-stream width per PE (bits)."""
+    dsp_multipliers: bool = True
+    """With automatic folding, put the multipliers of HLS MVAUs with weights and inputs of
+    >= 4 bits each (e.g. an 8-bit stem: 8-bit pixels x 8-bit weights) into DSP slices, as long as
+    the DSP budget allows (:func:`flow.hw.folding.use_dsp_multipliers`). FINN's HLS MVAU builds
+    them from LUTs by default; XNOR and 1-bit-weight layers have no multipliers either way."""
     require_bitfile: bool = False
     """Fail (exit 2) instead of skipping when Vivado-only outputs cannot be produced."""
     allow_over_budget: bool = False

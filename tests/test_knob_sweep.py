@@ -25,9 +25,11 @@ def _quiet(_msg: str) -> None:
     pass
 
 
-def build_knobs(tmp_path, arch: str, seed: int, n_inputs: int = 32, **knobs) -> dict:
+def build_knobs(tmp_path, arch: str, seed: int, n_inputs: int = 32, build_kw: dict | None = None,
+                **knobs) -> dict:
     """Export ``arch(**knobs)`` with seeded weights and tie BatchNorms, build it up to ``fold``
-    and return the summary (asserting every executed stage exact and the graph all-HW)."""
+    (``build_kw``: more build config keys) and return the summary (asserting every executed
+    stage exact and the graph all-HW)."""
     torch.manual_seed(seed)
     knobs.setdefault("input_size", 8)
     m = build_model(arch, **knobs)
@@ -43,7 +45,7 @@ def build_knobs(tmp_path, arch: str, seed: int, n_inputs: int = 32, **knobs) -> 
     # is tested here, and the search dominates the build time
     out = build(resolve_build_config(onnx=str(onnx), output_dir=str(tmp_path / "out"),
                                      stop_step="fold", verify_inputs=n_inputs, front_end="exact",
-                                     target_fps=1000),
+                                     target_fps=1000, **(build_kw or {})),
                 echo=_quiet)
     s = load_summary(out)
     executed = [v for v in s["verification"] if v["exact"] is not None]
@@ -74,6 +76,41 @@ def test_model_variants_build_all_hw_exact(tmp_path, arch, knobs):
     matches the golden model and builds all-HW and exact through flow/build.py."""
     s = build_knobs(tmp_path, arch, seed=7, width=8, depth=[1, 1], **knobs)
     assert s["front_end"] == "exact"
+
+
+def test_multi_bit_products_go_to_dsp_slices_within_the_dsp_budget(tmp_path):
+    """An 8-bit stem (8-bit pixels x 8-bit weights) gets DSP multipliers instead of FINN's LUT
+    ones: fewer LUTs, the same folding and throughput, still exact; ``dsp_multipliers: false``
+    keeps FINN's default, and a DSP budget too small for a layer leaves it on LUTs."""
+    import dataclasses
+
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.custom_op.registry import getCustomOp
+
+    from flow.config import load_board
+    from flow.hw.folding import use_dsp_multipliers
+
+    kw = {"seed": 3, "width": 8, "depth": [1, 1], "stem_bits": 8}
+    dsp = build_knobs(tmp_path / "dsp", "si_h_resnet_w1a1_mbh", **kw)
+    lut = build_knobs(tmp_path / "lut", "si_h_resnet_w1a1_mbh", build_kw={
+        "dsp_multipliers": False}, **kw)
+    assert "MVAU_hls_0" in dsp["folding"]["dsp_multipliers"]  # the stem
+    assert "dsp_multipliers" not in lut["folding"]
+    d, lt = dsp["folding"], lut["folding"]  # the fold step's FINN estimates
+    assert d["estimate"]["DSP"] > 0 == lt["estimate"]["DSP"]
+    assert d["estimate"]["LUT"] < lt["estimate"]["LUT"]
+    assert d["max_cycles"] == lt["max_cycles"] and d["target_cycles"] == lt["target_cycles"]
+
+    model = ModelWrapper(str(tmp_path / "lut/out/intermediate_models/05_fold.onnx"))
+    stem = getCustomOp(model.get_node_from_name("MVAU_hls_0"))
+    need = stem.get_nodeattr("PE") * stem.get_nodeattr("SIMD")
+    board = load_board("pynq-z2")
+    small = dataclasses.replace(board, capacity={**board.capacity, "DSP": need - 1},
+                                budget_fraction=1.0)
+    use_dsp_multipliers(model, small)
+    assert stem.get_nodeattr("resType") == "lut"
+    use_dsp_multipliers(model, dataclasses.replace(small, capacity=board.capacity))
+    assert stem.get_nodeattr("resType") == "dsp"
 
 
 def _slow_grid() -> list[tuple[str, dict]]:

@@ -143,6 +143,42 @@ def auto_fold(model: ModelWrapper, board: BoardConfig, *, target_fps: int | None
     return _search(model, board, wwidth_max, target_fps)
 
 
+DSP_MIN_BITS = 4
+"""An HLS MVAU's multipliers go to DSP slices (:func:`use_dsp_multipliers`) when its weights and
+its inputs both have at least this many bits: below that a product is a few LUTs (FINN-R's
+multiplier model prices a 2 x 4-bit product at 6 x 3 LUTs), not worth a DSP48."""
+
+
+def use_dsp_multipliers(model: ModelWrapper, board: BoardConfig) -> tuple[ModelWrapper, Estimate]:
+    """Set ``resType = "dsp"`` on the HLS MVAUs with multi-bit products (:data:`DSP_MIN_BITS`),
+    the most LUT-hungry first (FINN's HLS MVAU defaults to LUT multipliers), while the board's
+    DSP budget holds; returns the graph and its estimate.
+
+    The folding is not touched, so the throughput is the same; only where the products are built
+    changes (``ap_resource_dsp`` in the generated HLS instead of ``ap_resource_lut``), so the
+    arithmetic, and cppsim, are the same. FINN prices a DSP MVAU at ``PE * SIMD *
+    ceil((W + A) / 48)`` DSPs and no multiplier LUTs."""
+    cands = []
+    for n in model.graph.node:
+        if n.op_type != "MVAU_hls":
+            continue
+        inst = getCustomOp(n)
+        w, a = inst.get_input_datatype(1).bitwidth(), inst.get_input_datatype(0).bitwidth()
+        if min(w, a) < DSP_MIN_BITS or inst.get_nodeattr("resType") == "dsp":
+            continue
+        cands.append((-inst.get_nodeattr("PE") * inst.get_nodeattr("SIMD") * (w + a), n.name))
+    est = estimate(model, board.fpga_part)
+    for _, name in sorted(cands):
+        inst = getCustomOp(model.get_node_from_name(name))
+        inst.set_nodeattr("resType", "dsp")
+        trial = estimate(model, board.fpga_part)
+        if trial.resources.get("DSP", 0) <= board.budget["DSP"] and trial.valid:
+            est = trial
+        else:
+            inst.set_nodeattr("resType", "lut")
+    return model, est
+
+
 def _signature(model: ModelWrapper) -> str:
     """The folding of every HW node, as one string: equal strings, equal estimates."""
     return json.dumps(folding_dict(model), sort_keys=True, default=str)
