@@ -149,10 +149,11 @@ its inputs both have at least this many bits: below that a product is a few LUTs
 multiplier model prices a 2 x 4-bit product at 6 x 3 LUTs), not worth a DSP48."""
 
 
-def use_dsp_multipliers(model: ModelWrapper, board: BoardConfig) -> tuple[ModelWrapper, Estimate]:
+def use_dsp_multipliers(model: ModelWrapper,
+                        board: BoardConfig) -> tuple[ModelWrapper, Estimate, list[str]]:
     """Set ``resType = "dsp"`` on the HLS MVAUs with multi-bit products (:data:`DSP_MIN_BITS`),
     the most LUT-hungry first (FINN's HLS MVAU defaults to LUT multipliers), while the board's
-    DSP budget holds; returns the graph and its estimate.
+    DSP budget holds; returns the graph, its estimate and the nodes set to DSP.
 
     The folding is not touched, so the throughput is the same; only where the products are built
     changes (``ap_resource_dsp`` in the generated HLS instead of ``ap_resource_lut``), so the
@@ -167,16 +168,17 @@ def use_dsp_multipliers(model: ModelWrapper, board: BoardConfig) -> tuple[ModelW
         if min(w, a) < DSP_MIN_BITS or inst.get_nodeattr("resType") == "dsp":
             continue
         cands.append((-inst.get_nodeattr("PE") * inst.get_nodeattr("SIMD") * (w + a), n.name))
-    est = estimate(model, board.fpga_part)
+    est, chosen = estimate(model, board.fpga_part), []
     for _, name in sorted(cands):
         inst = getCustomOp(model.get_node_from_name(name))
         inst.set_nodeattr("resType", "dsp")
         trial = estimate(model, board.fpga_part)
         if trial.resources.get("DSP", 0) <= board.budget["DSP"] and trial.valid:
             est = trial
+            chosen.append(name)
         else:
             inst.set_nodeattr("resType", "lut")
-    return model, est
+    return model, est, chosen
 
 
 def _signature(model: ModelWrapper) -> str:

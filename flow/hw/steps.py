@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
-from qonnx.custom_op.registry import getCustomOp
 from qonnx.transformation.composed import ComposedTransformation
 from qonnx.transformation.general import GiveUniqueNodeNames, RemoveUnusedTensors
 from qonnx.transformation.infer_data_layouts import InferDataLayouts
@@ -172,10 +171,8 @@ def step_fold(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
                                   "feasible": res.feasible, "evaluated": res.evaluated,
                                   "mvau_wwidth_max": res.wwidth_max}
         if ctx.cfg.dsp_multipliers:
-            model, est = folding.use_dsp_multipliers(model, ctx.board)
-            ctx.results["folding"]["dsp_multipliers"] = [
-                n.name for n in model.graph.node
-                if n.op_type == "MVAU_hls" and getCustomOp(n).get_nodeattr("resType") == "dsp"]
+            model, est, dsp = folding.use_dsp_multipliers(model, ctx.board)
+            ctx.results["folding"]["dsp_multipliers"] = dsp
     over = {k: (est.resources.get(k, 0), ctx.board.budget[k]) for k in ctx.board.budget
             if est.resources.get(k, 0) > ctx.board.budget[k]}
     if over and not ctx.cfg.allow_over_budget:

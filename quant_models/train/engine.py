@@ -422,6 +422,8 @@ class BestEpoch:
 
     epoch: int = 0
     val_acc: float = -math.inf
+    state_dict: dict | None = None
+    """The weights, when loaded from ``best.pt``."""
 
     @classmethod
     def load(cls, path: Path, arch: str, done: int) -> BestEpoch:
@@ -435,16 +437,14 @@ class BestEpoch:
         epoch = int(ck["epoch"])
         if epoch > done:
             return cls()
-        return cls(epoch, float(ck["metrics"]["val_acc"]))
+        return cls(epoch, float(ck["metrics"]["val_acc"]), ck["state_dict"])
 
-    def offer(self, row: dict, path: Path, model: nn.Module, *, arch: str, config: dict) -> bool:
+    def offer(self, row: dict, path: Path, model: nn.Module, *, arch: str, config: dict) -> None:
         """Keep ``model`` (validated as ``row``) in ``path`` if it beats the best so far."""
-        if not row["val_acc"] > self.val_acc:
-            return False
-        save_checkpoint(path, model, optimizer=None, arch=arch, epoch=int(row["epoch"]),
-                        metrics=row, config=config)
-        self.epoch, self.val_acc = int(row["epoch"]), float(row["val_acc"])
-        return True
+        if row["val_acc"] > self.val_acc:
+            save_checkpoint(path, model, optimizer=None, arch=arch, epoch=int(row["epoch"]),
+                            metrics=row, config=config)
+            self.epoch, self.val_acc = int(row["epoch"]), float(row["val_acc"])
 
 
 # -- one stage -------------------------------------------------------------------------------------
@@ -657,8 +657,7 @@ def finish_stage(run: StageRun, history: list[dict], final_path: Path, log=print
             chosen.update(selected_epoch=best.epoch, val_acc_last=val["acc"],
                           test_acc_last=evaluate(run.shipped, run.splits.test,
                                                  cfg.eval_batch_size, env)["acc"])
-            ck = load_checkpoint(final_path.parent / "best.pt", expected_arch=stage.student)
-            run.shipped.load_state_dict(ck["state_dict"])
+            run.shipped.load_state_dict(best.state_dict)
             val = {"acc": row["val_acc"], "loss": row["val_loss"]}
             recal["val_acc_before_bn_recalibration"] = row.get("val_acc_running_bn", stale)
         if env.main:
