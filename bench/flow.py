@@ -9,8 +9,9 @@ measured in this run, with FINN's own estimators (no Vivado):
 2. **SI hardware overhead**: each SI network against its twin without SI, folded for the same
    throughput target (the FPS auto-folding reaches for the twin on the board):
    ``si_resnet_w1a1`` (SI on ``a``) against ``resnet_w1a1``, and ``si_h_resnet_w1a1_mbh`` (SI on
-   ``h``) against ``resnet_w1a1_mbh``. The headline is the default model's pair. Goal: at most
-   10% more LUT and at most 10% more BRAM at the same FPS.
+   ``h``), in every block and in the blocks that change shape only (``si_blocks: downsample``),
+   against ``resnet_w1a1_mbh``. The headline is the pair of the default model as shipped. Goal:
+   at most 10% more LUT and at most 10% more BRAM at the same FPS.
 3. **Auto-folding against hand folding** on Brevitas CNV-W1A1 (seeded weights): FPS per LUT of our
    auto-folding against finn-examples' hand folding for cnv-w1a1 (MVAU PE/SIMD 16/3, 32/32, 16/32,
    16/32, 4/32, 1/32; FC 1/4, 1/8, 5/1; each sliding window's SIMD = its MVAU's SIMD), same graph,
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from bench.common import write_results
 from flow.config import DEFAULT_BOARD
+from quant_models.networks import NetSpec
 
 HAND_CNV = [(16, 3), (32, 32), (16, 32), (16, 32), (4, 32), (1, 32), (1, 4), (1, 8), (5, 1)]
 """finn-examples ``build/bnn-pynq`` cnv-w1a1 folding: (PE, SIMD) of the 9 MVAUs in order."""
@@ -65,30 +67,42 @@ def default_build(tmp: Path, board: str) -> dict:
             "goal_180s_met": wall <= 180.0}
 
 
-SI_PAIRS = {"si_resnet_w1a1": "resnet_w1a1", "si_h_resnet_w1a1_mbh": "resnet_w1a1_mbh"}
-"""Each SI network and its twin without SI: SI on the binary input ``a``, and SI on the
-multi-bit residual ``h`` (with the 8-bit head and sign bias on both sides)."""
+SI_PAIRS = {
+    "si_resnet_w1a1": ("si_resnet_w1a1", "resnet_w1a1", {}),
+    "si_h_resnet_w1a1_mbh": ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh", {}),
+    "si_h_resnet_w1a1_mbh, si_blocks=downsample": ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh",
+                                                   {"si_blocks": "downsample"}),
+}
+"""Label -> (SI network, its twin without SI, model overrides of the SI network): SI on the
+binary input ``a``; SI on the multi-bit residual ``h`` (with the 8-bit head and sign bias on both
+sides) in every block; and the same in the blocks that change shape only (``si_blocks``)."""
+
+HEADLINE_KEYS = ("si_blocks",)
+"""The model arguments that pick the headline pair from the shipped default's checkpoint."""
 
 
-def si_pair(tmp: Path, board: str, si: str, plain: str) -> dict:
-    """``si`` against ``plain`` folded for the same throughput target: the FPS auto-folding
-    reaches for ``plain`` on the board."""
+def si_pair(tmp: Path, board: str, si: str, plain: str, overrides: dict | None = None) -> dict:
+    """``si`` (with ``overrides``) against ``plain`` folded for the same throughput target: the
+    FPS auto-folding reaches for ``plain`` on the board."""
     from flow.report import load_summary
 
+    overrides = overrides or {}
     base, _ = _build(tmp, f"{plain}_auto", board=board, model=plain,
                      stop_step="generate_estimate_reports")
     target = int(load_summary(base)["estimates"]["throughput_fps"])
     res = {}
-    for name in (plain, si):
-        out, _ = _build(tmp, f"{name}_t", board=board, model=name, target_fps=target,
-                        stop_step="generate_estimate_reports")
-        res[name] = load_summary(out)["estimates"]
-    r, s = res[plain], res[si]
+    for key, name, kw in ((plain, plain, {}), ("si", si, overrides)):
+        tag = "_".join([name, *(f"{k}-{v}" for k, v in kw.items())])
+        out, _ = _build(tmp, f"{tag}_t", board=board, model=name, target_fps=target,
+                        stop_step="generate_estimate_reports", model_overrides=kw)
+        res[key] = load_summary(out)["estimates"]
+    r, s = res[plain], res["si"]
     lut = s["LUT"] / r["LUT"]
     # with sibnn's model of the forks and adds that FINN prices at 0 (flow/hw/resources.py)
     lut_m = s.get("LUT_modelled", s["LUT"]) / r.get("LUT_modelled", r["LUT"])
     bram = s["BRAM_18K"] / r["BRAM_18K"] if r["BRAM_18K"] else float("nan")
-    return {"target_fps": target, "reference": plain, plain: r, si: s,
+    return {"target_fps": target, "model": si, "model_overrides": overrides,
+            "reference": plain, plain: r, si: s,
             "lut_ratio": round(lut, 4), "lut_ratio_modelled": round(lut_m, 4),
             "bram_ratio": round(bram, 4),
             "fps_ratio": round(s["throughput_fps"] / r["throughput_fps"], 4),
@@ -96,13 +110,36 @@ def si_pair(tmp: Path, board: str, si: str, plain: str) -> dict:
             s["throughput_fps"] >= 0.999 * r["throughput_fps"]}
 
 
+def headline_pair(default_model: str, shipped_args: dict | None) -> str:
+    """The label of the pair that describes the build's default model: its SI network is the
+    default model, with the shipped checkpoint's :data:`HEADLINE_KEYS` (registry defaults where
+    nothing is shipped); ``si_resnet_w1a1``'s pair when no pair matches."""
+    default = NetSpec().to_dict()
+    shipped = {**default, **(shipped_args or {})}
+    for label, (si, _, kw) in SI_PAIRS.items():
+        if si == default_model and all({**default, **kw}[k] == shipped[k] for k in HEADLINE_KEYS):
+            return label
+    return "si_resnet_w1a1"
+
+
+def _shipped_args(name: str) -> dict | None:
+    from quant_models.checkpoint import load_checkpoint
+    from quant_models.registry import PRETRAINED_DIR, get_entry
+
+    entry = get_entry(name).pretrained
+    if entry is None:
+        return None
+    return load_checkpoint(PRETRAINED_DIR / entry.file, expected_arch=name)["model_args"]
+
+
 def si_overhead(tmp: Path, board: str) -> dict:
-    """Every pair of :data:`SI_PAIRS`; the headline numbers are those of the pair whose SI
-    network is the build's default model (the shipped student), else of ``si_resnet_w1a1``."""
+    """Every pair of :data:`SI_PAIRS`; the headline numbers are those of the pair that
+    describes the build's default model as shipped (:func:`headline_pair`)."""
     from flow.config import DEFAULT_MODEL
 
-    pairs = {si: si_pair(tmp, board, si, plain) for si, plain in SI_PAIRS.items()}
-    head = DEFAULT_MODEL if DEFAULT_MODEL in pairs else "si_resnet_w1a1"
+    pairs = {label: si_pair(tmp, board, si, plain, kw)
+             for label, (si, plain, kw) in SI_PAIRS.items()}
+    head = headline_pair(DEFAULT_MODEL, _shipped_args(DEFAULT_MODEL))
     return {"headline": head, **pairs[head], "pairs": pairs}
 
 

@@ -19,6 +19,9 @@ DATASET_SHAPES = {"fmnist": (1, 28, 28), "mnist": (1, 28, 28), "digits": (1, 8, 
                   "cifar10": (3, 32, 32)}
 """Input shapes (C, H, W) for the ``dataset`` override."""
 
+SI_BLOCKS = ("all", "downsample")
+"""Values of :attr:`NetSpec.si_blocks`."""
+
 
 @dataclass(frozen=True)
 class NetSpec:
@@ -48,6 +51,13 @@ class NetSpec:
     """SI squeeze activation bits (1 = bipolar)."""
     si_weight_bits: int = 1
     """SI conv weight bits (1 = binary)."""
+    si_blocks: str = "all"
+    """Which blocks carry the SI shortcut: ``all`` (the paper's reading: every binary block) or
+    ``downsample`` (only the blocks that change shape, where the identity shortcut, which passes
+    the multi-bit ``h`` on, is replaced by a binary 1x1 conv of ``a``: the blocks where an SI
+    branch reading ``h`` is the only path for ``h``'s real-valued information). In hardware each
+    SI branch is two MVAUs, a fork port and an add, so ``downsample`` halves the SI's cost on a
+    ``(1, 1, 2)`` network."""
     si_input: str = "a"
     """What the SI branch reads: ``a`` (the block's binary input, as the 3x3 conv) or ``h`` (the
     block's multi-bit residual input, the information ``sign`` discards)."""
@@ -90,6 +100,8 @@ class NetSpec:
             (1 <= self.si_act_bits <= 8, "si_act_bits must be in 1..8"),
             (1 <= self.si_weight_bits <= 8, "si_weight_bits must be in 1..8"),
             (self.si_input in ("a", "h"), f"si_input must be 'a' or 'h', got {self.si_input!r}"),
+            (self.si_blocks in SI_BLOCKS,
+             f"si_blocks must be one of {', '.join(SI_BLOCKS)}, got {self.si_blocks!r}"),
             (1 <= self.head_bits <= 8, "head_bits must be in 1..8"),
             (1 <= self.stem_bits <= 8, "stem_bits must be in 1..8"),
             (self.binary or not self.float_weights,
@@ -98,6 +110,12 @@ class NetSpec:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(msg)
+
+    def carries_si(self, c_in: int, c_out: int, stride: int) -> bool:
+        """Whether a block of this shape gets the SI shortcut (:attr:`si`, :attr:`si_blocks`)."""
+        if not self.si:
+            return False
+        return self.si_blocks == "all" or stride != 1 or c_in != c_out
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -137,7 +155,8 @@ class SIResNet(nn.Module):
             c_out = spec.width * 2**stage
             for i in range(n):
                 stride = 2 if (stage > 0 and i == 0) else 1
-                blocks.append(BinaryBlock(f, c, c_out, stride, spec.r if spec.si else None,
+                blocks.append(BinaryBlock(f, c, c_out, stride,
+                                          spec.r if spec.carries_si(c, c_out, stride) else None,
                                           spec.si_input))
                 c = c_out
         self.blocks = nn.ModuleList(blocks)

@@ -238,3 +238,18 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     rc = accuracy.main(["--record-runs", str(runs / "si"), "--results-dir", str(res)])
     assert rc != 0 and "has not finished" in capsys.readouterr().err
     assert (res / "accuracy.json").read_text() == before
+
+
+def test_si_overhead_headline_is_the_pair_of_the_default_model_as_shipped():
+    """The headline SI-overhead pair follows the shipped checkpoint's ``si_blocks``, so the
+    number reported for the default model is that of the network the build compiles."""
+    from bench.flow import SI_PAIRS, headline_pair
+
+    assert headline_pair("si_h_resnet_w1a1_mbh", None) == "si_h_resnet_w1a1_mbh"
+    assert headline_pair("si_h_resnet_w1a1_mbh", {"si_blocks": "all", "stem_bits": 8}) == \
+        "si_h_resnet_w1a1_mbh"
+    down = headline_pair("si_h_resnet_w1a1_mbh", {"si_blocks": "downsample", "stem_bits": 8})
+    assert down != "si_h_resnet_w1a1_mbh"
+    assert SI_PAIRS[down] == ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh",
+                              {"si_blocks": "downsample"})
+    assert headline_pair("resnet_w1a1_mbh", None) == "si_resnet_w1a1"

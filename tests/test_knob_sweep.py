@@ -69,8 +69,9 @@ def test_si_bit_widths_build_exact(tmp_path, si_weight_bits, si_act_bits):
     ("resnet_w1a1", {"head_bits": 4, "sign_bias": True}),
     ("si_resnet_w1a1", {"sign_bias": True, "si_weight_bits": 2}),
     ("si_h_resnet_w1a1_mbh", {"stem_bits": 8}),
+    ("si_h_resnet_w1a1_mbh", {"stem_bits": 8, "si_blocks": "downsample"}),
 ], ids=["si_on_h", "si_on_h_8bit_head_sign_bias", "plain_4bit_head_sign_bias", "si_a_sign_bias",
-        "si_on_h_mbh_8bit_stem"])
+        "si_on_h_mbh_8bit_stem", "si_on_h_mbh_downsample_blocks_only"])
 def test_model_variants_build_all_hw_exact(tmp_path, arch, knobs):
     """Every variant of the method (SI reading h, multi-bit head, learnable sign bias) exports,
     matches the golden model and builds all-HW and exact through flow/build.py."""
@@ -146,6 +147,9 @@ def _slow_grid() -> list[tuple[str, dict]]:
                                                  sign_bias=bool(head_bits % 2 == 0))))
     for stem_bits in (2, 4, 8):
         cases.append(("si_resnet_w1a1", pick(stem_bits=stem_bits, si_input="h")))
+    for si_input in ("a", "h"):
+        cases.append(("si_resnet_w1a1", pick(si_blocks="downsample", si_input=si_input,
+                                             depth=[2, 1, 2])))
     for b in (2, 5, 8):
         kw = pick(res_bits=b, head_bits=int(rng.choice([1, 8])), sign_bias=bool(rng.integers(2)))
         for k in ("r", "si_act_bits", "si_weight_bits"):

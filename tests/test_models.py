@@ -218,6 +218,29 @@ def test_registry_variant_refuses_a_conflicting_fixed_key():
         build_model("resnet_w1a1", head_bits=9)
     with pytest.raises(ConfigError, match="stem_bits must be in 1..8"):
         build_model("resnet_w1a1", stem_bits=0)
+    with pytest.raises(ConfigError, match="si_blocks must be one of all, downsample"):
+        build_model("si_h_resnet_w1a1_mbh", si_blocks="first")
+
+
+def test_si_blocks_downsample_puts_si_only_where_the_block_changes_shape():
+    """``si_blocks: downsample``: SI in the blocks whose shortcut is a binary 1x1 conv (stride 2
+    or new width), none in the identity-shortcut blocks; the teacher's SI tensors of the blocks
+    that keep theirs still match by name and shape (``init_from``)."""
+    from quant_models.info import summary
+
+    kw = {"width": 8, "depth": [2, 1, 2], "input_size": 16}
+    every = build_model("si_h_resnet_w1a1_mbh", **kw)
+    down = build_model("si_h_resnet_w1a1_mbh", si_blocks="downsample", **kw)
+    assert [b.si is not None for b in every.blocks] == [True] * 5
+    assert [b.si is not None for b in down.blocks] == [False, False, True, True, False]
+    assert [b.downsample for b in down.blocks] == [False, False, True, True, False]
+    assert down.spec.to_dict()["si_blocks"] == "downsample"
+    teacher = build_model("si_resnet_fp", **kw).state_dict()
+    theirs = {k: v.shape for k, v in down.state_dict().items() if ".si." in k}
+    assert theirs and all(k in teacher and teacher[k].shape == s for k, s in theirs.items())
+    s_every, s_down = summary(every), summary(down)
+    assert 0 < s_down["si_params"] < s_every["si_params"]
+    assert s_down["overhead_vs_no_si"] <= 0.10
 
 
 def test_stem_bits_gives_the_stem_multi_bit_weights_and_nothing_else():
