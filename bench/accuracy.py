@@ -73,6 +73,7 @@ import bench.common
 from bench.common import write_results
 from quant_models import build_model, load_checkpoint
 from quant_models.fastpath import fast_forward, plain_forward
+from quant_models.networks import SI_ONLY_KEYS
 from quant_models.train.config import RUNTIME_KEYS, build_config
 from quant_models.train.engine import DistEnv, exp_dir, prepare_run_dir, train
 from quant_models.train.losses import distillation_loss, resolve_tap_weights
@@ -336,11 +337,18 @@ def record_run(run_dir: Path) -> dict:
 
 
 def _same_recipe(a: dict, b: dict) -> bool:
-    """Whether two recorded runs differ in nothing but the student and the runtime keys (those a
-    ``--resume`` may change, :data:`~quant_models.train.config.RUNTIME_KEYS`)."""
+    """Whether two recorded runs differ in nothing but the student, the runtime keys (those a
+    ``--resume`` may change, :data:`~quant_models.train.config.RUNTIME_KEYS`) and the model keys
+    that shape the SI branch only (:data:`~quant_models.networks.SI_ONLY_KEYS`: the twin without
+    SI is the same network whatever they say)."""
+    def net(model):
+        return {k: v for k, v in (model or {}).items() if k not in SI_ONLY_KEYS}
+
     def strip(r):
         out = {k: v for k, v in r["recipe"].items() if k not in RUNTIME_KEYS}
-        out["stages"] = [{k: v for k, v in s.items() if k != "student"} for s in out["stages"]]
+        out["model"] = net(out.get("model"))
+        out["stages"] = [{**{k: v for k, v in s.items() if k != "student"},
+                          "model": net(s.get("model"))} for s in out["stages"]]
         return out
     return strip(a) == strip(b)
 

@@ -22,6 +22,10 @@ DATASET_SHAPES = {"fmnist": (1, 28, 28), "mnist": (1, 28, 28), "digits": (1, 8, 
 SI_BLOCKS = ("all", "downsample")
 """Values of :attr:`NetSpec.si_blocks`."""
 
+SI_ONLY_KEYS = ("r", "si_act_bits", "si_weight_bits", "si_input", "si_blocks")
+"""The :class:`NetSpec` fields that shape the SI branch only: a network without SI is the same
+network whatever they say."""
+
 
 @dataclass(frozen=True)
 class NetSpec:

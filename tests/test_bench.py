@@ -187,13 +187,13 @@ def test_bench_dispatch_does_not_hand_its_own_argv_to_a_benchmark(monkeypatch):
         entry.main(["golden_speed"])
 
 
-def _digits_run(out, experiment: str, student: str, epochs: int = 1) -> None:
+def _digits_run(out, experiment: str, student: str, epochs: int = 1, **model) -> None:
     from quant_models.train import build_config, train
 
     train(build_config({
         "experiment": experiment, "out_dir": str(out), "num_threads": 1, "progress": False,
         "data": {"name": "digits", "val_size": 200, "train_subset": 256},
-        "model": {"width": 8, "depth": [1, 1]}, "eval_batch_size": 400,
+        "model": {"width": 8, "depth": [1, 1], **model}, "eval_batch_size": 400,
         "stages": [{"name": "student", "student": student, "epochs": epochs, "lr": 0.005,
                     "batch_size": 64, "ema_decay": 0.9}]}), log=lambda *_: None)
 
@@ -209,11 +209,18 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     _digits_run(runs, "si", "si_resnet_w1a1")
     _digits_run(runs, "plain", "resnet_w1a1")
     _digits_run(runs, "plain_longer", "resnet_w1a1", epochs=2)
-    rc = accuracy.main(["--record-runs", *(str(runs / n) for n in ("si", "plain", "plain_longer")),
+    # keys that shape the SI branch only leave the twin without SI the same network
+    _digits_run(runs, "si_down", "si_resnet_w1a1", si_blocks="downsample", r=2)
+    _digits_run(runs, "si_wide", "si_resnet_w1a1", width=12)
+    names = ("si", "plain", "plain_longer", "si_down", "si_wide")
+    rc = accuracy.main(["--record-runs", *(str(runs / n) for n in names),
                         "--results-dir", str(res)])
     assert rc == 0 and "si vs plain: val" in capsys.readouterr().out
     data = json.loads((res / "accuracy.json").read_text())
-    assert data["shipped"] == sh and set(data["full_runs"]) == {"si", "plain", "plain_longer"}
+    assert data["shipped"] == sh and set(data["full_runs"]) == set(names)
+    assert data["full_runs"]["si_down"]["model_args"]["si_blocks"] == "downsample"
+    # plain_longer: another recipe; si_wide: another network
+    assert sorted(data["run_comparisons"]) == ["si vs plain", "si_down vs plain"]
     si, plain = data["full_runs"]["si"], data["full_runs"]["plain"]
     assert si["student"] == "si_resnet_w1a1" and si["epochs"] == 1 and si["device"] == "cpu"
     assert si["train_images"] == 256 and si["ema_decay"] == 0.9 and len(si["val_acc_by_epoch"]) == 1
@@ -221,7 +228,6 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     assert si["model_args"]["si"] is True and plain["model_args"]["si"] is False
     assert si["model_args"]["width"] == plain["model_args"]["width"]
     assert (si["select"], si["selected_epoch"], si["best_val_epoch"]) == ("last", 1, 1)
-    assert list(data["run_comparisons"]) == ["si vs plain"]  # plain_longer: another recipe
     c = data["run_comparisons"]["si vs plain"]
     assert c["val_delta"] == round(si["val_acc"] - plain["val_acc"], 2)
     assert c["test_delta_last_step_weights"] == round(si["test_acc_raw"] - plain["test_acc_raw"], 2)
