@@ -14,9 +14,12 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def machine() -> dict:
+    """Where and when a result was measured; the load averages (runnable processes over the last
+    1, 5 and 15 minutes, at write time) say whether timed numbers shared the CPUs."""
     return {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                       time.gmtime())}
+            "python": platform.python_version(),
+            "load_avg_1_5_15_min": [round(x, 2) for x in os.getloadavg()],
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def write_results(name: str, data: dict, table: list[list[str]],

@@ -9,9 +9,11 @@ measured in this run, with FINN's own estimators (no Vivado):
 2. **SI hardware overhead**: each SI network against its twin without SI, folded for the same
    throughput target (the FPS auto-folding reaches for the twin on the board):
    ``si_resnet_w1a1`` (SI on ``a``) against ``resnet_w1a1``, and ``si_h_resnet_w1a1_mbh`` (SI on
-   ``h``), in every block and in the blocks that change shape only (``si_blocks: downsample``),
-   against ``resnet_w1a1_mbh``. The headline is the pair of the default model as shipped. Goal:
-   at most 10% more LUT and at most 10% more BRAM at the same FPS.
+   ``h``; binary or 8-bit stem; in every block or in the blocks that change shape only,
+   ``si_blocks: downsample``) against ``resnet_w1a1_mbh`` with the same stem. Both sides of a
+   pair are untrained (seeded), so they differ in the SI branch only. The headline is the pair
+   of the default model as shipped (its checkpoint's ``stem_bits`` and ``si_blocks``). Goal: at
+   most 10% more LUT and at most 10% more BRAM at the same FPS.
 3. **Auto-folding against hand folding** on Brevitas CNV-W1A1 (seeded weights): FPS per LUT of our
    auto-folding against finn-examples' hand folding for cnv-w1a1 (MVAU PE/SIMD 16/3, 32/32, 16/32,
    16/32, 4/32, 1/32; FC 1/4, 1/8, 5/1; each sliding window's SIMD = its MVAU's SIMD), same graph,
@@ -68,41 +70,52 @@ def default_build(tmp: Path, board: str) -> dict:
 
 
 SI_PAIRS = {
-    "si_resnet_w1a1": ("si_resnet_w1a1", "resnet_w1a1", {}),
-    "si_h_resnet_w1a1_mbh": ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh", {}),
-    "si_h_resnet_w1a1_mbh, si_blocks=downsample": ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh",
-                                                   {"si_blocks": "downsample"}),
+    "si_resnet_w1a1": ("si_resnet_w1a1", "resnet_w1a1", {"stem_bits": 1}, {}),
+    "si_h_resnet_w1a1_mbh": ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh", {"stem_bits": 1}, {}),
+    "si_h_resnet_w1a1_mbh, stem_bits=8": ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh",
+                                          {"stem_bits": 8}, {}),
+    "si_h_resnet_w1a1_mbh, stem_bits=8, si_blocks=downsample": (
+        "si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh", {"stem_bits": 8}, {"si_blocks": "downsample"}),
 }
-"""Label -> (SI network, its twin without SI, model overrides of the SI network): SI on the
-binary input ``a``; SI on the multi-bit residual ``h`` (with the 8-bit head and sign bias on both
-sides) in every block; and the same in the blocks that change shape only (``si_blocks``)."""
+"""Label -> (SI network, its twin without SI, model keys of both, model keys of the SI side only):
+SI on the binary input ``a``; SI on the multi-bit residual ``h`` (with the 8-bit head and sign
+bias on both sides) in every block, with a binary and with an 8-bit stem; and the same in the
+blocks that change shape only (``si_blocks``)."""
 
-HEADLINE_KEYS = ("si_blocks",)
+HEADLINE_KEYS = ("stem_bits", "si_blocks")
 """The model arguments that pick the headline pair from the shipped default's checkpoint."""
 
 
-def si_pair(tmp: Path, board: str, si: str, plain: str, overrides: dict | None = None) -> dict:
-    """``si`` (with ``overrides``) against ``plain`` folded for the same throughput target: the
-    FPS auto-folding reaches for ``plain`` on the board."""
+def si_pair(tmp: Path, board: str, si: str, plain: str, shared: dict, si_only: dict) -> dict:
+    """``si`` against ``plain``, the same network but for the SI branch: both untrained (seeded,
+    the same seed) from the registry defaults plus ``shared`` (always given, so neither side
+    picks up a shipped checkpoint; ``si_only`` on the SI side), folded for the same throughput
+    target, the FPS auto-folding reaches for ``plain`` on the board."""
     from flow.report import load_summary
 
-    overrides = overrides or {}
-    base, _ = _build(tmp, f"{plain}_auto", board=board, model=plain,
-                     stop_step="generate_estimate_reports")
+    assert shared, "shared model keys keep both sides untrained"
+
+    def tag(name, kw):
+        return "_".join([name, *(f"{k}-{v}" for k, v in kw.items())])
+
+    base, _ = _build(tmp, f"{tag(plain, shared)}_auto", board=board, model=plain,
+                     stop_step="generate_estimate_reports", model_overrides=shared)
     target = int(load_summary(base)["estimates"]["throughput_fps"])
     res = {}
-    for key, name, kw in ((plain, plain, {}), ("si", si, overrides)):
-        tag = "_".join([name, *(f"{k}-{v}" for k, v in kw.items())])
-        out, _ = _build(tmp, f"{tag}_t", board=board, model=name, target_fps=target,
+    for key, name, kw in ((plain, plain, shared), ("si", si, {**shared, **si_only})):
+        out, _ = _build(tmp, f"{tag(name, kw)}_t", board=board, model=name, target_fps=target,
                         stop_step="generate_estimate_reports", model_overrides=kw)
-        res[key] = load_summary(out)["estimates"]
+        s = load_summary(out)
+        assert s["weights"].startswith("untrained"), s["weights"]
+        res[key] = s["estimates"]
     r, s = res[plain], res["si"]
     lut = s["LUT"] / r["LUT"]
     # with sibnn's model of the forks and adds that FINN prices at 0 (flow/hw/resources.py)
     lut_m = s.get("LUT_modelled", s["LUT"]) / r.get("LUT_modelled", r["LUT"])
     bram = s["BRAM_18K"] / r["BRAM_18K"] if r["BRAM_18K"] else float("nan")
-    return {"target_fps": target, "model": si, "model_overrides": overrides,
-            "reference": plain, plain: r, si: s,
+    return {"target_fps": target, "model": si, "model_overrides": {**shared, **si_only},
+            "reference": plain, "reference_overrides": shared, "weights": "untrained, seed 0",
+            plain: r, si: s,
             "lut_ratio": round(lut, 4), "lut_ratio_modelled": round(lut_m, 4),
             "bram_ratio": round(bram, 4),
             "fps_ratio": round(s["throughput_fps"] / r["throughput_fps"], 4),
@@ -116,8 +129,9 @@ def headline_pair(default_model: str, shipped_args: dict | None) -> str:
     nothing is shipped); ``si_resnet_w1a1``'s pair when no pair matches."""
     default = NetSpec().to_dict()
     shipped = {**default, **(shipped_args or {})}
-    for label, (si, _, kw) in SI_PAIRS.items():
-        if si == default_model and all({**default, **kw}[k] == shipped[k] for k in HEADLINE_KEYS):
+    for label, (si, _, shared, si_only) in SI_PAIRS.items():
+        net = {**default, **shared, **si_only}
+        if si == default_model and all(net[k] == shipped[k] for k in HEADLINE_KEYS):
             return label
     return "si_resnet_w1a1"
 
@@ -137,8 +151,7 @@ def si_overhead(tmp: Path, board: str) -> dict:
     describes the build's default model as shipped (:func:`headline_pair`)."""
     from flow.config import DEFAULT_MODEL
 
-    pairs = {label: si_pair(tmp, board, si, plain, kw)
-             for label, (si, plain, kw) in SI_PAIRS.items()}
+    pairs = {label: si_pair(tmp, board, *pair) for label, pair in SI_PAIRS.items()}
     head = headline_pair(DEFAULT_MODEL, _shipped_args(DEFAULT_MODEL))
     return {"headline": head, **pairs[head], "pairs": pairs}
 

@@ -247,15 +247,21 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
 
 
 def test_si_overhead_headline_is_the_pair_of_the_default_model_as_shipped():
-    """The headline SI-overhead pair follows the shipped checkpoint's ``si_blocks``, so the
-    number reported for the default model is that of the network the build compiles."""
+    """The headline SI-overhead pair follows the shipped checkpoint's ``stem_bits`` and
+    ``si_blocks``, so the number reported for the default model is that of the network the build
+    compiles; every pair gives both sides the same non-SI keys."""
     from bench.flow import SI_PAIRS, headline_pair
 
     assert headline_pair("si_h_resnet_w1a1_mbh", None) == "si_h_resnet_w1a1_mbh"
-    assert headline_pair("si_h_resnet_w1a1_mbh", {"si_blocks": "all", "stem_bits": 8}) == \
+    assert headline_pair("si_h_resnet_w1a1_mbh", {"si_blocks": "all", "stem_bits": 1}) == \
         "si_h_resnet_w1a1_mbh"
+    eight = headline_pair("si_h_resnet_w1a1_mbh", {"si_blocks": "all", "stem_bits": 8})
     down = headline_pair("si_h_resnet_w1a1_mbh", {"si_blocks": "downsample", "stem_bits": 8})
-    assert down != "si_h_resnet_w1a1_mbh"
-    assert SI_PAIRS[down] == ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh",
+    assert len({eight, down, "si_h_resnet_w1a1_mbh"}) == 3
+    assert SI_PAIRS[eight] == ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh", {"stem_bits": 8}, {})
+    assert SI_PAIRS[down] == ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh", {"stem_bits": 8},
                               {"si_blocks": "downsample"})
     assert headline_pair("resnet_w1a1_mbh", None) == "si_resnet_w1a1"
+    from quant_models.networks import SI_ONLY_KEYS
+    for _, _, shared, si_only in SI_PAIRS.values():
+        assert shared and set(si_only) <= set(SI_ONLY_KEYS)
