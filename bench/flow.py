@@ -106,7 +106,9 @@ def si_pair(tmp: Path, board: str, si: str, plain: str, shared: dict, si_only: d
         out, _ = _build(tmp, f"{tag(name, kw)}_t", board=board, model=name, target_fps=target,
                         stop_step="generate_estimate_reports", model_overrides=kw)
         s = load_summary(out)
-        assert s["weights"].startswith("untrained"), s["weights"]
+        if not s["weights"].startswith("untrained"):
+            raise RuntimeError(f"SI pair {si} vs {plain}: {name} was built with {s['weights']}; "
+                               "both sides must be untrained to differ only in the SI branch")
         res[key] = s["estimates"]
     r, s = res[plain], res["si"]
     lut = s["LUT"] / r["LUT"]
