@@ -32,7 +32,6 @@ from pathlib import Path
 
 from bench.common import write_results
 from flow.config import DEFAULT_BOARD
-from quant_models.networks import NetSpec
 
 HAND_CNV = [(16, 3), (32, 32), (16, 32), (16, 32), (4, 32), (1, 32), (1, 4), (1, 8), (5, 1)]
 """finn-examples ``build/bnn-pynq`` cnv-w1a1 folding: (PE, SIMD) of the 9 MVAUs in order."""
@@ -98,14 +97,19 @@ def si_pair(tmp: Path, board: str, si: str, plain: str, shared: dict, si_only: d
     def tag(name, kw):
         return "_".join([name, *(f"{k}-{v}" for k, v in kw.items())])
 
-    base, _ = _build(tmp, f"{tag(plain, shared)}_auto", board=board, model=plain,
-                     stop_step="generate_estimate_reports", model_overrides=shared)
-    target = int(load_summary(base)["estimates"]["throughput_fps"])
+    def summary(out_name, **kw):  # pairs sharing a plain twin build it once per run
+        out = tmp / out_name
+        if not (out / "report" / "summary.json").is_file():
+            out, _ = _build(tmp, out_name, board=board,
+                            stop_step="generate_estimate_reports", **kw)
+        return load_summary(out)
+
+    base = summary(f"{tag(plain, shared)}_auto", model=plain, model_overrides=shared)
+    target = int(base["estimates"]["throughput_fps"])
     res = {}
     for key, name, kw in ((plain, plain, shared), ("si", si, {**shared, **si_only})):
-        out, _ = _build(tmp, f"{tag(name, kw)}_t", board=board, model=name, target_fps=target,
-                        stop_step="generate_estimate_reports", model_overrides=kw)
-        s = load_summary(out)
+        s = summary(f"{tag(name, kw)}_t{target}", model=name, target_fps=target,
+                    model_overrides=kw)
         if not s["weights"].startswith("untrained"):
             raise RuntimeError(f"SI pair {si} vs {plain}: {name} was built with {s['weights']}; "
                                "both sides must be untrained to differ only in the SI branch")
@@ -129,6 +133,8 @@ def headline_pair(default_model: str, shipped_args: dict | None) -> str:
     """The label of the pair that describes the build's default model: its SI network is the
     default model, with the shipped checkpoint's :data:`HEADLINE_KEYS` (registry defaults where
     nothing is shipped); ``si_resnet_w1a1``'s pair when no pair matches."""
+    from quant_models.networks import NetSpec
+
     default = NetSpec().to_dict()
     shipped = {**default, **(shipped_args or {})}
     for label, (si, _, shared, si_only) in SI_PAIRS.items():

@@ -198,6 +198,12 @@ class SIShortcut(nn.Module):
         return self.quant(self.interact_bn(self.interact(z)))
 
 
+def changes_shape(c_in: int, c_out: int, stride: int) -> bool:
+    """Whether a block's shortcut must be a conv (stride or width changes) instead of the
+    identity that carries ``h`` on."""
+    return stride != 1 or c_in != c_out
+
+
 class BinaryBlock(nn.Module):
     """One binary residual block: ``h -> Q(h' )`` with
 
@@ -216,7 +222,7 @@ class BinaryBlock(nn.Module):
         self.conv = f.conv(c_in, c_out, 3, stride=stride)
         self.bn = nn.BatchNorm2d(c_out)
         self.quant = f.residual_quant()
-        self.downsample = stride != 1 or c_in != c_out
+        self.downsample = changes_shape(c_in, c_out, stride)
         if self.downsample:
             self.short_conv = f.conv(c_in, c_out, 1, stride=stride)
             self.short_bn = nn.BatchNorm2d(c_out)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 from torch import nn
 
-from .blocks import BinaryBlock, Flavour, Head, Stem
+from .blocks import BinaryBlock, Flavour, Head, Stem, changes_shape
 
 DATASET_SHAPES = {"fmnist": (1, 28, 28), "mnist": (1, 28, 28), "digits": (1, 8, 8),
                   "cifar10": (3, 32, 32)}
@@ -119,7 +119,7 @@ class NetSpec:
         """Whether a block of this shape gets the SI shortcut (:attr:`si`, :attr:`si_blocks`)."""
         if not self.si:
             return False
-        return self.si_blocks == "all" or stride != 1 or c_in != c_out
+        return self.si_blocks == "all" or changes_shape(c_in, c_out, stride)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
