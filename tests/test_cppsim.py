@@ -60,6 +60,13 @@ def _mvau(model, xnor: bool, thresholds: bool, last: bool = False) -> str:
     return hits[-1 if last else 0]
 
 
+def _bipolar_weight_mvau(model) -> str:
+    """An MVAU with multi-bit input and BIPOLAR weights (the SI squeeze on ``h``)."""
+    return next(n.name for n in hls_nodes(model) if n.op_type == "MVAU_hls"
+                and not getCustomOp(n).get_nodeattr("binaryXnorMode")
+                and getCustomOp(n).get_nodeattr("weightDataType") == "BIPOLAR")
+
+
 def _first(model, op_type: str) -> str:
     return next(n.name for n in hls_nodes(model) if n.op_type == op_type)
 
@@ -71,6 +78,7 @@ def picks(small):
     return {
         "xnor_mvau_thresholds": _mvau(model, xnor=True, thresholds=True),
         "first_conv_mvau": _mvau(model, xnor=False, thresholds=True),
+        "bipolar_weight_mvau": _bipolar_weight_mvau(model),
         "final_fc_mvau": _mvau(model, xnor=False, thresholds=False, last=True),
         "elementwise_add": _first(model, "ElementwiseAdd_hls"),
         "replicate_stream": _first(model, "ReplicateStream_hls"),
@@ -160,8 +168,9 @@ def assert_same(expected: list[np.ndarray], got: list[np.ndarray], what: str) ->
                                  f"cppsim {g[idx]}")
 
 
-@pytest.mark.parametrize("role", ["xnor_mvau_thresholds", "first_conv_mvau", "final_fc_mvau",
-                                  "elementwise_add", "replicate_stream", "global_acc_pool"])
+@pytest.mark.parametrize("role", ["xnor_mvau_thresholds", "first_conv_mvau", "bipolar_weight_mvau",
+                                  "final_fc_mvau", "elementwise_add", "replicate_stream",
+                                  "global_acc_pool"])
 def test_each_hls_layer_kind_matches_its_python_model(small, picks, builds, role, tmp_path):
     model, view, contexts = small
     name = picks[role]

@@ -70,3 +70,33 @@ def test_xnor_accumulators_hold_their_popcount(small_build, tmp_path):
         finn_only = steps.step_minimize_bit_width(folded, cfg)
     # upstream behaviour pinned: if this fails, FINN fixed it and FixXnorAccumulatorWidth can go
     assert too_narrow(finn_only) != []
+
+
+def test_binary_weights_on_multibit_inputs_stay_one_bit(small_build, tmp_path):
+    """The SI squeeze reads the 4-bit ``h`` with +-1 weights (and a binary stem the pixels): FINN's MinimizeWeightBitWidth makes
+    them INT2 (2-bit storage, INT4 x INT2 products); our step gives them BIPOLAR back (1 bit,
+    conditional negation), which the python model above verified exact on this very stage."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    from flow.hw.finn_env import dataflow_config, detect_tools, finn_session
+
+    def weight_types(model):
+        out = {}
+        for n in model.graph.node:
+            if n.op_type.startswith("MVAU") and not getCustomOp(n).get_nodeattr("binaryXnorMode"):
+                w = model.get_initializer(n.input[1])
+                if np.all(np.abs(w) == 1):
+                    out[n.name] = getCustomOp(n).get_nodeattr("weightDataType")
+        return out
+
+    ours = weight_types(ModelWrapper(str(small_build / "intermediate_models" /
+                                         "06_minimize_bit_width.onnx")))
+    # the binary stem (it reads the 8-bit pixels) and one SI squeeze per block
+    assert len(ours) == 3 and set(ours.values()) == {"BIPOLAR"}
+    folded = ModelWrapper(str(small_build / "intermediate_models" / "05_fold.onnx"))
+    with finn_session(tmp_path, detect_tools()) as steps:
+        cfg = dataflow_config(tmp_path, board="Pynq-Z2", fpga_part="xc7z020clg400-1",
+                              clock_ns=10.0, shell_flow_type="vivado_zynq")
+        finn_only = weight_types(steps.step_minimize_bit_width(folded, cfg))
+    # upstream behaviour pinned: if this fails, FINN keeps BIPOLAR and KeepBipolarWeights can go
+    assert finn_only == dict.fromkeys(ours, "INT2")

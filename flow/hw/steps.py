@@ -191,12 +191,13 @@ def step_fold(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
 
 def step_minimize_bit_width(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
     """FINN's bit-width minimisation, then :class:`~flow.hw.transforms.FixXnorAccumulatorWidth`
-    (FINN sizes XNOR accumulators too narrow and clips their thresholds)."""
+    (FINN sizes XNOR accumulators too narrow and clips their thresholds) and
+    :class:`~flow.hw.transforms.KeepBipolarWeights` (FINN widens +-1 weights to INT2)."""
     import copy
 
     before = copy.deepcopy(model)
     model = ctx.finn_steps.step_minimize_bit_width(model, ctx.finn_cfg)
-    return model.transform(T.FixXnorAccumulatorWidth(before))
+    return model.transform(T.FixXnorAccumulatorWidth(before)).transform(T.KeepBipolarWeights())
 
 
 def step_generate_estimate_reports(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:

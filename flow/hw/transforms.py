@@ -669,6 +669,37 @@ class FixXnorAccumulatorWidth(Transformation):
         return model, changed
 
 
+class KeepBipolarWeights(Transformation):
+    """Give a non-XNOR MVAU whose weights are all ``+-1`` its 1-bit ``BIPOLAR`` weight type back.
+
+    finn-plus 1.6.1's ``MinimizeWeightBitWidth`` sizes weights from their range: ``[-1, +1]``
+    becomes INT2. That is exact but wasteful on an MVAU with multi-bit input and binary weights
+    (the SI squeeze that reads the 4-bit residual ``h``): the weights are stored with 2 bits, and
+    every product is an INT4 x INT2 multiply. With ``BIPOLAR`` weights FINN's HLS MVAU stores 1 bit
+    per weight and computes each product as a conditional negation (finn-hlslib ``Recast<Binary>``:
+    ``w ? x : -x``), the same integers. XNOR MVAUs (binary input too) are left alone: their weights
+    are already BINARY. Run after FINN's ``step_minimize_bit_width``; the accumulator FINN sized
+    from the ``+-1`` values stays valid, because the values do not change.
+    """
+
+    def apply(self, model: ModelWrapper):
+        from qonnx.custom_op.registry import getCustomOp
+
+        for n in model.graph.node:
+            if not n.op_type.startswith("MVAU") or len(n.input) < 2:
+                continue
+            inst = getCustomOp(n)
+            if inst.get_nodeattr("binaryXnorMode") or \
+                    inst.get_nodeattr("weightDataType") == "BIPOLAR":
+                continue
+            w = model.get_initializer(n.input[1])
+            if w is None or model.get_tensor_datatype(n.input[1]) != DataType["BIPOLAR"] or \
+                    not np.all(np.abs(w) == 1):
+                continue
+            inst.set_nodeattr("weightDataType", "BIPOLAR")
+        return model, False
+
+
 class InferReplicateStreams(Transformation):
     """Put a ``ReplicateStream`` HW layer on every tensor read by more than one consumer.
 
