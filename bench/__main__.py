@@ -4,6 +4,8 @@
 * ``flow``: default build time, SI hardware overhead, auto vs hand folding;
 * ``sim``: ``--sim all`` compile/run time per node type, cold and cached against the plain
   build (needs g++, finn-hlslib and Verilator: ``make deps``);
+* ``accuracy_per_lut``: plain and SI at widths 16-48, LUT estimates built here against the
+  accuracies ``bench/results/accuracy.json`` holds, with the Pareto front;
 * ``accuracy --cost-only``: the distillation step cost (the ablation's training runs take about
   an hour: ``make bench-accuracy``).
 
@@ -14,12 +16,13 @@ from __future__ import annotations
 
 import sys
 
-from bench import accuracy, flow, golden_speed, sim
+from bench import accuracy, accuracy_per_lut, flow, golden_speed, sim
 
 BENCHMARKS = {
     "golden_speed": lambda: golden_speed.main([]),
     "flow": lambda: flow.main([]),
     "sim": lambda: sim.main([]),
+    "accuracy_per_lut": lambda: accuracy_per_lut.main([]),
     "accuracy": lambda: accuracy.main(["--cost-only"]),
 }
 

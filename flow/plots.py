@@ -70,10 +70,11 @@ def plot_board_throughput(rows: list[dict], png: str | Path):
 # What SI costs and buys
 # ------------------------------------------------------------------------------------------------
 def plot_accuracy_per_lut(rows: list[dict], accuracy: dict[str, float] | None,
-                          png: str | Path, recipe_width: int = 32):
+                          png: str | Path, recipe_width: int = 32, budget: str | None = None):
     """Test accuracy against the LUT estimate (with the forks/adds priced) for plain and SI per
     width, the Pareto front marked. Points without a measured accuracy are listed in the title,
-    not drawn: nothing is invented."""
+    not drawn: nothing is invented. ``budget`` (the accuracies' training budget) goes in the
+    title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -102,7 +103,7 @@ def plot_accuracy_per_lut(rows: list[dict], accuracy: dict[str, float] | None,
         ax.legend(fontsize=8)
     ax.set_xlabel("LUT on Pynq-Z2 (FINN estimate + forks/adds by sibnn's model)")
     ax.set_ylabel("Fashion-MNIST test top-1 (%)")
-    title = "Accuracy per LUT"
+    title = "Accuracy per LUT" + (f" ({budget})" if budget else "")
     if missing:
         title += f"\n(no measured accuracy yet: {', '.join(missing)})"
     ax.set_title(title, fontsize=9)

@@ -265,3 +265,31 @@ def test_si_overhead_headline_is_the_pair_of_the_default_model_as_shipped():
     from quant_models.networks import SI_ONLY_KEYS
     for _, _, shared, si_only in SI_PAIRS.values():
         assert shared and set(si_only) <= set(SI_ONLY_KEYS)
+
+
+def test_accuracy_per_lut_joins_measured_points_and_marks_the_pareto_front():
+    """Each LUT row gets the ablation's numbers for its (variant, width), the recipe width from
+    the unprefixed rows; a width the ablation did not train stays unmeasured and off the front."""
+    from bench.accuracy_per_lut import join
+
+    def row(variant, width, lut):
+        arch = {"plain": "resnet_w1a1", "si_h_mbh": "si_h_resnet_w1a1_mbh"}[variant]
+        return {"variant": variant, "arch": arch, "width": width, "LUT": lut - 100,
+                "LUT_modelled": lut, "BRAM_18K": 10, "fps": 2000.04}
+
+    rows = [row("plain", 16, 10_000), row("si_h_mbh", 16, 12_000), row("plain", 32, 20_000),
+            row("si_h_mbh", 32, 23_000), row("plain", 48, 40_000)]
+    summary = {"plain": {"test_acc_mean": 80.0, "test_acc_std": 0.5, "val_acc_mean": 79.0,
+                         "seeds_done": 3},
+               "si_h_mbh": {"test_acc_mean": 83.0, "test_acc_std": 0.4, "val_acc_mean": 82.0,
+                            "seeds_done": 3},
+               "w16_plain": {"test_acc_mean": 75.0, "test_acc_std": 1.0, "seeds_done": 3},
+               "w16_si_h_mbh": {"test_acc_mean": 74.0, "test_acc_std": 1.0, "seeds_done": 3},
+               "kd": {"test_acc_mean": 99.0}}  # not a family of the plot
+    pts = {(p["variant"], p["width"]): p for p in join(rows, summary)}
+    assert pts[("plain", 32)]["test_acc_mean"] == 80.0 and pts[("plain", 32)]["seeds"] == 3
+    assert pts[("si_h_mbh", 16)]["test_acc_std"] == 1.0
+    assert pts[("plain", 48)]["test_acc_mean"] is None and not pts[("plain", 48)]["pareto"]
+    front = {k for k, p in pts.items() if p["pareto"]}
+    # w16 SI is beaten by w16 plain (cheaper and better); w32 plain by nothing cheaper-and-better
+    assert front == {("plain", 16), ("plain", 32), ("si_h_mbh", 32)}

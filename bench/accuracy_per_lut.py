@@ -1,0 +1,121 @@
+"""Accuracy per LUT: test top-1 of plain W1A1 and SI (``si_h_resnet_w1a1_mbh``) at several widths
+against their Pynq-Z2 LUT estimate, with the Pareto front (issue 11, item 6).
+
+The LUT side is built here: every (variant, width) through ``flow/build.py`` up to FINN's estimate
+reports, all at one folding target, plus sibnn's model of the forks and adds FINN prices at 0
+(:func:`flow.studies.lut_sweep`, the same sweep as notebook 02). The accuracy side is read, never
+trained here: the ablation's ``plain`` and ``si_h_mbh`` rows (recipe width) and its
+``w<W>_plain`` / ``w<W>_si_h_mbh`` rows (``python -m bench.accuracy ... --widths 16 24 48``), at
+the budget that file states, which is copied into the results. A point without a measured
+accuracy is listed as missing, never drawn or interpolated::
+
+    python -m bench.accuracy --epochs 2 --train-subset 6400 --seeds 0 1 2 --jobs 1 --widths 16 24 48
+    python -m bench.accuracy_per_lut            # -> bench/results/accuracy_per_lut.{json,md,png}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from bench.common import RESULTS, write_results
+
+WIDTHS = (16, 24, 32, 48)
+DEPTH = (1, 1, 2)
+TARGET_FPS = 2000
+"""One folding target for every point (the notebook's): the LUT axis compares networks, not
+foldings."""
+
+
+def join(rows: list[dict], summary: dict, recipe_width: int = 32) -> list[dict]:
+    """One point per LUT row: its variant, width, LUT (modelled) and the ablation's mean test
+    accuracy, std, val accuracy and seed count (None where the ablation has no such row), with
+    ``pareto`` marking the points no other measured point beats."""
+    from flow.studies import accuracy_by_width, pareto_front
+
+    stats = {}  # (variant, width) -> the ablation's summary row
+    for name, row in summary.items():
+        for key in accuracy_by_width({name: row.get("test_acc_mean")}, recipe_width):
+            stats[key] = row
+    points = []
+    for r in rows:
+        s = stats.get((r["variant"], r["width"]), {})
+        points.append({"variant": r["variant"], "arch": r["arch"], "width": r["width"],
+                       "LUT": r["LUT"], "LUT_modelled": r["LUT_modelled"],
+                       "BRAM_18K": r["BRAM_18K"], "fps": round(r["fps"], 1),
+                       "test_acc_mean": s.get("test_acc_mean"),
+                       "test_acc_std": s.get("test_acc_std"),
+                       "val_acc_mean": s.get("val_acc_mean"), "seeds": s.get("seeds_done"),
+                       "pareto": False})
+    measured = [i for i, p in enumerate(points) if p["test_acc_mean"] is not None]
+    for k in pareto_front([(points[i]["LUT_modelled"], points[i]["test_acc_mean"])
+                           for i in measured]):
+        points[measured[k]]["pareto"] = True
+    return points
+
+
+def run(accuracy_file: Path, widths=WIDTHS, depth=DEPTH, target_fps: int = TARGET_FPS,
+        board: str = "pynq-z2", results_dir: Path | None = None) -> dict:
+    from flow import plots, studies
+
+    data = json.loads(accuracy_file.read_text())
+    with tempfile.TemporaryDirectory(prefix="sibnn-acc-lut-") as d:
+        rows = studies.lut_sweep(d, widths=list(widths), depth=list(depth), board=board,
+                                 target_fps=target_fps)
+    summary = data.get("summary") or {}
+    points = join(rows, summary)
+    out = Path(results_dir) if results_dir is not None else RESULTS
+    png = out / "accuracy_per_lut.png"
+    b = data.get("run") or {}
+    budget = (f"{b.get('epochs')} epochs, {b.get('train_subset') or 'all'} images, "
+              f"{len(b.get('seeds') or [])} seeds, {b.get('device')}")
+    plots.plot_accuracy_per_lut(rows, {k: v["test_acc_mean"] for k, v in summary.items()
+                                       if v.get("test_acc_mean") is not None}, png,
+                                budget=budget)
+    missing = [f"{p['variant']} w{p['width']}" for p in points if p["test_acc_mean"] is None]
+    res = {"board": board, "target_fps": target_fps, "depth": list(depth),
+           "accuracy_from": str(accuracy_file), "accuracy_budget": data.get("run"),
+           "accuracy_complete": data.get("complete"), "points": points, "missing": missing,
+           "pareto": [f"{p['variant']} w{p['width']}" for p in
+                      sorted((p for p in points if p["pareto"]), key=lambda p: p["LUT_modelled"])],
+           "plot": png.name}
+    table = [["variant", "width", "LUT (modelled)", "BRAM18", "fps", "test % (mean ± std)",
+              "val %", "seeds", "Pareto"]]
+    for p in sorted(points, key=lambda p: (p["variant"], p["width"])):
+        acc = ("-" if p["test_acc_mean"] is None else
+               f"{p['test_acc_mean']:.2f}" + ("" if p["test_acc_std"] is None
+                                              else f" ± {p['test_acc_std']:.2f}"))
+        table.append([p["variant"], str(p["width"]), f"{p['LUT_modelled']:,.0f}",
+                      f"{p['BRAM_18K']:.0f}", f"{p['fps']:.0f}", acc,
+                      "-" if p["val_acc_mean"] is None else f"{p['val_acc_mean']:.2f}",
+                      str(p["seeds"] or "-"), "yes" if p["pareto"] else ""])
+    table.append([f"accuracy budget: {b.get('epochs')} epoch(s), "
+                  f"{b.get('train_subset') or 'all'} training images, seeds {b.get('seeds')}, "
+                  f"device {b.get('device')}", "", "", "", "", "", "", "", ""])
+    write_results("accuracy_per_lut", res, table, results_dir)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--accuracy", default=str(RESULTS / "accuracy.json"),
+                   help="the ablation's results file (default bench/results/accuracy.json)")
+    p.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS))
+    p.add_argument("--board", default="pynq-z2")
+    p.add_argument("--target-fps", type=int, default=TARGET_FPS)
+    p.add_argument("--results-dir", default=None)
+    a = p.parse_args(argv)
+    acc = Path(a.accuracy)
+    if not acc.is_file():
+        p.exit(2, f"error: {acc} not found; run python -m bench.accuracy first\n")
+    res = run(acc, widths=a.widths, target_fps=a.target_fps, board=a.board,
+              results_dir=Path(a.results_dir) if a.results_dir else None)
+    print(f"Pareto front: {', '.join(res['pareto']) or 'none (no measured point)'}; "
+          f"missing accuracy: {', '.join(res['missing']) or 'none'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
