@@ -754,11 +754,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def pending_jobs(configs: dict) -> list[tuple[int, str]]:
+    """The (seed, stage) jobs without a ``final.pt``, in start order: every seed's ablation
+    variants before any extra width (``--widths``), config order otherwise. An interrupted run
+    then has the ablation on all seeds (mean +- std), not the widths of the first seed only."""
+    todo = [(seed, st.name) for seed, cfg in configs.items() for st in cfg.stages
+            if not (exp_dir(cfg) / st.name / "final.pt").exists()]
+    return sorted(todo, key=lambda k: split_name(k[1])[1] is not None)  # a stable sort
+
+
 def schedule(args, configs: dict, jobs: int, save) -> None:
     """Run every (seed, stage) job in its own process, each as soon as the stages it needs are
     complete, at most ``jobs`` at a time; results are refreshed whenever a job ends."""
-    todo = [(seed, st.name) for seed, cfg in configs.items() for st in cfg.stages
-            if not (exp_dir(cfg) / st.name / "final.pt").exists()]
+    todo = pending_jobs(configs)
     running: dict[tuple[int, str], subprocess.Popen] = {}
     failed: dict[tuple[int, str], int] = {}
 

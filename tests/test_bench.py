@@ -293,3 +293,15 @@ def test_accuracy_per_lut_joins_measured_points_and_marks_the_pareto_front():
     front = {k for k, p in pts.items() if p["pareto"]}
     # w16 SI is beaten by w16 plain (cheaper and better); w32 plain by nothing cheaper-and-better
     assert front == {("plain", 16), ("plain", 32), ("si_h_mbh", 32)}
+
+
+def test_ablation_starts_every_seeds_variants_before_the_extra_widths(tmp_path):
+    configs = {s: accuracy.ablation_config(s, 2, 64, "teacher", str(tmp_path), None, 1,
+                                           widths=(16,)) for s in (0, 1)}
+    order = accuracy.pending_jobs(configs)
+    widths = [i for i, (_, st) in enumerate(order) if st.startswith("w16_")]
+    assert len(widths) == 2 * len(accuracy.WIDTH_VARIANTS)
+    assert min(widths) == len(order) - len(widths)  # every width job comes last
+    assert order[0] == (0, "teacher") and order[min(widths)] == (0, "w16_teacher")
+    assert [k for k in order if k[0] == 0][:len(accuracy.variants(2)) + 1] == [
+        (0, st.name) for st in configs[0].stages][:len(accuracy.variants(2)) + 1]
