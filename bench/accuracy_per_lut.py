@@ -70,7 +70,7 @@ def run(accuracy_file: Path, widths=WIDTHS, depth=DEPTH, target_fps: int = TARGE
     png = out / "accuracy_per_lut.png"
     b = data.get("run") or {}
     budget = (f"{b.get('epochs')} epochs, {b.get('train_subset') or 'all'} images, "
-              f"{len(b.get('seeds') or [])} seeds, {b.get('device')}")
+              f"{len(b.get('seeds') or [])} seeds planned, {b.get('device')}")
     plots.plot_accuracy_per_lut(rows, {k: v["test_acc_mean"] for k, v in summary.items()
                                        if v.get("test_acc_mean") is not None}, png,
                                 budget=budget)
