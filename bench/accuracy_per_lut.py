@@ -56,11 +56,16 @@ def join(rows: list[dict], summary: dict, recipe_width: int = 32) -> list[dict]:
     return points
 
 
-def run(accuracy_file: Path, widths=WIDTHS, depth=DEPTH, target_fps: int = TARGET_FPS,
+def budget_text(run: dict) -> str:
+    """The ablation's training budget (its results file's ``run``), for the plot and the table."""
+    return (f"{run.get('epochs')} epochs, {run.get('train_subset') or 'all'} training images, "
+            f"seeds {run.get('seeds')}, {run.get('device')}")
+
+
+def run(data: dict, source: str, widths=WIDTHS, depth=DEPTH, target_fps: int = TARGET_FPS,
         board: str = "pynq-z2", results_dir: Path | None = None) -> dict:
     from flow import plots, studies
 
-    data = json.loads(accuracy_file.read_text())
     with tempfile.TemporaryDirectory(prefix="sibnn-acc-lut-") as d:
         rows = studies.lut_sweep(d, widths=list(widths), depth=list(depth), board=board,
                                  target_fps=target_fps)
@@ -68,15 +73,13 @@ def run(accuracy_file: Path, widths=WIDTHS, depth=DEPTH, target_fps: int = TARGE
     points = join(rows, summary)
     out = Path(results_dir) if results_dir is not None else RESULTS
     png = out / "accuracy_per_lut.png"
-    b = data.get("run") or {}
-    budget = (f"{b.get('epochs')} epochs, {b.get('train_subset') or 'all'} images, "
-              f"{len(b.get('seeds') or [])} seeds planned, {b.get('device')}")
+    budget = budget_text(data.get("run") or {})
     plots.plot_accuracy_per_lut(rows, {k: v["test_acc_mean"] for k, v in summary.items()
                                        if v.get("test_acc_mean") is not None}, png,
                                 budget=budget)
     missing = [f"{p['variant']} w{p['width']}" for p in points if p["test_acc_mean"] is None]
     res = {"board": board, "target_fps": target_fps, "depth": list(depth),
-           "accuracy_from": str(accuracy_file), "accuracy_budget": data.get("run"),
+           "accuracy_from": source, "accuracy_budget": data.get("run"),
            "accuracy_complete": data.get("complete"), "points": points, "missing": missing,
            "pareto": [f"{p['variant']} w{p['width']}" for p in
                       sorted((p for p in points if p["pareto"]), key=lambda p: p["LUT_modelled"])],
@@ -91,9 +94,7 @@ def run(accuracy_file: Path, widths=WIDTHS, depth=DEPTH, target_fps: int = TARGE
                       f"{p['BRAM_18K']:.0f}", f"{p['fps']:.0f}", acc,
                       "-" if p["val_acc_mean"] is None else f"{p['val_acc_mean']:.2f}",
                       str(p["seeds"] or "-"), "yes" if p["pareto"] else ""])
-    table.append([f"accuracy budget: {b.get('epochs')} epoch(s), "
-                  f"{b.get('train_subset') or 'all'} training images, seeds {b.get('seeds')}, "
-                  f"device {b.get('device')}", "", "", "", "", "", "", "", ""])
+    table.append([f"accuracy budget: {budget}", "", "", "", "", "", "", "", ""])
     write_results("accuracy_per_lut", res, table, results_dir)
     return res
 
@@ -110,7 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     acc = Path(a.accuracy)
     if not acc.is_file():
         p.exit(2, f"error: {acc} not found; run python -m bench.accuracy first\n")
-    res = run(acc, widths=a.widths, target_fps=a.target_fps, board=a.board,
+    try:
+        data = json.loads(acc.read_text())
+    except json.JSONDecodeError as err:
+        p.exit(2, f"error: {acc} is not valid JSON ({err}); rerun python -m bench.accuracy\n")
+    if not isinstance(data, dict) or not isinstance(data.get("summary") or {}, dict):
+        p.exit(2, f"error: {acc} is not an accuracy results file (no summary table)\n")
+    res = run(data, str(acc), widths=a.widths, target_fps=a.target_fps, board=a.board,
               results_dir=Path(a.results_dir) if a.results_dir else None)
     print(f"Pareto front: {', '.join(res['pareto']) or 'none (no measured point)'}; "
           f"missing accuracy: {', '.join(res['missing']) or 'none'}")

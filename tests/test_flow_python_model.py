@@ -73,9 +73,10 @@ def test_xnor_accumulators_hold_their_popcount(small_build, tmp_path):
 
 
 def test_binary_weights_on_multibit_inputs_stay_one_bit(small_build, tmp_path):
-    """The SI squeeze reads the 4-bit ``h`` with +-1 weights (and a binary stem the pixels): FINN's MinimizeWeightBitWidth makes
-    them INT2 (2-bit storage, INT4 x INT2 products); our step gives them BIPOLAR back (1 bit,
-    conditional negation), which the python model above verified exact on this very stage."""
+    """The SI squeeze reads the 4-bit ``h`` with +-1 weights (and a binary stem the pixels):
+    FINN's MinimizeWeightBitWidth makes them INT2 (2-bit storage, INT4 x INT2 products); our step
+    gives them BIPOLAR back (1 bit, conditional negation), which the python model above verified
+    exact on this very stage."""
     from qonnx.custom_op.registry import getCustomOp
 
     from flow.hw.finn_env import dataflow_config, detect_tools, finn_session
