@@ -31,9 +31,10 @@ def _best_of(fn, repeats: int) -> float:
 
 
 def _conv_share(golden, pixels) -> float:
-    """Fraction of the golden session's kernel time spent in Conv nodes (any domain)."""
+    """Fraction of the golden session's kernel time spent in its convolutions: float ``Conv``
+    and uint8 ``QLinearConv`` nodes (any domain)."""
     t = golden.kernel_profile(pixels)
-    return t.get("Conv", 0) / max(1, sum(t.values()))
+    return (t.get("Conv", 0) + t.get("QLinearConv", 0)) / max(1, sum(t.values()))
 
 
 def run(n: int = 256, batches: tuple[int, ...] = (1, 64), repeats: int = 3,
@@ -100,7 +101,10 @@ def run(n: int = 256, batches: tuple[int, ...] = (1, 64), repeats: int = 3,
                                  "ratio_if_only_convs_cost": round(t_b / (t_g * conv), 2)}
         rows.append([str(batch), f"{m / t_b:.0f}", f"{m / t_g:.0f}", f"{t_b / t_g:.2f}",
                      f"{conv:.0%}", f"{t_b / (t_g * conv):.1f}"])
+    ops = [n.op_type for n in golden.primary().proto.graph.node]
     res = {"model": which, "threads": 1, "repeats": repeats, "goal_ratio": 5.0,
+           "golden_convs": {"uint8_QLinearConv": ops.count("QLinearConv"),
+                            "float32_Conv": ops.count("Conv")},
            "goal_ratio_batch1": 10.0, "golden_session": golden.primary().session_note,
            "per_batch": per_batch,
            "notes": "best of `repeats`; Brevitas eval forward (logits) in torch against the "

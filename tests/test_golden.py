@@ -184,32 +184,111 @@ def test_threshold_forms_agree(seed, ties):
         assert all(np.array_equal(ref[k], got[k]) for k in ref), t
 
 
+def _qconv_levels(proto) -> list[int]:
+    """The number of levels ``K`` of every uint8 conv of a golden graph (its Clip's bound)."""
+    from onnx import numpy_helper
+
+    init = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    clip_of = {n.input[0]: n for n in proto.graph.node if n.op_type == "Clip"}
+    return [int(init[clip_of[n.output[0]].input[2]]) for n in proto.graph.node
+            if n.op_type == "QLinearConv"]
+
+
 def test_the_shipped_model_thresholds_are_staircases(tmp_path):
     """On the shipped student every multi-level threshold node is a fitted staircase (no full
-    table lookup), checked over each input's whole proven range at build time, and the golden
-    model stays bit-exact with Brevitas."""
+    table lookup), in float32 or in a uint8 conv's requantisation, checked over each input's
+    whole proven range at build time, and the golden model stays bit-exact with Brevitas."""
     m = build_model("si_resnet_w1a1", pretrained=True)
     ir = integerize(export_qonnx_model(m, tmp_path / "m.onnx", with_taps=True))
     auto = GoldenModel(None, build_golden(ir))
     multi = [nd for nd in ir.nodes if nd.op == "threshold" and nd.attrs["thresholds"].shape[1] > 1]
-    assert sum(n.op_type == "Floor" for n in auto.proto.graph.node) == len(multi)
+    floors = sum(n.op_type == "Floor" for n in auto.proto.graph.node)
+    assert floors + sum(k > 1 for k in _qconv_levels(auto.proto)) == len(multi)
     px = make_inputs((28, 28, 1), 64, 0)
     assert verify(auto, px, torch_model=m).exact
     with pytest.raises(ValueError, match="not a staircase"):
         build_golden(ir, thresholds="staircase")  # a few channels round ties to even
 
 
+def test_the_default_model_runs_its_block_convs_in_uint8(tmp_path):
+    """Every block conv of the shipped default model, with the threshold after it, is one uint8
+    ``QLinearConv`` (ONNX Runtime's integer kernels; the staircase in its requantisation, fitted
+    per channel and checked over the accumulator's whole proven range at build time); the stem
+    (8-bit weights) stays a float conv. The result is bit-exact with Brevitas on every output,
+    the block taps (held as offset counts inside the graph) included, and with the definition."""
+    from flow.config import DEFAULT_MODEL
+
+    m = build_model(DEFAULT_MODEL, pretrained=True)
+    ir = integerize(export_qonnx_model(m, tmp_path / "m.onnx", with_taps=True))
+    golden = GoldenModel(None, build_golden(ir))
+    producer = {nd.output: nd for nd in ir.nodes}
+    pairs = [nd for nd in ir.nodes if nd.op == "threshold" and
+             getattr(producer.get(nd.inputs[0]), "op", None) == "conv" and
+             producer[nd.inputs[0]].inputs[0] != "pixels"]
+    levels = _qconv_levels(golden.proto)
+    assert len(levels) == len(pairs) and set(levels) == {1, 15}
+    assert sum(n.op_type == "Conv" for n in golden.proto.graph.node) == 1  # the stem
+    assert golden.session_note == "ONNX Runtime graph optimisation, audited exact"
+    px = make_inputs((28, 28, 1), 64, 3)
+    assert verify(golden, px, torch_model=m).exact
+    ref = GoldenModel(None, build_golden(ir, thresholds="compare"), optimised=False).run(px)
+    got = golden.run(px)
+    assert all(np.array_equal(ref[k], got[k]) for k in ref)
+
+
+def test_the_requantisation_model_is_onnx_runtimes():
+    """The fits of the uint8 convs are checked against a model of ONNX Runtime's requantisation,
+    ``clamp(rint(f32(f32(acc + B) * S)) + zp, 0, 255)``, half to even: the real kernel meets it
+    on a 1x1 ``QLinearConv`` over random accumulators, scales and offsets, exact ties included
+    (scales 1/2 and 1/4)."""
+    from onnx import TensorProto, helper
+    from onnx import numpy_helper as nh
+
+    rng = np.random.default_rng(0)
+    ci, co, zp, x_zp = 64, 16, 100, 3
+    w = rng.choice([-2, -1, 1, 2], (co, ci, 1, 1)).astype(np.int8)
+    scale = rng.uniform(0.01, 0.3, co).astype(np.float32)
+    scale[:2] = [0.5, 0.25]
+    bias = rng.integers(-3000, 3000, co).astype(np.int32)
+    consts = [nh.from_array(np.float32(1), "xs"), nh.from_array(np.uint8(x_zp), "xz"),
+              nh.from_array(w, "w"), nh.from_array(scale, "ws"),
+              nh.from_array(np.zeros(co, np.int8), "wz"), nh.from_array(np.float32(1), "ys"),
+              nh.from_array(np.uint8(zp), "yz"), nh.from_array(bias, "b")]
+    node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz", "b"],
+                            ["y"], kernel_shape=[1, 1])
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.UINT8, [8, ci, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, None)], consts)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.integers(0, 16, (8, ci, 16, 16)).astype(np.uint8)
+    got = sess.run(None, {"x": x})[0].astype(np.int64)
+    acc = np.einsum("nchw,oc->nohw", x.astype(np.int64) - x_zp, w[:, :, 0, 0].astype(np.int64))
+    v = (acc + bias[None, :, None, None]).astype(np.float32) * scale[None, :, None, None]
+    ties = np.abs(v - np.floor(v) - 0.5) == 0
+    assert ties[:, :2].sum() > 100  # the model's half-to-even is exercised
+    want = np.rint(np.clip(v, np.float32(-zp), np.float32(255 - zp))).astype(np.int64) + zp
+    assert np.array_equal(got, want)
+
+
 def test_signs_are_computed_by_their_convs(default_student):
     """No ONNX Sign (several times slower than Clip in ONNX Runtime): a sign whose input is a conv
-    read by nothing else is that conv with doubled weights and a bias, then a Clip."""
+    read by nothing else is computed by that conv, in float32 (doubled weights and a bias, then a
+    Clip) or as the bits of a uint8 conv's requantisation; the other signs are bits,
+    ``clip(x + 1 - t, 0, 1)``, which the convs reading them absorb (doubled weights, bias)."""
     _, _, golden, ir = default_student
     nodes = golden.proto.graph.node
     assert not any(n.op_type == "Sign" for n in nodes)
-    init = {t.name for t in golden.proto.graph.initializer}
-    fused = [n for n in nodes if n.op_type == "Conv" and len(n.input) == 3 and n.input[2] in init]
+    by_conv = [n for n in nodes if n.op_type == "Conv" and len(n.input) == 3 and
+               "one_minus_2thr" in n.input[2]]
+    by_conv += [k for k in _qconv_levels(golden.proto) if k == 1]
     n_signs = sum(1 for nd in ir.nodes if nd.op == "threshold" and
                   nd.attrs["thresholds"].shape[1] == 1)
-    assert 1 <= len(fused) < n_signs  # the SI squeezes; the others read a clip or a staircase
+    assert 1 <= len(by_conv) < n_signs  # the SI squeezes; the others read a clip or a staircase
+    bit_convs = [n for n in nodes if n.op_type == "Conv" and len(n.input) == 3 and
+                 "minus_sum_w" in n.input[2]]
+    assert bit_convs and not any(n.op_type == "Pad" for n in nodes)
 
 
 def test_optimised_session_is_audited_and_equal(default_student):
@@ -268,3 +347,23 @@ def test_audit_rejects_a_float_folded_into_a_conv(default_student, tmp_path):
     assert any("float folded in" in w for w in why), why
     assert any("multipliers/offsets differ" in w for w in why)
     assert audit_optimised(golden.proto, dump(list(OPTIMIZERS_OFF))) == []
+
+
+def test_audit_rejects_a_changed_int8_conv(tmp_path):
+    """A uint8 conv whose staircase scale changed between the graph and its optimised form (a
+    rewrite that altered the requantisation) is named by the audit."""
+    from onnx import numpy_helper as nh
+
+    from flow.config import DEFAULT_MODEL
+    from flow.front.golden import audit_optimised
+
+    m = build_model(DEFAULT_MODEL, pretrained=True)
+    proto = build_golden(integerize(export_qonnx_model(m, tmp_path / "m.onnx")))
+    assert audit_optimised(proto, proto) == []
+    bad = onnx.ModelProto()
+    bad.CopyFrom(proto)
+    t = next(t for t in bad.graph.initializer if t.name.startswith("staircase_scale"))
+    arr = nh.to_array(t).copy()
+    arr[0] = np.nextafter(arr[0], np.float32(1))
+    t.CopyFrom(nh.from_array(arr, t.name))
+    assert any("int8 convs" in w for w in audit_optimised(proto, bad))

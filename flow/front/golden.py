@@ -13,7 +13,10 @@ Contract of ``reference.onnx`` (documented in the model's ``metadata_props`` too
   - every other QONNX output (the block taps ``stem``, ``block_0``, ...) as int32 tensors on their
     quantizer grids (scales in ``metadata_props["sibnn.tap_scales"]``).
 * only default-domain ONNX ops; every integer is carried in float32, exact because every
-  intermediate is bounded by 2**24 (checked when the IR is built).
+  intermediate is bounded by 2**24 (checked when the IR is built), except inside the uint8
+  ``QLinearConv`` nodes that compute a conv and its threshold together (:func:`_qlinear_convs`),
+  whose integer kernels accumulate exactly and whose requantisation is fitted and checked over
+  the accumulator's whole proven range.
 """
 
 from __future__ import annotations
@@ -98,11 +101,16 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None,
     * ``"auto"`` (default): ``staircase`` for the channels that pass that check; the few that do
       not (ties that round to even on integer inputs) are looked up in their own table on their
       slice of the tensor and scattered over the result; a node where most channels fail uses
-      ``table``.
+      ``table``. And first: a threshold whose input is a conv read by nothing else is computed
+      with that conv by one uint8 ``QLinearConv`` where every channel fits its requantisation
+      (:func:`_qlinear_convs`); its count ``n`` is held as it is, the value offset by ``-base``
+      (adds and clips carry offsets along; any other reader gets the value, one Add).
 
-    Outside ``"compare"``, a sign (one threshold, outputs -1 / +1) is ``clip(2x + 1 - 2t, -1, 1)``,
-    and when its input is a conv output read by nothing else, the conv computes it with doubled
-    weights and the bias ``1 - 2t`` (:func:`_emit_conv_sign`).
+    Outside ``"compare"``, a sign (one threshold, outputs -1 / +1) read only by convs is carried as
+    bits ``clip(x + 1 - t, 0, 1)`` (:func:`_bit_signs`; the convs absorb ``s = 2b - 1``); another
+    is ``clip(2x + 1 - 2t, -1, 1)``; and when its input is a conv output read by nothing else, the
+    conv computes it, with doubled weights and the bias ``1 - 2t`` (:func:`_emit_conv_sign`), or
+    as bits in uint8.
     """
     if thresholds not in THRESHOLD_MODES:
         raise ValueError(f"thresholds must be one of {', '.join(THRESHOLD_MODES)}, "
@@ -115,13 +123,79 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None,
                                                   [N, in_h, in_w, in_c])]
     folded = _foldable_pads(ir)
     signs = _sign_after_conv(ir) if thresholds != "compare" else {}
+    bits_ok = _bit_signs(ir, folded) if thresholds != "compare" else {}
+    qconvs = _qlinear_convs(ir, folded, bits_ok) if thresholds == "auto" else {}
+    # a sign computed by its conv in float32 (signs) is -1 / +1, one computed in uint8 is bits
+    bits = {k: v for k, v in bits_ok.items()
+            if not (v.inputs[0] in signs and v.inputs[0] not in qconvs)}
+    # an int8 conv's count n is held as it is, i.e. its value base + n offset by -base; adds and
+    # clips carry offsets along, and any other reader gets the value (one Add, when first needed)
+    stored: dict[str, tuple[str, float]] = {}  # IR tensor -> (graph tensor, offset), offset != 0
+    made: set[str] = set()
+    u8: dict[str, tuple[str, int]] = {}  # IR tensor -> (its uint8 copy, that copy's offset)
+
+    def held(name: str) -> tuple[str, float]:
+        return stored.get(name, (name, 0.0))
+
+    def value(name: str) -> str:
+        if name in stored and name not in made:
+            made.add(name)
+            g, o = stored[name]
+            e.node("Add", [g, e.const(np.float32(-o), "unoffset")], name)
+        return name
+
+    def as_u8(name: str) -> tuple[str, int]:
+        if name not in u8:
+            g, o = held(name)
+            t = ir.tensors[name]
+            lo, hi = (0, 1) if name in bits else (float(np.min(t.lo)) + o, float(np.max(t.hi)) + o)
+            if lo < 0 or hi > UINT8[1]:
+                g, o = e.node("Add", [g, e.const(np.float32(-lo), "to_uint8")]), o - lo
+            u8[name] = (e.node("Cast", [g], to=TensorProto.UINT8), int(o))
+        return u8[name]
+
     for nd in ir.nodes:
         a = nd.attrs
         rank = len(shapes[nd.output])
-        if nd.op == "threshold" and nd.inputs[0] in signs:
+        if nd.op in ("add", "clip") and any(i in stored for i in nd.inputs):
+            (g, o), more = held(nd.inputs[0]), [held(i) for i in nd.inputs[1:]]
+            o_out = o + sum(m[1] for m in more)
+            name = None if o_out else nd.output
+            if nd.op == "add":
+                g = e.node("Add", [g, *(m[0] for m in more)], name)
+            else:
+                g = e.node("Clip", [g, e.const(np.float32(a["min"] + o), "lo"),
+                                    e.const(np.float32(a["max"] + o), "hi")], name)
+            if o_out:
+                stored[nd.output] = (g, o_out)
+            continue
+        if nd.op == "threshold" and nd.output in bits and nd.inputs[0] not in qconvs:
+            _emit_bits(e, nd, rank, *held(nd.inputs[0]))
+            continue
+        if not (nd.op == "conv" and nd.output in qconvs):
+            for i in nd.inputs:
+                value(i)
+        if nd.op == "threshold" and (nd.inputs[0] in signs or nd.inputs[0] in qconvs):
             pass  # computed by its conv (below)
+        elif nd.op == "conv" and nd.output in qconvs:
+            q = qconvs[nd.output]
+            op, x_zp = _qconv_operand(ir, nd, folded, bits)
+            x, o = as_u8(op.x)
+            n = _emit_qconv(e, q, op, x, x_zp + o)
+            out = q.threshold.output
+            o_out = 0.0 if out in bits else -float(q.threshold.attrs["base"])
+            u8[out] = (n, int(o_out))
+            g = e.node("Cast", [n], None if o_out else out, to=TensorProto.FLOAT)
+            if o_out:
+                stored[out] = (g, o_out)
         elif nd.op == "conv" and nd.output in signs:
-            _emit_conv_sign(e, nd, signs[nd.output])
+            _emit_conv_sign(e, nd, signs[nd.output], _conv_operand(ir, nd, folded, bits))
+        elif nd.op == "conv" and (nd.inputs[0] in bits or
+                                  getattr(folded.get(nd.inputs[0]), "inputs", [None])[0] in bits):
+            op = _conv_operand(ir, nd, folded, bits)
+            e.node("Conv", [op.x, e.const(op.weight, "w2"), e.const(op.bias, "minus_sum_w")],
+                   nd.output, pads=op.pads, strides=a["strides"], dilations=a["dilations"],
+                   group=a["group"], kernel_shape=a["kernel_shape"])
         elif nd.op == "input":
             f = e.node("Cast", ["pixels_nhwc"], to=TensorProto.FLOAT)
             e.node("Transpose", [f], nd.output, perm=[0, 3, 1, 2])
@@ -175,7 +249,7 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None,
     prim = primary or ir.outputs[0].name
     tap_scales = {}
     for o in ir.outputs:
-        t = ir.tensors[o.tensor]
+        t = ir.tensors[value(o.tensor)]
         if o.name == prim:
             e.node("Cast", [o.tensor], "scores", to=TensorProto.INT32)
             x = o.tensor
@@ -200,7 +274,10 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None,
             tap_scales[o.name] = np.asarray(o.scale, np.float64).tolist()
     meta["sibnn.tap_scales"] = json.dumps(tap_scales)
     meta["sibnn.notes"] = json.dumps(ir.notes)
-    graph = helper.make_graph(e.nodes, "sibnn_golden", graph_inputs, outputs, e.inits)
+    graph = helper.make_graph(_live(e.nodes, {o.name for o in outputs}), "sibnn_golden",
+                              graph_inputs, outputs, [])
+    used = {i for n in graph.node for i in n.input}
+    graph.initializer.extend(t for t in e.inits if t.name in used)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="sibnn.golden")
     model.ir_version = 8
@@ -208,6 +285,17 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None,
         helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, k: v})
     onnx.checker.check_model(model)
     return model
+
+
+def _live(nodes: list, outputs: set) -> list:
+    """``nodes`` less those no graph output needs (e.g. a float copy of an int8 tensor that only
+    int8 convs read)."""
+    need, keep = set(outputs), []
+    for n in reversed(nodes):
+        if any(o in need for o in n.output):
+            keep.append(n)
+            need.update(n.input)
+    return keep[::-1]
 
 
 def _emit_threshold(e: _Emitter, nd, src, rank: int, mode: str) -> None:
@@ -334,22 +422,293 @@ def _sign_after_conv(ir: IntegerIR) -> dict:
     return out
 
 
-def _emit_conv_sign(e: _Emitter, conv, sign) -> None:
-    """``sign(d conv(x, W) >= t)`` as ``clip(conv(x, 2dW) + 1 - 2t, -1, 1)`` (``d = +-1`` per output
-    channel): the doubled conv and its bias are integers below 2**22 (:func:`_is_sign`), exact in
-    float32 in any summation order, and the odd result clips to exactly -1 / +1. One Conv with a
-    bias and one Clip, which ONNX Runtime's optimiser may fuse into the conv (an exact fusion: the
-    clip follows the sum)."""
+@dataclass
+class _ConvOperand:
+    """How the golden graph computes a conv's integer accumulator:
+    ``acc == Conv(x, weight, pads) + bias`` (``bias`` per output channel), all integers.
+
+    ``x`` is the conv's IR input, or its bits (:func:`_bit_signs`): ``s = 2 b - 1`` and a pad
+    value of -1 is a pad value of 0 for ``b``, so ``conv(pad(s, -1), W) == conv(pad(b, 0), 2 W) -
+    sum(W)`` and the padding is the Conv's own zero padding. ``xmax`` bounds ``|x|`` per input
+    channel (the IR's proven range; 1 for bits), which bounds every partial sum."""
+
+    x: str
+    weight: np.ndarray
+    bias: np.ndarray
+    pads: list
+    xmax: np.ndarray
+
+
+def _conv_operand(ir: IntegerIR, conv, folded: dict, bits: dict) -> _ConvOperand:
+    """The :class:`_ConvOperand` of an IR conv whose input is bits, or is not padded by a pad
+    node (a folded pad of another value needs its border map: :func:`build_golden`)."""
+    a = conv.attrs
+    w = np.asarray(a["weight"], np.float64)
+    src, pads = conv.inputs[0], list(a["pads"])
+    pad = folded.get(src)
+    if pad is not None:
+        p = pad.attrs["pads"]
+        src, pads = pad.inputs[0], [p[2], p[3], p[6], p[7]]
+    if src in bits:
+        return _ConvOperand(src, 2 * w, -w.sum(axis=(1, 2, 3)), pads, np.ones(w.shape[1] * a["group"]))
+    if pad is not None:
+        raise AssertionError(f"{conv.output}: a padded conv on a non-bit input has a border map")
+    t = ir.tensors[src]
+    xmax = np.maximum(np.abs(t.per_channel(t.lo)), np.abs(t.per_channel(t.hi))).astype(np.float64)
+    return _ConvOperand(src, w, np.zeros(w.shape[0]), pads, xmax)
+
+
+def _qconv_operand(ir: IntegerIR, conv, folded: dict, bits: dict) -> tuple[_ConvOperand, int]:
+    """A conv as int8 ``QLinearConv`` sees it: ``acc == raw + bias`` with ``raw = sum (x - x_zp)
+    w`` over the window padded with ``x_zp``. A pad node of value ``v`` becomes ``x_zp = v`` and
+    the bias ``v sum(W)`` (each tap reads ``v``, or ``x = (x - v) + v``); bits take doubled
+    weights and the bias ``-sum(W)`` (:func:`_conv_operand`). Returns the operand and ``x_zp``."""
+    pad = folded.get(conv.inputs[0])
+    if pad is None or pad.inputs[0] in bits:
+        return _conv_operand(ir, conv, folded, bits), 0
+    op = _conv_operand(ir, conv, {}, bits)
+    v = float(pad.attrs["value"])
+    p = pad.attrs["pads"]
+    op.x, op.pads = pad.inputs[0], [p[2], p[3], p[6], p[7]]
+    op.bias = v * op.weight.sum(axis=(1, 2, 3))
+    return op, int(v)
+
+
+def _bit_signs(ir: IntegerIR, folded: dict) -> dict:
+    """Sign nodes (:func:`_is_sign`) whose output is read only by
+    unpadded convs, directly or through a pad of value -1 folded into the conv, and is not a
+    graph output, by output: the golden graph carries them as bits ``b = (s + 1) / 2`` in {0, 1}
+    (:func:`_emit_bits`, one op fewer than the sign) and their convs absorb ``s = 2 b - 1``
+    (:func:`_conv_operand`), which also removes the padded convs' border maps."""
+    consumers = _consumers(ir)
+    outputs = {o.tensor for o in ir.outputs}
+    out = {}
+    for nd in ir.nodes:
+        if nd.op != "threshold" or nd.output in outputs or \
+                not _is_sign(nd, ir.tensors[nd.inputs[0]]):
+            continue
+        users = consumers.get(nd.output, [])
+
+        def ok(u):
+            if u.op == "conv":
+                return not any(u.attrs["pads"])
+            return u.op == "pad" and u.output in folded and float(u.attrs["value"]) == -1.0
+        if users and all(ok(u) for u in users):
+            out[nd.output] = nd
+    return out
+
+
+def _emit_bits(e: _Emitter, nd, rank: int, x: str, offset: float = 0.0) -> None:
+    """``b = [d v >= t] = clip(d x + 1 - t - d o, 0, 1)`` for integers ``v, t``, ``d = +-1``
+    and ``x = v + o`` (the graph tensor holding ``v`` with the offset ``o``)."""
+    thr, d = nd.attrs["thresholds"][:, 0], np.asarray(nd.attrs["direction"])
+    cs = _channel_shape(rank, len(thr))
+    if np.any(d != 1):
+        x = e.node("Mul", [x, e.const(d.astype(np.float32).reshape(cs), "dir")])
+    one_minus = (1 - thr - d * offset).astype(np.float32).reshape(cs)
+    y = e.node("Add", [x, e.const(one_minus, "one_minus_thr")])
+    e.node("Clip", [y, e.const(np.float32(0), "zero"), e.const(np.float32(1), "one")], nd.output)
+
+
+def _emit_conv_sign(e: _Emitter, conv, sign, op: _ConvOperand) -> None:
+    """``sign(d acc >= t)`` as ``clip(Conv(x, 2dW) + 2d bias + 1 - 2t, -1, 1)`` (``d = +-1`` per
+    output channel, ``acc = Conv(x, W) + bias``, :class:`_ConvOperand`): the doubled conv and its
+    bias are integers below 2**22 (:func:`_is_sign`), exact in float32 in any summation order, and
+    the odd result clips to exactly -1 / +1. One Conv with a bias and one Clip, which ONNX
+    Runtime's optimiser may fuse into the conv (an exact fusion: the clip follows the sum)."""
     a = conv.attrs
     thr = sign.attrs["thresholds"][:, 0]
-    d = np.asarray(sign.attrs["direction"], np.float32).reshape(-1, 1, 1, 1)
-    w2 = 2 * d * np.asarray(a["weight"], np.float32)
-    bias = (1 - 2 * thr).astype(np.float32)
-    y = e.node("Conv", [conv.inputs[0], e.const(w2, "w2"), e.const(bias, "one_minus_2thr")],
-               pads=a["pads"], strides=a["strides"], dilations=a["dilations"], group=a["group"],
+    d = np.asarray(sign.attrs["direction"], np.float64)
+    w2 = (2 * d.reshape(-1, 1, 1, 1) * op.weight).astype(np.float32)
+    bias = (2 * d * op.bias + 1 - 2 * thr).astype(np.float32)
+    y = e.node("Conv", [op.x, e.const(w2, "w2"), e.const(bias, "one_minus_2thr")],
+               pads=op.pads, strides=a["strides"], dilations=a["dilations"], group=a["group"],
                kernel_shape=a["kernel_shape"])
     e.node("Clip", [y, e.const(np.float32(-1), "lo"), e.const(np.float32(1), "hi")],
            sign.output)
+
+
+UINT8 = (0, 255)
+
+
+@dataclass
+class _QConv:
+    """A conv and the threshold that alone reads it, computed by one uint8 ``QLinearConv``
+    (:func:`_qlinear_convs`): ONNX Runtime's integer kernels accumulate exactly, and its
+    requantisation ``clamp(rint(f32(f32(acc + B) * S)) + zp, 0, 255)`` (one float32 product,
+    rounded half to even) is made to compute the threshold's count ``n``: ``S, B`` per channel
+    are fitted (:func:`_requant_staircase`) and checked on every integer of the accumulator's
+    proven range. A ``Clip`` to ``[0, K]`` follows. The graph stores ``n``, i.e. the threshold's
+    value ``base + n`` offset by ``-base`` (a sign's ``n`` is its bits)."""
+
+    conv: object
+    threshold: object
+    scale: np.ndarray  # float32 per output channel, > 0
+    offset: np.ndarray  # int64 per output channel: B, for y = d acc
+    zero_point: int
+    levels: int  # K
+
+
+def _qlinear_convs(ir: IntegerIR, folded: dict, bits_ok: dict) -> dict:
+    """Thresholds whose input is a conv output read by nothing else (and no graph output), keyed
+    by that conv output, that one uint8 ``QLinearConv`` computes: the conv's input spans at most
+    256 integers (a sign: its bits), its weights are small (``|w| <= 64`` as the kernel sees
+    them: ONNX Runtime's AVX2 kernels add pairs of 8-bit products in 16 bits), its output levels
+    are ``base + n`` (``step`` 1) or a sign read only by convs (``bits_ok``), and every channel
+    fits (:func:`_requant_staircase`)."""
+    consumers = _consumers(ir)
+    producer = {nd.output: nd for nd in ir.nodes}
+    outputs = {o.tensor for o in ir.outputs}
+    out = {}
+    for nd in ir.nodes:
+        if nd.op != "threshold":
+            continue
+        src = nd.inputs[0]
+        conv = producer.get(src)
+        if conv is None or conv.op != "conv" or src in outputs or len(consumers[src]) != 1:
+            continue
+        a = nd.attrs
+        K = a["thresholds"].shape[1]
+        if K > UINT8[1] or not (nd.output in bits_ok or
+                                (float(a["step"]) == 1 and float(a["base"]) == np.round(a["base"]))):
+            continue
+        x = conv.inputs[0]
+        pad = folded.get(x)
+        if pad is not None:
+            x = pad.inputs[0]
+        xt = ir.tensors[x]
+        w = np.abs(np.asarray(conv.attrs["weight"]))
+        if x in bits_ok:
+            if np.max(w) * 2 > 64:
+                continue
+        elif np.max(w) > 64 or np.max(xt.hi) - np.min(xt.lo) > UINT8[1] or (
+                pad is not None and not np.min(xt.lo) <= float(pad.attrs["value"]) <= np.max(xt.hi)):
+            continue
+        t = ir.tensors[src]
+        for zp in (UINT8[1] - K, 128, 0):
+            fit = _requant_staircase(a["thresholds"], np.asarray(a["direction"]),
+                                     t.per_channel(t.lo), t.per_channel(t.hi), zp)
+            if fit is not None:
+                out[src] = _QConv(conv, nd, fit[0], fit[1], zp, K)
+                break
+    return out
+
+
+def _emit_qconv(e: _Emitter, q: _QConv, op: _ConvOperand, x_u8: str, x_zp: int) -> str:
+    """The ``QLinearConv`` (uint8 in and out, int8 weights, scales 1 but the per-channel weight
+    scale ``S``) and its ``Clip``; returns the uint8 count. ``acc = raw + op.bias`` with
+    ``raw = sum (x - x_zp) w`` (padding reads ``x_zp``), so ``y = d acc`` takes ``d w`` and
+    ``B + d op.bias``."""
+    a = q.conv.attrs
+    d = np.asarray(q.threshold.attrs["direction"], np.float64)
+    w = (d.reshape(-1, 1, 1, 1) * op.weight).astype(np.int8)
+    b = (q.offset + d * op.bias).astype(np.int32)
+    f32, u8 = np.float32, np.uint8
+    y = e.node("QLinearConv", [x_u8, e.const(f32(1), "x_scale"), e.const(u8(x_zp), "x_zp", u8),
+                               e.const(w, "w_int8", np.int8), e.const(q.scale, "staircase_scale"),
+                               e.const(np.zeros(len(d), np.int8), "w_zp", np.int8),
+                               e.const(f32(1), "y_scale"), e.const(u8(q.zero_point), "y_zp", u8),
+                               e.const(b, "staircase_offset", np.int32)],
+               pads=op.pads, strides=a["strides"], dilations=a["dilations"], group=a["group"],
+               kernel_shape=a["kernel_shape"])
+    return e.node("Clip", [y, e.const(u8(0), "zero", u8), e.const(u8(q.levels), "levels", u8)])
+
+
+def _requant_staircase(thr: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray,
+                       zp: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per channel a float32 ``S > 0`` and an integer ``B`` with, for every integer ``acc`` of
+    the channel's proven range ``[lo, hi]`` and ``y = d acc``,
+    ``clip(rint(clamp(f32(f32(y + B) * S), -zp, 255 - zp)) + zp, 0, K) == sum_k [y >= t_k]``
+    (ONNX Runtime's uint8 requantisation, then the Clip); None when a channel has none.
+
+    Away from ties ``rint(S (y + B)) + zp == floor(S y + c)`` with ``c = S B + zp + 0.5``. Each
+    count ``v`` taken on ``[y_v, Y_v]`` needs ``S y_v + c >= v`` and ``S Y_v + c < v + 1``: for a
+    slope ``S`` inside the feasible interval (around the widest gap, :func:`_widest_slope`) that
+    is a window for ``c``, so for ``B``; slopes across the interval are tried until one leaves an
+    integer ``B`` well inside its window, and the float32 arithmetic is then checked on the
+    whole range."""
+    C, K = thr.shape
+    S_out = np.zeros(C, np.float32)
+    B_out = np.zeros(C, np.int64)
+    for ch in range(C):
+        x = np.arange(int(lo[ch]), int(hi[ch]) + 1, dtype=np.int64)
+        y = int(d[ch]) * x
+        n = (y[:, None] >= thr[ch][None, :]).sum(1)
+        lows, ups = [], []
+        for v in np.unique(n):
+            yv = y[n == v]
+            if v > 0:
+                lows.append((int(yv.min()), int(v)))
+            if v < K:
+                ups.append((int(yv.max()), int(v) + 1))
+        m = _widest_slope(lows, ups)
+        if m is None:
+            return None
+        if not lows or not ups:  # a constant count: any slope
+            m = max(m, 1.0 / (float(np.max(np.abs(y))) + 2.0))
+        yl, vl = np.array([p[0] for p in lows], float), np.array([p[1] for p in lows], float)
+        yu, vu = np.array([p[0] for p in ups], float), np.array([p[1] for p in ups], float)
+
+        ends = []  # the feasible slopes: an interval around m (the gap is concave in S)
+        for far in (m * 1e-3, min(2.0, 4 * m + 1)):
+            inside, out = m, far
+            for _ in range(60):
+                mid = (inside + out) / 2
+                c_lo, c_hi = _c_window(np.array([mid]), yl, vl, yu, vu)
+                inside, out = (mid, out) if c_hi[0] > c_lo[0] else (inside, mid)
+            ends.append(inside)
+        s = np.linspace(ends[0], ends[1], 2049)[1:-1]
+        s = np.concatenate([[m], s[np.argsort(np.abs(s - m))]]).astype(np.float32)
+        s = s[s > 0].astype(np.float64)
+        c_lo, c_hi = _c_window(s, yl, vl, yu, vu)
+        c_lo = np.where(np.isfinite(c_lo), c_lo, c_hi - 1.0)
+        c_hi = np.where(np.isfinite(c_hi), c_hi, c_lo + 1.0)
+        b = np.round(((c_lo + c_hi) / 2 - zp - 0.5) / s)  # c = S B + zp + 0.5, mid-window
+        c = s * b + zp + 0.5
+        margin = np.minimum(c - c_lo, c_hi - c)
+        got = None
+        for i in np.flatnonzero(margin > 1e-4)[:16]:
+            S, B = np.float32(s[i]), int(b[i])
+            r = y + B
+            if np.max(np.abs(r)) >= 2 ** 24:  # int32 -> float32 exact
+                continue
+            v = np.clip(r.astype(np.float32) * S, np.float32(-zp), np.float32(UINT8[1] - zp))
+            if np.array_equal(np.clip(np.rint(v).astype(np.int64) + zp, 0, K), n):
+                got = (S, B)
+                break
+        if got is None:
+            return None
+        S_out[ch], B_out[ch] = got
+    return S_out, B_out
+
+
+def _c_window(s: np.ndarray, yl, vl, yu, vu) -> tuple[np.ndarray, np.ndarray]:
+    """For each slope ``s``, the window ``[c_lo, c_hi)`` of offsets ``c`` with ``s y + c >= v``
+    at every lower constraint ``(yl, vl)`` and ``s y + c < v`` at every upper one ``(yu, vu)``."""
+    c_hi = (np.min(vu[None, :] - s[:, None] * yu[None, :], axis=1) if len(yu) else
+            np.full(len(s), np.inf))
+    c_lo = (np.max(vl[None, :] - s[:, None] * yl[None, :], axis=1) if len(yl) else
+            np.full(len(s), -np.inf))
+    return c_lo, c_hi
+
+
+def _widest_slope(lows: list, ups: list) -> float | None:
+    """The slope ``m >= 0`` maximising ``min_up(v - m y) - max_low(v - m y)`` (the gap left for
+    ``c``), when that gap is positive; None otherwise (no staircase)."""
+    cand = {0.0, 1.0, 2.0}
+    for lines in (lows, ups):
+        for i, (y1, v1) in enumerate(lines):
+            for y2, v2 in lines[i + 1:]:
+                if y1 != y2:
+                    r = (v1 - v2) / (y1 - y2)
+                    if 0 <= r <= 2:
+                        cand.add(r)
+    ms = np.array(sorted(cand))
+    g_hi = (np.min([v - ms * yy for yy, v in ups], axis=0) if ups else np.full(len(ms), np.inf))
+    g_lo = (np.max([v - ms * yy for yy, v in lows], axis=0) if lows else np.full(len(ms), -np.inf))
+    gap = g_hi - g_lo
+    i = int(np.argmax(gap))
+    return float(ms[i]) if gap[i] > 0 else None
 
 
 def _staircase(thr: np.ndarray, d: np.ndarray, vals: np.ndarray, cnt: np.ndarray,
@@ -457,7 +816,8 @@ _EXACT_OPS = {("", op) for op in (
     "Add", "ArgMax", "Cast", "Clip", "Conv", "Expand", "Floor", "Gather", "GreaterOrEqual",
     "Identity", "MatMul", "MaxPool", "Mul", "Pad", "ReduceSum", "Relu", "Reshape",
     "ScatterElements", "Shape", "Sign", "Sub", "Transpose", "Unsqueeze", "Where",
-    "BatchNormalization", "Div")} | {
+    "BatchNormalization", "Div", "QLinearConv")} | {
+    ("com.microsoft", "QLinearConv"),
     ("com.microsoft.nchwc", "Conv"), ("com.microsoft.nchwc", "ReorderInput"),
     ("com.microsoft.nchwc", "ReorderOutput"), ("com.microsoft.nchwc", "MaxPool"),
     ("com.microsoft", "FusedConv")}
@@ -477,6 +837,8 @@ def audit_optimised(original: onnx.ModelProto, optimised: onnx.ModelProto) -> li
     * every Conv's weights and bias are integers (no float factor or offset folded in), except a
       one-tap depthwise Conv without bias, sum or activation, which is a per-channel Mul (the
       NCHWc layout's form of one: one rounded product per value, as Mul);
+    * every int8 ``QLinearConv`` (:func:`_qlinear_convs`, maybe in ONNX Runtime's channels-last
+      form) has the original's weights, scales, zero points and offsets;
     * the non-integer constants of Mul/Add/Sub/Div nodes (those Convs counted as Mul) are the same
       multiset as before, so every float step of the staircases and the logit chain is still
       there, on its own.
@@ -499,6 +861,12 @@ def audit_optimised(original: onnx.ModelProto, optimised: onnx.ModelProto) -> li
                 out.append(key("Mul", c[n.input[1]]))
         return sorted(out)
 
+    def qconvs(m, c):
+        # every QLinearConv's constant operands (weights, scales, zero points, offsets), by value
+        return sorted(tuple(c[i].tobytes() + str(c[i].dtype).encode() if i in c else b"?"
+                            for i in n.input[1:]) for n in m.graph.node
+                      if n.op_type == "QLinearConv")
+
     why = []
     c = consts(optimised)
     for n in optimised.graph.node:
@@ -512,6 +880,8 @@ def audit_optimised(original: onnx.ModelProto, optimised: onnx.ModelProto) -> li
             for i in n.input[1:3]:
                 if i and i in c and np.any(c[i] != np.round(c[i])):
                     why.append(f"{n.name}: non-integer weights or bias {i} (a float folded in)")
+    if qconvs(original, consts(original)) != qconvs(optimised, c):
+        why.append("the int8 convs' weights, scales or offsets differ from the original graph's")
     if float_steps(original, consts(original)) != float_steps(optimised, c):
         why.append("the float multipliers/offsets differ from the original graph's")
     return why
