@@ -179,7 +179,7 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None,
             pass  # computed by its conv (below)
         elif nd.op == "conv" and nd.output in qconvs:
             q = qconvs[nd.output]
-            op, x_zp = _qconv_operand(ir, nd, folded, bits)
+            op, x_zp = _qconv_operand(nd, folded, bits)
             x, o = as_u8(op.x)
             n = _emit_qconv(e, q, op, x, x_zp + o)
             out = q.threshold.output
@@ -189,10 +189,10 @@ def build_golden(ir: IntegerIR, *, primary: str | None = None,
             if o_out:
                 stored[out] = (g, o_out)
         elif nd.op == "conv" and nd.output in signs:
-            _emit_conv_sign(e, nd, signs[nd.output], _conv_operand(ir, nd, folded, bits))
+            _emit_conv_sign(e, nd, signs[nd.output], _conv_operand(nd, folded, bits))
         elif nd.op == "conv" and (nd.inputs[0] in bits or
                                   getattr(folded.get(nd.inputs[0]), "inputs", [None])[0] in bits):
-            op = _conv_operand(ir, nd, folded, bits)
+            op = _conv_operand(nd, folded, bits)
             e.node("Conv", [op.x, e.const(op.weight, "w2"), e.const(op.bias, "minus_sum_w")],
                    nd.output, pads=op.pads, strides=a["strides"], dilations=a["dilations"],
                    group=a["group"], kernel_shape=a["kernel_shape"])
@@ -400,21 +400,30 @@ def _is_sign(nd, src) -> bool:
             float(np.max(np.abs(thr))) < 2**21 and bound < 2**21)
 
 
-def _sign_after_conv(ir: IntegerIR) -> dict:
-    """Sign nodes (:func:`_is_sign`) whose input is the output of an unpadded conv (the SI
-    squeezes) read by nothing else, keyed by that conv output: the conv computes the sign itself
-    (:func:`_emit_conv_sign`)."""
+def _conv_thresholds(ir: IntegerIR):
+    """``(threshold, conv)`` for every threshold node whose input is a conv output that nothing
+    else reads and that is no graph output (a conv and threshold the golden graph may fuse)."""
     consumers = _consumers(ir)
     producer = {nd.output: nd for nd in ir.nodes}
     outputs = {o.tensor for o in ir.outputs}
-    out = {}
     for nd in ir.nodes:
         if nd.op != "threshold":
             continue
         src = nd.inputs[0]
         conv = producer.get(src)
-        if conv is None or conv.op != "conv" or src in outputs or len(consumers[src]) != 1:
-            continue
+        if conv is not None and conv.op == "conv" and src not in outputs and \
+                len(consumers[src]) == 1:
+            yield nd, conv
+
+
+def _sign_after_conv(ir: IntegerIR) -> dict:
+    """Sign nodes (:func:`_is_sign`) whose input is the output of an unpadded conv (the SI
+    squeezes) read by nothing else, keyed by that conv output: the conv computes the sign itself
+    (:func:`_emit_conv_sign`)."""
+    producer = {nd.output: nd for nd in ir.nodes}
+    out = {}
+    for nd, conv in _conv_thresholds(ir):
+        src = nd.inputs[0]
         padded = any(conv.attrs["pads"]) or \
             getattr(producer.get(conv.inputs[0]), "op", None) == "pad"
         if not padded and _is_sign(nd, ir.tensors[src]):
@@ -429,17 +438,15 @@ class _ConvOperand:
 
     ``x`` is the conv's IR input, or its bits (:func:`_bit_signs`): ``s = 2 b - 1`` and a pad
     value of -1 is a pad value of 0 for ``b``, so ``conv(pad(s, -1), W) == conv(pad(b, 0), 2 W) -
-    sum(W)`` and the padding is the Conv's own zero padding. ``xmax`` bounds ``|x|`` per input
-    channel (the IR's proven range; 1 for bits), which bounds every partial sum."""
+    sum(W)`` and the padding is the Conv's own zero padding."""
 
     x: str
     weight: np.ndarray
     bias: np.ndarray
     pads: list
-    xmax: np.ndarray
 
 
-def _conv_operand(ir: IntegerIR, conv, folded: dict, bits: dict) -> _ConvOperand:
+def _conv_operand(conv, folded: dict, bits: dict) -> _ConvOperand:
     """The :class:`_ConvOperand` of an IR conv whose input is bits, or is not padded by a pad
     node (a folded pad of another value needs its border map: :func:`build_golden`)."""
     a = conv.attrs
@@ -450,23 +457,21 @@ def _conv_operand(ir: IntegerIR, conv, folded: dict, bits: dict) -> _ConvOperand
         p = pad.attrs["pads"]
         src, pads = pad.inputs[0], [p[2], p[3], p[6], p[7]]
     if src in bits:
-        return _ConvOperand(src, 2 * w, -w.sum(axis=(1, 2, 3)), pads, np.ones(w.shape[1] * a["group"]))
+        return _ConvOperand(src, 2 * w, -w.sum(axis=(1, 2, 3)), pads)
     if pad is not None:
         raise AssertionError(f"{conv.output}: a padded conv on a non-bit input has a border map")
-    t = ir.tensors[src]
-    xmax = np.maximum(np.abs(t.per_channel(t.lo)), np.abs(t.per_channel(t.hi))).astype(np.float64)
-    return _ConvOperand(src, w, np.zeros(w.shape[0]), pads, xmax)
+    return _ConvOperand(src, w, np.zeros(w.shape[0]), pads)
 
 
-def _qconv_operand(ir: IntegerIR, conv, folded: dict, bits: dict) -> tuple[_ConvOperand, int]:
+def _qconv_operand(conv, folded: dict, bits: dict) -> tuple[_ConvOperand, int]:
     """A conv as int8 ``QLinearConv`` sees it: ``acc == raw + bias`` with ``raw = sum (x - x_zp)
     w`` over the window padded with ``x_zp``. A pad node of value ``v`` becomes ``x_zp = v`` and
     the bias ``v sum(W)`` (each tap reads ``v``, or ``x = (x - v) + v``); bits take doubled
     weights and the bias ``-sum(W)`` (:func:`_conv_operand`). Returns the operand and ``x_zp``."""
     pad = folded.get(conv.inputs[0])
     if pad is None or pad.inputs[0] in bits:
-        return _conv_operand(ir, conv, folded, bits), 0
-    op = _conv_operand(ir, conv, {}, bits)
+        return _conv_operand(conv, folded, bits), 0
+    op = _conv_operand(conv, {}, bits)
     v = float(pad.attrs["value"])
     p = pad.attrs["pads"]
     op.x, op.pads = pad.inputs[0], [p[2], p[3], p[6], p[7]]
@@ -556,17 +561,9 @@ def _qlinear_convs(ir: IntegerIR, folded: dict, bits_ok: dict) -> dict:
     them: ONNX Runtime's AVX2 kernels add pairs of 8-bit products in 16 bits), its output levels
     are ``base + n`` (``step`` 1) or a sign read only by convs (``bits_ok``), and every channel
     fits (:func:`_requant_staircase`)."""
-    consumers = _consumers(ir)
-    producer = {nd.output: nd for nd in ir.nodes}
-    outputs = {o.tensor for o in ir.outputs}
     out = {}
-    for nd in ir.nodes:
-        if nd.op != "threshold":
-            continue
+    for nd, conv in _conv_thresholds(ir):
         src = nd.inputs[0]
-        conv = producer.get(src)
-        if conv is None or conv.op != "conv" or src in outputs or len(consumers[src]) != 1:
-            continue
         a = nd.attrs
         K = a["thresholds"].shape[1]
         if K > UINT8[1] or not (nd.output in bits_ok or
