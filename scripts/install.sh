@@ -13,6 +13,8 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want" && -f "$AP_TYPES/ap_int.h" ]];
 fi
 echo "[install] creating $VENV (torch 2.13.0 CPU, finn-plus 1.6.1, brevitas 0.13.4) ..."
 [[ -x "$VENV/bin/python" ]] || "$PY" -m venv "$VENV"
+# a venv whose creation was interrupted (no pip yet, no stamp) is made again, not reused broken
+"$VENV/bin/python" -m pip --version >/dev/null 2>&1 || "$PY" -m venv --clear "$VENV"
 PIP=(pip_quiet "$VENV/bin/python" -m pip --disable-pip-version-check -q)
 # pip on some machines warns about configured local indexes that do not exist; keep the log clean
 pip_quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
