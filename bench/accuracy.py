@@ -13,6 +13,7 @@ full           si_resnet_w1a1 (SI reads ``a``)       CE + logit KD + block MSE  
 si_h           si_h_resnet_w1a1 (SI reads ``h``)     CE + logit KD + block MSE   teacher
 mbh            resnet_w1a1, 8-bit head, sign bias    CE + logit KD + block MSE   teacher
 si_h_mbh       si_h_resnet_w1a1_mbh                  CE + logit KD + block MSE   teacher
+si_h_mbh_ds    si_h_mbh, SI in downsample blocks     CE + logit KD + block MSE   teacher
 staged         si_resnet_w1a1                        as full, in two steps       teacher
 =============  ====================================  ==========================  ==============
 
@@ -22,10 +23,13 @@ si_h_mbh vs mbh). ``staged`` is the staged recipe (Real-to-Binary): the same epo
 with binary weights too; it needs at least 2 epochs and is compared with ``full`` on the
 *validation* split (``decisions.staged``), never on the test set.
 
-The teacher stage comes from ``configs/fmnist_teacher.yaml`` (its augmentation included), the
-students from the shipped recipe ``configs/fmnist_si_resnet.yaml``; only epochs, seeds, the
-training subset and the dataset change here. Every student starts from its teacher's weights
-(``--student-init scratch`` starts them fresh). The numbers are the last epoch's.
+``si_h_mbh_ds`` (``si_blocks: downsample``) is the cheaper SI in hardware (two SI branches instead
+of four). The teacher stage comes from ``configs/fmnist_teacher.yaml`` (its optimizer and
+augmentation), the students from the shipped student recipe ``configs/fmnist_student.yaml`` (its
+8-bit stem, augmentation, channels-last layout and best-validation-epoch selection); only
+epochs, seeds, the training subset and the dataset change here (``--variants`` trains a subset).
+Every student starts from its teacher's weights (``--student-init scratch`` starts them fresh).
+The numbers are those of the epoch each stage ships (the recipe's ``select``).
 
 Scheduling: every (seed, stage) is a job in its own process (this module with ``--train-seed``
 and ``--train-stage``), started as soon as the stages it needs are complete, at most ``--jobs``
@@ -81,7 +85,7 @@ from sibnn_base.errors import ArgumentParser, ConfigError, cli_errors
 from sibnn_base.typed import load_mapping, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "configs" / "fmnist_si_resnet.yaml"
+RECIPE = REPO / "configs" / "fmnist_student.yaml"
 TEACHER_RECIPE = REPO / "configs" / "fmnist_teacher.yaml"
 
 
@@ -110,6 +114,9 @@ VARIANTS: dict[str, Variant] = {
                    overrides={"head_bits": 8, "sign_bias": True}),
     "si_h_mbh": Variant("si_h_resnet_w1a1_mbh",
                         "W1A1 + SI(h) + 8-bit head + sign bias + logit KD + block KD", si=True),
+    "si_h_mbh_ds": Variant("si_h_resnet_w1a1_mbh",
+                           "si_h_mbh with SI in the downsample blocks only",
+                           overrides={"si_blocks": "downsample"}, si=True),
     "staged": Variant("si_resnet_w1a1", "full, staged: binary activations first, then weights",
                       si=True),
 }
@@ -124,10 +131,12 @@ WIDTH_VARIANTS = ("teacher", "plain", "si_h_mbh")
 KD and init need the same geometry): the points of the accuracy-per-LUT plot."""
 
 
-def variants(epochs: int, widths: tuple[int, ...] = ()) -> list[str]:
-    """The variants a run of ``epochs`` epochs trains (the staged one needs two stages), then
-    ``w<W>_<variant>`` for every extra width."""
-    base = [v for v in VARIANTS if v != "staged" or epochs >= 2]
+def variants(epochs: int, widths: tuple[int, ...] = (),
+             names: tuple[str, ...] | None = None) -> list[str]:
+    """The variants a run of ``epochs`` epochs trains (the staged one needs two stages; only
+    ``names`` where given, the teacher always), then ``w<W>_<variant>`` for every extra width."""
+    base = [v for v in VARIANTS if (v != "staged" or epochs >= 2)
+            and (names is None or v == "teacher" or v in names)]
     return base + [width_name(w, v) for w in widths for v in WIDTH_VARIANTS]
 
 
@@ -163,8 +172,9 @@ def _stage(name: str):
 def ablation_config(seed: int, epochs: int, train_subset: int | None, student_init: str,
                     runs_dir: str, data_dir: str | None, threads: int, *, device: str = "cpu",
                     dataset: str = "fmnist", val_size: int | None = None,
-                    widths: tuple[int, ...] = ()):
-    """One experiment per seed: the teacher stage, then every student variant."""
+                    widths: tuple[int, ...] = (), names: tuple[str, ...] | None = None,
+                    compile: bool = False):
+    """One experiment per seed: the teacher stage, then every student variant (of ``names``)."""
     recipe = load_mapping(RECIPE)
     s_stage = _stage("student")
     lw = dict(s_stage["loss_weights"])
@@ -173,7 +183,7 @@ def ablation_config(seed: int, epochs: int, train_subset: int | None, student_in
               "full": lw}
     init = "teacher" if student_init == "teacher" else None
     stages = [{**_stage("teacher"), "name": "teacher", "epochs": epochs}]
-    for name in variants(epochs):
+    for name in variants(epochs, names=names):
         v = VARIANTS[name]
         if name in ("teacher", "staged"):
             continue
@@ -182,7 +192,7 @@ def ablation_config(seed: int, epochs: int, train_subset: int | None, student_in
                        "loss_weights": loss, "model": dict(v.overrides),
                        "teacher": "teacher" if ("kd" in loss or "block" in loss) else None,
                        "init_from": init})
-    if "staged" in variants(epochs):
+    if "staged" in variants(epochs, names=names):
         first = epochs // 2
         stages.append({**s_stage, "name": "staged_act", "student": "si_resnet_w1a1",
                        "model": {"float_weights": True}, "epochs": first, "loss_weights": lw,
@@ -211,7 +221,7 @@ def ablation_config(seed: int, epochs: int, train_subset: int | None, student_in
     ds = "" if dataset == "fmnist" else f"{dataset}_"
     d = {**recipe, "experiment": f"ablation_{ds}e{epochs}{sub}_{student_init}_s{seed}",
          "out_dir": runs_dir, "seed": seed, "stages": stages, "data": data,
-         "num_threads": threads, "progress": False, "device": device}
+         "num_threads": threads, "progress": False, "device": device, "compile": compile}
     if dataset != "fmnist":
         d["model"] = {k: v for k, v in recipe.get("model", {}).items() if k != "input_size"}
     return build_config(d)
@@ -643,6 +653,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--parallel", action="store_true",
                    help="on cpu: one job per seed at once (same as --jobs <number of seeds>)")
     p.add_argument("--dataset", default="fmnist", help="fmnist (default), or digits for a smoke run")
+    p.add_argument("--variants", nargs="+", default=None, choices=list(VARIANTS),
+                   metavar="VARIANT", help="train only these variants (and their teacher); "
+                   f"default all: {', '.join(VARIANTS)}")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile every training step (the GPU ablation: fewer kernels)")
     p.add_argument("--widths", type=int, nargs="*", default=[],
                    help="also train teacher, plain and si_h_mbh at these widths (the points of "
                         "the accuracy-per-LUT plot), e.g. --widths 16 24 48")
@@ -694,7 +709,8 @@ def main(argv: list[str] | None = None) -> int:
         return ablation_config(seed, args.epochs, args.train_subset, args.student_init,
                                args.runs_dir, args.data_dir, args.threads, device=args.device,
                                dataset=args.dataset, val_size=args.val_size,
-                               widths=tuple(args.widths))
+                               widths=tuple(args.widths), compile=args.compile,
+                               names=None if args.variants is None else tuple(args.variants))
 
     if args.train_seed is not None:  # a child job: train one stage of one seed, write nothing else
         cfg = config(args.train_seed)
@@ -703,6 +719,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     configs = {s: config(s) for s in args.seeds}  # validates everything (device included) first
+    configs_names = None if args.variants is None else tuple(args.variants)
     cost = None
     if not args.no_cost:
         cost = step_cost(args.cost_steps, 256, args.data_dir)
@@ -718,8 +735,10 @@ def main(argv: list[str] | None = None) -> int:
            "student_init": args.student_init, "threads": args.threads, "jobs_at_once": jobs,
            "device": args.device, "device_name": _device_name(args.device),
            "dataset": args.dataset, "widths": args.widths, "recipe": RECIPE.name,
+           "variants": variants(args.epochs, tuple(args.widths), configs_names),
+           "compile": args.compile,
            "teacher_recipe": TEACHER_RECIPE.name,
-           "evaluated_on": f"{args.dataset} test set, last epoch", "wall_s": None}
+           "evaluated_on": f"{args.dataset} test set, the epoch each stage ships (its select)", "wall_s": None}
     t0 = time.perf_counter()
 
     old = results_dir / "accuracy.json"
@@ -732,7 +751,8 @@ def main(argv: list[str] | None = None) -> int:
         already in the file stay."""
         per_seed = {s: collect(c) for s, c in configs.items()}
         summary = summarise(per_seed, args.seeds)
-        complete = all(len(r) == len(variants(args.epochs, tuple(args.widths)))
+        complete = all(len(r) == len(variants(args.epochs, tuple(args.widths),
+                                              configs_names))
                        for r in per_seed.values())
         if final:
             run["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -783,6 +803,10 @@ def schedule(args, configs: dict, jobs: int, save) -> None:
                    "--student-init", args.student_init, "--runs-dir", args.runs_dir,
                    "--threads", str(args.threads), "--device", args.device,
                    "--dataset", args.dataset, "--widths", *map(str, args.widths)]
+            if args.variants is not None:
+                cmd += ["--variants", *args.variants]
+            if args.compile:
+                cmd.append("--compile")
             for flag, val in (("--train-subset", args.train_subset), ("--data-dir", args.data_dir),
                               ("--val-size", args.val_size)):
                 if val is not None:

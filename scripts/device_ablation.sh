@@ -1,24 +1,86 @@
 #!/usr/bin/env bash
-# Run ON the GPU machine (the device tool), from the repository root, with .whl and .data carried:
+# Run ON the GPU machine (the device tool), from the repository root, with .whl and .data carried
+# (scripts/device_prepare.sh makes both here):
 #   bash scripts/device_ablation.sh [EPOCHS] [SEEDS...]      (default: 30 epochs, seeds 0 1 2)
-#   WIDTHS="16 24 48" bash scripts/device_ablation.sh ...     (also the accuracy-per-LUT widths)
-# Installs the carried wheels into /tmp/site, then runs the ablation with every job at once on
-# the one GPU, and copies the results (and a log) into $OUT when that is set.
+# Environment:
+#   VARIANTS="plain mbh ..."  train only these (default: all but staged, decided twice already)
+#   WIDTHS="16 24 48"         also the accuracy-per-LUT widths
+#   DEADLINE=540              seconds after which the jobs are stopped (they resume from their
+#                             last epoch on a rerun of this script on the same machine)
+#   COMPILE=1                 torch.compile every step (fewer kernels; 0 for eager)
+#   DEVICE=cuda               cpu for a dry run of this script here (with PYTHON=.venv/bin/python
+#                             and RESULTS_DIR=/tmp/..., so that bench/results stays as it is)
+# Installs the carried wheels into /tmp/site, starts CUDA MPS when the machine has it (kernels of
+# the concurrent jobs then share the GPU instead of taking turns), runs the ablation with every
+# job at once on the one GPU, falls back to eager steps for the jobs left if a compiled job
+# fails, and copies the results, a log and the checkpoints into $OUT when that is set.
 set -uo pipefail
 epochs=${1:-30}; shift || true
 seeds=${*:-0 1 2}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+device=${DEVICE:-cuda}
+deadline=${DEADLINE:-540}
+variants=${VARIANTS:-teacher plain kd si_kd full si_h mbh si_h_mbh si_h_mbh_ds}
+runs=${RUNS_DIR:-/tmp/runs}
+results=${RESULTS_DIR:-bench/results}
+py=${PYTHON:-python3}
+out=${OUT:-/tmp/device_out}
+mkdir -p "$out" "$runs"
 t0=$(date +%s)
-python3 -m bench.accuracy --device cuda --epochs "$epochs" --seeds $seeds --no-cost \
-  ${WIDTHS:+--widths $WIDTHS} \
-  --data-dir .data/fashion-mnist --runs-dir /tmp/runs 2>&1 | grep -v "^\[seed" | tail -40
-rc=${PIPESTATUS[0]}
-echo "[device_ablation] wall $(( $(date +%s) - t0 )) s, exit $rc"
-if [[ -n "${OUT:-}" ]]; then
-  cp bench/results/accuracy.json bench/results/accuracy.md "$OUT"/ 2>/dev/null
-  tar czf "$OUT/finals.tgz" -C /tmp runs --wildcards '*/final.pt' 2>/dev/null || true
+log() { echo "[device_ablation $(( $(date +%s) - t0 ))s] $*"; }
+
+if [[ -d .whl ]] && ! "$py" -c "import brevitas" 2>/dev/null; then
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
 fi
+export PYTHONPATH=${PYTHONPATH:-$PWD}:$PWD PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+# compile workers: two per job, not one per core per job
+export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-2}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+"$py" -c "import torch, brevitas; print('torch', torch.__version__, 'brevitas', brevitas.__version__)"
+
+if [[ $device == cuda* ]] && command -v nvidia-cuda-mps-control >/dev/null; then
+  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
+  mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+  if nvidia-cuda-mps-control -d 2>/dev/null &&
+     timeout 60 "$py" -c "import torch; torch.ones(1, device='cuda').sum().item()"; then
+    log "MPS on"
+  else
+    echo quit | nvidia-cuda-mps-control 2>/dev/null
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    log "MPS unavailable: the jobs take turns on the GPU"
+  fi
+fi
+
+data=()
+[[ -d .data/fashion-mnist ]] && data=(--data-dir .data/fashion-mnist)
+run_ablation() {  # $1: extra flags; stops at the deadline
+  local left=$(( deadline - ($(date +%s) - t0) ))
+  (( left > 20 )) || return 124
+  log "ablation $* ($left s left)"
+  timeout -s INT -k 15 "$left" "$py" -m bench.accuracy --device "$device" --epochs "$epochs" \
+    --seeds $seeds --variants $variants --no-cost ${WIDTHS:+--widths $WIDTHS} \
+    ${SUBSET:+--train-subset $SUBSET} "${data[@]}" --runs-dir "$runs" --results-dir "$results" "$@" \
+    > >(tee -a "$out/ablation.log" | grep --line-buffered -E "done:|Error|error|failed|goal|Traceback|MISSED|met" ) 2>&1
+}
+copy_out() {
+  cp "$results"/accuracy.json "$results"/accuracy.md "$out"/ 2>/dev/null
+  # every stage's final and last checkpoints (small), to resume or inspect elsewhere
+  (cd "$runs" && find . -name final.pt -o -name last.pt -o -name metrics.jsonl |
+     tar czf "$out/runs.tgz" -T -) 2>/dev/null
+}
+( while sleep 30; do copy_out; done ) & copier=$!
+
+rc=1
+if [[ ${COMPILE:-1} == 1 ]]; then
+  run_ablation --compile; rc=$?
+  (( rc == 0 )) || log "compiled run ended with $rc"
+fi
+if (( rc != 0 && rc != 124 )); then
+  run_ablation; rc=$?   # eager, resuming what the compiled jobs left
+fi
+kill $copier 2>/dev/null
+copy_out
+log "wall $(( $(date +%s) - t0 )) s, exit $rc"
+nvidia-smi --query-gpu=memory.used --format=csv,noheader 2>/dev/null
 exit $rc

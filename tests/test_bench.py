@@ -80,10 +80,15 @@ def test_ablation_staged_variant_splits_the_same_epochs(tmp_path):
     one = accuracy.ablation_config(0, 1, 100, "teacher", str(tmp_path), None, 1)
     assert "staged" not in accuracy.variants(1)
     assert [s.name for s in one.stages] == ["teacher", "plain", "kd", "si_kd", "full", "si_h",
-                                            "mbh", "si_h_mbh"]
-    # the teacher keeps its own recipe's augmentation; the students train on plain images
+                                            "mbh", "si_h_mbh", "si_h_mbh_ds"]
+    assert one.stage("si_h_mbh_ds").model == {"si_blocks": "downsample"}
+    some = accuracy.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1,
+                                    names=("plain", "si_h_mbh"), compile=True)
+    assert [s.name for s in some.stages] == ["teacher", "plain", "si_h_mbh"] and some.compile
+    # every stage trains with the shipped student recipe's augmentation, 8-bit stem and layout
     assert one.stage("teacher").crop_pad == 2 and one.stage("teacher").hflip is True
-    assert one.stage("full").crop_pad is None and not one.data.crop_pad
+    assert one.data.crop_pad == 2 and one.data.hflip and one.channels_last
+    assert one.model["stem_bits"] == 8 and one.stage("full").select.value == "best_val"
     assert one.stage("mbh").model == {"head_bits": 8, "sign_bias": True}
     assert one.stage("mbh").student == "resnet_w1a1"
     assert accuracy.needs(one, "si_h_mbh") == ["teacher", "teacher"]

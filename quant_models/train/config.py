@@ -169,6 +169,13 @@ class TrainConfig:
     device: str = "cpu"
     """Where to train: ``cpu``, ``cuda`` or ``cuda:N``. On a GPU the whole dataset is moved to
     the device once and stays there (no loader, no host copies per step)."""
+    compile: bool = False
+    """Compile each training step (teacher forward, student forward with taps, loss) with
+    ``torch.compile``, which fuses the quantizers' and BatchNorm's elementwise chains: on a GPU,
+    far fewer kernel launches and bytes moved per step (the GPU ablation,
+    ``scripts/device_ablation.sh``). Fused arithmetic rounds differently, so, like ``device``,
+    it changes the last bits of a run but not its recipe: a ``--resume`` may switch it. Needs a
+    C compiler (CPU) or Triton (CUDA); compiling takes about a minute per stage."""
     channels_last: bool = False
     """Train student and teacher in the channels-last memory layout, oneDNN's own on CPU, which
     spares the layout reorders around every convolution (``python -m bench.accuracy --cost-only``:
@@ -183,7 +190,7 @@ class TrainConfig:
         raise ConfigError(f"no stage named {name!r}; stages: {', '.join(s.name for s in self.stages)}")
 
 
-RUNTIME_KEYS = ("progress", "num_threads", "eval_batch_size", "device")
+RUNTIME_KEYS = ("progress", "num_threads", "eval_batch_size", "device", "compile")
 """Keys that may differ between a run and its ``--resume`` without changing its results."""
 
 SELECTION_KEYS = ("select",)

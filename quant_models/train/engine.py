@@ -212,6 +212,7 @@ accuracy 55 %), and a teacher with stale statistics is a poor distillation targe
 
 
 @torch.no_grad()
+@torch.no_grad()
 def recalibrate_bn(model: nn.Module, split: Split, samples: int, batch_size: int) -> None:
     """Replace every BatchNorm's running mean/var by the exact average over the first ``samples``
     images of ``split`` (fixed order, train-mode forward, no weight changes)."""
@@ -246,6 +247,7 @@ def random_crop(x: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tenso
 
 # -- evaluation ------------------------------------------------------------------------------------
 
+@torch.no_grad()
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int = 1000,
              env: DistEnv | None = None) -> dict[str, float]:
@@ -482,6 +484,9 @@ class StageRun:
     """Per-tap weights of the block loss (:func:`~.losses.resolve_tap_weights`)."""
     ema: WeightEMA | None = None
     """The weight average, when the stage has ``ema_decay``."""
+    forward_loss: Any = None
+    """``(x, y) -> (loss, parts, logits)`` of one training step (:func:`forward_loss`), compiled
+    when the config says ``compile``."""
 
     @property
     def shipped(self) -> nn.Module:
@@ -547,8 +552,30 @@ def setup_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, WarmupCosine(round(stage.warmup_epochs * steps), stage.epochs * steps))
     ema = WeightEMA(student, stage.ema_decay) if stage.ema_decay is not None else None
+    step = forward_loss(stage, wrapped, teacher, tap_weights)
+    if cfg.compile:
+        step = torch.compile(step)
     return StageRun(cfg, index, env, splits, train, steps, student, wrapped, teacher, opt, sched,
-                    tap_weights, ema)
+                    tap_weights, ema, step)
+
+
+def forward_loss(stage: Stage, wrapped: nn.Module, teacher: nn.Module | None,
+                 tap_weights: dict[str, float]):
+    """The forward half of a training step: ``(x, y) -> (loss, parts, logits)``, with the frozen
+    teacher's logits and taps where the stage distils."""
+    lw = stage.loss_weights
+    need_taps = lw.block > 0
+
+    def step(x: torch.Tensor, y: torch.Tensor):
+        t_logits = t_taps = None
+        if teacher is not None:
+            with torch.no_grad():
+                t_logits, t_taps = teacher.forward_taps(x)
+        logits, taps = wrapped(x)
+        loss, parts = distillation_loss(logits, taps, y, lw, tap_weights, t_logits,
+                                        t_taps if need_taps else None)
+        return loss, parts, logits.detach()
+    return step
 
 
 def train_one_epoch(run: StageRun, epoch: int) -> tuple[dict[str, float], float]:
@@ -559,7 +586,6 @@ def train_one_epoch(run: StageRun, epoch: int) -> tuple[dict[str, float], float]
     cfg, stage, env, train = run.cfg, run.stage, run.env, run.train
     dev = run.device
     steps, local_b = run.steps, stage.batch_size // env.world
-    need_taps = stage.loss_weights.block > 0
 
     g = torch.Generator().manual_seed(derive_seed(cfg.seed, run.index, epoch + 1))
     perm = torch.randperm(len(train), generator=g).to(dev)
@@ -583,13 +609,7 @@ def train_one_epoch(run: StageRun, epoch: int) -> tuple[dict[str, float], float]
             x = torch.where(f[:, None, None, None], x.flip(3), x)
         if shifts is not None:
             x = random_crop(x, shifts[idx], pad)
-        t_logits = t_taps = None
-        if run.teacher is not None:
-            with torch.no_grad():
-                t_logits, t_taps = run.teacher.forward_taps(x)
-        logits, taps = run.wrapped(x)
-        loss, parts = distillation_loss(logits, taps, y, stage.loss_weights, run.tap_weights,
-                                        t_logits, t_taps if need_taps else None)
+        loss, parts, logits = run.forward_loss(x, y)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
