@@ -65,9 +65,12 @@ run_ablation() {  # $1: extra flags; stops at the deadline
 }
 copy_out() {
   cp "$results"/accuracy.json "$results"/accuracy.md "$out"/ 2>/dev/null
-  # every stage's final and last checkpoints (small), to resume or inspect elsewhere
-  (cd "$runs" && find . -name final.pt -o -name last.pt -o -name metrics.jsonl |
-     tar czf "$out/runs.tgz" -T -) 2>/dev/null
+  # every stage's metrics, and the final weights (about 1 MB each) in two archives under the
+  # device tool's 16 MiB per file: the teachers and the shipped student's variant, then the rest
+  (cd "$runs" && { find . -name metrics.jsonl; find . -path "*/teacher/final.pt" \
+     -o -path "*/si_h_mbh/final.pt"; } | tar czf "$out/runs.tgz" -T -) 2>/dev/null
+  (cd "$runs" && find . -name final.pt ! -path "*/teacher/*" ! -path "*/si_h_mbh/*" |
+     tar czf "$out/finals.tgz" -T -) 2>/dev/null
 }
 ( while sleep 30; do copy_out; done ) & copier=$!
 
