@@ -542,7 +542,8 @@ def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None,
                      + f", {run['threads']} thread(s) per job"
                      + (f", wall {wall / 60:.1f} min" if wall else ""),
                      *[""] * len(seeds), "", "", ""])
-    return rows + run_rows(data or {}, len(rows[0])) + shipped_rows(shipped, len(rows[0]))
+    return (rows + run_rows(data or {}, len(rows[0])) + device_run_rows(data or {}, len(rows[0]))
+            + shipped_rows(shipped, len(rows[0])))
 
 
 def render(path: Path, cost: dict | None = None) -> None:
@@ -630,6 +631,60 @@ def update_shipped(path: Path, sh: dict) -> None:
     _write(path, data)
 
 
+def record_device_run(path: Path, out_dir: Path, note: str, discard: list[str]) -> dict:
+    """Store a device ablation's output (``$OUT`` of ``scripts/device_ablation.sh``: its
+    ``accuracy.json`` and ``runs.tgz``) under ``device_runs`` of ``path``, complete or not: the
+    stages that finished (but those named in ``discard``, e.g. runs known to be wrong), every
+    stage's progress (epochs done, median seconds per epoch and per step after the first epoch,
+    last val accuracy) and ``note``. The ablation numbers already in ``path`` stay."""
+    import tarfile
+
+    dev = json.loads((out_dir / "accuracy.json").read_text())
+    progress: dict[str, dict] = {}
+    with tarfile.open(out_dir / "runs.tgz") as tar:
+        for m in tar.getmembers():
+            if not m.name.endswith("metrics.jsonl"):
+                continue
+            exp, stage = Path(m.name).parts[-3:-1]
+            rows = [json.loads(x) for x in tar.extractfile(m).read().decode().splitlines()]
+            ep = [r for r in rows if "epoch" in r and not r.get("final")]
+            if not ep:
+                continue
+            later = ep[1:] or ep
+            progress.setdefault(exp.rsplit("_s", 1)[-1], {})[stage] = {
+                "epochs_done": len(ep), "first_epoch_s": ep[0]["epoch_time_s"],
+                "epoch_s_median": statistics.median(r["epoch_time_s"] for r in later),
+                "step_s_median": statistics.median(r["step_time_s"] for r in later),
+                "last_val_acc": ep[-1]["val_acc"]}
+    finished = {seed: {v: m for v, m in r.items() if v not in discard}
+                for seed, r in dev["per_seed"].items()}
+    names = sorted({v for r in finished.values() for v in r})
+    summary = summarise({int(k): v for k, v in finished.items()},
+                        [int(k) for k in finished])
+    rec = {"run": dev["run"], "complete": dev["complete"], "discarded": discard, "note": note,
+           "finished": finished, "summary": {v: summary[v] for v in names if v in summary},
+           "progress": {k: progress[k] for k in sorted(progress)}}
+    data = json.loads(path.read_text()) if path.exists() else copy.deepcopy(EMPTY)
+    data.setdefault("device_runs", []).append(rec)
+    _write(path, data)
+    return rec
+
+
+def device_run_rows(data: dict, width: int) -> list[list[str]]:
+    rows = []
+    for r in data.get("device_runs") or []:
+        run = r["run"]
+        rows.append([f"device run ({run['device_name']}, {run['epochs']} epochs, seeds "
+                     f"{run['seeds']}, {'complete' if r['complete'] else 'incomplete'}): "
+                     f"{r['note']}", *[""] * (width - 1)])
+        for v, m in r["summary"].items():
+            std = m.get("test_acc_std")
+            rows.append([f"device run: {label(v)}", *[""] * (width - 4),
+                         f"{m['test_acc_mean']:.2f}" + ("" if std is None else f" ± {std:.2f}"),
+                         "", f"{m['val_acc_mean']:.2f}"])
+    return rows
+
+
 def _device_name(device: str) -> str | None:
     if not device.startswith("cuda") or not torch.cuda.is_available():
         return None
@@ -678,6 +733,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="only record these finished sibnn-train runs (runs/<experiment>) beside "
                         "the ablation, each SI run compared with its twin without SI trained "
                         "with the same recipe")
+    p.add_argument("--record-device-run", default=None, metavar="OUT_DIR",
+                   help="only record the output of scripts/device_ablation.sh (accuracy.json "
+                        "and runs.tgz in OUT_DIR), complete or not, beside the ablation")
+    p.add_argument("--note", default="", help="with --record-device-run: what to know about it")
+    p.add_argument("--discard", nargs="*", default=[], metavar="VARIANT",
+                   help="with --record-device-run: variants whose finished runs are not kept")
     p.add_argument("--train-seed", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--train-stage", default=None, help=argparse.SUPPRESS)
     p.add_argument("--render", action="store_true",
@@ -691,6 +752,13 @@ def main(argv: list[str] | None = None) -> int:
         data = update_runs(results_dir / "accuracy.json", [Path(d) for d in args.record_runs])
         for name, c in data["run_comparisons"].items():
             print(f"{name}: val {c['val_delta']:+.2f}, test {c['test_delta']:+.2f} points")
+        return 0
+    if args.record_device_run:
+        rec = record_device_run(results_dir / "accuracy.json", Path(args.record_device_run),
+                                args.note, args.discard)
+        for v, m in rec["summary"].items():
+            print(f"{v}: test {m['test_acc_mean']:.2f} (std {m['test_acc_std']}), "
+                  f"val {m['val_acc_mean']:.2f}, {m['seeds_done']} seed(s)")
         return 0
     if args.shipped:
         sh = shipped(args.data_dir)
@@ -743,7 +811,8 @@ def main(argv: list[str] | None = None) -> int:
 
     old = results_dir / "accuracy.json"
     prev = json.loads(old.read_text()) if old.exists() else {}
-    kept = {k: prev[k] for k in ("shipped", "full_runs", "run_comparisons") if k in prev}
+    kept = {k: prev[k] for k in ("shipped", "full_runs", "run_comparisons", "device_runs")
+            if k in prev}
 
     def save(final: bool = False) -> dict:
         """Rewrite the results from every finished stage on disk (complete once all are); the

@@ -7,7 +7,11 @@
 #   WIDTHS="16 24 48"         also the accuracy-per-LUT widths
 #   DEADLINE=540              seconds after which the jobs are stopped (they resume from their
 #                             last epoch on a rerun of this script on the same machine)
-#   COMPILE=1                 torch.compile every step (fewer kernels; 0 for eager)
+#   COMPILE=0                 1: torch.compile every step, each compiled step checked against
+#                             the eager one on a batch first (quant_models.train.engine.
+#                             checked_compile). On the H200 (torch 2.11) the compiled students
+#                             had wrong gradients (rejected now), the FP teacher was right at
+#                             2 s/epoch; the students' compile costs ~100 s for nothing
 #   DEVICE=cuda               cpu for a dry run of this script here (with PYTHON=.venv/bin/python
 #                             and RESULTS_DIR=/tmp/..., so that bench/results stays as it is)
 # Installs the carried wheels into /tmp/site, starts CUDA MPS when the machine has it (kernels of
@@ -26,7 +30,7 @@ py=${PYTHON:-python3}
 out=${OUT:-/tmp/device_out}
 mkdir -p "$out" "$runs"
 t0=$(date +%s)
-log() { echo "[device_ablation $(( $(date +%s) - t0 ))s] $*"; }
+log() { echo "[device_ablation $(( $(date +%s) - t0 ))s] $*" | tee -a "$out/ablation.log"; }
 
 if [[ -d .whl ]] && ! "$py" -c "import brevitas" 2>/dev/null; then
   "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -75,11 +79,12 @@ copy_out() {
 ( while sleep 30; do copy_out; done ) & copier=$!
 
 rc=1
-if [[ ${COMPILE:-1} == 1 ]]; then
+if [[ ${COMPILE:-0} != 1 ]]; then run_ablation; rc=$?; fi
+if [[ ${COMPILE:-0} == 1 ]]; then
   run_ablation --compile; rc=$?
   (( rc == 0 )) || log "compiled run ended with $rc"
 fi
-if (( rc != 0 && rc != 124 )); then
+if [[ ${COMPILE:-0} == 1 ]] && (( rc != 0 && rc != 124 )); then
   run_ablation; rc=$?   # eager, resuming what the compiled jobs left
 fi
 kill $copier 2>/dev/null

@@ -310,3 +310,38 @@ def test_ablation_starts_every_seeds_variants_before_the_extra_widths(tmp_path):
     assert order[0] == (0, "teacher") and order[min(widths)] == (0, "w16_teacher")
     assert [k for k in order if k[0] == 0][:len(accuracy.variants(2)) + 1] == [
         (0, st.name) for st in configs[0].stages][:len(accuracy.variants(2)) + 1]
+
+
+def test_an_incomplete_device_run_is_recorded_with_its_progress_and_without_discarded_runs(
+        tmp_path):
+    import tarfile
+
+    out, res = tmp_path / "out", tmp_path / "res"
+    out.mkdir(), res.mkdir()
+    (res / "accuracy.json").write_text(json.dumps(accuracy.EMPTY))
+    run = {"device_name": "NVIDIA H200", "epochs": 3, "seeds": [0, 1]}
+    per_seed = {str(s): {"teacher": {"test_acc": 92.0 + s, "val_acc": 93.0},
+                         "plain": {"test_acc": 10.0, "val_acc": 10.0}} for s in (0, 1)}
+    (out / "accuracy.json").write_text(json.dumps({"run": run, "complete": False,
+                                                   "per_seed": per_seed}))
+    runs = tmp_path / "runs"
+    for s in (0, 1):
+        d = runs / f"ablation_e3_teacher_s{s}" / "mbh"
+        d.mkdir(parents=True)
+        d.joinpath("metrics.jsonl").write_text("\n".join(json.dumps(
+            {"epoch": e, "epoch_time_s": 60.0 if e == 1 else 10.0 + s, "step_time_s": 0.05,
+             "val_acc": 50.0 + e}) for e in (1, 2)))
+    with tarfile.open(out / "runs.tgz", "w:gz") as tar:
+        tar.add(runs, arcname=".")
+    rc = accuracy.main(["--record-device-run", str(out), "--discard", "plain",
+                        "--note", "students wrong", "--results-dir", str(res)])
+    assert rc == 0
+    rec = json.loads((res / "accuracy.json").read_text())["device_runs"][0]
+    assert rec["summary"] == {"teacher": {"test_acc_mean": 92.5, "val_acc_mean": 93.0,
+                                          "test_acc_std": 0.5, "seeds_done": 2}}
+    assert rec["progress"]["0"]["mbh"] == {"epochs_done": 2, "first_epoch_s": 60.0,
+                                           "epoch_s_median": 10.0, "step_s_median": 0.05,
+                                           "last_val_acc": 52.0}
+    assert rec["progress"]["1"]["mbh"]["epoch_s_median"] == 11.0
+    md = (res / "accuracy.md").read_text()
+    assert "incomplete): students wrong" in md and "92.50 ± 0.50" in md

@@ -731,3 +731,63 @@ def test_select_best_val_ships_the_best_validation_epoch_and_resumes_to_it(tmp_p
     assert (last["selected_epoch"], last["best_val_epoch"], last["select"]) == (4, 2, "last")
     assert last["test_acc"] == got["test_acc_last"] and "test_acc_last" not in last
     assert _same(load_checkpoint(tmp_path / "c/tiny/teacher/final.pt")["state_dict"], seen[3])
+
+
+# -- compiled steps -------------------------------------------------------------------------------
+
+def _student_step():
+    """A digits student, its eager training step (CE + KD + block loss) and one batch."""
+    from quant_models.fastpath import fast_forward
+    from quant_models.networks import TapOutputs
+    from quant_models.train.engine import forward_loss
+
+    cfg = build_config(tiny("unused"))
+    torch.manual_seed(0)
+    teacher = build_model("si_resnet_fp", dataset="digits", width=8, depth=[1, 1]).eval()
+    student = build_model("si_resnet_w1a1", dataset="digits", width=8, depth=[1, 1]).train()
+    fast_forward(student)
+    stage = cfg.stage("student")
+    step = forward_loss(stage, TapOutputs(student, flat=False), teacher,
+                        {n: 1.0 for n in student.tap_names})
+    x = load_splits("digits", val_size=300).train.x[:64]
+    return student, step, x, torch.arange(64) % 10
+
+
+def test_a_compiled_step_with_wrong_gradients_is_rejected_and_training_stays_eager():
+    student, step, x, y = _student_step()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+
+    def halves_gradients(fn):  # a "compiler" whose step has the same loss, half the gradients
+        def wrong(x, y):
+            loss, parts, logits = fn(x, y)
+            return loss.detach() + 0.5 * (loss - loss.detach()), parts, logits
+        return wrong
+
+    said = []
+    kept = train_engine().checked_compile(step, student, x, y, log=said.append,
+                                          compiler=halves_gradients)
+    assert kept is step
+    assert "rejected" in said[0] and "training eager" in said[0]
+    # the check's forward passes left the BatchNorm statistics as they were
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())
+
+    def fails(fn):
+        raise RuntimeError("no C compiler")
+    said.clear()
+    assert train_engine().checked_compile(step, student, x, y, log=said.append,
+                                          compiler=fails) is step
+    assert said == ["compile failed (RuntimeError: no C compiler); training eager"]
+
+
+@pytest.mark.slow
+def test_torch_compile_of_a_student_step_matches_eager_on_cpu():
+    student, step, x, y = _student_step()
+    said = []
+    compiled = train_engine().checked_compile(step, student, x, y, log=said.append)
+    assert compiled is not step, said
+    assert "match" in said[0]
+
+
+def train_engine():
+    from quant_models.train import engine
+    return engine

@@ -554,9 +554,54 @@ def setup_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
     ema = WeightEMA(student, stage.ema_decay) if stage.ema_decay is not None else None
     step = forward_loss(stage, wrapped, teacher, tap_weights)
     if cfg.compile:
-        step = torch.compile(step)
+        step = checked_compile(step, student, train.x[:stage.batch_size],
+                               train.y[:stage.batch_size],
+                               log=(lambda m: log(f"[{stage.name}] {m}")) if env.main else _quiet)
     return StageRun(cfg, index, env, splits, train, steps, student, wrapped, teacher, opt, sched,
                     tap_weights, ema, step)
+
+
+def checked_compile(step, model: nn.Module, x: torch.Tensor, y: torch.Tensor, log=print,
+                    compiler=torch.compile):
+    """``compiler(step)`` if its loss and every gradient on one batch ``(x, y)`` match the eager
+    step's (per tensor: max |difference| <= 1e-2 * max |eager gradient|), else ``step`` itself,
+    with a line to ``log`` saying why. ``model``'s buffers (BatchNorm statistics) are restored
+    after the check, so a run continues as if it had not happened.
+
+    Why the check: on the GPU machine (torch 2.11, CUDA inductor) the compiled step of every
+    binary student gave wrong gradients (22 of 23 tensors, most of them zero: the custom
+    autograd functions of :mod:`quant_models.fastpath`), so the students did not learn, while the
+    FP teacher trained as in eager mode; on CPU (torch 2.13) the same compiled step matched."""
+    try:
+        compiled = compiler(step)
+    except Exception as e:  # noqa: BLE001 - any failure to compile: train eager, say so
+        log(f"compile failed ({type(e).__name__}: {e}); training eager")
+        return step
+    params = [p for p in model.parameters() if p.requires_grad]
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+
+    def grads(fn):
+        loss = fn(x, y)[0]
+        return float(loss), torch.autograd.grad(loss, params, allow_unused=True)
+    try:
+        (le, ge), (lc, gc) = grads(step), grads(compiled)
+    except Exception as e:  # noqa: BLE001
+        log(f"compiled step failed ({type(e).__name__}: {e}); training eager")
+        return step
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+    bad = [i for i, (a, c) in enumerate(zip(ge, gc, strict=True))
+           if (a is None) != (c is None)
+           or (a is not None and float((a - c).abs().max()) > 1e-2 * float(a.abs().max()))]
+    if bad or abs(le - lc) > 1e-3 * abs(le) + 1e-6:
+        log(f"compiled step rejected: loss {lc:.6g} vs eager {le:.6g}, {len(bad)} of "
+            f"{len(params)} gradients differ from the eager step's on one batch; training eager")
+        return step
+    log(f"compiled step checked against the eager step on one batch: loss and {len(params)} "
+        f"gradients match")
+    return compiled
 
 
 def forward_loss(stage: Stage, wrapped: nn.Module, teacher: nn.Module | None,
