@@ -39,6 +39,11 @@ resident on it: the seeds' teachers first, then all their students together::
     python -m bench.accuracy --device cuda --epochs 30 --seeds 0 1 2          # the GPU ablation
     python -m bench.accuracy --epochs 2 --train-subset 27500 --jobs 2         # CPU, 2 cores
     python -m bench.accuracy --cost-only
+    python -m bench.accuracy --record-device-run OUT --note "..." [--discard VARIANT ...]
+
+``scripts/device_ablation.sh`` runs the GPU command on the lent device machine with a deadline and
+returns the results, a log and the weights; ``--record-device-run`` stores such an output, complete
+or not (per-stage progress and step times included), under ``device_runs``.
 
 The step-cost ratio is measured in one process: a distillation step (frozen teacher forward +
 student forward with taps + CE/KD/block loss + backward + Adam) against a plain CE step of the same
