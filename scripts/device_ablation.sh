@@ -12,6 +12,7 @@
 #                             checked_compile). On the H200 (torch 2.11) the compiled students
 #                             had wrong gradients (rejected now), the FP teacher was right at
 #                             2 s/epoch; the students' compile costs ~100 s for nothing
+#   DATASET, SUBSET, VAL_SIZE --dataset (default fmnist), --train-subset, --val-size (dry runs)
 #   DEVICE=cuda               cpu for a dry run of this script here (with PYTHON=.venv/bin/python
 #                             and RESULTS_DIR=/tmp/..., so that bench/results stays as it is)
 # Installs the carried wheels into /tmp/site, starts CUDA MPS when the machine has it (kernels of
@@ -57,14 +58,15 @@ if [[ $device == cuda* ]] && command -v nvidia-cuda-mps-control >/dev/null; then
 fi
 
 data=()
-[[ -d .data/fashion-mnist ]] && data=(--data-dir .data/fashion-mnist)
+[[ -d .data/fashion-mnist && ${DATASET:-fmnist} == fmnist ]] && data=(--data-dir .data/fashion-mnist)
 run_ablation() {  # $1: extra flags; stops at the deadline
   local left=$(( deadline - ($(date +%s) - t0) ))
   (( left > 20 )) || return 124
   log "ablation $* ($left s left)"
   timeout -s INT -k 15 "$left" "$py" -m bench.accuracy --device "$device" --epochs "$epochs" \
     --seeds $seeds --variants $variants --no-cost ${WIDTHS:+--widths $WIDTHS} \
-    ${SUBSET:+--train-subset $SUBSET} "${data[@]}" --runs-dir "$runs" --results-dir "$results" "$@" \
+    ${SUBSET:+--train-subset $SUBSET} ${DATASET:+--dataset $DATASET} \
+    ${VAL_SIZE:+--val-size $VAL_SIZE} "${data[@]}" --runs-dir "$runs" --results-dir "$results" "$@" \
     > >(tee -a "$out/ablation.log" | grep --line-buffered -E "done:|Error|error|failed|goal|Traceback|MISSED|met" ) 2>&1
 }
 copy_out() {

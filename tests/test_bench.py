@@ -345,3 +345,31 @@ def test_an_incomplete_device_run_is_recorded_with_its_progress_and_without_disc
     assert rec["progress"]["1"]["mbh"]["epoch_s_median"] == 11.0
     md = (res / "accuracy.md").read_text()
     assert "incomplete): students wrong" in md and "92.50 ± 0.50" in md
+
+
+@pytest.mark.slow
+def test_the_device_script_runs_the_ablation_and_returns_results_log_and_weights(tmp_path):
+    """``scripts/device_ablation.sh`` as the GPU machine runs it, here on CPU at a tiny scale."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+
+    repo = accuracy.REPO
+    out = tmp_path / "out"
+    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(out),
+           "RUNS_DIR": str(tmp_path / "runs"), "RESULTS_DIR": str(tmp_path / "res"),
+           "DATASET": "digits", "VAL_SIZE": "200", "SUBSET": "256",
+           "VARIANTS": "teacher plain si_h_mbh", "DEADLINE": "600"}
+    proc = subprocess.run(["bash", "scripts/device_ablation.sh", "1", "0"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    data = json.loads((out / "accuracy.json").read_text())
+    assert data["complete"] and set(data["per_seed"]["0"]) == {"teacher", "plain", "si_h_mbh"}
+    assert "done:" in (out / "ablation.log").read_text()
+    with tarfile.open(out / "runs.tgz") as tar:
+        names = tar.getnames()
+    assert any(n.endswith("si_h_mbh/final.pt") for n in names)
+    assert any(n.endswith("teacher/final.pt") for n in names)
+    with tarfile.open(out / "finals.tgz") as tar:
+        assert any(n.endswith("plain/final.pt") for n in tar.getnames())
