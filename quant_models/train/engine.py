@@ -564,9 +564,14 @@ def setup_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
 def checked_compile(step, model: nn.Module, x: torch.Tensor, y: torch.Tensor, log=print,
                     compiler=torch.compile):
     """``compiler(step)`` if its loss and every gradient on one batch ``(x, y)`` match the eager
-    step's (per tensor: max |difference| <= 1e-2 * max |eager gradient|), else ``step`` itself,
-    with a line to ``log`` saying why. ``model``'s buffers (BatchNorm statistics) are restored
-    after the check, so a run continues as if it had not happened.
+    step's (:func:`_same_direction`), else ``step`` itself, with a line to ``log`` saying why.
+    ``model``'s buffers (BatchNorm statistics) are restored after the check, so a run continues as
+    if it had not happened.
+
+    "Match" cannot mean equal: fused arithmetic moves a few pre-activations across zero, and each
+    flipped sign changes the gradients downstream (measured on CPU, ``si_h_resnet_w1a1_mbh``,
+    batch 256: loss within 5e-5, every gradient tensor at cosine >= 0.997 to eager's, but single
+    entries up to 16% of the tensor's largest apart).
 
     Why the check: on the GPU machine (torch 2.11, CUDA inductor) the compiled step of every
     binary student gave wrong gradients (22 of 23 tensors, most of them zero: the custom
@@ -592,9 +597,7 @@ def checked_compile(step, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo
         with torch.no_grad():
             for b, v in saved:
                 b.copy_(v)
-    bad = [i for i, (a, c) in enumerate(zip(ge, gc, strict=True))
-           if (a is None) != (c is None)
-           or (a is not None and float((a - c).abs().max()) > 1e-2 * float(a.abs().max()))]
+    bad = [i for i, (a, c) in enumerate(zip(ge, gc, strict=True)) if not _same_direction(a, c)]
     if bad or abs(le - lc) > 1e-3 * abs(le) + 1e-6:
         log(f"compiled step rejected: loss {lc:.6g} vs eager {le:.6g}, {len(bad)} of "
             f"{len(params)} gradients differ from the eager step's on one batch; training eager")
@@ -602,6 +605,18 @@ def checked_compile(step, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo
     log(f"compiled step checked against the eager step on one batch: loss and {len(params)} "
         f"gradients match")
     return compiled
+
+
+def _same_direction(a: torch.Tensor | None, c: torch.Tensor | None) -> bool:
+    """Whether gradient ``c`` is ``a`` up to rounding and a few flipped signs: cosine >= 0.99 and
+    norms within 5% (a zero ``a`` needs a zero ``c``)."""
+    if a is None or c is None:
+        return a is None and c is None
+    a, c = a.double().flatten(), c.double().flatten()
+    na, nc = float(a.norm()), float(c.norm())
+    if na == 0.0:
+        return nc == 0.0
+    return abs(nc / na - 1.0) <= 0.05 and float(a @ c) / (na * nc + 1e-300) >= 0.99
 
 
 def forward_loss(stage: Stage, wrapped: nn.Module, teacher: nn.Module | None,
