@@ -587,7 +587,7 @@ def checked_compile(step, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo
 
     def grads(fn):
         loss = fn(x, y)[0]
-        return float(loss), torch.autograd.grad(loss, params, allow_unused=True)
+        return float(loss.detach()), torch.autograd.grad(loss, params, allow_unused=True)
     try:
         (le, ge), (lc, gc) = grads(step), grads(compiled)
     except Exception as e:  # noqa: BLE001
