@@ -108,13 +108,12 @@ class Variant:
     """Whether it is an SI variant distilled block-wise: a candidate for "the full method"."""
 
 
+# In order of priority: a run of the first few (``--variants``) is extended by a later run of more,
+# since a run's stages may only be appended to (the teachers first, then the shipped student's
+# variant, its twin without SI and the cheaper SI, then the older variants).
 VARIANTS: dict[str, Variant] = {
     "teacher": Variant("si_resnet_fp", "FP teacher (si_resnet_fp), CE", "ce"),
     "plain": Variant("resnet_w1a1", "W1A1 plain (resnet_w1a1), CE", "ce"),
-    "kd": Variant("resnet_w1a1", "W1A1 + logit KD", "kd"),
-    "si_kd": Variant("si_resnet_w1a1", "W1A1 + SI(a) + logit KD", "kd"),
-    "full": Variant("si_resnet_w1a1", "W1A1 + SI(a) + logit KD + block KD (full)", si=True),
-    "si_h": Variant("si_h_resnet_w1a1", "W1A1 + SI(h) + logit KD + block KD", si=True),
     "mbh": Variant("resnet_w1a1", "W1A1 + 8-bit head + sign bias + logit KD + block KD",
                    overrides={"head_bits": 8, "sign_bias": True}),
     "si_h_mbh": Variant("si_h_resnet_w1a1_mbh",
@@ -122,6 +121,10 @@ VARIANTS: dict[str, Variant] = {
     "si_h_mbh_ds": Variant("si_h_resnet_w1a1_mbh",
                            "si_h_mbh with SI in the downsample blocks only",
                            overrides={"si_blocks": "downsample"}, si=True),
+    "full": Variant("si_resnet_w1a1", "W1A1 + SI(a) + logit KD + block KD (full)", si=True),
+    "kd": Variant("resnet_w1a1", "W1A1 + logit KD", "kd"),
+    "si_kd": Variant("si_resnet_w1a1", "W1A1 + SI(a) + logit KD", "kd"),
+    "si_h": Variant("si_h_resnet_w1a1", "W1A1 + SI(h) + logit KD + block KD", si=True),
     "staged": Variant("si_resnet_w1a1", "full, staged: binary activations first, then weights",
                       si=True),
 }

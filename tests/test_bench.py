@@ -8,6 +8,8 @@ import pytest
 
 import bench.common
 from bench import accuracy
+from quant_models.train.engine import resume_diff
+from sibnn_base.typed import to_dict
 
 from .conftest import assert_one_line_error, run_cli
 
@@ -79,12 +81,17 @@ def test_ablation_staged_variant_splits_the_same_epochs(tmp_path):
     assert act.loss_weights == staged.loss_weights == cfg.stage("full").loss_weights
     one = accuracy.ablation_config(0, 1, 100, "teacher", str(tmp_path), None, 1)
     assert "staged" not in accuracy.variants(1)
-    assert [s.name for s in one.stages] == ["teacher", "plain", "kd", "si_kd", "full", "si_h",
-                                            "mbh", "si_h_mbh", "si_h_mbh_ds"]
+    assert [s.name for s in one.stages] == ["teacher", "plain", "mbh", "si_h_mbh", "si_h_mbh_ds",
+                                            "full", "kd", "si_kd", "si_h"]
     assert one.stage("si_h_mbh_ds").model == {"si_blocks": "downsample"}
     some = accuracy.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1,
                                     names=("plain", "si_h_mbh"), compile=True)
     assert [s.name for s in some.stages] == ["teacher", "plain", "si_h_mbh"] and some.compile
+    # a run of the first variants is resumed (extended) by a run of all of them
+    first = accuracy.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1,
+                                     names=("teacher", "plain", "mbh", "si_h_mbh"))
+    every = accuracy.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1)
+    assert resume_diff(to_dict(first), to_dict(every)) == []
     # every stage trains with the shipped student recipe's augmentation, 8-bit stem and layout
     assert one.stage("teacher").crop_pad == 2 and one.stage("teacher").hflip is True
     assert one.data.crop_pad == 2 and one.data.hflip and one.channels_last
