@@ -241,8 +241,9 @@ def needs(cfg, stage: str) -> list[str]:
     return [r for r in (st.teacher, st.init_from) if r is not None]
 
 
-def step_cost(steps: int, batch: int, data_dir: str | None) -> dict:
-    """Median seconds of a distillation step and of a plain CE step of the same student."""
+def step_cost(steps: int, batch: int, data_dir: str | None, compile: bool = False) -> dict:
+    """Median seconds of a distillation step and of a plain CE step of the same student; with
+    ``compile``, also of the channels-last distillation step compiled (``checked_compile``)."""
     from quant_models.data import load_splits
 
     torch.manual_seed(0)
@@ -297,13 +298,38 @@ def step_cost(steps: int, batch: int, data_dir: str | None) -> dict:
     plain(), distil(), distil_brevitas(), distil_cl()  # warm-up
     timed = {"plain": (plain, []), "distil": (distil, []), "brevitas": (distil_brevitas, []),
              "channels_last": (distil_cl, [])}
+    said: list[str] = []
+    if compile:
+        from quant_models.train.engine import checked_compile
+
+        s_c = copy.deepcopy(student_cl)  # fused forward and layout included
+        t_c = copy.deepcopy(teacher).to(memory_format=torch.channels_last)
+        opt_c = torch.optim.Adam(s_c.parameters(), 1e-4)
+
+        def forward(x, y):
+            with torch.no_grad():
+                t_logits, t_taps = t_c.forward_taps(x)
+            logits, taps = s_c.forward_taps(x)
+            loss, parts = distillation_loss(logits, taps, y, lw_full, tap_w, t_logits, t_taps)
+            return loss, parts, logits.detach()
+        step = checked_compile(forward, s_c, x, y, log=said.append)
+
+        def distil_compiled():
+            loss = step(x, y)[0]
+            opt_c.zero_grad()
+            loss.backward()
+            opt_c.step()
+        distil_compiled()
+        timed["compiled"] = (distil_compiled, [])
     for _ in range(steps):
         for fn, acc in timed.values():
             t0 = time.perf_counter()
             fn()
             acc.append(time.perf_counter() - t0)
-    p, d, b, c = (statistics.median(acc) for _, acc in timed.values())
-    return {"batch": batch, "steps_each": steps, "inputs": source,
+    p, d, b, c, *k = (statistics.median(acc) for _, acc in timed.values())
+    extra = {"distill_step_compiled_s": round(k[0], 4), "compile_speedup": round(c / k[0], 3),
+             "compile_check": said[0]} if k else {}
+    return {**extra, "batch": batch, "steps_each": steps, "inputs": source,
             "threads": torch.get_num_threads(), "plain_step_s": round(p, 4),
             "distill_step_s": round(d, 4), "ratio": round(d / p, 3), "goal_ratio_max": 1.6,
             "distill_step_brevitas_forward_s": round(b, 4),
@@ -535,6 +561,10 @@ def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None,
         if "channels_last_speedup" in cost:
             rows.append(["distillation step, default / channels-last layout (both fused)",
                          *[""] * len(seeds), f"{cost['channels_last_speedup']:.3f}x", "", ""])
+        if "compile_speedup" in cost:
+            rows.append(["distillation step, channels-last eager / compiled (checked_compile: "
+                         + cost["compile_check"].split(":")[0] + ")",
+                         *[""] * len(seeds), f"{cost['compile_speedup']:.3f}x", "", ""])
     best = goals(summary).get("method_gain")
     if best:
         rows.append([f"the full method ({best['goal'].split(' ')[0]}) vs plain: "
@@ -720,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
                    metavar="VARIANT", help="train only these variants (and their teacher); "
                    f"default all: {', '.join(VARIANTS)}")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile every training step (the GPU ablation: fewer kernels)")
+                   help="torch.compile every training step, checked against the eager step first; "
+                        "with the step cost, time the compiled step too")
     p.add_argument("--widths", type=int, nargs="*", default=[],
                    help="also train teacher, plain and si_h_mbh at these widths (the points of "
                         "the accuracy-per-LUT plot), e.g. --widths 16 24 48")
@@ -798,7 +829,7 @@ def main(argv: list[str] | None = None) -> int:
     configs_names = None if args.variants is None else tuple(args.variants)
     cost = None
     if not args.no_cost:
-        cost = step_cost(args.cost_steps, 256, args.data_dir)
+        cost = step_cost(args.cost_steps, 256, args.data_dir, compile=args.compile)
         print(f"step cost: distill {cost['distill_step_s']}s / plain {cost['plain_step_s']}s "
               f"= {cost['ratio']}x")
     if args.cost_only:
