@@ -300,18 +300,14 @@ def step_cost(steps: int, batch: int, data_dir: str | None, compile: bool = Fals
              "channels_last": (distil_cl, [])}
     said: list[str] = []
     if compile:
-        from quant_models.train.engine import checked_compile
+        from quant_models.networks import TapOutputs
+        from quant_models.train.engine import checked_compile, forward_loss
 
         s_c = copy.deepcopy(student_cl)  # fused forward and layout included
         t_c = copy.deepcopy(teacher).to(memory_format=torch.channels_last)
         opt_c = torch.optim.Adam(s_c.parameters(), 1e-4)
-
-        def forward(x, y):
-            with torch.no_grad():
-                t_logits, t_taps = t_c.forward_taps(x)
-            logits, taps = s_c.forward_taps(x)
-            loss, parts = distillation_loss(logits, taps, y, lw_full, tap_w, t_logits, t_taps)
-            return loss, parts, logits.detach()
+        # the training engine's own step (teacher, student with taps, CE + KD + block loss)
+        forward = forward_loss(recipe.stage("student"), TapOutputs(s_c, flat=False), t_c, tap_w)
         step = checked_compile(forward, s_c, x, y, log=said.append)
 
         def distil_compiled():

@@ -380,3 +380,10 @@ def test_the_device_script_runs_the_ablation_and_returns_results_log_and_weights
     assert any(n.endswith("teacher/final.pt") for n in names)
     with tarfile.open(out / "finals.tgz") as tar:
         assert any(n.endswith("plain/final.pt") for n in tar.getnames())
+
+
+@pytest.mark.slow
+def test_step_cost_times_the_checked_compiled_step():
+    cost = accuracy.step_cost(steps=1, batch=8, data_dir=None, compile=True)
+    assert cost["compile_check"].startswith("compiled step checked")
+    assert cost["distill_step_compiled_s"] > 0 and cost["compile_speedup"] > 0
