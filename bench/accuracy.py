@@ -696,6 +696,7 @@ def record_device_run(path: Path, out_dir: Path, note: str, discard: list[str]) 
     summary = summarise({int(k): v for k, v in finished.items()},
                         [int(k) for k in finished])
     rec = {"run": dev["run"], "complete": dev["complete"], "discarded": discard, "note": note,
+           **_script_log(out_dir / "ablation.log"),
            "finished": finished, "summary": {v: summary[v] for v in names if v in summary},
            "progress": {k: progress[k] for k in sorted(progress)}}
     data = json.loads(path.read_text()) if path.exists() else copy.deepcopy(EMPTY)
@@ -704,12 +705,32 @@ def record_device_run(path: Path, out_dir: Path, note: str, discard: list[str]) 
     return rec
 
 
+def _script_log(path: Path) -> dict:
+    """What ``scripts/device_ablation.sh`` logged about itself: whether CUDA MPS was on, and its
+    wall time (absent from logs of before it logged them)."""
+    import re
+
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    out: dict = {}
+    if "] MPS on" in text:
+        out["mps"] = True
+    elif "] MPS unavailable" in text:
+        out["mps"] = False
+    walls = re.findall(r"\] wall (\d+) s, exit (-?\d+)", text)
+    if walls:
+        out["script_wall_s"], out["script_exit"] = int(walls[-1][0]), int(walls[-1][1])
+    return out
+
+
 def device_run_rows(data: dict, width: int) -> list[list[str]]:
     rows = []
     for r in data.get("device_runs") or []:
         run = r["run"]
         rows.append([f"device run ({run['device_name']}, {run['epochs']} epochs, seeds "
-                     f"{run['seeds']}, {'complete' if r['complete'] else 'incomplete'}): "
+                     f"{run['seeds']}, {'complete' if r['complete'] else 'incomplete'}"
+                     + ("" if "mps" not in r else f", MPS {'on' if r['mps'] else 'off'}")
+                     + ("" if "script_wall_s" not in r else f", wall {r['script_wall_s']} s")
+                     + "): "
                      f"{r['note']}", *[""] * (width - 1)])
         for v, m in r["summary"].items():
             std = m.get("test_acc_std")

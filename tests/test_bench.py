@@ -340,6 +340,8 @@ def test_an_incomplete_device_run_is_recorded_with_its_progress_and_without_disc
              "val_acc": 50.0 + e}) for e in (1, 2)))
     with tarfile.open(out / "runs.tgz", "w:gz") as tar:
         tar.add(runs, arcname=".")
+    (out / "ablation.log").write_text("[device_ablation 9s] MPS on\n[seed 0] [teacher] done\n"
+                                      "[device_ablation 560s] wall 560 s, exit 124\n")
     rc = accuracy.main(["--record-device-run", str(out), "--discard", "plain",
                         "--note", "students wrong", "--results-dir", str(res)])
     assert rc == 0
@@ -350,6 +352,7 @@ def test_an_incomplete_device_run_is_recorded_with_its_progress_and_without_disc
                                            "epoch_s_median": 10.0, "step_s_median": 0.05,
                                            "last_val_acc": 52.0}
     assert rec["progress"]["1"]["mbh"]["epoch_s_median"] == 11.0
+    assert (rec["mps"], rec["script_wall_s"], rec["script_exit"]) == (True, 560, 124)
     md = (res / "accuracy.md").read_text()
     assert "incomplete): students wrong" in md and "92.50 ± 0.50" in md
 
