@@ -354,7 +354,7 @@ def test_an_incomplete_device_run_is_recorded_with_its_progress_and_without_disc
     assert rec["progress"]["1"]["mbh"]["epoch_s_median"] == 11.0
     assert (rec["mps"], rec["script_wall_s"], rec["script_exit"]) == (True, 560, 124)
     md = (res / "accuracy.md").read_text()
-    assert "incomplete): students wrong" in md and "92.50 ± 0.50" in md
+    assert "incomplete, MPS on, wall 560 s): students wrong" in md and "92.50 ± 0.50" in md
 
 
 @pytest.mark.slow
