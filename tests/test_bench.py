@@ -121,6 +121,19 @@ def test_staged_recipe_is_compared_on_validation_accuracy_only():
     assert accuracy.decisions({0: {"full": {"val_acc": 1.0}}}, [0]) == {}
 
 
+def test_the_cheaper_si_is_judged_on_validation_accuracy_over_the_seeds_with_both():
+    per_seed = {0: {"si_h_mbh": {"test_acc": 90.0, "val_acc": 90.0},
+                    "si_h_mbh_ds": {"test_acc": 89.0, "val_acc": 90.5}},
+                1: {"si_h_mbh": {"test_acc": 91.0, "val_acc": 90.0},
+                    "si_h_mbh_ds": {"test_acc": 90.0, "val_acc": 89.7}},
+                2: {"si_h_mbh": {"test_acc": 50.0, "val_acc": 50.0}}}  # no ds run: left out
+    dec = accuracy.decisions(per_seed, [0, 1, 2])["si_downsample_only"]
+    assert dec["seeds"] == [0, 1] and dec["val_delta"] == 0.1 and dec["test_delta"] == -1.0
+    assert dec["as_good_on_val"] is True
+    rows = accuracy.table(accuracy.summarise(per_seed, [0, 1, 2]), per_seed, [0, 1, 2], None)
+    assert any("2 seed(s): val +0.10, test -1.00" in r[0] for r in rows)
+
+
 def test_goals_name_the_best_si_variant_by_validation_accuracy():
     per_seed = {0: {"teacher": {"test_acc": 93.5, "val_acc": 94.0},
                     "plain": {"test_acc": 90.0, "val_acc": 90.0},
