@@ -212,7 +212,6 @@ accuracy 55 %), and a teacher with stale statistics is a poor distillation targe
 
 
 @torch.no_grad()
-@torch.no_grad()
 def recalibrate_bn(model: nn.Module, split: Split, samples: int, batch_size: int) -> None:
     """Replace every BatchNorm's running mean/var by the exact average over the first ``samples``
     images of ``split`` (fixed order, train-mode forward, no weight changes)."""
@@ -247,7 +246,6 @@ def random_crop(x: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tenso
 
 # -- evaluation ------------------------------------------------------------------------------------
 
-@torch.no_grad()
 @torch.no_grad()
 def evaluate(model: nn.Module, split: Split, batch_size: int = 1000,
              env: DistEnv | None = None) -> dict[str, float]:
