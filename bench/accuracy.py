@@ -325,7 +325,7 @@ def step_cost(steps: int, batch: int, data_dir: str | None, compile: bool = Fals
     p, d, b, c, *k = (statistics.median(acc) for _, acc in timed.values())
     extra = {"distill_step_compiled_s": round(k[0], 4), "compile_speedup": round(c / k[0], 3),
              "compile_check": said[0]} if k else {}
-    return {**extra, "batch": batch, "steps_each": steps, "inputs": source,
+    return {**extra, "student": "si_resnet_w1a1", "recipe": RECIPE.name, "batch": batch, "steps_each": steps, "inputs": source,
             "threads": torch.get_num_threads(), "plain_step_s": round(p, 4),
             "distill_step_s": round(d, 4), "ratio": round(d / p, 3), "goal_ratio_max": 1.6,
             "distill_step_brevitas_forward_s": round(b, 4),
@@ -595,6 +595,7 @@ def table(summary: dict, per_seed: dict, seeds: list[int], cost: dict | None,
                      f"init from {run['student_init']}, device {dev}"
                      + (f" ({run['device_name']})" if run.get("device_name") else "")
                      + f", {run['threads']} thread(s) per job"
+                     + (f", students on configs/{run['recipe']}" if run.get("recipe") else "")
                      + (f", wall {wall / 60:.1f} min" if wall else ""),
                      *[""] * len(seeds), "", "", ""])
     return (rows + run_rows(data or {}, len(rows[0])) + device_run_rows(data or {}, len(rows[0]))
