@@ -803,3 +803,66 @@ def test_compiled_gradients_may_differ_by_a_few_flipped_signs_not_by_direction_o
     assert not same(g, torch.zeros_like(g))  # the H200's compiled students: zero gradients
     assert not same(g, 0.5 * g) and not same(g, torch.randn(4096)) and not same(g, None)
     assert same(torch.zeros(3), torch.zeros(3)) and not same(torch.zeros(3), torch.ones(3))
+
+
+# -- cutout and label smoothing ---------------------------------------------------------------------
+
+def test_cutout_zeros_a_square_clipped_at_the_border():
+    cutout = train_engine().cutout
+    x = torch.ones(3, 2, 10, 10)
+    y = cutout(x, torch.tensor([[5, 5], [0, 0], [9, 4]]), 4)
+    assert y.shape == x.shape and torch.equal(y[:, 0], y[:, 1])  # every channel alike
+    assert int((y[0, 0] == 0).sum()) == 16 and torch.all(y[0, 0, 3:7, 3:7] == 0)
+    assert int((y[1, 0] == 0).sum()) == 4 and torch.all(y[1, 0, :2, :2] == 0)  # clipped corner
+    assert int((y[2, 0] == 0).sum()) == 12 and torch.all(y[2, 0, 7:, 2:6] == 0)
+    assert torch.equal(cutout(x, torch.tensor([[5, 5]] * 3), 0), x)
+
+
+def test_label_smoothing_and_cutout_are_config_keys_with_checked_ranges(tmp_path):
+    from quant_models.train.losses import distillation_loss
+
+    cfg = build_config(tiny(tmp_path, data={"name": "digits", "val_size": 300,
+                                            "train_subset": 512, "cutout": 4}))
+    assert cfg.data.cutout == 4
+    for bad, match in (({"data": {"name": "digits", "cutout": 17}}, "data.cutout"),):
+        with pytest.raises(ConfigError, match=match):
+            build_config(tiny(tmp_path, **bad))
+    d = tiny(tmp_path)
+    d["stages"][0]["loss_weights"] = {"ce": 1.0, "label_smoothing": 1.0}
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        build_config(d)
+    d["stages"][0]["loss_weights"] = {"ce": 1.0, "label_smoothing": 0.1}
+    d["stages"][0]["cutout"] = 20
+    with pytest.raises(ConfigError, match="cutout must be in 0..16"):
+        build_config(d)
+    d["stages"][0]["cutout"] = 6
+    lw = build_config(d).stage("teacher").loss_weights
+    logits, y = torch.tensor([[4.0, 0.0, 0.0]]), torch.tensor([0])
+    hard = distillation_loss(logits, {}, y, type(lw)(ce=1.0), {})[0]
+    soft = distillation_loss(logits, {}, y, lw, {})[0]
+    assert float(soft) > float(hard) > 0  # smoothing penalises a confident right answer
+
+
+def test_a_run_with_cutout_resumes_exactly(tmp_path):
+    """Cutout's centres come from the epoch's seeded generator: interrupt after teacher epoch 2
+    (of 3), resume, and compare with an uninterrupted run."""
+    d = tiny(tmp_path / "a", data={"name": "digits", "val_size": 300, "train_subset": 512,
+                                   "cutout": 4})
+    d["stages"] = d["stages"][:1]
+    full = train(build_config(d), log=lambda *_: None)
+
+    class Stop(Exception):
+        pass
+
+    def stop(msg):
+        if msg.startswith("[teacher] epoch 2/"):
+            raise Stop
+
+    cfg_b = build_config({**d, "out_dir": str(tmp_path / "b")})
+    with pytest.raises(Stop):
+        train(cfg_b, log=stop)
+    resumed = train(cfg_b, resume=True, log=lambda *_: None)
+    assert strip_time([resumed["teacher"]]) == strip_time([full["teacher"]])
+    plain = train(build_config({**d, "out_dir": str(tmp_path / "c"),
+                                "data": {**d["data"], "cutout": 0}}), log=lambda *_: None)
+    assert plain["teacher"]["val_loss"] != full["teacher"]["val_loss"]  # cutout took effect

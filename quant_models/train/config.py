@@ -76,6 +76,10 @@ class DataConfig:
     """Random crops during training: pad each image by this many pixels with 0 (black, the
     background of Fashion-MNIST and the binary stem's own zero padding), then cut a window of
     the original size at a random offset (seeded per epoch); 0 = off."""
+    cutout: int = 0
+    """Cutout (DeVries & Taylor 2017) during training: zero a square of this side, clipped at the
+    border, centred at a random pixel of each image (seeded per epoch, after flips and crops);
+    0 = off."""
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,8 @@ class LossWeights:
     """Logit distillation (KL between temperature-softened teacher and student outputs)."""
     temperature: float = 4.0
     """Softmax temperature of the logit distillation."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the cross entropy (0 = none; e.g. 0.1 for a teacher)."""
     block: float = 0.0
     """Block-wise distillation: MSE between normalised student and teacher taps."""
     taps: dict[str, float] | None = None
@@ -134,6 +140,8 @@ class Stage:
     """Random horizontal flips in this stage; None = the experiment's ``data.hflip``."""
     crop_pad: int | None = None
     """Random-crop padding in this stage; None = the experiment's ``data.crop_pad``."""
+    cutout: int | None = None
+    """Cutout side in this stage; None = the experiment's ``data.cutout``."""
     select: Select = Select.LAST
     """Which epoch ``final.pt`` holds: ``last`` or ``best_val`` (:class:`Select`). Every run
     keeps its best validation epoch in ``best.pt`` either way; this key only picks what is
@@ -272,6 +280,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("data.train_subset must be >= 1")
     if not 0 <= cfg.data.crop_pad <= 8:
         raise ConfigError(f"data.crop_pad must be in 0..8 pixels, got {cfg.data.crop_pad}")
+    if not 0 <= cfg.data.cutout <= 16:
+        raise ConfigError(f"data.cutout must be in 0..16 pixels, got {cfg.data.cutout}")
     seen: list[str] = []
     for s in cfg.stages:
         w = f"stage {s.name!r}"
@@ -287,6 +297,8 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{w}: ema_decay must lie in (0, 1) (e.g. 0.998), got {s.ema_decay}")
         if s.crop_pad is not None and not 0 <= s.crop_pad <= 8:
             raise ConfigError(f"{w}: crop_pad must be in 0..8 pixels, got {s.crop_pad}")
+        if s.cutout is not None and not 0 <= s.cutout <= 16:
+            raise ConfigError(f"{w}: cutout must be in 0..16 pixels, got {s.cutout}")
         if s.warmup_epochs < 0 or s.warmup_epochs > s.epochs:
             raise ConfigError(f"{w}: warmup_epochs must be in 0..epochs")
         _check_model_keys(s.model, f"stages.{s.name}.model")
@@ -299,6 +311,9 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{w}: loss weights must be >= 0 and not all 0")
         if lw.temperature <= 0:
             raise ConfigError(f"{w}: loss_weights.temperature must be > 0")
+        if not 0 <= lw.label_smoothing < 1:
+            raise ConfigError(f"{w}: loss_weights.label_smoothing must be in [0, 1), got "
+                              f"{lw.label_smoothing}")
         if (lw.kd > 0 or lw.block > 0) and s.teacher is None:
             raise ConfigError(f"{w}: kd/block loss weights need a teacher")
         for ref_name, ref in (("teacher", s.teacher), ("init_from", s.init_from)):

@@ -244,6 +244,19 @@ def random_crop(x: torch.Tensor, offsets: torch.Tensor, pad: int) -> torch.Tenso
                   torch.arange(c, device=dev)[None, :, None, None], rows, cols]
 
 
+def cutout(x: torch.Tensor, centres: torch.Tensor, size: int) -> torch.Tensor:
+    """Zero a ``size`` x ``size`` square of each image of ``x`` (N, C, H, W), clipped at the
+    border, whose centre pixel is ``centres[i] = (row, col)`` (for an even ``size``, the centre
+    is the lower right of the middle four)."""
+    h, w = x.shape[-2:]
+    lo = size // 2
+    rows = torch.arange(h, device=x.device)[None, :, None]
+    cols = torch.arange(w, device=x.device)[None, None, :]
+    top, left = centres[:, 0, None, None] - lo, centres[:, 1, None, None] - lo
+    inside = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+    return x.masked_fill(inside[:, None], 0.0)
+
+
 # -- evaluation ------------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -652,6 +665,9 @@ def train_one_epoch(run: StageRun, epoch: int) -> tuple[dict[str, float], float]
     pad = cfg.data.crop_pad if stage.crop_pad is None else stage.crop_pad
     shifts = (torch.randint(0, 2 * pad + 1, (len(train), 2), generator=g).to(dev)
               if pad else None)
+    cut = cfg.data.cutout if stage.cutout is None else stage.cutout
+    centres = (torch.randint(0, min(train.x.shape[-2:]), (len(train), 2), generator=g).to(dev)
+               if cut else None)  # drawn last: runs without cutout draw what they always drew
     run.student.train()
     # running sums stay on the device: no host sync per step
     sums = {k: torch.zeros((), dtype=torch.float64, device=dev)
@@ -667,6 +683,8 @@ def train_one_epoch(run: StageRun, epoch: int) -> tuple[dict[str, float], float]
             x = torch.where(f[:, None, None, None], x.flip(3), x)
         if shifts is not None:
             x = random_crop(x, shifts[idx], pad)
+        if centres is not None:
+            x = cutout(x, centres[idx], cut)
         loss, parts, logits = run.forward_loss(x, y)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -63,7 +63,7 @@ def distillation_loss(logits: torch.Tensor, taps: Mapping[str, torch.Tensor], y:
     parts: dict[str, torch.Tensor] = {}
     total = torch.zeros((), dtype=logits.dtype, device=logits.device)
     if lw.ce > 0:
-        parts["ce"] = F.cross_entropy(logits, y)
+        parts["ce"] = F.cross_entropy(logits, y, label_smoothing=lw.label_smoothing)
         total = total + lw.ce * parts["ce"]
     if lw.kd > 0:
         parts["kd"] = logit_kd(logits, t_logits, lw.temperature)
