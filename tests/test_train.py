@@ -866,3 +866,28 @@ def test_a_run_with_cutout_resumes_exactly(tmp_path):
     plain = train(build_config({**d, "out_dir": str(tmp_path / "c"),
                                 "data": {**d["data"], "cutout": 0}}), log=lambda *_: None)
     assert plain["teacher"]["val_loss"] != full["teacher"]["val_loss"]  # cutout took effect
+
+
+@pytest.mark.slow
+def test_the_device_teacher_sweep_runs_every_recipe_and_reports_val_and_test(tmp_path):
+    """``scripts/device_teachers.sh`` as the GPU machine runs it, here on CPU at a tiny scale."""
+    import os
+    import subprocess
+    import tarfile
+
+    out = tmp_path / "out"
+    env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(out),
+           "RUNS_DIR": str(tmp_path / "runs"), "DEADLINE": "600",
+           "EXTRA": "data.name=digits data.val_size=300 data.train_subset=256 "
+                    "stages.teacher.epochs=1 model.width=8 model.depth=[1,1]",
+           "RECIPES": "base:seed=0 cut_ls:data.cutout=4,stages.teacher.loss_weights."
+                      "label_smoothing=0.1"}
+    proc = subprocess.run(["bash", "scripts/device_teachers.sh", "0"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    res = json.loads((out / "teachers.json").read_text())
+    assert set(res) == {"base", "cut_ls"}
+    assert all(0 < res[n]["0"]["val_acc"] <= 100 and "test_acc" in res[n]["0"] for n in res)
+    with tarfile.open(out / "teachers.tgz") as tar:
+        assert sum(n.endswith("teacher/final.pt") for n in tar.getnames()) == 2
+    assert "compiled step checked" in proc.stdout
