@@ -325,7 +325,8 @@ def step_cost(steps: int, batch: int, data_dir: str | None, compile: bool = Fals
     p, d, b, c, *k = (statistics.median(acc) for _, acc in timed.values())
     extra = {"distill_step_compiled_s": round(k[0], 4), "compile_speedup": round(c / k[0], 3),
              "compile_check": said[0]} if k else {}
-    return {**extra, "student": "si_resnet_w1a1", "recipe": RECIPE.name, "batch": batch, "steps_each": steps, "inputs": source,
+    return {**extra, "student": "si_resnet_w1a1", "recipe": RECIPE.name, "batch": batch,
+            "steps_each": steps, "inputs": source,
             "threads": torch.get_num_threads(), "plain_step_s": round(p, 4),
             "distill_step_s": round(d, 4), "ratio": round(d / p, 3), "goal_ratio_max": 1.6,
             "distill_step_brevitas_forward_s": round(b, 4),
@@ -695,6 +696,10 @@ def record_device_run(path: Path, out_dir: Path, note: str, discard: list[str]) 
     last val accuracy) and ``note``. The ablation numbers already in ``path`` stay."""
     import tarfile
 
+    missing = [f for f in ("accuracy.json", "runs.tgz") if not (out_dir / f).is_file()]
+    if missing:
+        raise ConfigError(f"--record-device-run: {out_dir} has no {' or '.join(missing)} (give "
+                          "the folder scripts/device_ablation.sh wrote to, its $OUT)")
     dev = json.loads((out_dir / "accuracy.json").read_text())
     progress: dict[str, dict] = {}
     with tarfile.open(out_dir / "runs.tgz") as tar:
@@ -714,12 +719,10 @@ def record_device_run(path: Path, out_dir: Path, note: str, discard: list[str]) 
                 "last_val_acc": ep[-1]["val_acc"]}
     finished = {seed: {v: m for v, m in r.items() if v not in discard}
                 for seed, r in dev["per_seed"].items()}
-    names = sorted({v for r in finished.values() for v in r})
-    summary = summarise({int(k): v for k, v in finished.items()},
-                        [int(k) for k in finished])
+    summary = summarise({int(k): v for k, v in finished.items()}, [int(k) for k in finished])
     rec = {"run": dev["run"], "complete": dev["complete"], "discarded": discard, "note": note,
            **_script_log(out_dir / "ablation.log"),
-           "finished": finished, "summary": {v: summary[v] for v in names if v in summary},
+           "finished": finished, "summary": summary,
            "progress": {k: progress[k] for k in sorted(progress)}}
     data = json.loads(path.read_text()) if path.exists() else copy.deepcopy(EMPTY)
     data.setdefault("device_runs", []).append(rec)
@@ -851,12 +854,14 @@ def main(argv: list[str] | None = None) -> int:
         args.epochs, args.train_subset = 1, 6400
     torch.set_num_threads(args.threads)
 
+    names = None if args.variants is None else tuple(args.variants)
+
     def config(seed: int):
         return ablation_config(seed, args.epochs, args.train_subset, args.student_init,
                                args.runs_dir, args.data_dir, args.threads, device=args.device,
                                dataset=args.dataset, val_size=args.val_size,
                                widths=tuple(args.widths), compile=args.compile,
-                               names=None if args.variants is None else tuple(args.variants))
+                               names=names)
 
     if args.train_seed is not None:  # a child job: train one stage of one seed, write nothing else
         cfg = config(args.train_seed)
@@ -865,7 +870,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     configs = {s: config(s) for s in args.seeds}  # validates everything (device included) first
-    configs_names = None if args.variants is None else tuple(args.variants)
     cost = None
     if not args.no_cost:
         cost = step_cost(args.cost_steps, 256, args.data_dir, compile=args.compile)
@@ -881,7 +885,7 @@ def main(argv: list[str] | None = None) -> int:
            "student_init": args.student_init, "threads": args.threads, "jobs_at_once": jobs,
            "device": args.device, "device_name": _device_name(args.device),
            "dataset": args.dataset, "widths": args.widths, "recipe": RECIPE.name,
-           "variants": variants(args.epochs, tuple(args.widths), configs_names),
+           "variants": variants(args.epochs, tuple(args.widths), names),
            "compile": args.compile,
            "teacher_recipe": TEACHER_RECIPE.name,
            "evaluated_on": f"{args.dataset} test set, the epoch each stage ships (its select)", "wall_s": None}
@@ -899,7 +903,7 @@ def main(argv: list[str] | None = None) -> int:
         per_seed = {s: collect(c) for s, c in configs.items()}
         summary = summarise(per_seed, args.seeds)
         complete = all(len(r) == len(variants(args.epochs, tuple(args.widths),
-                                              configs_names))
+                                              names))
                        for r in per_seed.values())
         if final:
             run["wall_s"] = round(time.perf_counter() - t0, 1)

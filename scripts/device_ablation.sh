@@ -36,18 +36,10 @@ runs=${RUNS_DIR:-/tmp/runs}
 results=${RESULTS_DIR:-bench/results}
 py=${PYTHON:-python3}
 out=${OUT:-/tmp/device_out}
-mkdir -p "$out" "$runs"
+mkdir -p "$runs"
 t0=$(date +%s)
-log() { echo "[device_ablation $(( $(date +%s) - t0 ))s] $*" | tee -a "$out/ablation.log"; }
-
-if [[ -d .whl ]] && ! "$py" -c "import brevitas" 2>/dev/null; then
-  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONPATH=${PYTHONPATH:-$PWD}:$PWD PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
-# compile workers: two per job, not one per core per job
-export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-2}
+logname=device_ablation
+source "$(dirname "$0")/device_env.sh"   # wheels, exports, log
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
 "$py" -c "import torch, brevitas; print('torch', torch.__version__, 'brevitas', brevitas.__version__)"
 

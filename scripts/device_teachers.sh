@@ -22,17 +22,10 @@ py=${PYTHON:-python3}
 runs=${RUNS_DIR:-/tmp/teacher_runs}
 out=${OUT:-/tmp/device_out}
 recipes=${RECIPES:-"e60:stages.teacher.epochs=60 e60_cut8:stages.teacher.epochs=60,data.cutout=8 e60_ls:stages.teacher.epochs=60,stages.teacher.loss_weights.label_smoothing=0.1 e60_cut8_ls:stages.teacher.epochs=60,data.cutout=8,stages.teacher.loss_weights.label_smoothing=0.1"}
-mkdir -p "$out" "$runs"
+mkdir -p "$runs"
 t0=$(date +%s)
-log() { echo "[device_teachers $(( $(date +%s) - t0 ))s] $*" | tee -a "$out/teachers.log"; }
-
-if [[ -d .whl ]] && ! "$py" -c "import brevitas" 2>/dev/null; then
-  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-fi
-export PYTHONPATH=${PYTHONPATH:-$PWD}:$PWD PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
-export TORCHINDUCTOR_COMPILE_THREADS=${TORCHINDUCTOR_COMPILE_THREADS:-2}
+logname=device_teachers
+source "$(dirname "$0")/device_env.sh"   # wheels, exports, log
 data=()
 [[ -d .data/fashion-mnist ]] && data=(--data-dir .data/fashion-mnist)
 

@@ -403,3 +403,14 @@ def test_step_cost_times_the_checked_compiled_step():
     cost = accuracy.step_cost(steps=1, batch=8, data_dir=None, compile=True)
     assert cost["compile_check"].startswith("compiled step checked")
     assert cost["distill_step_compiled_s"] > 0 and cost["compile_speedup"] > 0
+
+
+def test_recording_a_device_run_from_a_folder_without_its_output_is_a_one_line_error(tmp_path):
+    res = tmp_path / "res"
+    res.mkdir()
+    (res / "accuracy.json").write_text(json.dumps(accuracy.EMPTY))
+    before = (res / "accuracy.json").read_text()
+    assert_one_line_error(run_cli(["-m", "bench.accuracy", "--record-device-run", str(tmp_path),
+                                   "--results-dir", str(res)]),
+                          "accuracy.json or runs.tgz", "$OUT")
+    assert (res / "accuracy.json").read_text() == before
