@@ -377,16 +377,29 @@ def record_run(run_dir: Path) -> dict:
             "recipe": recipe}
 
 
+def _current_recipe(recipe: dict) -> dict:
+    """A recorded recipe with every key the config has gained since filled in at its default
+    (e.g. ``data.cutout: 0``, ``loss_weights.label_smoothing: 0.0``, whose defaults change
+    nothing); a recipe today's config refuses is compared as it was recorded."""
+    try:
+        full = to_dict(build_config({**recipe, "experiment": "recorded"}))
+    except ConfigError:
+        return recipe
+    return {k: v for k, v in full.items() if k not in ("experiment", "out_dir")}
+
+
 def _same_recipe(a: dict, b: dict) -> bool:
     """Whether two recorded runs differ in nothing but the student, the runtime keys (those a
     ``--resume`` may change, :data:`~quant_models.train.config.RUNTIME_KEYS`) and the model keys
     that shape the SI branch only (:data:`~quant_models.networks.SI_ONLY_KEYS`: the twin without
-    SI is the same network whatever they say)."""
+    SI is the same network whatever they say). Both recipes are read through today's config
+    first (:func:`_current_recipe`), so a key added after a run was recorded counts at its
+    default, which is what that run trained with."""
     def net(model):
         return {k: v for k, v in (model or {}).items() if k not in SI_ONLY_KEYS}
 
     def strip(r):
-        out = {k: v for k, v in r["recipe"].items() if k not in RUNTIME_KEYS}
+        out = {k: v for k, v in _current_recipe(r["recipe"]).items() if k not in RUNTIME_KEYS}
         out["model"] = net(out.get("model"))
         out["stages"] = [{**{k: v for k, v in s.items() if k != "student"},
                           "model": net(s.get("model"))} for s in out["stages"]]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -255,6 +256,14 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     assert (si["select"], si["selected_epoch"], si["best_val_epoch"]) == ("last", 1, 1)
     c = data["run_comparisons"]["si vs plain"]
     assert c["val_delta"] == round(si["val_acc"] - plain["val_acc"], 2)
+    # a run recorded before a config key existed trained at its default: still the same recipe;
+    # the same key at another value is another recipe
+    old = copy.deepcopy(data["full_runs"])
+    del old["plain"]["recipe"]["data"]["cutout"]
+    del old["plain"]["recipe"]["stages"][0]["loss_weights"]["label_smoothing"]
+    assert "si vs plain" in accuracy.run_comparisons(old)
+    old["plain"]["recipe"]["data"]["cutout"] = 8
+    assert "si vs plain" not in accuracy.run_comparisons(old)
     assert c["test_delta_last_step_weights"] == round(si["test_acc_raw"] - plain["test_acc_raw"], 2)
     accuracy.render(res / "accuracy.json")  # a re-render keeps the rows
     md = (res / "accuracy.md").read_text()
