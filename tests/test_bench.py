@@ -97,6 +97,8 @@ def test_ablation_staged_variant_splits_the_same_epochs(tmp_path):
     assert one.stage("teacher").crop_pad == 2 and one.stage("teacher").hflip is True
     assert one.data.crop_pad == 2 and one.data.hflip and one.channels_last
     assert one.model["stem_bits"] == 8 and one.stage("full").select.value == "best_val"
+    # the ablation places SI per variant, whatever the shipped recipe ships (si_blocks)
+    assert "si_blocks" not in one.model and one.stage("si_h_mbh").model == {}
     assert one.stage("mbh").model == {"head_bits": 8, "sign_bias": True}
     assert one.stage("mbh").student == "resnet_w1a1"
     assert accuracy.needs(one, "si_h_mbh") == ["teacher", "teacher"]
@@ -256,6 +258,15 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     assert (si["select"], si["selected_epoch"], si["best_val_epoch"]) == ("last", 1, 1)
     c = data["run_comparisons"]["si vs plain"]
     assert c["val_delta"] == round(si["val_acc"] - plain["val_acc"], 2)
+    # the val-best run of each recipe group that has an SI run and its twin, keyed by that run
+    best = data["full_runs_best"]
+    assert len(best) == 1
+    (top, b), = best.items()
+    group = {"si", "plain", "si_down"}
+    assert set(b["runs"]) == group and top in group
+    assert b["val_acc"] == max(data["full_runs"][n]["val_acc"] for n in group)
+    assert b["si_beats_twin_by_0.5_on_val"] == any(
+        c["si_better_by_0.5_on_val"] for c in data["run_comparisons"].values())
     # a run recorded before a config key existed trained at its default: still the same recipe;
     # the same key at another value is another recipe
     old = copy.deepcopy(data["full_runs"])
@@ -268,6 +279,7 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     accuracy.render(res / "accuracy.json")  # a re-render keeps the rows
     md = (res / "accuracy.md").read_text()
     assert "run si: si_resnet_w1a1, 1 epochs on 256 training images" in md and "si vs plain" in md
+    assert f"best on val of {', '.join(b['runs'])} (1 epochs): {top}" in md
     before = (res / "accuracy.json").read_text()
     (runs / "half").mkdir()
     for bad, msg in ((runs / "half", "not a training run"), (runs / "si" / "student", "not a")):
