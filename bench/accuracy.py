@@ -361,6 +361,10 @@ def collect(cfg) -> dict:
     return out
 
 
+RUN_NAME_KEYS = ("experiment", "out_dir")
+"""Config keys that name a run and where it lives, not how it trains: not part of a recipe."""
+
+
 def record_run(run_dir: Path) -> dict:
     """One finished ``sibnn-train`` experiment (``runs/<experiment>``): its last stage's final
     metrics and everything that defines its budget and recipe, read from its own files."""
@@ -375,7 +379,7 @@ def record_run(run_dir: Path) -> dict:
         raise ConfigError(f"--record-runs: stage {stage.name!r} of {run_dir} has not finished "
                           f"(resume it with sibnn-train --resume)")
     *epochs, final = rows
-    recipe = {k: v for k, v in to_dict(cfg).items() if k not in ("experiment", "out_dir")}
+    recipe = {k: v for k, v in to_dict(cfg).items() if k not in RUN_NAME_KEYS}
     keep = ("val_acc", "test_acc", "val_acc_raw", "test_acc_raw", "ema_decay", "train_time_s",
             "select", "selected_epoch", "best_val_epoch", "val_acc_last", "test_acc_last")
     # the network itself, as its checkpoint describes it: registry defaults may change later
@@ -398,36 +402,36 @@ def _current_recipe(recipe: dict) -> dict:
         full = to_dict(build_config({**recipe, "experiment": "recorded"}))
     except ConfigError:
         return recipe
-    return {k: v for k, v in full.items() if k not in ("experiment", "out_dir")}
+    return {k: v for k, v in full.items() if k not in RUN_NAME_KEYS}
 
 
-def _same_recipe(a: dict, b: dict) -> bool:
-    """Whether two recorded runs differ in nothing but the student, the runtime keys (those a
-    ``--resume`` may change, :data:`~quant_models.train.config.RUNTIME_KEYS`) and the model keys
-    that shape the SI branch only (:data:`~quant_models.networks.SI_ONLY_KEYS`: the twin without
-    SI is the same network whatever they say). Both recipes are read through today's config
-    first (:func:`_current_recipe`), so a key added after a run was recorded counts at its
-    default, which is what that run trained with."""
+def _recipe_key(run: dict) -> str:
+    """What two recorded runs must share to be compared: the recipe but for the student, the
+    runtime keys (those a ``--resume`` may change, :data:`~quant_models.train.config.RUNTIME_KEYS`)
+    and the model keys that shape the SI branch only (:data:`~quant_models.networks.SI_ONLY_KEYS`:
+    the twin without SI is the same network whatever they say). The recipe is read through
+    today's config first (:func:`_current_recipe`), so a key added after a run was recorded
+    counts at its default, which is what that run trained with. Computed once per run."""
     def net(model):
         return {k: v for k, v in (model or {}).items() if k not in SI_ONLY_KEYS}
 
-    def strip(r):
-        out = {k: v for k, v in _current_recipe(r["recipe"]).items() if k not in RUNTIME_KEYS}
-        out["model"] = net(out.get("model"))
-        out["stages"] = [{**{k: v for k, v in s.items() if k != "student"},
-                          "model": net(s.get("model"))} for s in out["stages"]]
-        return out
-    return strip(a) == strip(b)
+    out = {k: v for k, v in _current_recipe(run["recipe"]).items() if k not in RUNTIME_KEYS}
+    out["model"] = net(out.get("model"))
+    out["stages"] = [{**{k: v for k, v in s.items() if k != "student"},
+                      "model": net(s.get("model"))} for s in out["stages"]]
+    return json.dumps(out, sort_keys=True)
 
 
 def run_comparisons(runs: dict) -> dict:
-    """Every recorded SI run against a recorded twin without SI with the same recipe: val and
-    test deltas (val decides; a single seed, so under about a point is within run noise)."""
+    """Every recorded SI run against a recorded twin without SI with the same recipe
+    (:func:`_recipe_key`): val and test deltas (val decides; a single seed, so under about a
+    point is within run noise)."""
+    keys = {name: _recipe_key(r) for name, r in runs.items()}
     out = {}
     for name, r in runs.items():
         twin = SI_TWIN.get(r["student"])
         for other, o in runs.items():
-            if o["student"] == twin and _same_recipe(r, o):
+            if o["student"] == twin and keys[name] == keys[other]:
                 d = {"si_run": name, "plain_run": other,
                      "val_delta": round(r["val_acc"] - o["val_acc"], 2),
                      "test_delta": round(r["test_acc"] - o["test_acc"], 2)}
@@ -440,22 +444,17 @@ def run_comparisons(runs: dict) -> dict:
     return out
 
 
-def best_runs(runs: dict) -> dict:
-    """For every group of recorded runs that share a recipe (as :func:`_same_recipe` reads it:
-    the students and their SI placement may differ) and have an SI run with its twin: the run
-    with the best val accuracy (val decides; test reported), and whether any SI run of the group
-    is >= 0.5 val points over its twin (the issue's "full method" goal), keyed by the best run."""
-    groups: list[list[str]] = []
-    for name in runs:
-        for g in groups:
-            if _same_recipe(runs[g[0]], runs[name]):
-                g.append(name)
-                break
-        else:
-            groups.append([name])
-    comps = run_comparisons(runs)
+def best_runs(runs: dict, comps: dict) -> dict:
+    """For every group of recorded runs that share a recipe (:func:`_recipe_key`: the students
+    and their SI placement may differ) and have an SI run compared with its twin in ``comps``
+    (:func:`run_comparisons`): the run with the best val accuracy (val decides; test reported),
+    and whether any SI run of the group is >= 0.5 val points over its twin (the issue's "full
+    method" goal), keyed by the best run."""
+    groups: dict[str, list[str]] = {}
+    for name, r in runs.items():
+        groups.setdefault(_recipe_key(r), []).append(name)
     out = {}
-    for g in groups:
+    for g in groups.values():
         pairs = [c for c in comps.values() if c["si_run"] in g]
         if not pairs:
             continue
@@ -513,7 +512,7 @@ def update_runs(path: Path, run_dirs: list[Path]) -> dict:
         runs[d.name] = record_run(d)
     data["full_runs"] = runs
     data["run_comparisons"] = run_comparisons(runs)
-    data["full_runs_best"] = best_runs(runs)
+    data["full_runs_best"] = best_runs(runs, data["run_comparisons"])
     data.pop("machine", None)
     _write(path, data)
     return data
