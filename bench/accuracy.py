@@ -405,17 +405,19 @@ def _current_recipe(recipe: dict) -> dict:
     return {k: v for k, v in full.items() if k not in RUN_NAME_KEYS}
 
 
-def _recipe_key(run: dict) -> str:
+def _recipe_key(run: dict, ignore: tuple[str, ...] = ()) -> str:
     """What two recorded runs must share to be compared: the recipe but for the student, the
     runtime keys (those a ``--resume`` may change, :data:`~quant_models.train.config.RUNTIME_KEYS`)
     and the model keys that shape the SI branch only (:data:`~quant_models.networks.SI_ONLY_KEYS`:
     the twin without SI is the same network whatever they say). The recipe is read through
     today's config first (:func:`_current_recipe`), so a key added after a run was recorded
-    counts at its default, which is what that run trained with. Computed once per run."""
+    counts at its default, which is what that run trained with. Computed once per run. Top-level
+    keys in ``ignore`` (e.g. ``seed``) are left out too."""
     def net(model):
         return {k: v for k, v in (model or {}).items() if k not in SI_ONLY_KEYS}
 
-    out = {k: v for k, v in _current_recipe(run["recipe"]).items() if k not in RUNTIME_KEYS}
+    out = {k: v for k, v in _current_recipe(run["recipe"]).items()
+           if k not in RUNTIME_KEYS and k not in ignore}
     out["model"] = net(out.get("model"))
     out["stages"] = [{**{k: v for k, v in s.items() if k != "student"},
                       "model": net(s.get("model"))} for s in out["stages"]]
@@ -469,6 +471,57 @@ def best_runs(runs: dict, comps: dict) -> dict:
     return out
 
 
+def _arm(run: dict) -> str:
+    """A recorded run's network without its seed: the student and, for an SI student, the keys
+    that shape its SI branch as its checkpoint records them (e.g. ``si_blocks=downsample``)."""
+    args = run["model_args"]
+    if not args.get("si"):
+        return run["student"]
+    si = ", ".join(f"{k}={args[k]}" for k in SI_ONLY_KEYS if k in args)
+    return f"{run['student']} [{si}]"
+
+
+def _mean_std(xs: list[float]) -> tuple[float, float]:
+    return (round(statistics.mean(xs), 2),
+            round(statistics.stdev(xs), 2) if len(xs) > 1 else 0.0)
+
+
+def seed_means(runs: dict) -> dict:
+    """The recorded runs across seeds: for every recipe that differs only by seed
+    (:func:`_recipe_key` without ``seed``) and every SI network in it with a twin without SI, the
+    seeds both have (paired), each side's mean +- std val and test over those seeds, and the mean
+    paired delta. Only pairs with >= 2 shared seeds: one seed is :func:`run_comparisons`. Keyed
+    ``"<SI network> vs <twin>, <epochs> epochs"``."""
+    groups: dict[str, dict[str, dict[int, str]]] = {}
+    for name, r in runs.items():
+        arms = groups.setdefault(_recipe_key(r, ignore=("seed",)), {})
+        arms.setdefault(_arm(r), {})[r["seed"]] = name
+    out = {}
+    for arms in groups.values():
+        for arm, by_seed in arms.items():
+            first = runs[next(iter(by_seed.values()))]
+            twin = SI_TWIN.get(first["student"])
+            if twin is None or not first["model_args"].get("si") or twin not in arms:
+                continue
+            seeds = sorted(set(by_seed) & set(arms[twin]))
+            if len(seeds) < 2:
+                continue
+            si = [runs[by_seed[s]] for s in seeds]
+            pl = [runs[arms[twin][s]] for s in seeds]
+            deltas = [round(a["val_acc"] - b["val_acc"], 2) for a, b in zip(si, pl, strict=True)]
+            (sv, svs), (pv, pvs) = (_mean_std([r["val_acc"] for r in x]) for x in (si, pl))
+            (st, sts), (pt, pts) = (_mean_std([r["test_acc"] for r in x]) for x in (si, pl))
+            out[f"{arm} vs {twin}, {first['epochs']} epochs"] = {
+                "seeds": seeds, "si_runs": [by_seed[s] for s in seeds],
+                "plain_runs": [arms[twin][s] for s in seeds],
+                "si_val_mean": sv, "si_val_std": svs, "plain_val_mean": pv, "plain_val_std": pvs,
+                "si_test_mean": st, "si_test_std": sts, "plain_test_mean": pt,
+                "plain_test_std": pts, "val_delta_per_seed": deltas,
+                "val_delta_mean": round(sv - pv, 2), "test_delta_mean": round(st - pt, 2),
+                "si_better_by_0.5_on_mean_val": sv - pv >= 0.5}
+    return out
+
+
 def run_rows(data: dict, width: int) -> list[list[str]]:
     """Table rows for the recorded full-budget runs and their SI-vs-twin comparisons."""
     runs = data.get("full_runs") or {}
@@ -495,6 +548,15 @@ def run_rows(data: dict, width: int) -> list[list[str]]:
                      f"an SI run >= its twin + 0.5 on val: "
                      f"{'yes' if b['si_beats_twin_by_0.5_on_val'] else 'no'}",
                      *[""] * (width - 1)])
+    for name, m in (data.get("seed_means") or {}).items():
+        rows.append([f"{name}, seeds {', '.join(map(str, m['seeds']))}: SI val "
+                     f"{m['si_val_mean']:.2f} ± {m['si_val_std']:.2f}, twin "
+                     f"{m['plain_val_mean']:.2f} ± {m['plain_val_std']:.2f} (per seed "
+                     f"{', '.join(f'{d:+.2f}' for d in m['val_delta_per_seed'])}); test "
+                     f"{m['si_test_mean']:.2f} ± {m['si_test_std']:.2f} vs "
+                     f"{m['plain_test_mean']:.2f} ± {m['plain_test_std']:.2f}; SI >= twin + 0.5 "
+                     f"on mean val: {'yes' if m['si_better_by_0.5_on_mean_val'] else 'no'}",
+                     *[""] * (width - 1)])
     return rows
 
 
@@ -513,6 +575,7 @@ def update_runs(path: Path, run_dirs: list[Path]) -> dict:
     data["full_runs"] = runs
     data["run_comparisons"] = run_comparisons(runs)
     data["full_runs_best"] = best_runs(runs, data["run_comparisons"])
+    data["seed_means"] = seed_means(runs)
     data.pop("machine", None)
     _write(path, data)
     return data
@@ -900,6 +963,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"best on val of {', '.join(b['runs'])}: {name} (val {b['val_acc']:.2f}, "
                   f"test {b['test_acc']:.2f}); SI >= twin + 0.5 on val: "
                   f"{'yes' if b['si_beats_twin_by_0.5_on_val'] else 'no'}")
+        for name, m in data["seed_means"].items():
+            print(f"{name}, seeds {m['seeds']}: val {m['si_val_mean']:.2f} vs "
+                  f"{m['plain_val_mean']:.2f} ({m['val_delta_mean']:+.2f}), test "
+                  f"{m['si_test_mean']:.2f} vs {m['plain_test_mean']:.2f}")
         return 0
     if args.record_device_run:
         rec = record_device_run(results_dir / "accuracy.json", Path(args.record_device_run),
@@ -961,7 +1028,7 @@ def main(argv: list[str] | None = None) -> int:
     old = results_dir / "accuracy.json"
     prev = json.loads(old.read_text()) if old.exists() else {}
     kept = {k: prev[k] for k in ("shipped", "full_runs", "run_comparisons", "full_runs_best",
-                                 "device_runs")
+                                 "seed_means", "device_runs")
             if k in prev}
 
     def save(final: bool = False) -> dict:

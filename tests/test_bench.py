@@ -215,11 +215,13 @@ def test_bench_dispatch_does_not_hand_its_own_argv_to_a_benchmark(monkeypatch):
         entry.main(["golden_speed"])
 
 
-def _digits_run(out, experiment: str, student: str, epochs: int = 1, **model) -> None:
+def _digits_run(out, experiment: str, student: str, epochs: int = 1, seed: int = 0,
+                **model) -> None:
     from quant_models.train import build_config, train
 
     train(build_config({
         "experiment": experiment, "out_dir": str(out), "num_threads": 1, "progress": False,
+        "seed": seed,
         "data": {"name": "digits", "val_size": 200, "train_subset": 256},
         "model": {"width": 8, "depth": [1, 1], **model}, "eval_batch_size": 400,
         "stages": [{"name": "student", "student": student, "epochs": epochs, "lr": 0.005,
@@ -280,6 +282,36 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     md = (res / "accuracy.md").read_text()
     assert "run si: si_resnet_w1a1, 1 epochs on 256 training images" in md and "si vs plain" in md
     assert f"best on val of {', '.join(b['runs'])} (1 epochs): {top}" in md
+    assert data["seed_means"] == {}  # one seed: nothing to average
+
+    # a second seed of si_down and of its twin: paired means over both seeds; a second seed of si
+    # alone has no twin at that seed
+    _digits_run(runs, "si_down_s1", "si_resnet_w1a1", seed=1, si_blocks="downsample", r=2)
+    _digits_run(runs, "plain_s1", "resnet_w1a1", seed=1)
+    _digits_run(runs, "si_s1", "si_resnet_w1a1", seed=1, si_blocks="all", r=4)
+    rc = accuracy.main(["--record-runs", *(str(runs / n) for n in ("si_down_s1", "plain_s1")),
+                        "--results-dir", str(res)])
+    assert rc == 0 and "seeds [0, 1]" in capsys.readouterr().out
+    data = json.loads((res / "accuracy.json").read_text())
+    assert "si_down_s1 vs plain_s1" in data["run_comparisons"]
+    (key, m), = data["seed_means"].items()
+    assert key.startswith("si_resnet_w1a1 [") and "si_blocks=downsample" in key
+    assert key.endswith("vs resnet_w1a1, 1 epochs")
+    runs_ = data["full_runs"]
+    assert m["seeds"] == [0, 1] and m["si_runs"] == ["si_down", "si_down_s1"]
+    assert m["plain_runs"] == ["plain", "plain_s1"]
+    sv = [runs_[n]["val_acc"] for n in m["si_runs"]]
+    pv = [runs_[n]["val_acc"] for n in m["plain_runs"]]
+    assert m["si_val_mean"] == round((sv[0] + sv[1]) / 2, 2)
+    assert m["plain_val_mean"] == round((pv[0] + pv[1]) / 2, 2)
+    assert m["val_delta_per_seed"] == [round(a - b, 2) for a, b in zip(sv, pv, strict=True)]
+    assert m["si_better_by_0.5_on_mean_val"] == (m["si_val_mean"] - m["plain_val_mean"] >= 0.5)
+    assert f"{key}, seeds 0, 1: SI val" in (res / "accuracy.md").read_text()
+    accuracy.main(["--record-runs", str(runs / "si_s1"), "--results-dir", str(res)])
+    capsys.readouterr()
+    data = json.loads((res / "accuracy.json").read_text())
+    # si (seed 0, r=4 by default) and si_s1 are the same network; both seeds now have it
+    assert len(data["seed_means"]) == 2
     before = (res / "accuracy.json").read_text()
     (runs / "half").mkdir()
     for bad, msg in ((runs / "half", "not a training run"), (runs / "si" / "student", "not a")):
