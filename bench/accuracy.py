@@ -522,6 +522,45 @@ def seed_means(runs: dict) -> dict:
     return out
 
 
+def arm_label(model_args: dict) -> str:
+    """A short name of a recorded network for plots: ``no SI`` or ``SI(h), downsample blocks,
+    r=4``."""
+    if not model_args.get("si"):
+        return "no SI"
+    return (f"SI({model_args.get('si_input', 'a')}), "
+            f"{model_args.get('si_blocks', 'all')} blocks, r={model_args.get('r')}")
+
+
+def longest_recipe_arms(runs: dict) -> list[dict]:
+    """The recorded runs of the recipe with the most epochs among those that hold an SI network
+    and its twin without SI (seeds pooled; ties: the most runs), one entry per network: its
+    student, registry overrides (the checkpoint's ``model_args``), runs, seeds, epochs and mean
+    +- std test and val accuracy. Empty when no recipe has such a pair."""
+    groups: dict[str, dict[str, list[str]]] = {}
+    for name, r in runs.items():
+        groups.setdefault(_recipe_key(r, ignore=("seed",)), {}).setdefault(_arm(r), []).append(name)
+    best = None
+    for arms in groups.values():
+        students = {runs[ns[0]]["student"] for ns in arms.values()}
+        if not any(SI_TWIN.get(st) in students for st in students):
+            continue
+        rank = (runs[next(iter(arms.values()))[0]]["epochs"], sum(map(len, arms.values())))
+        if best is None or rank > best[0]:
+            best = (rank, arms)
+    out = []
+    for names in (best[1].values() if best else ()):
+        rs = sorted((runs[n] for n in names), key=lambda r: r["seed"])
+        (tm, ts), (vm, vs) = (_mean_std([r[k] for r in rs]) for k in ("test_acc", "val_acc"))
+        args = rs[0]["model_args"]
+        out.append({"student": rs[0]["student"], "label": arm_label(args),
+                    "overrides": {k: v for k, v in args.items() if k not in ("si", "binary")},
+                    "runs": sorted(names, key=lambda n: runs[n]["seed"]),
+                    "seeds": [r["seed"] for r in rs], "epochs": rs[0]["epochs"],
+                    "test_acc_mean": tm, "test_acc_std": ts, "val_acc_mean": vm,
+                    "val_acc_std": vs})
+    return sorted(out, key=lambda a: (a["student"], a["label"]))
+
+
 def run_rows(data: dict, width: int) -> list[list[str]]:
     """Table rows for the recorded full-budget runs and their SI-vs-twin comparisons."""
     runs = data.get("full_runs") or {}

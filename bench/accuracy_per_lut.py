@@ -11,6 +11,13 @@ accuracy is listed as missing, never drawn or interpolated::
 
     python -m bench.accuracy --epochs 2 --train-subset 6400 --seeds 0 1 2 --jobs 1 --widths 16 24 48
     python -m bench.accuracy_per_lut            # -> bench/results/accuracy_per_lut.{json,md,png}
+
+The ablation's budget is small; the networks trained at the shipped budget are the full-length
+runs recorded with ``python -m bench.accuracy --record-runs`` (``full_runs``). The longest recipe
+among them that has an SI network and its twin without SI gets a panel of its own
+(:func:`bench.accuracy.longest_recipe_arms`, seeds pooled): each network built to estimates at
+the board's default folding, the folding the shipped build uses, with its own Pareto front. The
+two panels are not comparable with each other (other budgets, other foldings).
 """
 
 from __future__ import annotations
@@ -56,6 +63,35 @@ def join(rows: list[dict], summary: dict, recipe_width: int = 32) -> list[dict]:
     return points
 
 
+def full_budget_points(arms: list[dict], out_root: str | Path, board: str) -> list[dict]:
+    """Each recorded network of the longest recipe (:func:`bench.accuracy.longest_recipe_arms`)
+    built to estimates at the board's default folding (its ``model_args`` as registry overrides;
+    resources do not depend on the trained weights), with its Pareto flag among these points."""
+    from flow.config import BuildConfig
+    from flow.studies import estimate, pareto_front
+
+    points = []
+    for i, a in enumerate(arms):
+        cfg = BuildConfig(board=board, model=a["student"], model_overrides=dict(a["overrides"]),
+                          output_dir=str(Path(out_root) / f"full_{i}"), verify_inputs=1)
+        e = estimate(cfg)
+        points.append({**a, "LUT": e["LUT"], "LUT_modelled": e["LUT_modelled"],
+                       "BRAM_18K": e["BRAM_18K"], "fps": round(e["fps"], 1),
+                       "all_nodes_hw": e["all_nodes_hw"], "pareto": False})
+    for k in pareto_front([(p["LUT_modelled"], p["test_acc_mean"]) for p in points]):
+        points[k]["pareto"] = True
+    return points
+
+
+def full_budget_text(points: list[dict]) -> str:
+    """The full-length runs' budget, for the plot and the table."""
+    if not points:
+        return ""
+    seeds = sorted({s for p in points for s in p["seeds"]})
+    return (f"shipped recipe, {points[0]['epochs']} epochs, seeds {seeds}, "
+            f"width {points[0]['overrides'].get('width')}, best-val epoch")
+
+
 def budget_text(run: dict) -> str:
     """The ablation's training budget (its results file's ``run``), for the plot and the table."""
     return (f"{run.get('epochs')} epochs, {run.get('train_subset') or 'all'} training images, "
@@ -64,11 +100,14 @@ def budget_text(run: dict) -> str:
 
 def run(data: dict, source: str, widths=WIDTHS, depth=DEPTH, target_fps: int = TARGET_FPS,
         board: str = "pynq-z2", results_dir: Path | None = None) -> dict:
+    from bench.accuracy import longest_recipe_arms
     from flow import plots, studies
 
+    arms = longest_recipe_arms(data.get("full_runs") or {})
     with tempfile.TemporaryDirectory(prefix="sibnn-acc-lut-") as d:
         rows = studies.lut_sweep(d, widths=list(widths), depth=list(depth), board=board,
                                  target_fps=target_fps)
+        full = full_budget_points(arms, d, board)
     summary = data.get("summary") or {}
     points = join(rows, summary)
     out = Path(results_dir) if results_dir is not None else RESULTS
@@ -76,13 +115,17 @@ def run(data: dict, source: str, widths=WIDTHS, depth=DEPTH, target_fps: int = T
     budget = budget_text(data.get("run") or {})
     plots.plot_accuracy_per_lut(rows, {k: v["test_acc_mean"] for k, v in summary.items()
                                        if v.get("test_acc_mean") is not None}, png,
-                                budget=budget)
+                                budget=budget, full=full, full_budget=full_budget_text(full))
     missing = [f"{p['variant']} w{p['width']}" for p in points if p["test_acc_mean"] is None]
     res = {"board": board, "target_fps": target_fps, "depth": list(depth),
            "accuracy_from": source, "accuracy_budget": data.get("run"),
            "accuracy_complete": data.get("complete"), "points": points, "missing": missing,
            "pareto": [f"{p['variant']} w{p['width']}" for p in
                       sorted((p for p in points if p["pareto"]), key=lambda p: p["LUT_modelled"])],
+           "full_budget": {"budget": full_budget_text(full), "folding": "board default",
+                           "points": full,
+                           "pareto": [p["label"] for p in sorted(
+                               (p for p in full if p["pareto"]), key=lambda p: p["LUT_modelled"])]},
            "plot": png.name}
     table = [["variant", "width", "LUT (modelled)", "BRAM18", "fps", "test % (mean ± std)",
               "val %", "seeds", "Pareto"]]
@@ -95,6 +138,16 @@ def run(data: dict, source: str, widths=WIDTHS, depth=DEPTH, target_fps: int = T
                       "-" if p["val_acc_mean"] is None else f"{p['val_acc_mean']:.2f}",
                       str(p["seeds"] or "-"), "yes" if p["pareto"] else ""])
     table.append([f"accuracy budget: {budget}", "", "", "", "", "", "", "", ""])
+    for p in sorted(full, key=lambda p: p["LUT_modelled"]):
+        table.append([f"{p['label']} ({p['student']})", str(p["overrides"].get("width")),
+                      f"{p['LUT_modelled']:,.0f}", f"{p['BRAM_18K']:.0f}", f"{p['fps']:.0f}",
+                      f"{p['test_acc_mean']:.2f} ± {p['test_acc_std']:.2f}",
+                      f"{p['val_acc_mean']:.2f}", str(len(p["seeds"])),
+                      "yes" if p["pareto"] else ""])
+    if full:
+        table.append([f"rows above: {full_budget_text(full)}, the board's default folding "
+                      "(recorded runs, `python -m bench.accuracy --record-runs`)",
+                      "", "", "", "", "", "", "", ""])
     write_results("accuracy_per_lut", res, table, results_dir)
     return res
 
@@ -121,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
               results_dir=Path(a.results_dir) if a.results_dir else None)
     print(f"Pareto front: {', '.join(res['pareto']) or 'none (no measured point)'}; "
           f"missing accuracy: {', '.join(res['missing']) or 'none'}")
+    if res["full_budget"]["points"]:
+        print(f"{res['full_budget']['budget']}: Pareto front "
+              f"{', '.join(res['full_budget']['pareto'])}")
     return 0
 
 

@@ -70,18 +70,25 @@ def plot_board_throughput(rows: list[dict], png: str | Path):
 # What SI costs and buys
 # ------------------------------------------------------------------------------------------------
 def plot_accuracy_per_lut(rows: list[dict], accuracy: dict[str, float] | None,
-                          png: str | Path, recipe_width: int = 32, budget: str | None = None):
+                          png: str | Path, recipe_width: int = 32, budget: str | None = None,
+                          full: list[dict] | None = None, full_budget: str | None = None):
     """Test accuracy against the LUT estimate (with the forks/adds priced) for plain and SI per
     width, the Pareto front marked. Points without a measured accuracy are listed in the title,
     not drawn: nothing is invented. ``budget`` (the accuracies' training budget) goes in the
-    title."""
+    title. ``full``: networks trained at the shipped budget (``label``, ``LUT_modelled``,
+    ``test_acc_mean``, ``test_acc_std``, ``seeds``, ``pareto``), drawn in a panel of their own
+    with ``full_budget`` as its title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     acc = accuracy_by_width(accuracy, recipe_width)
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    if full:
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12.5, 4.4))
+        _plot_full_budget(ax2, full, full_budget)
+    else:
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
     pts, tags = [], []
     for variant, marker in (("plain", "o"), ("si_h_mbh", "s")):
         mine = [r for r in rows if r["variant"] == variant and (variant, r["width"]) in acc]
@@ -109,6 +116,29 @@ def plot_accuracy_per_lut(rows: list[dict], accuracy: dict[str, float] | None,
     ax.set_title(title, fontsize=9)
     _save(fig, png)
     return fig
+
+
+def _plot_full_budget(ax, full: list[dict], budget: str | None) -> None:
+    """The panel of :func:`plot_accuracy_per_lut` for networks trained at the shipped budget:
+    mean test accuracy over their seeds (error bar: std where there are >= 2), front marked."""
+    for p in full:
+        si = p["label"] != "no SI"
+        ax.errorbar(p["LUT_modelled"], p["test_acc_mean"],
+                    yerr=p["test_acc_std"] if len(p["seeds"]) > 1 else None,
+                    marker="s" if si else "o", color="tab:orange" if si else "tab:blue",
+                    capsize=3, ls="none")
+        ax.annotate(f"{p['label']} ({len(p['seeds'])} seed{'s' if len(p['seeds']) > 1 else ''})",
+                    (p["LUT_modelled"], p["test_acc_mean"]), fontsize=7, xytext=(4, 4),
+                    textcoords="offset points")
+    front = sorted((p for p in full if p["pareto"]), key=lambda p: p["LUT_modelled"])
+    ax.plot([p["LUT_modelled"] for p in front], [p["test_acc_mean"] for p in front],
+            color="tab:red", ls="--", lw=1, marker="*", ms=12, label="Pareto front")
+    ax.legend(fontsize=8)
+    ax.margins(x=0.25, y=0.3)
+    ax.set_xlabel("LUT on Pynq-Z2, default folding (FINN estimate + forks/adds)")
+    ax.set_ylabel("Fashion-MNIST test top-1 (%), mean over seeds")
+    ax.set_title(f"At the shipped budget ({budget})" if budget else "At the shipped budget",
+                 fontsize=9)
 
 
 def plot_si_sweep(rows: list[dict], png: str | Path):

@@ -312,6 +312,17 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     data = json.loads((res / "accuracy.json").read_text())
     # si (seed 0, r=4 by default) and si_s1 are the same network; both seeds now have it
     assert len(data["seed_means"]) == 2
+    # the networks of the longest recipe with an SI/twin pair (plain_longer's has no pair), seeds
+    # pooled: what the accuracy-per-LUT plot draws at the full budget
+    arms = {a["label"]: a for a in accuracy.longest_recipe_arms(data["full_runs"])}
+    assert set(arms) == {"no SI", "SI(a), all blocks, r=4", "SI(a), downsample blocks, r=2"}
+    a = arms["no SI"]
+    assert a["runs"] == ["plain", "plain_s1"] and a["seeds"] == [0, 1] and a["epochs"] == 1
+    assert a["test_acc_mean"] == round(
+        (data["full_runs"]["plain"]["test_acc"] + data["full_runs"]["plain_s1"]["test_acc"]) / 2, 2)
+    assert a["overrides"]["width"] == 8 and not {"si", "binary"} & set(a["overrides"])
+    from quant_models import build_model
+    assert build_model(a["student"], **a["overrides"]).spec.width == 8
     before = (res / "accuracy.json").read_text()
     (runs / "half").mkdir()
     for bad, msg in ((runs / "half", "not a training run"), (runs / "si" / "student", "not a")):
@@ -371,6 +382,30 @@ def test_accuracy_per_lut_joins_measured_points_and_marks_the_pareto_front():
     front = {k for k, p in pts.items() if p["pareto"]}
     # w16 SI is beaten by w16 plain (cheaper and better); w32 plain by nothing cheaper-and-better
     assert front == {("plain", 16), ("plain", 32), ("si_h_mbh", 32)}
+
+
+def test_full_budget_points_build_each_recorded_network_and_mark_their_own_front(tmp_path):
+    """The full-budget panel of the accuracy-per-LUT plot: every recorded network built to
+    estimates from its checkpoint's model_args (no weights needed), its own Pareto front, and a
+    two-panel PNG."""
+    from bench.accuracy_per_lut import full_budget_points, full_budget_text
+    from flow.plots import plot_accuracy_per_lut
+
+    net = {"in_channels": 1, "input_size": 8, "num_classes": 10, "width": 8, "depth": [1, 1]}
+    arms = [{"student": "resnet_w1a1", "label": "no SI", "overrides": net, "runs": ["p"],
+             "seeds": [0], "epochs": 3, "test_acc_mean": 90.0, "test_acc_std": 0.0,
+             "val_acc_mean": 90.0, "val_acc_std": 0.0},
+            {"student": "si_resnet_w1a1", "label": "SI(a), all blocks, r=4", "overrides": net,
+             "runs": ["s", "s1"], "seeds": [0, 1], "epochs": 3, "test_acc_mean": 89.0,
+             "test_acc_std": 0.3, "val_acc_mean": 89.5, "val_acc_std": 0.1}]
+    pts = full_budget_points(arms, tmp_path, "pynq-z2")
+    plain, si = pts
+    assert all(p["all_nodes_hw"] and p["LUT_modelled"] >= p["LUT"] > 0 for p in pts)
+    assert si["LUT_modelled"] > plain["LUT_modelled"]  # the SI branch costs LUTs
+    assert plain["pareto"] and not si["pareto"]  # cheaper and better
+    assert full_budget_text(pts) == "shipped recipe, 3 epochs, seeds [0, 1], width 8, best-val epoch"
+    fig = plot_accuracy_per_lut([], None, tmp_path / "p.png", full=pts, full_budget="x")
+    assert len(fig.axes) == 2 and (tmp_path / "p.png").stat().st_size > 0
 
 
 def test_ablation_starts_every_seeds_variants_before_the_extra_widths(tmp_path):
