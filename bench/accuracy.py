@@ -535,7 +535,7 @@ def longest_recipe_arms(runs: dict) -> list[dict]:
     """The recorded runs of the recipe with the most epochs among those that hold an SI network
     and its twin without SI (seeds pooled; ties: the most runs), one entry per network: its
     student, registry overrides (the checkpoint's ``model_args``), runs, seeds, epochs and mean
-    +- std test and val accuracy. Empty when no recipe has such a pair."""
+    +- std test and val accuracy (std None for one seed). Empty when no recipe has such a pair."""
     groups: dict[str, dict[str, list[str]]] = {}
     for name, r in runs.items():
         groups.setdefault(_recipe_key(r, ignore=("seed",)), {}).setdefault(_arm(r), []).append(name)
@@ -552,6 +552,8 @@ def longest_recipe_arms(runs: dict) -> list[dict]:
         rs = sorted((runs[n] for n in names), key=lambda r: r["seed"])
         (tm, ts), (vm, vs) = (_mean_std([r[k] for r in rs]) for k in ("test_acc", "val_acc"))
         args = rs[0]["model_args"]
+        if len(rs) < 2:  # one seed has no spread to report
+            ts = vs = None
         out.append({"student": rs[0]["student"], "label": arm_label(args),
                     "overrides": {k: v for k, v in args.items() if k not in ("si", "binary")},
                     "runs": sorted(names, key=lambda n: runs[n]["seed"]),

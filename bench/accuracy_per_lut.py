@@ -141,7 +141,8 @@ def run(data: dict, source: str, widths=WIDTHS, depth=DEPTH, target_fps: int = T
     for p in sorted(full, key=lambda p: p["LUT_modelled"]):
         table.append([f"{p['label']} ({p['student']})", str(p["overrides"].get("width")),
                       f"{p['LUT_modelled']:,.0f}", f"{p['BRAM_18K']:.0f}", f"{p['fps']:.0f}",
-                      f"{p['test_acc_mean']:.2f} ± {p['test_acc_std']:.2f}",
+                      f"{p['test_acc_mean']:.2f}" + ("" if p["test_acc_std"] is None
+                                                     else f" ± {p['test_acc_std']:.2f}"),
                       f"{p['val_acc_mean']:.2f}", str(len(p["seeds"])),
                       "yes" if p["pareto"] else ""])
     if full:

@@ -321,6 +321,10 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     assert a["test_acc_mean"] == round(
         (data["full_runs"]["plain"]["test_acc"] + data["full_runs"]["plain_s1"]["test_acc"]) / 2, 2)
     assert a["overrides"]["width"] == 8 and not {"si", "binary"} & set(a["overrides"])
+    assert arms["SI(a), all blocks, r=4"]["test_acc_std"] is not None  # si and si_s1
+    one = accuracy.longest_recipe_arms({"si": data["full_runs"]["si"],
+                                        "plain": data["full_runs"]["plain"]})
+    assert [x["test_acc_std"] for x in one] == [None, None]  # one seed: no spread
     from quant_models import build_model
     assert build_model(a["student"], **a["overrides"]).spec.width == 8
     before = (res / "accuracy.json").read_text()
