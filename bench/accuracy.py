@@ -411,8 +411,9 @@ def _recipe_key(run: dict, ignore: tuple[str, ...] = ()) -> str:
     and the model keys that shape the SI branch only (:data:`~quant_models.networks.SI_ONLY_KEYS`:
     the twin without SI is the same network whatever they say). The recipe is read through
     today's config first (:func:`_current_recipe`), so a key added after a run was recorded
-    counts at its default, which is what that run trained with. Computed once per run. Top-level
-    keys in ``ignore`` (e.g. ``seed``) are left out too."""
+    counts at its default, which is what that run trained with (one ``build_config`` per call:
+    compute it once per run and pass it on). Top-level keys in ``ignore`` (e.g. ``seed``) are left
+    out too."""
     def net(model):
         return {k: v for k, v in (model or {}).items() if k not in SI_ONLY_KEYS}
 
@@ -424,11 +425,11 @@ def _recipe_key(run: dict, ignore: tuple[str, ...] = ()) -> str:
     return json.dumps(out, sort_keys=True)
 
 
-def run_comparisons(runs: dict) -> dict:
+def run_comparisons(runs: dict, keys: dict[str, str] | None = None) -> dict:
     """Every recorded SI run against a recorded twin without SI with the same recipe
-    (:func:`_recipe_key`): val and test deltas (val decides; a single seed, so under about a
-    point is within run noise)."""
-    keys = {name: _recipe_key(r) for name, r in runs.items()}
+    (:func:`_recipe_key`, or ``keys`` already computed per run): val and test deltas (val
+    decides; a single seed, so under about a point is within run noise)."""
+    keys = keys or {name: _recipe_key(r) for name, r in runs.items()}
     out = {}
     for name, r in runs.items():
         twin = SI_TWIN.get(r["student"])
@@ -446,15 +447,16 @@ def run_comparisons(runs: dict) -> dict:
     return out
 
 
-def best_runs(runs: dict, comps: dict) -> dict:
+def best_runs(runs: dict, comps: dict, keys: dict[str, str] | None = None) -> dict:
     """For every group of recorded runs that share a recipe (:func:`_recipe_key`: the students
     and their SI placement may differ) and have an SI run compared with its twin in ``comps``
     (:func:`run_comparisons`): the run with the best val accuracy (val decides; test reported),
     and whether any SI run of the group is >= 0.5 val points over its twin (the issue's "full
-    method" goal), keyed by the best run."""
+    method" goal), keyed by the best run. ``keys``: :func:`_recipe_key` per run, if computed."""
+    keys = keys or {name: _recipe_key(r) for name, r in runs.items()}
     groups: dict[str, list[str]] = {}
-    for name, r in runs.items():
-        groups.setdefault(_recipe_key(r), []).append(name)
+    for name in runs:
+        groups.setdefault(keys[name], []).append(name)
     out = {}
     for g in groups.values():
         pairs = [c for c in comps.values() if c["si_run"] in g]
@@ -481,9 +483,20 @@ def _arm(run: dict) -> str:
     return f"{run['student']} [{si}]"
 
 
-def _mean_std(xs: list[float]) -> tuple[float, float]:
+def _mean_std(xs: list[float]) -> tuple[float, float | None]:
+    """Mean and sample std, rounded to 0.01; std None for one value (no spread to report)."""
     return (round(statistics.mean(xs), 2),
-            round(statistics.stdev(xs), 2) if len(xs) > 1 else 0.0)
+            round(statistics.stdev(xs), 2) if len(xs) > 1 else None)
+
+
+def _seed_groups(runs: dict) -> dict[str, dict[str, dict[int, str]]]:
+    """The recorded runs by recipe without the seed (:func:`_recipe_key`), then by network
+    (:func:`_arm`), then by seed: ``{recipe: {network: {seed: run name}}}``."""
+    groups: dict[str, dict[str, dict[int, str]]] = {}
+    for name, r in runs.items():
+        arms = groups.setdefault(_recipe_key(r, ignore=("seed",)), {})
+        arms.setdefault(_arm(r), {})[r["seed"]] = name
+    return groups
 
 
 def seed_means(runs: dict) -> dict:
@@ -492,12 +505,8 @@ def seed_means(runs: dict) -> dict:
     seeds both have (paired), each side's mean +- std val and test over those seeds, and the mean
     paired delta. Only pairs with >= 2 shared seeds: one seed is :func:`run_comparisons`. Keyed
     ``"<SI network> vs <twin>, <epochs> epochs"``."""
-    groups: dict[str, dict[str, dict[int, str]]] = {}
-    for name, r in runs.items():
-        arms = groups.setdefault(_recipe_key(r, ignore=("seed",)), {})
-        arms.setdefault(_arm(r), {})[r["seed"]] = name
     out = {}
-    for arms in groups.values():
+    for arms in _seed_groups(runs).values():
         for arm, by_seed in arms.items():
             first = runs[next(iter(by_seed.values()))]
             twin = SI_TWIN.get(first["student"])
@@ -536,28 +545,24 @@ def longest_recipe_arms(runs: dict) -> list[dict]:
     and its twin without SI (seeds pooled; ties: the most runs), one entry per network: its
     student, registry overrides (the checkpoint's ``model_args``), runs, seeds, epochs and mean
     +- std test and val accuracy (std None for one seed). Empty when no recipe has such a pair."""
-    groups: dict[str, dict[str, list[str]]] = {}
-    for name, r in runs.items():
-        groups.setdefault(_recipe_key(r, ignore=("seed",)), {}).setdefault(_arm(r), []).append(name)
     best = None
-    for arms in groups.values():
-        students = {runs[ns[0]]["student"] for ns in arms.values()}
+    for arms in _seed_groups(runs).values():
+        students = {runs[next(iter(ns.values()))]["student"] for ns in arms.values()}
         if not any(SI_TWIN.get(st) in students for st in students):
             continue
-        rank = (runs[next(iter(arms.values()))[0]]["epochs"], sum(map(len, arms.values())))
+        rank = (runs[next(iter(next(iter(arms.values())).values()))]["epochs"],
+                sum(map(len, arms.values())))
         if best is None or rank > best[0]:
             best = (rank, arms)
     out = []
-    for names in (best[1].values() if best else ()):
-        rs = sorted((runs[n] for n in names), key=lambda r: r["seed"])
+    for by_seed in (best[1].values() if best else ()):
+        names = [by_seed[k] for k in sorted(by_seed)]
+        rs = [runs[n] for n in names]
         (tm, ts), (vm, vs) = (_mean_std([r[k] for r in rs]) for k in ("test_acc", "val_acc"))
         args = rs[0]["model_args"]
-        if len(rs) < 2:  # one seed has no spread to report
-            ts = vs = None
         out.append({"student": rs[0]["student"], "label": arm_label(args),
                     "overrides": {k: v for k, v in args.items() if k not in ("si", "binary")},
-                    "runs": sorted(names, key=lambda n: runs[n]["seed"]),
-                    "seeds": [r["seed"] for r in rs], "epochs": rs[0]["epochs"],
+                    "runs": names, "seeds": sorted(by_seed), "epochs": rs[0]["epochs"],
                     "test_acc_mean": tm, "test_acc_std": ts, "val_acc_mean": vm,
                     "val_acc_std": vs})
     return sorted(out, key=lambda a: (a["student"], a["label"]))
@@ -614,8 +619,9 @@ def update_runs(path: Path, run_dirs: list[Path]) -> dict:
     for d in run_dirs:
         runs[d.name] = record_run(d)
     data["full_runs"] = runs
-    data["run_comparisons"] = run_comparisons(runs)
-    data["full_runs_best"] = best_runs(runs, data["run_comparisons"])
+    keys = {name: _recipe_key(r) for name, r in runs.items()}
+    data["run_comparisons"] = run_comparisons(runs, keys)
+    data["full_runs_best"] = best_runs(runs, data["run_comparisons"], keys)
     data["seed_means"] = seed_means(runs)
     data.pop("machine", None)
     _write(path, data)
