@@ -8,8 +8,9 @@
 #   RECIPES="name:override,override name:..."  the recipes, each a name and --set overrides over
 #       configs/fmnist_teacher.yaml (default: 60 epochs alone, with cutout 8, with label
 #       smoothing 0.1, with both, and 60 epochs of SGD with Nesterov momentum 0.9, lr 0.1,
-#       weight decay 5e-4 on the conv/FC weights: the usual CIFAR ResNet recipe, where AdamW is
-#       often a few tenths worse)
+#       weight decay 5e-4 on the conv/FC weights, gradient norm clipped to 1: the usual CIFAR
+#       ResNet recipe, where AdamW is often a few tenths worse; unclipped it diverged on CPU,
+#       loss NaN in the first epoch, see configs/experiments/README.md)
 #   EXTRA="key=value ..."     overrides for every run (dry runs: data.name=digits ...)
 #   DEADLINE=280              seconds after which the runs are stopped (each keeps its last epoch)
 #   DEVICE=cuda, PYTHON=python3, OUT, RUNS_DIR as in scripts/device_ablation.sh
@@ -23,7 +24,7 @@ deadline=${DEADLINE:-280}
 py=${PYTHON:-python3}
 runs=${RUNS_DIR:-/tmp/teacher_runs}
 out=${OUT:-/tmp/device_out}
-recipes=${RECIPES:-"e60:stages.teacher.epochs=60 e60_cut8:stages.teacher.epochs=60,data.cutout=8 e60_ls:stages.teacher.epochs=60,stages.teacher.loss_weights.label_smoothing=0.1 e60_cut8_ls:stages.teacher.epochs=60,data.cutout=8,stages.teacher.loss_weights.label_smoothing=0.1 e60_sgd:stages.teacher.epochs=60,stages.teacher.optimizer=sgd,stages.teacher.lr=0.1,stages.teacher.weight_decay=0.0005"}
+recipes=${RECIPES:-"e60:stages.teacher.epochs=60 e60_cut8:stages.teacher.epochs=60,data.cutout=8 e60_ls:stages.teacher.epochs=60,stages.teacher.loss_weights.label_smoothing=0.1 e60_cut8_ls:stages.teacher.epochs=60,data.cutout=8,stages.teacher.loss_weights.label_smoothing=0.1 e60_sgd:stages.teacher.epochs=60,stages.teacher.optimizer=sgd,stages.teacher.lr=0.1,stages.teacher.weight_decay=0.0005,stages.teacher.grad_clip=1.0"}
 mkdir -p "$runs"
 t0=$(date +%s)
 logname=device_teachers

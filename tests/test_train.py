@@ -108,6 +108,8 @@ def test_every_shipped_config_is_valid(path):
     ("data.crop_pad", 9, "data.crop_pad must be in 0..8"),
     ("stages.teacher.crop_pad", -1, "crop_pad must be in 0..8"),
     ("stages.student.ema_decay", 1.0, "ema_decay must lie in"),
+    ("stages.teacher.grad_clip", 0, "grad_clip must be > 0"),
+    ("stages.teacher.momentum", 1.0, r"momentum must lie in \[0, 1\)"),
     ("stages.student.select", "best", "not one of"),
     ("device", "tpu", "device 'tpu'"),
     ("device", "cuda:7" if torch.cuda.is_available() else "cuda", "cuda"),
@@ -403,6 +405,28 @@ def test_init_from_fp_keeps_the_binary_logit_scale(tmp_path):
     n = init_weights(cfg, cfg.stages[0], student)
     assert n > 0 and float(student.head.logit_scale) == own_scale != 0.125
     assert torch.equal(student.blocks[0].conv.weight, fp.blocks[0].conv.weight)
+
+
+
+@pytest.mark.parametrize("clip", [None, 1e-3])
+def test_grad_clip_bounds_every_step(tmp_path, clip):
+    """``grad_clip`` clips the global gradient norm before each step: with plain SGD (no
+    momentum, no decay) at lr 1 for 8 steps the weights move at most ``8 * clip``; unclipped,
+    the same run moves them far more (so the bound is the clip's doing)."""
+    fp = build_model("si_resnet_fp", dataset="digits", width=8, depth=[1, 1])
+    save_checkpoint(tmp_path / "init.pt", fp)
+    d = tiny(tmp_path)
+    d["stages"] = [{"name": "teacher", "student": "si_resnet_fp", "epochs": 1, "batch_size": 64,
+                    "optimizer": "sgd", "lr": 1.0, "momentum": 0.0, "grad_clip": clip,
+                    "init_from": str(tmp_path / "init.pt")}]
+    train(build_config(d), log=lambda *_: None)
+    after = load_checkpoint(tmp_path / "tiny/teacher/final.pt")["state_dict"]
+    moved = torch.cat([(after[k] - p).flatten() for k, p in fp.named_parameters()]).norm()
+    steps = 512 // 64
+    if clip is None:
+        assert moved > 100 * steps * 1e-3
+    else:
+        assert 0 < moved <= steps * clip * (1 + 1e-4)
 
 
 # -- the staged recipe (binary activations first, then binary weights) ------------------------------

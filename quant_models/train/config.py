@@ -128,7 +128,11 @@ class Stage:
     weight_decay: float = 0.0
     """Weight decay (decoupled for adamw)."""
     momentum: float = 0.9
-    """SGD momentum."""
+    """SGD momentum (Nesterov where > 0; 0 = plain SGD)."""
+    grad_clip: float | None = None
+    """Clip the global gradient norm to this before every step; None = off. SGD at lr 0.1 needs
+    it (e.g. 1.0): without it the FP teacher's scalar ``logit_scale`` (a sum-pooled head) blows
+    up within the warm-up (loss NaN by step ~40, measured); Adam/AdamW are scale-invariant."""
     batch_size: int = 256
     """Global batch size (split across DDP processes)."""
     ema_decay: float | None = None
@@ -293,6 +297,10 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"{w}: unknown model {s.student!r}; valid: {', '.join(list_models())}")
         if s.epochs < 1 or s.batch_size < 1 or s.lr <= 0 or s.weight_decay < 0:
             raise ConfigError(f"{w}: epochs and batch_size must be >= 1, lr > 0, weight_decay >= 0")
+        if not 0 <= s.momentum < 1:
+            raise ConfigError(f"{w}: momentum must lie in [0, 1) (e.g. 0.9), got {s.momentum}")
+        if s.grad_clip is not None and not s.grad_clip > 0:
+            raise ConfigError(f"{w}: grad_clip must be > 0 (or null for no clipping)")
         if s.ema_decay is not None and not 0 < s.ema_decay < 1:
             raise ConfigError(f"{w}: ema_decay must lie in (0, 1) (e.g. 0.998), got {s.ema_decay}")
         if s.crop_pad is not None and not 0 <= s.crop_pad <= 8:

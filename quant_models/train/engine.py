@@ -178,7 +178,8 @@ def _optimizer(stage: Stage, model: nn.Module) -> torch.optim.Optimizer:
     groups = [{"params": decay, "weight_decay": stage.weight_decay},
               {"params": rest, "weight_decay": 0.0}]
     if stage.optimizer is OptimizerName.SGD:
-        return torch.optim.SGD(groups, lr=stage.lr, momentum=stage.momentum, nesterov=True)
+        return torch.optim.SGD(groups, lr=stage.lr, momentum=stage.momentum,
+                               nesterov=stage.momentum > 0)  # torch: Nesterov needs momentum
     if stage.optimizer is OptimizerName.ADAMW:
         return torch.optim.AdamW(groups, lr=stage.lr)
     # Adam's weight_decay is L2 added to the gradient
@@ -688,6 +689,8 @@ def train_one_epoch(run: StageRun, epoch: int) -> tuple[dict[str, float], float]
         loss, parts, logits = run.forward_loss(x, y)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if stage.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(run.student.parameters(), stage.grad_clip)
         run.opt.step()
         run.sched.step()
         if run.ema is not None:
