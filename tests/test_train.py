@@ -408,6 +408,25 @@ def test_init_from_fp_keeps_the_binary_logit_scale(tmp_path):
 
 
 
+def test_weight_decay_only_on_conv_and_fc_weights(tmp_path):
+    """Decay reaches the conv/FC weights (binary ones included: their latent floats), never
+    BatchNorm, the 4-d sign biases or logit_scale."""
+    from quant_models.train.engine import _optimizer
+
+    d = tiny(tmp_path)
+    d["stages"] = [{**d["stages"][1], "student": "si_h_resnet_w1a1_mbh", "weight_decay": 0.1,
+                    "teacher": None, "init_from": None, "loss_weights": {"ce": 1.0}}]
+    stage = build_config(d).stages[0]
+    model = build_model("si_h_resnet_w1a1_mbh", dataset="digits", width=8, depth=[1, 1])
+    decay_group, rest_group = _optimizer(stage, model).param_groups
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay_group["params"]}
+    assert decay_group["weight_decay"] == 0.1 and rest_group["weight_decay"] == 0.0
+    assert decayed == {n for n, p in model.named_parameters()
+                       if n.endswith(".weight") and p.ndim in (2, 4)}
+    assert "blocks.0.act.bias" not in decayed and "head.logit_scale" not in decayed
+    assert len(decayed) + len(rest_group["params"]) == len(list(model.parameters()))
+
 @pytest.mark.parametrize("clip", [None, 1e-3])
 def test_grad_clip_bounds_every_step(tmp_path, clip):
     """``grad_clip`` clips the global gradient norm before each step: with plain SGD (no

@@ -173,8 +173,13 @@ def init_weights(cfg: TrainConfig, stage: Stage, model: nn.Module) -> int:
 
 
 def _optimizer(stage: Stage, model: nn.Module) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-    rest = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    # decay only the conv/FC weights (Brevitas' quant layers subclass these), never BatchNorm,
+    # the sign biases (4-d, but biases) or logit_scale
+    weights = {id(m.weight) for m in model.modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear)) and m.weight is not None}
+    trained = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in trained if id(p) in weights]
+    rest = [p for p in trained if id(p) not in weights]
     groups = [{"params": decay, "weight_decay": stage.weight_decay},
               {"params": rest, "weight_decay": 0.0}]
     if stage.optimizer is OptimizerName.SGD:
