@@ -55,6 +55,11 @@ class OutputDirError(UserError):
     """An output directory that cannot be written, or that exists and is not sibnn's."""
 
 
+class TrainingDivergedError(UserError):
+    """A training loss that became NaN or infinite (a recipe that diverges: too high a learning
+    rate, no gradient clipping); names the stage and epoch and says what was kept."""
+
+
 class SimulationBuildError(SibnnError):
     """Generated HLS C++ or RTL that g++/Verilator could not compile; names the node and the log."""
 

@@ -253,6 +253,21 @@ def test_resume_other_config_is_one_line_error(tmp_path, capsys):
     assert rc == 0, err
 
 
+def test_diverged_training_stops_with_one_line_and_saves_nothing_of_that_epoch(tmp_path, capsys):
+    """A loss that turns NaN/inf stops the run at the end of that epoch with a one-line error
+    naming the stage and the fix, instead of training every remaining epoch on NaN; the epoch is
+    not checkpointed (``last.pt`` would otherwise hold NaN weights for a ``--resume``)."""
+    cfg_path = tmp_path / "c.yaml"
+    d = tiny(tmp_path / "runs")
+    d["stages"] = [{**d["stages"][0], "epochs": 3, "optimizer": "sgd", "lr": 1e30}]
+    cfg_path.write_text(yaml.safe_dump(d))
+    rc, err = run_cli(capsys, "--config", cfg_path)
+    assert rc == 2 and err.count("\n") == 1, err
+    assert "stage 'teacher' diverged" in err and "epoch 1/3" in err
+    assert "no epoch was saved" in err and "stages.teacher.grad_clip" in err
+    sdir = tmp_path / "runs" / "tiny" / "teacher"
+    assert not (sdir / "last.pt").exists() and not (sdir / "final.pt").exists()
+
 def test_ddp_two_processes(tmp_path):
     d = tiny(tmp_path / "runs")
     d["data"]["train_subset"] = 256

@@ -44,7 +44,7 @@ import yaml
 from torch import nn
 
 from sibnn_base.atomic import atomic_write, check_writable_dir
-from sibnn_base.errors import CheckpointError, ConfigError, OutputDirError
+from sibnn_base.errors import CheckpointError, ConfigError, OutputDirError, TrainingDivergedError
 from sibnn_base.typed import to_dict
 
 from ..checkpoint import (
@@ -810,6 +810,12 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
 
     for epoch in range(state.epoch, stage.epochs):
         train_metrics, seconds = train_one_epoch(run, epoch)
+        if not math.isfinite(train_metrics["train_loss"]):  # the same on every rank (all-summed)
+            kept = (f"{last_path} still holds epoch {epoch}" if epoch else "no epoch was saved")
+            raise TrainingDivergedError(
+                f"stage {stage.name!r} diverged: training loss {train_metrics['train_loss']} in "
+                f"epoch {epoch + 1}/{stage.epochs} ({kept}); lower stages.{stage.name}.lr or set "
+                f"stages.{stage.name}.grad_clip (e.g. 1.0), and train it as a new experiment")
         val_metrics = validate(run.student, run.train, run.splits.val, cfg.eval_batch_size, env)
         if run.ema is not None:
             raw = val_metrics
