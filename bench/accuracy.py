@@ -499,6 +499,12 @@ def _seed_groups(runs: dict) -> dict[str, dict[str, dict[int, str]]]:
     return groups
 
 
+def _any_run(runs: dict, by_seed: dict[int, str]) -> dict:
+    """One recorded run of a :func:`_seed_groups` network (its seeds share student, epochs and
+    recipe)."""
+    return runs[next(iter(by_seed.values()))]
+
+
 def seed_means(runs: dict) -> dict:
     """The recorded runs across seeds: for every recipe that differs only by seed
     (:func:`_recipe_key` without ``seed``) and every SI network in it with a twin without SI, the
@@ -508,7 +514,7 @@ def seed_means(runs: dict) -> dict:
     out = {}
     for arms in _seed_groups(runs).values():
         for arm, by_seed in arms.items():
-            first = runs[next(iter(by_seed.values()))]
+            first = _any_run(runs, by_seed)
             twin = SI_TWIN.get(first["student"])
             if twin is None or not first["model_args"].get("si") or twin not in arms:
                 continue
@@ -547,11 +553,10 @@ def longest_recipe_arms(runs: dict) -> list[dict]:
     +- std test and val accuracy (std None for one seed). Empty when no recipe has such a pair."""
     best = None
     for arms in _seed_groups(runs).values():
-        students = {runs[next(iter(ns.values()))]["student"] for ns in arms.values()}
+        students = {_any_run(runs, ns)["student"] for ns in arms.values()}
         if not any(SI_TWIN.get(st) in students for st in students):
             continue
-        rank = (runs[next(iter(next(iter(arms.values())).values()))]["epochs"],
-                sum(map(len, arms.values())))
+        rank = (_any_run(runs, next(iter(arms.values())))["epochs"], sum(map(len, arms.values())))
         if best is None or rank > best[0]:
             best = (rank, arms)
     out = []

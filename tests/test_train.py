@@ -268,6 +268,7 @@ def test_diverged_training_stops_with_one_line_and_saves_nothing_of_that_epoch(t
     sdir = tmp_path / "runs" / "tiny" / "teacher"
     assert not (sdir / "last.pt").exists() and not (sdir / "final.pt").exists()
 
+
 def test_ddp_two_processes(tmp_path):
     d = tiny(tmp_path / "runs")
     d["data"]["train_subset"] = 256
@@ -422,7 +423,6 @@ def test_init_from_fp_keeps_the_binary_logit_scale(tmp_path):
     assert torch.equal(student.blocks[0].conv.weight, fp.blocks[0].conv.weight)
 
 
-
 def test_weight_decay_only_on_conv_and_fc_weights(tmp_path):
     """Decay reaches the conv/FC weights (binary ones included: their latent floats), never
     BatchNorm, the 4-d sign biases or logit_scale."""
@@ -441,6 +441,7 @@ def test_weight_decay_only_on_conv_and_fc_weights(tmp_path):
                        if n.endswith(".weight") and p.ndim in (2, 4)}
     assert "blocks.0.act.bias" not in decayed and "head.logit_scale" not in decayed
     assert len(decayed) + len(rest_group["params"]) == len(list(model.parameters()))
+
 
 @pytest.mark.parametrize("clip", [None, 1e-3])
 def test_grad_clip_bounds_every_step(tmp_path, clip):
