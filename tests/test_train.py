@@ -838,6 +838,27 @@ def test_a_compiled_step_with_wrong_gradients_is_rejected_and_training_stays_eag
     assert said == ["compile failed (RuntimeError: no C compiler); training eager"]
 
 
+def test_a_compiled_loss_a_little_off_with_the_same_gradients_is_kept_and_a_far_one_is_not():
+    student, step, x, y = _student_step()
+
+    def offset(rel):  # a "compiler" whose loss is off by rel, with the eager gradients
+        def compiler(fn):
+            def shifted(x, y):
+                loss, parts, logits = fn(x, y)
+                return loss + rel * loss.detach(), parts, logits
+            return shifted
+        return compiler
+
+    rtol = train_engine().LOSS_RTOL
+    said = []
+    assert train_engine().checked_compile(step, student, x, y, log=said.append,
+                                          compiler=offset(0.4 * rtol)) is not step
+    assert "match" in said[-1]
+    assert train_engine().checked_compile(step, student, x, y, log=said.append,
+                                          compiler=offset(2 * rtol)) is step
+    assert "rejected" in said[-1] and "0 of" in said[-1]
+
+
 @pytest.mark.slow
 def test_torch_compile_of_a_student_step_matches_eager_on_cpu():
     student, step, x, y = _student_step()

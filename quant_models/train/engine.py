@@ -578,6 +578,14 @@ def setup_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
                     tap_weights, ema, step)
 
 
+LOSS_RTOL = 1e-2
+"""How far the compiled step's loss may sit from the eager one's, relative (:func:`checked_compile`).
+Measured: a student started from the SGD teacher (loss 54 on its first batch, most of it the
+distillation terms on logits the binary net has not yet learnt) gave 54.03 vs 54.25 (0.4%) with
+all 39 gradients matching; a 1e-3 bound rejected that step and the run trained eager, about 30%
+slower. The gradients are the real check (the failure it guards against gave zero gradients)."""
+
+
 def checked_compile(step, model: nn.Module, x: torch.Tensor, y: torch.Tensor, log=print,
                     compiler=torch.compile):
     """``compiler(step)`` if its loss and every gradient on one batch ``(x, y)`` match the eager
@@ -588,7 +596,7 @@ def checked_compile(step, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo
     "Match" cannot mean equal: fused arithmetic moves a few pre-activations across zero, and each
     flipped sign changes the gradients downstream (measured on CPU, ``si_h_resnet_w1a1_mbh``,
     batch 256: loss within 5e-5, every gradient tensor at cosine >= 0.997 to eager's, but single
-    entries up to 16% of the tensor's largest apart).
+    entries up to 16% of the tensor's largest apart). The loss may differ by :data:`LOSS_RTOL`.
 
     Why the check: on the GPU machine (torch 2.11, CUDA inductor) the compiled step of every
     binary student gave wrong gradients (22 of 23 tensors, most of them zero: the custom
@@ -615,7 +623,7 @@ def checked_compile(step, model: nn.Module, x: torch.Tensor, y: torch.Tensor, lo
             for b, v in saved:
                 b.copy_(v)
     bad = [i for i, (a, c) in enumerate(zip(ge, gc, strict=True)) if not _same_direction(a, c)]
-    if bad or abs(le - lc) > 1e-3 * abs(le) + 1e-6:
+    if bad or abs(le - lc) > LOSS_RTOL * abs(le) + 1e-6:
         log(f"compiled step rejected: loss {lc:.6g} vs eager {le:.6g}, {len(bad)} of "
             f"{len(params)} gradients differ from the eager step's on one batch; training eager")
         return step
