@@ -537,6 +537,26 @@ def seed_means(runs: dict) -> dict:
     return out
 
 
+def network_seed_means(runs: dict) -> dict:
+    """Every network trained with one recipe at >= 2 seeds (:func:`_seed_groups`), SI or not,
+    teachers too: mean +- std of its val and test accuracy over those seeds (the issue's "mean
+    +- std per variant" for the full-budget runs; e.g. a teacher recipe adopted on two seeds).
+    Keyed ``"<network>, <epochs> epochs: <run>, <run>, ..."``."""
+    out = {}
+    for arms in _seed_groups(runs).values():
+        for arm, by_seed in arms.items():
+            if len(by_seed) < 2:
+                continue
+            seeds = sorted(by_seed)
+            rs = [runs[by_seed[s]] for s in seeds]
+            (vm, vs), (tm, ts) = (_mean_std([r[k] for r in rs]) for k in ("val_acc", "test_acc"))
+            names = [by_seed[s] for s in seeds]
+            out[f"{arm}, {rs[0]['epochs']} epochs: {', '.join(names)}"] = {
+                "seeds": seeds, "runs": names, "val_mean": vm, "val_std": vs,
+                "test_mean": tm, "test_std": ts}
+    return out
+
+
 def arm_label(model_args: dict) -> str:
     """A short name of a recorded network for plots: ``no SI`` or ``SI(h), downsample blocks,
     r=4``."""
@@ -608,6 +628,10 @@ def run_rows(data: dict, width: int) -> list[list[str]]:
                      f"{m['plain_test_mean']:.2f} ± {m['plain_test_std']:.2f}; SI >= twin + 0.5 "
                      f"on mean val: {'yes' if m['si_better_by_0.5_on_mean_val'] else 'no'}",
                      *[""] * (width - 1)])
+    for name, m in (data.get("network_seed_means") or {}).items():
+        rows.append([f"{name} (seeds {', '.join(map(str, m['seeds']))}): val "
+                     f"{m['val_mean']:.2f} ± {m['val_std']:.2f}, test {m['test_mean']:.2f} ± "
+                     f"{m['test_std']:.2f}", *[""] * (width - 1)])
     return rows
 
 
@@ -628,6 +652,7 @@ def update_runs(path: Path, run_dirs: list[Path]) -> dict:
     data["run_comparisons"] = run_comparisons(runs, keys)
     data["full_runs_best"] = best_runs(runs, data["run_comparisons"], keys)
     data["seed_means"] = seed_means(runs)
+    data["network_seed_means"] = network_seed_means(runs)
     data.pop("machine", None)
     _write(path, data)
     return data
@@ -1019,6 +1044,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}, seeds {m['seeds']}: val {m['si_val_mean']:.2f} vs "
                   f"{m['plain_val_mean']:.2f} ({m['val_delta_mean']:+.2f}), test "
                   f"{m['si_test_mean']:.2f} vs {m['plain_test_mean']:.2f}")
+        for name, m in data["network_seed_means"].items():
+            print(f"{name}: val {m['val_mean']:.2f} ± {m['val_std']:.2f}, test "
+                  f"{m['test_mean']:.2f} ± {m['test_std']:.2f}")
         return 0
     if args.record_device_run:
         rec = record_device_run(results_dir / "accuracy.json", Path(args.record_device_run),
@@ -1080,7 +1108,7 @@ def main(argv: list[str] | None = None) -> int:
     old = results_dir / "accuracy.json"
     prev = json.loads(old.read_text()) if old.exists() else {}
     kept = {k: prev[k] for k in ("shipped", "full_runs", "run_comparisons", "full_runs_best",
-                                 "seed_means", "device_runs")
+                                 "seed_means", "network_seed_means", "device_runs")
             if k in prev}
 
     def save(final: bool = False) -> dict:

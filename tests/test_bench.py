@@ -307,6 +307,15 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     assert m["val_delta_per_seed"] == [round(a - b, 2) for a, b in zip(sv, pv, strict=True)]
     assert m["si_better_by_0.5_on_mean_val"] == (m["si_val_mean"] - m["plain_val_mean"] >= 0.5)
     assert f"{key}, seeds 0, 1: SI val" in (res / "accuracy.md").read_text()
+    # every network at >= 2 seeds of one recipe, SI or not: mean +- std of its own
+    nm = data["network_seed_means"]
+    assert sorted(m["runs"] for m in nm.values()) == [["plain", "plain_s1"],
+                                                      ["si_down", "si_down_s1"]]
+    (pk, pm), = ((k, m) for k, m in nm.items() if m["runs"] == ["plain", "plain_s1"])
+    assert pk == "resnet_w1a1, 1 epochs: plain, plain_s1" and pm["seeds"] == [0, 1]
+    assert pm["val_mean"] == round((pv[0] + pv[1]) / 2, 2) == m["plain_val_mean"]
+    assert pm["test_std"] == m["plain_test_std"]
+    assert f"{pk} (seeds 0, 1): val {pm['val_mean']:.2f}" in (res / "accuracy.md").read_text()
     accuracy.main(["--record-runs", str(runs / "si_s1"), "--results-dir", str(res)])
     capsys.readouterr()
     data = json.loads((res / "accuracy.json").read_text())
