@@ -537,6 +537,17 @@ def seed_means(runs: dict) -> dict:
     return out
 
 
+def _arm_means(runs: dict, by_seed: dict[int, str]) -> dict:
+    """A :func:`_seed_groups` network over its seeds: the seeds, their runs (in seed order) and
+    mean +- std of val and test accuracy (:func:`_mean_std`: std None for one seed)."""
+    seeds = sorted(by_seed)
+    names = [by_seed[s] for s in seeds]
+    rs = [runs[n] for n in names]
+    (vm, vs), (tm, ts) = (_mean_std([r[k] for r in rs]) for k in ("val_acc", "test_acc"))
+    return {"seeds": seeds, "runs": names, "val_mean": vm, "val_std": vs,
+            "test_mean": tm, "test_std": ts}
+
+
 def network_seed_means(runs: dict) -> dict:
     """Every network trained with one recipe at >= 2 seeds (:func:`_seed_groups`), SI or not,
     teachers too: mean +- std of its val and test accuracy over those seeds (the issue's "mean
@@ -545,15 +556,9 @@ def network_seed_means(runs: dict) -> dict:
     out = {}
     for arms in _seed_groups(runs).values():
         for arm, by_seed in arms.items():
-            if len(by_seed) < 2:
-                continue
-            seeds = sorted(by_seed)
-            rs = [runs[by_seed[s]] for s in seeds]
-            (vm, vs), (tm, ts) = (_mean_std([r[k] for r in rs]) for k in ("val_acc", "test_acc"))
-            names = [by_seed[s] for s in seeds]
-            out[f"{arm}, {rs[0]['epochs']} epochs: {', '.join(names)}"] = {
-                "seeds": seeds, "runs": names, "val_mean": vm, "val_std": vs,
-                "test_mean": tm, "test_std": ts}
+            if len(by_seed) >= 2:
+                m = _arm_means(runs, by_seed)
+                out[f"{arm}, {runs[m['runs'][0]]['epochs']} epochs: {', '.join(m['runs'])}"] = m
     return out
 
 
@@ -581,15 +586,14 @@ def longest_recipe_arms(runs: dict) -> list[dict]:
             best = (rank, arms)
     out = []
     for by_seed in (best[1].values() if best else ()):
-        names = [by_seed[k] for k in sorted(by_seed)]
-        rs = [runs[n] for n in names]
-        (tm, ts), (vm, vs) = (_mean_std([r[k] for r in rs]) for k in ("test_acc", "val_acc"))
-        args = rs[0]["model_args"]
-        out.append({"student": rs[0]["student"], "label": arm_label(args),
+        m = _arm_means(runs, by_seed)
+        first = runs[m["runs"][0]]
+        args = first["model_args"]
+        out.append({"student": first["student"], "label": arm_label(args),
                     "overrides": {k: v for k, v in args.items() if k not in ("si", "binary")},
-                    "runs": names, "seeds": sorted(by_seed), "epochs": rs[0]["epochs"],
-                    "test_acc_mean": tm, "test_acc_std": ts, "val_acc_mean": vm,
-                    "val_acc_std": vs})
+                    "runs": m["runs"], "seeds": m["seeds"], "epochs": first["epochs"],
+                    "test_acc_mean": m["test_mean"], "test_acc_std": m["test_std"],
+                    "val_acc_mean": m["val_mean"], "val_acc_std": m["val_std"]})
     return sorted(out, key=lambda a: (a["student"], a["label"]))
 
 
