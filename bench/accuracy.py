@@ -405,22 +405,24 @@ def _current_recipe(recipe: dict) -> dict:
     return {k: v for k, v in full.items() if k not in RUN_NAME_KEYS}
 
 
-def _recipe_key(run: dict, ignore: tuple[str, ...] = ()) -> str:
+def _recipe_key(run: dict, ignore: tuple[str, ...] = (),
+                stage_ignore: tuple[str, ...] = ()) -> str:
     """What two recorded runs must share to be compared: the recipe but for the student, the
     runtime keys (those a ``--resume`` may change, :data:`~quant_models.train.config.RUNTIME_KEYS`)
     and the model keys that shape the SI branch only (:data:`~quant_models.networks.SI_ONLY_KEYS`:
     the twin without SI is the same network whatever they say). The recipe is read through
     today's config first (:func:`_current_recipe`), so a key added after a run was recorded
     counts at its default, which is what that run trained with (one ``build_config`` per call:
-    compute it once per run and pass it on). Top-level keys in ``ignore`` (e.g. ``seed``) are left
-    out too."""
+    compute it once per run and pass it on). Top-level keys in ``ignore`` (e.g. ``seed``) and stage
+    keys in ``stage_ignore`` (e.g. ``loss_weights``) are left out too."""
     def net(model):
         return {k: v for k, v in (model or {}).items() if k not in SI_ONLY_KEYS}
 
     out = {k: v for k, v in _current_recipe(run["recipe"]).items()
            if k not in RUNTIME_KEYS and k not in ignore}
     out["model"] = net(out.get("model"))
-    out["stages"] = [{**{k: v for k, v in s.items() if k != "student"},
+    out["stages"] = [{**{k: v for k, v in s.items()
+                         if k != "student" and k not in stage_ignore},
                       "model": net(s.get("model"))} for s in out["stages"]]
     return json.dumps(out, sort_keys=True)
 
@@ -562,6 +564,76 @@ def network_seed_means(runs: dict) -> dict:
     return out
 
 
+METHOD_STAGE_KEYS = ("teacher", "loss_weights")
+"""Stage keys in which the full method and plain W1A1 trained with CE only differ by definition:
+left out of the recipe they must share to be compared (:func:`method_comparisons`)."""
+
+
+def loss_kind(run: dict) -> str:
+    """How a recorded run's last stage trained: ``block`` (block-wise KD, the method's loss, with
+    or without logit KD), ``kd`` (logit KD only) or ``ce`` (CE only, plain training), read through
+    today's config so a loss key added later counts at its default."""
+    lw = _current_recipe(run["recipe"])["stages"][-1].get("loss_weights") or {}
+    if lw.get("block", 0) > 0:
+        return "block"
+    return "kd" if lw.get("kd", 0) > 0 else "ce"
+
+
+def method_comparisons(runs: dict) -> dict:
+    """The issue's method goal at the recorded budgets: every SI network distilled block-wise
+    (:func:`loss_kind` ``block``) against its twin without SI trained with CE only (``ce``), with
+    the same recipe otherwise (:func:`_recipe_key` without the seed and the stage's teacher and
+    loss weights: same data, init, optimizer, schedule, epochs and selection), paired by seed.
+    Each side's mean +- std val and test over the seeds both have, the per-seed and mean deltas,
+    and whether the mean val delta is >= 0.5 (val decides; one seed is reported with std None).
+    Keyed ``"<SI network> + block KD vs <twin> CE only, <epochs> epochs"``."""
+    groups: dict[str, dict[tuple[str, str], dict[int, str]]] = {}
+    for name, r in runs.items():
+        key = _recipe_key(r, ignore=("seed",), stage_ignore=METHOD_STAGE_KEYS)
+        groups.setdefault(key, {}).setdefault((_arm(r), loss_kind(r)), {})[r["seed"]] = name
+    out = {}
+    for arms in groups.values():
+        for (arm, kind), by_seed in arms.items():
+            first = _any_run(runs, by_seed)
+            twin = SI_TWIN.get(first["student"])
+            base = arms.get((twin, "ce"))
+            if kind != "block" or not first["model_args"].get("si") or not base:
+                continue
+            seeds = sorted(set(by_seed) & set(base))
+            if not seeds:
+                continue
+            m = _arm_means(runs, {s: by_seed[s] for s in seeds})
+            p = _arm_means(runs, {s: base[s] for s in seeds})
+            deltas = [round(runs[a]["val_acc"] - runs[b]["val_acc"], 2)
+                      for a, b in zip(m["runs"], p["runs"], strict=True)]
+            gain = round(m["val_mean"] - p["val_mean"], 2)
+            out[f"{arm} + block KD vs {twin} CE only, {first['epochs']} epochs"] = {
+                "seeds": seeds, "epochs": first["epochs"], "method_runs": m["runs"],
+                "plain_runs": p["runs"],
+                **{f"method_{k}": m[k] for k in ("val_mean", "val_std", "test_mean", "test_std")},
+                **{f"plain_{k}": p[k] for k in ("val_mean", "val_std", "test_mean", "test_std")},
+                "val_delta_per_seed": deltas, "val_delta_mean": gain,
+                "test_delta_mean": round(m["test_mean"] - p["test_mean"], 2),
+                "method_better_by_0.5_on_mean_val": gain >= 0.5}
+    return out
+
+
+def method_goal(comps: dict) -> dict | None:
+    """The issue's goal "the full method >= plain W1A1 + 0.5 at the same width and budget" at the
+    largest recorded budget (most epochs, then most seeds; :func:`method_comparisons`), decided on
+    mean val with test reported, and the best of the two sides there on val; None without such a
+    comparison."""
+    if not comps:
+        return None
+    name, c = max(comps.items(), key=lambda kv: (kv[1]["epochs"], len(kv[1]["seeds"])))
+    best = "method" if c["method_val_mean"] >= c["plain_val_mean"] else "plain"
+    return {"goal": "full method (SI + block KD) - plain W1A1 (CE only) >= 0.5 points on mean val, "
+                    "same width and budget", "comparison": name, "epochs": c["epochs"],
+            "seeds": c["seeds"], "measured_val": c["val_delta_mean"],
+            "measured_test": c["test_delta_mean"], "met": c["method_better_by_0.5_on_mean_val"],
+            "best_on_val": c[f"{best}_runs"]}
+
+
 def arm_label(model_args: dict) -> str:
     """A short name of a recorded network for plots: ``no SI`` or ``SI(h), downsample blocks,
     r=4``."""
@@ -632,6 +704,25 @@ def run_rows(data: dict, width: int) -> list[list[str]]:
                      f"{m['plain_test_mean']:.2f} ± {m['plain_test_std']:.2f}; SI >= twin + 0.5 "
                      f"on mean val: {'yes' if m['si_better_by_0.5_on_mean_val'] else 'no'}",
                      *[""] * (width - 1)])
+    def sd(x: float | None) -> str:
+        return "" if x is None else f" ± {x:.2f}"
+
+    for name, m in (data.get("method_comparisons") or {}).items():
+        rows.append([f"the method: {name}, seed(s) {', '.join(map(str, m['seeds']))}: val "
+                     f"{m['method_val_mean']:.2f}{sd(m['method_val_std'])} vs "
+                     f"{m['plain_val_mean']:.2f}{sd(m['plain_val_std'])} (per seed "
+                     f"{', '.join(f'{d:+.2f}' for d in m['val_delta_per_seed'])}); test "
+                     f"{m['method_test_mean']:.2f}{sd(m['method_test_std'])} vs "
+                     f"{m['plain_test_mean']:.2f}{sd(m['plain_test_std'])}; method >= plain + "
+                     f"0.5 on mean val: "
+                     f"{'yes' if m['method_better_by_0.5_on_mean_val'] else 'no'}",
+                     *[""] * (width - 1)])
+    g = data.get("method_goal")
+    if g:
+        rows.append([f"method goal at the largest recorded budget ({g['epochs']} epochs, "
+                     f"{len(g['seeds'])} seed(s)): val {g['measured_val']:+.2f}, test "
+                     f"{g['measured_test']:+.2f} points -> {'met' if g['met'] else 'MISSED'}; "
+                     f"best on val: {', '.join(g['best_on_val'])}", *[""] * (width - 1)])
     for name, m in (data.get("network_seed_means") or {}).items():
         rows.append([f"{name} (seeds {', '.join(map(str, m['seeds']))}): val "
                      f"{m['val_mean']:.2f} ± {m['val_std']:.2f}, test {m['test_mean']:.2f} ± "
@@ -657,6 +748,8 @@ def update_runs(path: Path, run_dirs: list[Path]) -> dict:
     data["full_runs_best"] = best_runs(runs, data["run_comparisons"], keys)
     data["seed_means"] = seed_means(runs)
     data["network_seed_means"] = network_seed_means(runs)
+    data["method_comparisons"] = method_comparisons(runs)
+    data["method_goal"] = method_goal(data["method_comparisons"])
     data.pop("machine", None)
     _write(path, data)
     return data
@@ -1051,6 +1144,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, m in data["network_seed_means"].items():
             print(f"{name}: val {m['val_mean']:.2f} ± {m['val_std']:.2f}, test "
                   f"{m['test_mean']:.2f} ± {m['test_std']:.2f}")
+        for name, m in data["method_comparisons"].items():
+            print(f"the method: {name}, seeds {m['seeds']}: val {m['method_val_mean']:.2f} vs "
+                  f"{m['plain_val_mean']:.2f} ({m['val_delta_mean']:+.2f}), test "
+                  f"{m['method_test_mean']:.2f} vs {m['plain_test_mean']:.2f}")
+        g = data["method_goal"]
+        if g:
+            print(f"goal {g['goal']}: measured {g['measured_val']:+.2f} ({g['epochs']} epochs, "
+                  f"seeds {g['seeds']}) -> {'met' if g['met'] else 'MISSED'}")
         return 0
     if args.record_device_run:
         rec = record_device_run(results_dir / "accuracy.json", Path(args.record_device_run),

@@ -216,7 +216,7 @@ def test_bench_dispatch_does_not_hand_its_own_argv_to_a_benchmark(monkeypatch):
 
 
 def _digits_run(out, experiment: str, student: str, epochs: int = 1, seed: int = 0,
-                **model) -> None:
+                stage: dict | None = None, **model) -> None:
     from quant_models.train import build_config, train
 
     train(build_config({
@@ -225,7 +225,62 @@ def _digits_run(out, experiment: str, student: str, epochs: int = 1, seed: int =
         "data": {"name": "digits", "val_size": 200, "train_subset": 256},
         "model": {"width": 8, "depth": [1, 1], **model}, "eval_batch_size": 400,
         "stages": [{"name": "student", "student": student, "epochs": epochs, "lr": 0.005,
-                    "batch_size": 64, "ema_decay": 0.9}]}), log=lambda *_: None)
+                    "batch_size": 64, "ema_decay": 0.9, **(stage or {})}]}), log=lambda *_: None)
+
+
+def test_the_method_is_compared_with_plain_w1a1_trained_with_ce_only(tmp_path, capsys):
+    """The issue's method goal: an SI student distilled block-wise against its twin without SI
+    trained with CE only from the same start (same recipe but for the teacher and the loss),
+    paired by seed; the twin distilled the same way measures SI alone and is not that baseline,
+    nor is a CE-only run started elsewhere."""
+    runs, res = tmp_path / "runs", tmp_path / "res"
+    res.mkdir()
+    (res / "accuracy.json").write_text(json.dumps(accuracy.EMPTY))
+    _digits_run(runs, "teacher", "si_resnet_fp")
+    t = str(runs / "teacher" / "student" / "final.pt")
+    distil = {"teacher": t, "init_from": t, "loss_weights": {"ce": 1.0, "kd": 1.0, "block": 1.0}}
+    names = []
+    for seed in (0, 1):
+        _digits_run(runs, f"method_s{seed}", "si_resnet_w1a1", seed=seed, stage=distil)
+        _digits_run(runs, f"ce_s{seed}", "resnet_w1a1", seed=seed, stage={"init_from": t})
+        names += [f"method_s{seed}", f"ce_s{seed}"]
+    _digits_run(runs, "kd_twin", "resnet_w1a1", stage=distil)
+    _digits_run(runs, "ce_scratch", "resnet_w1a1")
+    names += ["kd_twin", "ce_scratch"]
+    rc = accuracy.main(["--record-runs", *(str(runs / n) for n in names),
+                        "--results-dir", str(res)])
+    assert rc == 0 and "the method: si_resnet_w1a1 [" in capsys.readouterr().out
+    data = json.loads((res / "accuracy.json").read_text())
+    r = data["full_runs"]
+    assert [accuracy.loss_kind(r[n]) for n in ("method_s0", "ce_s0", "kd_twin")] == [
+        "block", "ce", "block"]
+    (key, m), = data["method_comparisons"].items()
+    assert key.startswith("si_resnet_w1a1 [") and key.endswith(
+        "+ block KD vs resnet_w1a1 CE only, 1 epochs")
+    assert m["seeds"] == [0, 1] and m["method_runs"] == ["method_s0", "method_s1"]
+    assert m["plain_runs"] == ["ce_s0", "ce_s1"]
+    deltas = [round(r[f"method_s{s}"]["val_acc"] - r[f"ce_s{s}"]["val_acc"], 2) for s in (0, 1)]
+    assert m["val_delta_per_seed"] == deltas
+    mv = round((r["method_s0"]["val_acc"] + r["method_s1"]["val_acc"]) / 2, 2)
+    pv = round((r["ce_s0"]["val_acc"] + r["ce_s1"]["val_acc"]) / 2, 2)
+    assert (m["method_val_mean"], m["plain_val_mean"]) == (mv, pv)
+    assert m["val_delta_mean"] == round(mv - pv, 2)
+    assert m["method_better_by_0.5_on_mean_val"] == (mv - pv >= 0.5)
+    # the SI-alone comparison stays the distilled twin's
+    assert "method_s0 vs kd_twin" in data["run_comparisons"]
+    assert not any("ce_" in k for k in data["run_comparisons"])
+    g = data["method_goal"]
+    assert g["comparison"] == key and g["seeds"] == [0, 1] and g["measured_val"] == m[
+        "val_delta_mean"] and g["met"] == m["method_better_by_0.5_on_mean_val"]
+    assert g["best_on_val"] == (m["method_runs"] if mv >= pv else m["plain_runs"])
+    md = (res / "accuracy.md").read_text()
+    assert f"the method: {key}, seed(s) 0, 1: val" in md
+    assert "method goal at the largest recorded budget (1 epochs, 2 seed(s))" in md
+    # one seed is reported, without a spread; no CE-only twin: no comparison, no goal
+    one = accuracy.method_comparisons({n: r[n] for n in ("method_s0", "ce_s0")})
+    assert [c["method_val_std"] for c in one.values()] == [None]
+    assert accuracy.method_comparisons({n: r[n] for n in ("method_s0", "kd_twin")}) == {}
+    assert accuracy.method_goal({}) is None
 
 
 def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_path, capsys):
