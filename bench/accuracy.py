@@ -645,7 +645,8 @@ def arm_label(model_args: dict) -> str:
 
 def longest_recipe_arms(runs: dict) -> list[dict]:
     """The recorded runs of the recipe with the most epochs among those that hold an SI network
-    and its twin without SI (seeds pooled; ties: the most runs), one entry per network: its
+    and its twin without SI (seeds pooled; ties: the recipe of the best run on val, which is how
+    the shipped student is chosen, then the most runs), one entry per network: its
     student, registry overrides (the checkpoint's ``model_args``), runs, seeds, epochs and mean
     +- std test and val accuracy (std None for one seed). Empty when no recipe has such a pair."""
     best = None
@@ -653,7 +654,9 @@ def longest_recipe_arms(runs: dict) -> list[dict]:
         students = {_any_run(runs, ns)["student"] for ns in arms.values()}
         if not any(SI_TWIN.get(st) in students for st in students):
             continue
-        rank = (_any_run(runs, next(iter(arms.values())))["epochs"], sum(map(len, arms.values())))
+        rank = (_any_run(runs, next(iter(arms.values())))["epochs"],
+                max(runs[n]["val_acc"] for ns in arms.values() for n in ns.values()),
+                sum(map(len, arms.values())))
         if best is None or rank > best[0]:
             best = (rank, arms)
     out = []

@@ -14,7 +14,8 @@ accuracy is listed as missing, never drawn or interpolated::
 
 The ablation's budget is small; the networks trained at the shipped budget are the full-length
 runs recorded with ``python -m bench.accuracy --record-runs`` (``full_runs``). The longest recipe
-among them that has an SI network and its twin without SI gets a panel of its own
+among them that has an SI network and its twin without SI (of those, the recipe of the best run on
+val, as the shipped student is chosen) gets a panel of its own
 (:func:`bench.accuracy.longest_recipe_arms`, seeds pooled): each network built to estimates at
 the board's default folding, the folding the shipped build uses, with its own Pareto front. The
 two panels are not comparable with each other (other budgets, other foldings).

@@ -389,6 +389,16 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     one = accuracy.longest_recipe_arms({"si": data["full_runs"]["si"],
                                         "plain": data["full_runs"]["plain"]})
     assert [x["test_acc_std"] for x in one] == [None, None]  # one seed: no spread
+    # two recipes of as many epochs with a pair each: the one with the best run on val (how the
+    # shipped student is chosen), even with fewer runs
+    other = {f"{n}_b": copy.deepcopy(data["full_runs"][n]) for n in ("si", "plain")}
+    for r in other.values():
+        r["recipe"]["data"]["cutout"] = 8
+    other["plain_b"]["val_acc"] = 101.0
+    both = {**data["full_runs"], **other}
+    assert sorted(x["runs"][0] for x in accuracy.longest_recipe_arms(both)) == ["plain_b", "si_b"]
+    other["plain_b"]["val_acc"] = -1.0
+    assert len(accuracy.longest_recipe_arms({**data["full_runs"], **other})) == 3
     from quant_models import build_model
     assert build_model(a["student"], **a["overrides"]).spec.width == 8
     before = (res / "accuracy.json").read_text()
