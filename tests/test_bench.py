@@ -145,7 +145,13 @@ def test_goals_name_the_best_si_variant_by_validation_accuracy():
     g = accuracy.goals(accuracy.summarise(per_seed, [0]))
     assert g["full_top1"]["goal"].startswith("si_h")  # best on val, although worse on test
     assert g["method_gain"] == {"goal": "si_h - plain >= 0.5 points (same width and budget)",
-                                "measured": 0.2, "met": False}
+                                "measured": 0.2, "met": False, "best_student_on_val": "si_h"}
+    # missed: the file names the best student on val, whichever it is
+    per_seed[0]["plain"]["val_acc"] = 92.0
+    g = accuracy.goals(accuracy.summarise(per_seed, [0]))
+    assert g["method_gain"]["best_student_on_val"] == "plain"
+    rows = accuracy.table(accuracy.summarise(per_seed, [0]), per_seed, [0], None)
+    assert any("MISSED; the best student on val at this budget: W1A1 plain" in r[0] for r in rows)
     assert g["teacher_top1"]["met"] is True
 
 
