@@ -3,9 +3,10 @@
 # (scripts/device_prepare.sh makes both here):
 #   bash scripts/device_ablation.sh [EPOCHS] [SEEDS...]      (default: 30 epochs, seeds 0 1 2)
 # Environment:
-#   VARIANTS="teacher ..."    train only these, a prefix of bench.accuracy.VARIANTS (a later run
-#                             of a longer prefix extends the run). Default: the first five
-#                             (teacher plain mbh si_h_mbh si_h_mbh_ds), what one 10-minute call
+#   VARIANTS="teacher ..."    train only these, of bench.accuracy.VARIANTS (a later run of more
+#                             extends the run). Default: the first five and mbh_ce, the shipped
+#                             network trained with CE only (teacher plain mbh si_h_mbh si_h_mbh_ds
+#                             mbh_ce: its students are CE steps, cheaper), what one 10-minute call
 #                             can finish: on the H200 the 24 students of all variants ran at about
 #                             350 steps/s in all (compiled; the convolutions bound it), i.e. about
 #                             7.5 min for 30 epochs, more eager. VARIANTS="teacher plain mbh
@@ -31,7 +32,7 @@ epochs=${1:-30}; shift || true
 seeds=${*:-0 1 2}
 device=${DEVICE:-cuda}
 deadline=${DEADLINE:-540}
-variants=${VARIANTS:-teacher plain mbh si_h_mbh si_h_mbh_ds}
+variants=${VARIANTS:-teacher plain mbh si_h_mbh si_h_mbh_ds mbh_ce}
 runs=${RUNS_DIR:-/tmp/runs}
 results=${RESULTS_DIR:-bench/results}
 py=${PYTHON:-python3}

@@ -83,7 +83,15 @@ def test_ablation_staged_variant_splits_the_same_epochs(tmp_path):
     one = accuracy.ablation_config(0, 1, 100, "teacher", str(tmp_path), None, 1)
     assert "staged" not in accuracy.variants(1)
     assert [s.name for s in one.stages] == ["teacher", "plain", "mbh", "si_h_mbh", "si_h_mbh_ds",
-                                            "full", "kd", "si_kd", "si_h"]
+                                            "full", "kd", "si_kd", "si_h", "mbh_ce"]
+    assert one.stage("mbh_ce").model == {"head_bits": 8, "sign_bias": True}
+    assert one.stage("mbh_ce").teacher is None and one.stage("mbh_ce").init_from == "teacher"
+    # a run recorded before mbh_ce existed (staged included) is extended, not reordered
+    old = accuracy.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1,
+                                   names=tuple(v for v in accuracy.VARIANTS if v != "mbh_ce"))
+    new = accuracy.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1)
+    assert [s.name for s in new.stages] == [s.name for s in old.stages] + ["mbh_ce"]
+    assert resume_diff(to_dict(old), to_dict(new)) == []
     assert one.stage("si_h_mbh_ds").model == {"si_blocks": "downsample"}
     some = accuracy.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1,
                                     names=("plain", "si_h_mbh"), compile=True)
@@ -152,6 +160,12 @@ def test_goals_name_the_best_si_variant_by_validation_accuracy():
     assert g["method_gain"]["best_student_on_val"] == "plain"
     rows = accuracy.table(accuracy.summarise(per_seed, [0]), per_seed, [0], None)
     assert any("MISSED; the best student on val at this budget: W1A1 plain" in r[0] for r in rows)
+    # the shipped network's own baseline: its SI variants (best on val) against it trained with CE
+    per_seed[0].update({"si_h_mbh": {"test_acc": 91.0, "val_acc": 91.0},
+                        "si_h_mbh_ds": {"test_acc": 90.9, "val_acc": 91.2},
+                        "mbh_ce": {"test_acc": 90.0, "val_acc": 90.0}})
+    m = accuracy.goals(accuracy.summarise(per_seed, [0]))["method_gain_mbh"]
+    assert m["goal"].startswith("si_h_mbh_ds - mbh_ce") and m["measured"] == 0.9 and m["met"]
     assert g["teacher_top1"]["met"] is True
 
 
