@@ -859,6 +859,45 @@ def test_a_compiled_loss_a_little_off_with_the_same_gradients_is_kept_and_a_far_
     assert "rejected" in said[-1] and "0 of" in said[-1]
 
 
+def test_a_resumed_run_checks_its_compiled_step_on_the_weights_it_continues_from(tmp_path,
+                                                                                 monkeypatch):
+    """With ``compile``, the check runs after a resume has restored the weights (a step rejected
+    on a student fresh from its teacher gets another chance), and it leaves the run exact even if
+    checking draws from the global RNG."""
+    eng = train_engine()
+    seen = []
+
+    def record(step, model, x, y, log=print, compiler=None):
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        torch.rand(1)  # as a compiler might: the run must not notice
+        log("compiled step checked (recorded)")
+        return step
+
+    monkeypatch.setattr(eng, "checked_compile", record)
+    full = train(build_config(tiny(tmp_path / "a", compile=True)), log=lambda *_: None)
+    assert len(seen) == 2  # each stage once
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_student_epoch_1(msg):
+        if msg.startswith("[student] epoch 1/"):
+            raise Stop
+
+    cfg_b = build_config(tiny(tmp_path / "b", compile=True))
+    with pytest.raises(Stop):
+        train(cfg_b, log=stop_after_student_epoch_1)
+    epoch1 = load_checkpoint(tmp_path / "b/tiny/student/last.pt")["state_dict"]
+    seen.clear()
+    said = []
+    resumed = train(cfg_b, resume=True, log=said.append)
+    (w,) = seen  # the finished teacher is not checked again
+    assert w.keys() == epoch1.keys() and all(torch.equal(w[k], epoch1[k]) for k in w)
+    assert said.index("[student] resuming after epoch 1/2") < said.index(
+        "[student] compiled step checked (recorded)")
+    assert strip_time([resumed["student"]]) == strip_time([full["student"]])
+
+
 @pytest.mark.slow
 def test_torch_compile_of_a_student_step_matches_eager_on_cpu():
     student, step, x, y = _student_step()

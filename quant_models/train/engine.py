@@ -570,12 +570,23 @@ def setup_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
         opt, WarmupCosine(round(stage.warmup_epochs * steps), stage.epochs * steps))
     ema = WeightEMA(student, stage.ema_decay) if stage.ema_decay is not None else None
     step = forward_loss(stage, wrapped, teacher, tap_weights)
-    if cfg.compile:
-        step = checked_compile(step, student, train.x[:stage.batch_size],
-                               train.y[:stage.batch_size],
-                               log=(lambda m: log(f"[{stage.name}] {m}")) if env.main else _quiet)
     return StageRun(cfg, index, env, splits, train, steps, student, wrapped, teacher, opt, sched,
                     tap_weights, ema, step)
+
+
+def compile_step(run: StageRun, log=print) -> None:
+    """With ``compile``: the run's step compiled (:func:`checked_compile`), checked on the first
+    training batch with the weights the run continues from, so a resumed run is checked on its
+    restored weights, not on those it started at. A step rejected at the start (e.g. the loss of
+    a student fresh from its teacher, far from eager's) gets another check on each resume."""
+    stage = run.cfg.stages[run.index]
+    if not run.cfg.compile:
+        return
+    with torch.random.fork_rng():  # the restored RNG states stay as saved: resuming stays exact
+        run.forward_loss = checked_compile(
+            run.forward_loss, run.student, run.train.x[:stage.batch_size],
+            run.train.y[:stage.batch_size],
+            log=(lambda m: log(f"[{stage.name}] {m}")) if run.env.main else _quiet)
 
 
 LOSS_RTOL = 1e-2
@@ -811,6 +822,7 @@ def run_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
         state.restore(run.student, run.opt, run.sched, run.ema)
         if env.main:
             log(f"[{stage.name}] resuming after epoch {state.epoch}/{stage.epochs}")
+    compile_step(run, log)
     best = BestEpoch.load(sdir / "best.pt", stage.student, state.epoch)
     if env.main:
         sdir.mkdir(parents=True, exist_ok=True)
