@@ -300,6 +300,9 @@ def test_the_method_is_compared_with_plain_w1a1_trained_with_ce_only(tmp_path, c
     one = accuracy.method_comparisons({n: r[n] for n in ("method_s0", "ce_s0")})
     assert [c["method_val_std"] for c in one.values()] == [None]
     assert accuracy.method_comparisons({n: r[n] for n in ("method_s0", "kd_twin")}) == {}
+    g1 = accuracy.method_goal(one)  # one seed: reported, never met
+    assert g1["decided"] is False and g1["met"] is False and g1["seeds"] == [0]
+    assert g["decided"] is True
     assert accuracy.method_goal({}) is None
 
 
