@@ -23,8 +23,9 @@ si_h_mbh vs mbh). ``mbh_ce`` is the same network trained with CE only: the plain
 the shipped network, against which the method (SI + block KD) is judged (goal
 ``method_gain_mbh``; ``plain`` is the 1-bit-head baseline of ``method_gain``). ``staged`` is the
 staged recipe (Real-to-Binary): the same epochs, split into ``epochs // 2`` with binary
-activations and float weights (stage ``staged_act``) and the rest with binary weights too; it needs at least 2 epochs and is compared with ``full`` on the
-*validation* split (``decisions.staged``), never on the test set.
+activations and float weights (stage ``staged_act``) and the rest with binary weights too; it
+needs at least 2 epochs and is compared with ``full`` on the *validation* split
+(``decisions.staged``), never on the test set.
 
 ``si_h_mbh_ds`` (``si_blocks: downsample``) is the cheaper SI in hardware (two SI branches instead
 of four). The teacher stage comes from ``configs/fmnist_teacher.yaml`` (its optimizer and
