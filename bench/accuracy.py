@@ -578,9 +578,9 @@ left out of the recipe they must share to be compared (:func:`method_comparisons
 
 def loss_kind(run: dict) -> str:
     """How a recorded run's last stage trained: ``block`` (block-wise KD, the method's loss, with
-    or without logit KD), ``kd`` (logit KD only) or ``ce`` (CE only, plain training), read through
-    today's config so a loss key added later counts at its default."""
-    lw = _current_recipe(run["recipe"])["stages"][-1].get("loss_weights") or {}
+    or without logit KD), ``kd`` (logit KD only) or ``ce`` (CE only, plain training). A weight the
+    recorded recipe lacks is 0, its default in the config."""
+    lw = run["recipe"]["stages"][-1].get("loss_weights") or {}
     if lw.get("block", 0) > 0:
         return "block"
     return "kd" if lw.get("kd", 0) > 0 else "ce"
@@ -623,6 +623,11 @@ def method_comparisons(runs: dict) -> dict:
                 "test_delta_mean": round(m["test_mean"] - p["test_mean"], 2),
                 "method_better_by_0.5_on_mean_val": gain >= 0.5}
     return out
+
+
+def goal_verdict(goal: dict) -> str:
+    """``met``, ``MISSED`` or, for a :func:`method_goal` on one seed, ``not decided``."""
+    return "met" if goal["met"] else "MISSED" if goal.get("decided", True) else "not decided"
 
 
 def method_goal(comps: dict) -> dict | None:
@@ -733,8 +738,7 @@ def run_rows(data: dict, width: int) -> list[list[str]]:
     if g:
         rows.append([f"method goal at the largest recorded budget ({g['epochs']} epochs, "
                      f"{len(g['seeds'])} seed(s)): val {g['measured_val']:+.2f}, test "
-                     f"{g['measured_test']:+.2f} points -> "
-                     f"{'met' if g['met'] else 'MISSED' if g['decided'] else 'not decided'}; "
+                     f"{g['measured_test']:+.2f} points -> {goal_verdict(g)}; "
                      f"best on val: {', '.join(g['best_on_val'])}", *[""] * (width - 1)])
     for name, m in (data.get("network_seed_means") or {}).items():
         rows.append([f"{name} (seeds {', '.join(map(str, m['seeds']))}): val "
@@ -781,6 +785,10 @@ def goals(summary: dict) -> dict:
     method" is the best SI variant distilled block-wise (by mean *validation* accuracy)."""
     mean = {v: s["test_acc_mean"] for v, s in summary.items()}
     val = {v: s.get("val_acc_mean") for v, s in summary.items()}
+
+    def best_on_val(names: list[str]) -> str:  # ties (or no val): the better test accuracy
+        return max(names, key=lambda v: (val[v] if val[v] is not None else -1.0, mean[v]))
+
     out = {}
     if "teacher" in mean:
         out["teacher_top1"] = {"goal": "teacher >= 93.0 %", "measured": mean["teacher"],
@@ -788,7 +796,7 @@ def goals(summary: dict) -> dict:
     cands = [v for v in summary if v in VARIANTS and VARIANTS[v].si and v != "staged"]
     if not cands:
         return out
-    best = max(cands, key=lambda v: (val[v] if val[v] is not None else -1.0, mean[v]))
+    best = best_on_val(cands)
     out["full_top1"] = {"goal": f"{best} >= 91.0 %", "measured": mean[best],
                         "met": mean[best] >= 91.0}
     if "teacher" in mean:
@@ -799,12 +807,12 @@ def goals(summary: dict) -> dict:
         d = round(mean[best] - mean["plain"], 2)
         # the best student at the recipe width on val, whatever it is: what the default follows
         students = [v for v in summary if v in VARIANTS and v != "teacher"]
-        top = max(students, key=lambda v: (val[v] if val[v] is not None else -1.0, mean[v]))
+        top = best_on_val(students)
         out["method_gain"] = {"goal": f"{best} - plain >= 0.5 points (same width and budget)",
                               "measured": d, "met": d >= 0.5, "best_student_on_val": top}
     mbh_si = [v for v in ("si_h_mbh", "si_h_mbh_ds") if v in mean]
     if "mbh_ce" in mean and mbh_si:
-        b = max(mbh_si, key=lambda v: (val[v] if val[v] is not None else -1.0, mean[v]))
+        b = best_on_val(mbh_si)
         d = round(mean[b] - mean["mbh_ce"], 2)
         out["method_gain_mbh"] = {"goal": f"{b} - mbh_ce >= 0.5 points (the shipped network, "
                                           "same width and budget)", "measured": d,
@@ -1177,8 +1185,7 @@ def main(argv: list[str] | None = None) -> int:
         g = data["method_goal"]
         if g:
             print(f"goal {g['goal']}: measured {g['measured_val']:+.2f} ({g['epochs']} epochs, "
-                  f"seeds {g['seeds']}) -> "
-                  f"{'met' if g['met'] else 'MISSED' if g['decided'] else 'not decided (1 seed)'}")
+                  f"seeds {g['seeds']}) -> {goal_verdict(g)}")
         return 0
     if args.record_device_run:
         rec = record_device_run(results_dir / "accuracy.json", Path(args.record_device_run),

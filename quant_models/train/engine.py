@@ -579,9 +579,9 @@ def compile_step(run: StageRun, log=print) -> None:
     training batch with the weights the run continues from, so a resumed run is checked on its
     restored weights, not on those it started at. A step rejected at the start (e.g. the loss of
     a student fresh from its teacher, far from eager's) gets another check on each resume."""
-    stage = run.cfg.stages[run.index]
     if not run.cfg.compile:
         return
+    stage = run.cfg.stages[run.index]
     with torch.random.fork_rng():  # the restored RNG states stay as saved: resuming stays exact
         run.forward_loss = checked_compile(
             run.forward_loss, run.student, run.train.x[:stage.batch_size],
