@@ -639,13 +639,14 @@ def method_goal(comps: dict) -> dict | None:
     if not comps:
         return None
     name, c = max(comps.items(), key=lambda kv: (kv[1]["epochs"], len(kv[1]["seeds"])))
+    decided = len(c["seeds"]) >= 2
     best = "method" if c["method_val_mean"] >= c["plain_val_mean"] else "plain"
     return {"goal": "full method (SI + block KD) - plain W1A1 (CE only) >= 0.5 points on mean val, "
                     "same width and budget", "comparison": name, "epochs": c["epochs"],
             "seeds": c["seeds"], "measured_val": c["val_delta_mean"],
             "measured_test": c["test_delta_mean"],
-            "met": c["method_better_by_0.5_on_mean_val"] and len(c["seeds"]) >= 2,
-            "decided": len(c["seeds"]) >= 2, "best_on_val": c[f"{best}_runs"]}
+            "met": c["method_better_by_0.5_on_mean_val"] and decided,
+            "decided": decided, "best_on_val": c[f"{best}_runs"]}
 
 
 def arm_label(model_args: dict) -> str:
