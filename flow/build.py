@@ -36,6 +36,7 @@ from flow.config import (  # noqa: E402
     SIM_INPUTS_DEFAULT,
     BoardConfig,
     BuildConfig,
+    FifoSizing,
     FrontEnd,
     SimMode,
     list_boards,
@@ -196,6 +197,10 @@ class BuildPlan:
     sims: Any = None
     """The code simulators ``--sim`` needs (:class:`flow.proof.simulate.Simulators`), found
     before anything is written; None for ``--sim none``."""
+    stitched: bool = False
+    """Run the stitched simulation: ``--sim stitched|all``, or a Vivado build whose FIFOs are
+    sized by it (``fifo_sizing: sim``), where it runs between ``hw_codegen`` and the Vivado
+    steps."""
 
     @property
     def all_steps(self) -> list:
@@ -224,11 +229,19 @@ def make_plan(cfg: BuildConfig) -> BuildPlan:
         if name is not None and name not in step_names():
             raise ConfigError(f"{flag} {name!r} is not a step; steps: {', '.join(step_names())}")
     sims = None
-    if SimMode(cfg.sim).kinds:
+    stitched = "stitched" in SimMode(cfg.sim).kinds or (
+        tools.has_vivado and FifoSizing(cfg.fifo_sizing) == FifoSizing.SIM
+        and _reaches(cfg, "set_fifo_depths"))
+    if SimMode(cfg.sim).kinds or stitched:
         from flow.proof.simulate import find_simulators
 
         _check_sim_steps(cfg)
-        sims = find_simulators(cfg.sim)  # a missing g++/Verilator/finn-hlslib: fail first
+        # a missing g++/Verilator/finn-hlslib: fail first
+        sims = find_simulators(cfg.sim if SimMode(cfg.sim).kinds else "stitched")
+    if cfg.fifo_depths:
+        from flow.hw.stitched_run import load_fifo_depths
+
+        load_fifo_depths(cfg.fifo_depths)  # malformed file: fail before anything is written
     if cfg.folding:
         from flow.hw.folding import load_folding
 
@@ -238,7 +251,19 @@ def make_plan(cfg: BuildConfig) -> BuildPlan:
     resume = bool(cfg.start_step)
     if resume and not (final / "model.qonnx.onnx").is_file():
         raise ConfigError(f"--start-step {cfg.start_step} needs an earlier build in {final}")
-    return BuildPlan(cfg=cfg, board=board, tools=tools, final=final, resume=resume, sims=sims)
+    return BuildPlan(cfg=cfg, board=board, tools=tools, final=final, resume=resume, sims=sims,
+                     stitched=stitched)
+
+
+def _reaches(cfg: BuildConfig, step: str) -> bool:
+    """Whether the selected steps include ``step`` (a back-end step)."""
+    from flow.hw.steps import BACK_END
+
+    names = [s.name for s in BACK_END]
+    stop = cfg.stop_step if cfg.stop_step in names else None
+    start = cfg.start_step if cfg.start_step in names else None
+    i = names.index(step)
+    return (stop is None or names.index(stop) >= i) and (start is None or names.index(start) <= i)
 
 
 def resolve_source(plan: BuildPlan, work: Path) -> BuildPlan:
@@ -341,8 +366,10 @@ def _check_sim_steps(cfg: BuildConfig) -> None:
                           f"but --stop-step {cfg.stop_step} stops before it")
 
 
-def _simulate(plan: BuildPlan, work: Path, echo) -> dict:
-    """Run the ``hw_codegen`` stage as generated code (``--sim``); the ``simulation`` record."""
+def _simulate(plan: BuildPlan, work: Path, echo) -> tuple[dict, dict | None]:
+    """Run the ``hw_codegen`` stage as generated code (``--sim``): the ``simulation`` record
+    (node by node: cppsim/rtlsim) and the ``stitched`` record (the whole accelerator), or
+    None where the mode does not include it."""
     from qonnx.core.modelwrapper import ModelWrapper
 
     from flow.hw.sim_common import default_cache_dir
@@ -350,18 +377,107 @@ def _simulate(plan: BuildPlan, work: Path, echo) -> dict:
     from flow.report import simulation_line
 
     if plan.sims is None:
-        return {"mode": "none"}
+        return {"mode": "none"}, None
     found = sorted((work / "intermediate_models").glob("*_hw_codegen.onnx"))
     if not found:
         raise ConfigError(f"--sim {SimMode(plan.cfg.sim).value} needs the hw_codegen stage's model, "
                           "which this build did not produce")
     model = ModelWrapper(str(found[-1]))
-    pixels = _pixels(plan)[: plan.cfg.sim_inputs or SIM_INPUTS_DEFAULT]
+    rec: dict = {"mode": SimMode(plan.cfg.sim).value}
     echo(f"  simulation (--sim {SimMode(plan.cfg.sim).value}): {plan.sims.describe()}")
-    rec = simulate(model, pixels, plan.sims, work=work / "sim", cache=default_cache_dir(),
-                   jobs=plan.cfg.sim_jobs, golden=plan.golden)
-    echo(f"  simulation: {simulation_line(rec)} ({rec['seconds']['total']:.1f} s)")
+    if {"cppsim", "rtlsim"} & set(plan.sims.mode.kinds):
+        pixels = _pixels(plan)[: plan.cfg.sim_inputs or SIM_INPUTS_DEFAULT]
+        rec = simulate(model, pixels, plan.sims, work=work / "sim", cache=default_cache_dir(),
+                       jobs=plan.cfg.sim_jobs, golden=plan.golden)
+        echo(f"  simulation: {simulation_line(rec)} ({rec['seconds']['total']:.1f} s)")
+    stitched = _simulate_stitched(plan, model, work, echo) if plan.stitched else None
+    return rec, stitched
+
+
+def _simulate_stitched(plan: BuildPlan, model, work: Path, echo) -> dict:
+    """``--sim stitched``: the whole accelerator, its FIFOs sized (``report/fifo_depths.json``
+    in FINN's format) and its stitched graph saved as an intermediate model."""
+    import json
+
+    from flow.hw.finn_env import finn_session
+    from flow.hw.sim_common import default_cache_dir
+    from flow.hw.stitched_run import load_fifo_depths, run_stitched
+    from flow.report import finn_estimates, stitched_line
+    cfg, board = plan.cfg, plan.board
+    imposed = load_fifo_depths(cfg.fifo_depths) if cfg.fifo_depths else None
+    try:
+        fps_finn = float(finn_estimates(work)["throughput_fps"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        fps_finn = None
+    pixels = _pixels(plan)[: cfg.sim_frames]
+
+    def session():
+        return finn_session(work / "finn_build", plan.tools, log_file=work / "build.log")
+
+    rec, sized, fifo_cfg = run_stitched(
+        model, pixels, fpga_part=board.fpga_part, clk_ns=board.synth_clk_period_ns,
+        session=session, tools=plan.sims.rtlsim, cache=default_cache_dir() / "stitched",
+        work=work / "sim" / "stitched", jobs=cfg.sim_jobs, golden=plan.golden,
+        imposed=imposed, fps_finn=fps_finn)
+    inter = work / "intermediate_models"
+    n = len(list(inter.glob("[0-9][0-9]_*.onnx")))
+    sized.save(str(inter / f"{n:02d}_stitched.onnx"))
+    (work / "report").mkdir(parents=True, exist_ok=True)
+    (work / "report" / "fifo_depths.json").write_text(json.dumps(fifo_cfg, indent=2))
+    echo(f"  stitched: {stitched_line(rec)} ({rec['wall_s']:.1f} s)")
+    _check_fifo_budget(plan, work, rec)
     return rec
+
+
+def _check_fifo_budget(plan: BuildPlan, work: Path, rec: dict) -> None:
+    """The budget check again with the FIFOs priced at their sized depths (FINN's StreamingFIFO
+    estimates on top of FINN's totals and sibnn's fork/add model)."""
+    from flow.hw.resources import modelled_costs, with_modelled
+    from flow.report import finn_estimates
+
+    try:
+        est = finn_estimates(work)
+    except FileNotFoundError:
+        return
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    found = sorted((work / "intermediate_models").glob("*_hw_codegen.onnx"))
+    if found:
+        est = with_modelled(est, modelled_costs(ModelWrapper(str(found[-1]))))
+    f, budget = rec["fifo_cost_finn"], plan.board.budget
+    need = {"LUT": est.get("LUT_modelled", est.get("LUT", 0)) + f["LUT"],
+            "BRAM_18K": est.get("BRAM_18K", 0) + f["BRAM_18K"]}
+    over = {k: v for k, v in need.items() if v > budget.get(k, float("inf"))}
+    rec["within_budget_with_fifos"] = not over
+    if over and not plan.cfg.allow_over_budget:
+        what = ", ".join(f"{k} {v:,.0f} vs budget {budget[k]:,}" for k, v in over.items())
+        raise ConfigError(f"with its FIFOs at the sized depths the design does not fit "
+                          f"{plan.board.name} within {plan.board.budget_fraction:.0%} of its "
+                          f"resources: {what}; fold further, choose a larger board, or pass "
+                          "--allow-over-budget")
+
+
+def _run_steps_and_sims(plan: BuildPlan, model, work: Path, verifier, echo):
+    """The steps, and the ``--sim`` simulations of the ``hw_codegen`` graph. On a Vivado machine
+    the simulations run between ``hw_codegen`` and the Vivado steps, so the FIFO depths the
+    stitched simulation sizes reach ``set_fifo_depths``. Returns ``(final model, step records,
+    context, simulation record, stitched record)``."""
+    import dataclasses
+
+    cfg = plan.cfg
+    kw = dict(front_end=plan.front_end, verifier=verifier, echo=echo, ir=plan.ir,
+              lowered=plan.lowered)
+    split = (plan.tools.has_vivado and plan.sims is not None and _reaches(cfg, "hw_codegen")
+             and _reaches(cfg, "hw_ipgen"))
+    if not split:
+        final, records, ctx = build_model_wrapper(model, cfg, plan.board, work, plan.tools, **kw)
+        return (final, records, ctx, *_simulate(plan, work, echo))
+    first = dataclasses.replace(cfg, stop_step="hw_codegen")
+    final, records, ctx = build_model_wrapper(model, first, plan.board, work, plan.tools, **kw)
+    simulation, stitched = _simulate(plan, work, echo)
+    rest = dataclasses.replace(cfg, start_step="hw_ipgen")
+    final, more, ctx = build_model_wrapper(final, rest, plan.board, work, plan.tools, **kw)
+    return final, records + more, ctx, simulation, stitched
 
 
 def _verifier(plan: BuildPlan, verifier_factory):
@@ -423,10 +539,8 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         verifier = _verifier(plan, verifier_factory)
         running = True
         baseline = verifier("export", plan.exported)
-        final_model, records, ctx = build_model_wrapper(
-            model, cfg, board, work, tools, front_end=plan.front_end, verifier=verifier,
-            echo=echo, ir=plan.ir, lowered=plan.lowered)
-        simulation = _simulate(plan, work, echo)
+        final_model, records, ctx, simulation, stitched = _run_steps_and_sims(
+            plan, model, work, verifier, echo)
         summary = report.build_summary(
             model_name=cfg.model_name, board=board, out_dir=work, final_model=final_model,
             records=records, outputs=_outputs(records, tools, cfg.stop_step),
@@ -435,6 +549,7 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
                    "verified_against": "golden" if plan.golden is not None else "export",
                    "golden_io": plan.golden_io,
                    "simulation": simulation,
+                   "stitched": stitched,
                    "folding": ctx.results.get("folding"),
                    "output_affine": final_model.get_metadata_prop("sibnn_output_affine"),
                    "input_layout": final_model.get_metadata_prop("sibnn_input_layout") or "NCHW",
@@ -501,7 +616,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sim", default=None, choices=[m.value for m in SimMode],
                    help="after hw_codegen, run every HLS node as its generated C++ (cppsim, g++) "
                         "and/or every RTL node as its RTL (rtlsim, Verilator), exact against the "
-                        "golden model (default none)")
+                        "golden model; stitched: the whole accelerator with FIFOs, cycle by "
+                        "cycle on several frames, sizing the FIFOs; all: the three "
+                        "(default none)")
+    p.add_argument("--fifo-depths", default=None, metavar="FILE",
+                   help="impose these FIFO depths (FINN's FIFO config JSON) on the stitched "
+                        "simulation instead of sizing them (what-if runs; --sim stitched|all)")
     return p.parse_args(argv)
 
 
@@ -512,7 +632,8 @@ def main(argv: list[str] | None = None) -> int:
         a.config, board=a.board, model=a.model, onnx=a.onnx, checkpoint=a.checkpoint,
         output_dir=a.output_dir, folding=a.folding, start_step=a.start_step,
         stop_step=a.stop_step, target_fps=a.target_fps, front_end=a.front_end,
-        require_bitfile=a.require_bitfile, allow_over_budget=a.allow_over_budget, sim=a.sim)
+        require_bitfile=a.require_bitfile, allow_over_budget=a.allow_over_budget, sim=a.sim,
+        fifo_depths=a.fifo_depths)
     build(cfg)
     return 0
 

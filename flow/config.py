@@ -59,13 +59,27 @@ class SimMode(str, Enum):
     """Every ``*_hls`` node as its generated C++ compiled with g++ (``flow.hw.cppsim``)."""
     RTLSIM = "rtlsim"
     """Every ``*_rtl`` node as its generated RTL compiled with Verilator (``flow.hw.rtlsim``)."""
+    STITCHED = "stitched"
+    """The whole accelerator after FINN's FIFO/DWC insertion, cycle by cycle on several frames:
+    RTL nodes in Verilator, HLS nodes as cycle models; sizes the FIFOs (``flow.hw.stitched``)."""
     ALL = "all"
-    """Both: every HLS and RTL node as generated code."""
+    """cppsim + rtlsim + stitched."""
 
     @property
     def kinds(self) -> tuple[str, ...]:
         return {"none": (), "cppsim": ("cppsim",), "rtlsim": ("rtlsim",),
-                "all": ("cppsim", "rtlsim")}[self.value]
+                "stitched": ("stitched",),
+                "all": ("cppsim", "rtlsim", "stitched")}[self.value]
+
+
+class FifoSizing(str, Enum):
+    """Who sizes the FIFOs of the stitched design."""
+
+    SIM = "sim"
+    """sibnn's stitched simulation (``--sim stitched``): ``report/fifo_depths.json``, which the
+    Vivado steps apply with ``auto_fifo_depths: false``."""
+    FINN = "finn"
+    """FINN's own sizing inside ``set_fifo_depths`` (needs Vivado's simulator)."""
 
 
 class ShellFlow(str, Enum):
@@ -145,6 +159,13 @@ class BuildConfig:
     input than FINN's python models)."""
     sim_jobs: int = 2
     """Parallel compiles and simulations for ``sim``."""
+    sim_frames: int = 8
+    """Frames the stitched simulation feeds back to back (``sim: stitched|all``)."""
+    fifo_sizing: FifoSizing = FifoSizing.SIM
+    """``sim``: FIFO depths from the stitched simulation; ``finn``: FINN's own sizing."""
+    fifo_depths: str | None = None
+    """A FINN FIFO config file (``{"fifo_depths": {...}}``) whose depths the stitched
+    simulation imposes instead of sizing them (what-if runs)."""
     seed: int = 0
     """Seed of the verification inputs and of untrained weights."""
     model_overrides: dict = field(default_factory=dict)
@@ -240,6 +261,14 @@ def resolve_build_config(config_file: str | Path | None = None, **cli) -> BuildC
     if cfg.sim_inputs is not None and not 1 <= cfg.sim_inputs <= cfg.verify_inputs:
         raise ConfigError(f"sim_inputs must be in [1, verify_inputs={cfg.verify_inputs}], "
                           f"got {cfg.sim_inputs}")
+    if cfg.sim_frames < 2:
+        raise ConfigError(f"sim_frames must be >= 2 (frames back to back), got {cfg.sim_frames}")
+    if "stitched" in SimMode(cfg.sim).kinds and cfg.sim_frames > cfg.verify_inputs:
+        raise ConfigError(f"sim_frames ({cfg.sim_frames}) must not exceed verify_inputs "
+                          f"({cfg.verify_inputs}): the frames are verification inputs")
+    if cfg.fifo_depths is not None and "stitched" not in SimMode(cfg.sim).kinds:
+        raise ConfigError("--fifo-depths imposes depths on the stitched simulation: use it with "
+                          "--sim stitched or --sim all")
     if cfg.sim_jobs < 1:
         raise ConfigError(f"sim_jobs must be >= 1, got {cfg.sim_jobs}")
     if cfg.target_fps is not None and cfg.target_fps < 1:

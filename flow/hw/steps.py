@@ -208,6 +208,29 @@ def step_hw_codegen(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
     return ctx.finn_steps.step_hw_codegen(model, ctx.finn_cfg)
 
 
+FIFO_DEPTHS_FILE = "report/fifo_depths.json"
+"""Where ``--sim stitched`` writes the FIFO depths it sized (FINN's FIFO config format)."""
+
+
+def step_set_fifo_depths(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
+    """FINN's ``set_fifo_depths`` (Vivado). With ``fifo_sizing: sim`` (default) FINN applies the
+    depths the stitched simulation sized (:data:`FIFO_DEPTHS_FILE`, ``auto_fifo_depths: false``),
+    so its Vivado-simulator sizing is skipped; with ``fifo_sizing: finn`` FINN sizes them."""
+    import dataclasses
+
+    from flow.config import FifoSizing
+
+    cfg = ctx.finn_cfg
+    if FifoSizing(ctx.cfg.fifo_sizing) == FifoSizing.SIM:
+        path = ctx.out_dir / FIFO_DEPTHS_FILE
+        if not path.is_file():
+            raise ConfigError(f"fifo_sizing: sim needs {FIFO_DEPTHS_FILE} from the stitched "
+                              "simulation, which did not run before set_fifo_depths; use "
+                              "--sim stitched (or fifo_sizing: finn)")
+        cfg = dataclasses.replace(cfg, auto_fifo_depths=False, fifo_config_file=str(path))
+    return ctx.finn_steps.step_set_fifo_depths(model, cfg)
+
+
 def _finn(name: str) -> Callable[[ModelWrapper, FlowContext], ModelWrapper]:
     def step(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
         return getattr(ctx.finn_steps, name)(model, ctx.finn_cfg)
@@ -265,7 +288,7 @@ BACK_END: list[Step] = [
     Step("generate_estimate_reports", step_generate_estimate_reports, output="estimates"),
     Step("hw_codegen", step_hw_codegen, output="hls_rtl_sources"),
     Step("hw_ipgen", _finn("step_hw_ipgen"), vivado=True, output="ip_cores"),
-    Step("set_fifo_depths", _finn("step_set_fifo_depths"), vivado=True, output="fifo_depths"),
+    Step("set_fifo_depths", step_set_fifo_depths, vivado=True, output="fifo_depths"),
     Step("create_stitched_ip", _finn("step_create_stitched_ip"), vivado=True, output="stitched_ip"),
     Step("synthesize_bitfile", _finn("step_synthesize_bitfile"), vivado=True, output="bitfile"),
     Step("make_driver", _finn("step_make_driver"), vivado=True, output="pynq_driver"),

@@ -61,7 +61,7 @@ def find_simulators(mode: SimMode | str) -> Simulators:
         from flow.hw.cppsim import find_cppsim_tools
 
         cpp = find_cppsim_tools()
-    if "rtlsim" in mode.kinds:
+    if {"rtlsim", "stitched"} & set(mode.kinds):  # the stitched design runs RTL in Verilator
         from flow.hw.rtlsim import find_rtlsim_tools
 
         rtl = find_rtlsim_tools()
@@ -216,7 +216,7 @@ def simulate(model, pixels_nhwc: np.ndarray, sims: Simulators, *, work: Path, ca
     rec: dict[str, Any] = {"mode": sims.mode.value, "n_inputs": int(len(xs)),
                            "against": "golden" if golden is not None else "python models",
                            "tools": sims.describe()}
-    for kind in sims.mode.kinds:
+    for kind in (k for k in sims.mode.kinds if k in SIM_OF_SUFFIX.values()):
         bs = [b for b in builds.values() if b.kind == kind]
         rec[kind] = {"nodes": len(bs), "exact": True,
                      "compiled": sum(not b.cached for b in bs),
