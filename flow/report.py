@@ -108,7 +108,10 @@ def stitched_line(rec: dict) -> str:
             + ("no deadlock" if rec["deadlock_free"] else "DEADLOCK")
             + f", {len(rec['fifo_depths'])} FIFOs {rec['fifo_sizing']}: {rec['fifo_bits']} bits "
               f"(FINN est. {rec['fifo_cost_finn']['LUT']} LUT, "
-              f"{rec['fifo_cost_finn']['BRAM_18K']} BRAM18)")
+              f"{rec['fifo_cost_finn']['BRAM_18K']} BRAM18)"
+            + (f"; below FINN's estimate because of {', '.join(rec['below_estimate_because'][:4])}"
+               " (their cycles per frame, simulated alone, exceed the estimate: see "
+               "summary.json stitched.nodes)" if rec.get("below_estimate_because") else ""))
 
 
 def format_summary(summary: dict) -> str:

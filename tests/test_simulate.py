@@ -110,7 +110,7 @@ def test_bad_sim_value_is_one_line(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text(json.dumps({"sim": "verilog"}))
     proc = run_cli(["flow/build.py", "--config", str(cfg), "--output-dir", str(tmp_path / "b")])
-    assert_one_line_error(proc, "sim", "none, cppsim, rtlsim, all")
+    assert_one_line_error(proc, "sim", "none, cppsim, rtlsim, stitched, all")
 
 
 def test_sim_none_is_recorded(tmp_path):

@@ -220,3 +220,52 @@ def test_stitched_twin_without_si(tmp_path, sim_cache):
                       model_overrides=dict(SMALL_HW)), echo=lambda *a, **k: None)
     st = load_summary(out)["stitched"]
     assert st["exact"] and st["deadlock_free"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("net", ["TFC_1W1A", "CNV_1W1A", "residual"])
+def test_stitched_onnx_networks(net, tmp_path, sim_cache):
+    """Brevitas' CNV and TFC, and a residual network of our own written with bnn_pynq's
+    quantizers (``tests/flow_models.py``), through ``--onnx``: all frames exact, no deadlock."""
+    from flow.build import build
+    from flow.front.export import export_bnn_pynq
+
+    from .flow_models import bnn_pynq_residual
+
+    _tools()
+    onnx = (bnn_pynq_residual(tmp_path / "r.onnx") if net == "residual"
+            else export_bnn_pynq(net, tmp_path / "n.onnx"))
+    out = tmp_path / "b"
+    build(BuildConfig(board="pynq-z2", output_dir=str(out), onnx=str(onnx), sim="stitched",
+                      stop_step="hw_codegen", verify_inputs=8), echo=lambda *a, **k: None)
+    s = load_summary(out)
+    st = s["stitched"]
+    assert s["all_nodes_hw"] and st["exact"] and st["deadlock_free"] and st["frames"] == 8
+    assert st["throughput_held"] >= 0.99
+    if net == "residual":
+        assert st["skip_fifos"]
+
+
+@pytest.mark.slow
+def test_cli_default_model_skip_fifos_at_depth_2_exit_3(tmp_path, sim_cache):
+    """The default model with every skip FIFO at depth 2 (the rest as sized): exit 3, one line
+    naming the fork/join and the depth needed; nothing replaces the output directory."""
+    _tools()
+    ok = tmp_path / "ok"
+    proc = run_cli(["flow/build.py", "--board", "pynq-z2", "--sim", "stitched",
+                    "--stop-step", "hw_codegen", "--output-dir", str(ok)], timeout=1800)
+    assert proc.returncode == 0, proc.stderr
+    st = load_summary(ok)["stitched"]
+    depths = dict(st["fifo_depths"])
+    for pair in st["skip_fifos"]:
+        for f in pair["fifos"]:
+            depths[f] = 2
+    (tmp_path / "d.json").write_text(json.dumps({"fifo_depths": depths}))
+    proc = run_cli(["flow/build.py", "--board", "pynq-z2", "--sim", "stitched",
+                    "--stop-step", "hw_codegen", "--fifo-depths", str(tmp_path / "d.json"),
+                    "--output-dir", str(tmp_path / "dl")], timeout=1800)
+    assert proc.returncode == 3, (proc.returncode, proc.stderr[-2000:])
+    err = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(err) == 1 and "deadlocked" in err[0] and "fork ReplicateStream" in err[0]
+    assert "(needs " in err[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "dl").exists()

