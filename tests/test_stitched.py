@@ -269,3 +269,30 @@ def test_cli_default_model_skip_fifos_at_depth_2_exit_3(tmp_path, sim_cache):
     assert len(err) == 1 and "deadlocked" in err[0] and "fork ReplicateStream" in err[0]
     assert "(needs " in err[0] and "Traceback" not in proc.stderr
     assert not (tmp_path / "dl").exists()
+
+
+def test_a_wrong_beat_is_caught_naming_its_channel(built, tmp_path):
+    """Negative control: one word of what a Verilated node must send (a threshold's output) is
+    changed in the expected stream: the run stops at that channel, frame and beat."""
+    from flow.hw import stitched as S
+    from flow.hw.finn_env import detect_tools, finn_session
+    from flow.hw.sim_common import default_cache_dir
+    from flow.proof.verify import verification_pixels
+
+    model = ModelWrapper(str(built / "intermediate_models" / "08_hw_codegen.onnx"))
+    with finn_session(tmp_path / "fb", detect_tools()):
+        stitched = S.stitch(model, "xc7z020clg400-1", 10.0)
+    frames = S.execute_frames(stitched, verification_pixels((28, 28, 1), 2, 0))
+    sim = S.prepare(stitched, frames, _tools(), default_cache_dir() / "stitched", tmp_path / "w",
+                    gauge=True, jobs=2)
+    ok = S.run_sim(sim.exe, sim.data, tmp_path / "ok.json", 2)
+    assert ok.ok and len(ok.frame_done) == 2
+    chan = next(c for c in sim.chans if c.producer and c.producer.startswith("Thresholding_rtl"))
+    f = sim.data / f"{chan.name}.bin"
+    words = np.fromfile(f, dtype="<u4")
+    beat = chan.beats + 5  # frame 1, beat 5
+    words[beat * chan.words] ^= 1
+    words.tofile(f)
+    bad = S.run_sim(sim.exe, sim.data, tmp_path / "bad.json", 2)
+    assert bad.error_kind == "mismatch"
+    assert f"channel {chan.name}: frame 1, beat 5 differs" in bad.error

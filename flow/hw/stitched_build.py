@@ -148,7 +148,7 @@ def _rtl_struct(k: int, lib: ModelLib) -> str:
     used = {"ap_clk", "ap_rst_n"}
     for a, i in enumerate(ins):
         p = f"m->in{i}_V_"
-        drive.append(f"put({p}TDATA, in[{a}]->data, in[{a}]->words); "
+        drive.append(f"put({p}TDATA, in[{a}]->data.data(), in[{a}]->words); "
                      f"{p}TVALID = in[{a}]->valid;")
         after.append(f"ch |= drive(in[{a}]->ready, static_cast<bool>({p}TREADY));")
         used |= {f"in{i}_V_TDATA", f"in{i}_V_TVALID", f"in{i}_V_TREADY"}
@@ -156,14 +156,14 @@ def _rtl_struct(k: int, lib: ModelLib) -> str:
         p = f"m->out{o}_V_"
         drive.append(f"{p}TREADY = out[{b}]->ready;")
         after.append(f"ch |= drive(out[{b}]->valid, static_cast<bool>({p}TVALID)); "
-                     f"ch |= get({p}TDATA, out[{b}]->data, out[{b}]->words);")
+                     f"ch |= get({p}TDATA, out[{b}]->data.data(), out[{b}]->words);")
         used |= {f"out{o}_V_TDATA", f"out{o}_V_TVALID", f"out{o}_V_TREADY"}
     missing = sorted(used - set(lib.ports))
     if missing:
         raise SimulationBuildError(f"stitched simulation: model {lib.prefix} lacks ports {missing}")
     for p, d in sorted(lib.ports.items()):
         if d == "input" and p not in used:
-            idle.append(f"{{ const uint32_t z[64] = {{0}}; put(m->{p}, z, 64); }}")
+            idle.append(f"{{ const std::vector<uint32_t> z(64, 0); put(m->{p}, z.data(), 64); }}")
     fifo = "count" in lib.ports and "maxcount" in lib.ports
     extra = ("    long fill() const override { return static_cast<long>(m->count); }\n"
              "    long max_fill() const override { return static_cast<long>(m->maxcount); }\n"
@@ -200,7 +200,8 @@ def netlist(model: ModelWrapper, chans: list, libs: dict[str, ModelLib],
     idx = {c.name: i for i, c in enumerate(chans)}
     body.append(f"    d.chans.resize({len(chans)});")
     for i, c in enumerate(chans):
-        body.append(f"    d.chans[{i}] = new Chan{{{_c(c.name)}, {c.words}, {c.beats}}};")
+        body.append(f"    d.chans[{i}] = new Chan{{{_c(c.name)}, {c.words}, {c.beats}}}; "
+                    f"d.chans[{i}]->data.assign({c.words}, 0);")
     for k, n in enumerate(model.graph.node):
         ins = [idx[n.input[i]] for i in rtlsim_inputs(model, n)]
         outs = [idx[t] for t in n.output if t in idx]

@@ -36,7 +36,7 @@ struct Chan {
     const char* name;     // the tensor's name in the stitched graph
     int words;            // 32-bit words per beat
     int beats;            // beats per frame
-    uint32_t data[64];    // TDATA (up to 2048 bits)
+    std::vector<uint32_t> data;    // TDATA, `words` words (sized by the netlist)
     bool valid = false;   // TVALID, driven by the producer
     bool ready = false;   // TREADY, driven by the consumer
     bool fire = false;    // valid && ready in this cycle
@@ -134,7 +134,7 @@ struct Hls : Node {
             Chan* c = out[j];
             const bool v = outbuf[j] > 0;
             ch |= drive(c->valid, v);
-            if (v) ch |= set_words(c->data, c->expected(out_next[j]), c->words);
+            if (v) ch |= set_words(c->data.data(), c->expected(out_next[j]), c->words);
         }
         return ch;
     }
@@ -299,7 +299,7 @@ int main(int argc, char** argv) {
             if (period > 0)  // beat i no earlier than cycle i * period / beats
                 v = v && static_cast<uint64_t>(cycle) * c->beats >= src_pos[s] * period;
             c->valid = v;
-            if (v) std::memcpy(c->data, c->expected(src_pos[s]), c->words * 4);
+            if (v) std::memcpy(c->data.data(), c->expected(src_pos[s]), c->words * 4);
         }
         for (Chan* c : sinks) c->ready = true;
         // settle
@@ -323,7 +323,7 @@ int main(int argc, char** argv) {
                 ++c->transfers;
                 continue;
             }
-            if (std::memcmp(c->data, c->expected(c->transfers), c->words * 4) != 0) {
+            if (std::memcmp(c->data.data(), c->expected(c->transfers), c->words * 4) != 0) {
                 error_kind = "mismatch";
                 error = std::string("channel ") + c->name + ": frame " +
                         std::to_string(c->transfers / c->beats) + ", beat " +
