@@ -832,7 +832,7 @@ def goals(summary: dict) -> dict:
 def decisions(per_seed: dict, seeds: list[int]) -> dict:
     """Recipe comparisons on the validation split, over the seeds that have both sides (at this
     run's budget): is the staged recipe's mean validation accuracy above the one-step full
-    recipe's, and does SI in the downsample blocks only (the cheaper SI in hardware, issue 15)
+    recipe's, and does SI in the downsample blocks only (the cheaper SI in hardware)
     keep the accuracy of SI in every block (``si_h_mbh_ds`` vs ``si_h_mbh``)?"""
     out = {}
     for key, base, other, question in (

@@ -1,5 +1,5 @@
 """Accuracy per LUT: test top-1 of plain W1A1 and SI (``si_h_resnet_w1a1_mbh``) at several widths
-against their Pynq-Z2 LUT estimate, with the Pareto front (issue 11, item 6).
+against their Pynq-Z2 LUT estimate, with the Pareto front.
 
 The LUT side is built here: every (variant, width) through ``flow/build.py`` up to FINN's estimate
 reports, all at one folding target, plus sibnn's model of the forks and adds FINN prices at 0
