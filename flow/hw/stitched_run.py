@@ -284,6 +284,6 @@ def run_stitched(hw_model, pixels_nhwc: np.ndarray, *, fpga_part: str, clk_ns: f
         "run_wall_s": {"sized": run.wall_s, "deep": free.wall_s, "paced": paced.wall_s},
     }
     if fps_finn and rec["fps"] / fps_finn < 0.9:
-        rec["below_estimate_because"] = [r["node"] for r in rows
-                                         if r["simulated"] > 1.05 * r["finn_exp_cycles"]]
+        rec["below_estimate_because"] = [r["node"] for r in rows if r["finn_exp_cycles"]
+                                         and r["simulated"] > 1.05 * r["finn_exp_cycles"]]
     return rec, sized, fifo_config(sized)
