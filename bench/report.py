@@ -120,6 +120,15 @@ def headline_rows(results_dir: Path = RESULTS) -> list[tuple[str, str, str]]:
          f"x{sc['ratio']:.2f} ({sc['distill_step_s']:.2f} s / {sc['plain_step_s']:.2f} s)",
          "accuracy.json: step_cost"),
     ]
+    st = sim.get("stitched") or {}
+    if st.get("frames"):
+        rows.insert(next(i for i, r in enumerate(rows) if r[2] == "sim.json") + 1, (
+            f"stitched accelerator (`--sim all`), default model: {st['frames']} frames back to "
+            "back, FIFOs sized without Vivado",
+            f"{st['fps_simulated']:,.0f} fps simulated vs {st['fps_finn_estimate']:,.0f} FINN "
+            f"estimate (x{st['simulated_over_finn']:.3f}), exact, "
+            f"{'no deadlock' if st['deadlock_free'] else 'DEADLOCK'}, {st['wall_s_cached']:.0f} s "
+            "cached", "sim.json: stitched"))
     if len(rows) > MAX_HEADLINE_ROWS:
         raise ValueError(f"{len(rows)} headline rows, at most {MAX_HEADLINE_ROWS}")
     return rows
