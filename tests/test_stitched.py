@@ -296,3 +296,21 @@ def test_a_wrong_beat_is_caught_naming_its_channel(built, tmp_path):
     bad = S.run_sim(sim.exe, sim.data, tmp_path / "bad.json", 2)
     assert bad.error_kind == "mismatch"
     assert f"channel {chan.name}: frame 1, beat 5 differs" in bad.error
+
+
+def test_vivado_fifo_step_needs_the_sized_depths(tmp_path):
+    """With fifo_sizing: sim, set_fifo_depths (a Vivado step) applies report/fifo_depths.json;
+    without it, it stops with the reason before calling FINN. Which steps a build reaches
+    decides whether a Vivado build runs the stitched sizing first."""
+    from types import SimpleNamespace
+
+    from flow.build import _reaches
+    from flow.config import resolve_build_config
+    from flow.hw.steps import step_set_fifo_depths
+
+    ctx = SimpleNamespace(cfg=BuildConfig(), finn_cfg=None, out_dir=tmp_path, finn_steps=None)
+    with pytest.raises(ConfigError, match="fifo_sizing: sim needs report/fifo_depths.json"):
+        step_set_fifo_depths(None, ctx)
+    assert _reaches(BuildConfig(), "set_fifo_depths")
+    assert not _reaches(resolve_build_config(stop_step="hw_codegen"), "set_fifo_depths")
+    assert not _reaches(resolve_build_config(start_step="create_stitched_ip"), "set_fifo_depths")
