@@ -5,8 +5,9 @@ or RTL (rtlsim), exact against FINN's python model of that node and the golden m
 
 The default run covers the SI bit widths that share the non-binary MVAU path ({1, 2} weight bits
 x {1, 2} activation bits) and the method's variants through ``hw_codegen``, with the generated
-code of one small network; ``slow`` sweeps every :class:`NetSpec` knob, and every knob pairwise
-with ``depth``, ``width`` and ``r`` (:data:`PAIR_GRID`), all of it as generated code, with random
+code of one small network and of one random topology (:data:`FUZZ_SEEDS`); ``slow`` sweeps every
+:class:`NetSpec` knob, every knob pairwise with ``depth``, ``width`` and ``r``
+(:data:`PAIR_GRID`) and a dozen random topologies, all of it as generated code, with random
 weights and tie-producing dyadic BatchNorms on >= 32 inputs per stage.
 """
 
@@ -291,3 +292,17 @@ def test_every_knob_builds_exact(tmp_path, sim_cache, case):
                          ids=[_case_id("si_resnet_w1a1", kw) for kw in PAIR_GRID])
 def test_knobs_pairwise_with_depth_width_r_build_exact(tmp_path, sim_cache, case):
     build_knobs(tmp_path, "si_resnet_w1a1", seed=300 + case, sim=True, **PAIR_GRID[case])
+
+
+FUZZ_SEEDS = range(12)
+"""Random topologies (:func:`tests.fuzz.random_overrides`) built and run as generated code: the
+smallest (seed 3) by default, all of them under ``slow``."""
+
+
+@pytest.mark.parametrize("seed", [s if s == 3 else pytest.param(s, marks=pytest.mark.slow)
+                                  for s in FUZZ_SEEDS])
+def test_random_topology_runs_as_generated_code(tmp_path, sim_cache, seed):
+    from tests.fuzz import random_overrides
+
+    arch, kw = random_overrides(np.random.default_rng(seed))
+    build_knobs(tmp_path, arch, seed=seed, sim=True, **kw)
