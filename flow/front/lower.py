@@ -104,9 +104,10 @@ class _Lowering:
         With +-1 weights its hardware accumulator is then an XNOR popcount ``p`` while the
         IR's is ``W a = 2 p - N`` (``N`` the whole fan-in, padding included: a pad of -1 is a 0
         bit), so every consumer must be a threshold that absorbs the correction. Multi-bit
-        weights read the bits back as ``a`` (:meth:`matmul`). A clip (a quantiser that is the identity on the accumulator's range
-        but for saturation) is thresholds too. Zero padding is not in the bipolar alphabet, so
-        a conv that pads ``a`` with 0 keeps the INT2 ``{-1, +1}`` form."""
+        weights read the bits back as ``a`` (:meth:`matmul`). A clip (a quantiser that is the
+        identity on the accumulator's range but for saturation) is thresholds too. Zero padding
+        is not in the bipolar alphabet, so a conv that pads ``a`` with 0 keeps the INT2
+        ``{-1, +1}`` form."""
         if nd.op not in ("conv", "matmul") or not self.is_bipolar(nd.inputs[0]):
             return False
         if nd.op == "conv" and any(nd.attrs["pads"]):
