@@ -38,6 +38,18 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str, code
         assert n in lines[0], (n, lines[0])
 
 
+def assert_every_stage_exact(s: dict, n_inputs: int, steps: set[str]) -> None:
+    """Every step in ``steps`` verified, each stage exact against the golden model on at least
+    ``n_inputs`` inputs (after specialisation: FINN's python models of the HW layers), and the
+    graph all-HW."""
+    ver = {v["step"]: v for v in s["verification"]}
+    assert steps <= set(ver), sorted(ver)
+    for v in ver.values():
+        got = v if v["exact"] is not None else v["python_model"]
+        assert got["exact"] is True and got["n_inputs"] >= n_inputs, v
+    assert s["all_nodes_hw"] is True and s["non_hw_nodes"] == []
+
+
 SMALL_HW = {"width": 8, "depth": [1, 1]}
 """The small SI-ResNet most flow tests compile (seconds per stage instead of minutes)."""
 

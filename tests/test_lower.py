@@ -118,19 +118,30 @@ def test_bnn_pynq_networks_map_all_hw(net, shape, tmp_path):
 def test_bipolar_tensor_shared_by_xnor_and_multibit_convs(tmp_path):
     """Regression (multi-bit SI weights): the block's bipolar input feeds the +-1 main conv and
     the 2-bit SI squeeze. It used to be emitted as INT2 {-1, +1} for the squeeze while the main
-    conv still read it as XNOR bits (79 of 80 scores wrong). Now it is carried as bits for both:
-    the main conv stays XNOR, the squeeze is an integer MatMul on bits whose accumulator
-    ``W b = (W a + sum W) / 2`` is corrected in its thresholds."""
+    conv still read it as XNOR bits (79 of 80 scores wrong). Then both read the bits, the squeeze
+    as an integer MatMul on BINARY, which FINN's HLS MVAU refuses outside XNOR mode ("True
+    binary (non-bipolar) inputs not yet supported" in hw_codegen). Now the main conv stays XNOR
+    and the squeeze reads the same bits recast to BIPOLAR (finn-hlslib ``Recast<Binary>``)."""
+    from qonnx.custom_op.registry import getCustomOp
+
     torch.manual_seed(0)
     m = build_model("si_resnet_w1a1", width=4, depth=[1], input_size=8, si_weight_bits=2)
     randomize_bn(m, np.random.default_rng(0), ties=True)
-    finn, _ = _lower_and_check(m.eval(), (1, 8, 8), tmp_path, n=16)
+    finn, hw = _lower_and_check(m.eval(), (1, 8, 8), tmp_path, n=16)
     mms = {n.output[0]: n for n in finn.graph.node if n.op_type in ("MatMul", "XnorPopcountMatMul")}
     kinds = sorted((n.op_type, finn.get_tensor_datatype(n.input[0]).name,
                     finn.get_tensor_datatype(n.input[1]).name) for n in mms.values())
     assert ("XnorPopcountMatMul", "BINARY", "BINARY") in kinds  # the 3x3 conv
-    # the 2-bit squeeze reads the same bits with its integer weights (not +-1: no XNOR)
-    assert any(k[0] == "MatMul" and k[1] == "BINARY" and k[2] != "BIPOLAR" for k in kinds), kinds
+    # the 2-bit squeeze reads the bits as BIPOLAR, with its integer weights (not +-1: no XNOR)
+    assert any(k[0] == "MatMul" and k[1] == "BIPOLAR" and k[2] != "BIPOLAR" for k in kinds), kinds
+    assert not any(k[0] == "MatMul" and k[1] == "BINARY" for k in kinds), kinds
+    recasts = [n for n in finn.graph.node if n.op_type == "Thresholding"]
+    assert recasts and all(finn.get_tensor_datatype(n.input[0]).name == "BINARY" and
+                           finn.get_tensor_datatype(n.output[0]).name == "BIPOLAR"
+                           for n in recasts)
+    for n in hw.graph.node:  # what FINN's HLS MVAU takes: no true-binary input outside XNOR
+        if n.op_type == "MVAU" and not getCustomOp(n).get_nodeattr("binaryXnorMode"):
+            assert getCustomOp(n).get_nodeattr("inputDataType") != "BINARY", n.name
 
 
 def test_si_squeeze_whose_quantiser_is_a_clip_keeps_the_fork_binary(tmp_path):

@@ -239,15 +239,17 @@ def export_bundle(out_dir: str | Path, *, model: nn.Module | None = None,
 
 def load_qonnx(path: str | Path, *, for_golden: bool = False):
     """The one loader of QONNX files (``--onnx`` of sibnn-build and sibnn-export): one-line errors
-    for a missing, empty or unreadable file; every layer checked with the file's own node names
-    (before qonnx's cleanup renames them); then the cleaned ``ModelWrapper``.
+    for a missing, empty or unreadable file; then qonnx's cleanup (constant folding, shape
+    inference), and every layer of the *cleaned* graph checked, since that is the graph the flow
+    compiles, but named as the file names it (:func:`flow.front.support.tag_source_names`).
+    Returns the cleaned ``ModelWrapper``.
 
     A build checks that the flow maps every layer (:func:`flow.front.support.check_supported`);
     ``for_golden`` (sibnn-export) instead needs Quant nodes and ops the integer IR covers."""
     import onnx
     from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.util.cleanup import cleanup_model
 
+    from flow.front.support import check_supported, tag_source_names, untag_source_names
     from sibnn_base.errors import ConfigError, UnsupportedGraphError
 
     path = Path(path)
@@ -263,22 +265,44 @@ def load_qonnx(path: str | Path, *, for_golden: bool = False):
     if len(proto.graph.node) == 0:
         raise UnsupportedGraphError(f"{path} has an empty graph")
     model = ModelWrapper(proto)
-    if for_golden:
-        from flow.front.integerize import SUPPORTED
+    tag_source_names(model)
+    check = (lambda m: _check_for_golden(m, path)) if for_golden else check_supported
+    clean = _cleaned(model, path, check)
+    check(clean)
+    untag_source_names(clean)
+    return clean
 
-        if not any(n.op_type in ("Quant", "BipolarQuant") for n in proto.graph.node):
-            raise UnsupportedGraphError(f"{path} is not a QONNX model (no Quant/BipolarQuant "
-                                        "nodes)")
-        bad = [f"{n.op_type} ({n.name or f'node {i}'})" for i, n in enumerate(proto.graph.node)
-               if n.op_type not in SUPPORTED]
-        if bad:
-            raise UnsupportedGraphError(f"{path}: unsupported op(s) {', '.join(bad[:8])}"
-                                        f"{' ...' if len(bad) > 8 else ''}")
-    else:
-        from flow.front.support import check_supported
 
-        check_supported(model)
-    return cleanup_model(model)
+def _cleaned(model, path: Path, check):
+    """qonnx's cleanup of ``model``. A graph it cannot process is refused in one line, naming
+    the unsupported layers of the raw graph where there are any (they are the likely cause)."""
+    from qonnx.util.cleanup import cleanup_model
+
+    from sibnn_base.errors import UnsupportedGraphError
+
+    try:
+        return cleanup_model(model)
+    except Exception as err:  # qonnx/onnx raise anything on a graph they cannot take
+        check(model)
+        msg = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise UnsupportedGraphError(
+            f"{path}: qonnx's cleanup (shape inference, constant folding) fails on this graph "
+            f"({type(err).__name__}{': ' + msg if msg else ''})") from None
+
+
+def _check_for_golden(model, path: Path) -> None:
+    """What ``sibnn-export --onnx`` needs: Quant nodes, and only ops the integer IR covers."""
+    from flow.front.integerize import SUPPORTED
+    from flow.front.support import node_label
+    from sibnn_base.errors import UnsupportedGraphError
+
+    nodes = model.graph.node
+    if not any(n.op_type in ("Quant", "BipolarQuant") for n in nodes):
+        raise UnsupportedGraphError(f"{path} is not a QONNX model (no Quant/BipolarQuant nodes)")
+    bad = [node_label(n) for n in nodes if n.op_type not in SUPPORTED]
+    if bad:
+        raise UnsupportedGraphError(f"{path}: unsupported op(s) {', '.join(bad[:8])}"
+                                    f"{' ...' if len(bad) > 8 else ''}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,10 @@ from :mod:`flow.front.integerize`'s IR, with the IR's exact thresholds:
   bipolar accumulator ``acc`` becomes ``ceil((t + N) / 2)`` on the popcount (``acc = 2 p - N``);
 * a quantiser is a ``MultiThreshold`` (``out_scale`` 1, ``out_bias`` = the lowest level); a
   decreasing channel is made increasing by negating its weight column;
-* a bipolar tensor consumed by anything but XNOR MatMuls (the global pool) is INT2 ``{-1, +1}``:
+* a conv with multi-bit weights on such a BINARY tensor reads it as ``BIPOLAR`` (the same bits)
+  through a one-threshold recast, since FINN's HLS MVAU takes true-binary inputs only in XNOR
+  mode;
+* a bipolar tensor consumed by anything but (XNOR) MatMuls (the global pool) is INT2 ``{-1, +1}``:
   two equal thresholds, ``out_bias = -1``;
 * adds of equal-scale integers stay ``Add`` (-> ``ElementwiseAdd``); clamps are thresholds;
 * the global sum pool is ``GlobalAccPool``; the classifier's output is the integer scores, and the
@@ -98,12 +101,13 @@ class _Lowering:
     def binary_consumer(self, nd: IRNode) -> bool:
         """A conv/matmul that can read its bipolar input ``a`` as BINARY ``b = (a + 1) / 2``.
 
-        Its hardware accumulator is then ``W b`` while the IR's is ``W a = 2 W b - sum(W)``
-        (``sum`` over the whole fan-in, padding included: a pad of -1 is a 0 bit), so every
-        consumer must be a threshold that absorbs the correction. With +-1 weights ``W b`` is
-        an XNOR popcount. A clip (a quantiser that is the identity on the accumulator's range
-        but for saturation) is thresholds too. Zero padding is not in the bipolar alphabet, so
-        a conv that pads ``a`` with 0 keeps the INT2 ``{-1, +1}`` form."""
+        With +-1 weights its hardware accumulator is then an XNOR popcount ``p`` while the
+        IR's is ``W a = 2 p - N`` (``N`` the whole fan-in, padding included: a pad of -1 is a 0
+        bit), so every consumer must be a threshold that absorbs the correction. Multi-bit
+        weights read the bits back as ``a`` (:meth:`matmul`). A clip (a quantiser that is the
+        identity on the accumulator's range but for saturation) is thresholds too. Zero padding
+        is not in the bipolar alphabet, so a conv that pads ``a`` with 0 keeps the INT2
+        ``{-1, +1}`` form."""
         if nd.op not in ("conv", "matmul") or not self.is_bipolar(nd.inputs[0]):
             return False
         if nd.op == "conv" and any(nd.attrs["pads"]):
@@ -256,8 +260,12 @@ class _Lowering:
         self.matmul(nd, nd.inputs[0], w, self.repr.get(nd.inputs[0]) == "binary")
 
     def matmul(self, nd: IRNode, x: str, wmat: np.ndarray, binary_in: bool) -> None:
-        """``x @ wmat``. On a BINARY input the accumulator is ``W b``, and ``repr`` records the
-        per-channel ``sum(W)`` that turns it back into the IR's ``W a = 2 W b - sum(W)``."""
+        """``x @ wmat``. On a BINARY input with ``+-1`` weights this is an XNOR popcount ``p``,
+        and ``repr`` records the per-channel fan-in ``N`` that turns it back into the IR's
+        ``W a = 2 p - N``. A BINARY input with multi-bit weights is read as what it carries, the
+        bipolar ``a`` (:meth:`recast_bipolar`): FINN's HLS MVAU multiplies a 1-bit ``BIPOLAR``
+        input by any weights (finn-hlslib ``Recast<Binary>``), but takes a true-binary input only
+        in XNOR mode."""
         from qonnx.core.datatype import DataType
 
         out = nd.output
@@ -271,23 +279,40 @@ class _Lowering:
             # popcount p = #(agreeing bits) and W a = 2 p - N: the same correction with S = N
             self.repr[out] = ("popcount", np.full(co, fan_in, dtype=np.int64))
             self.vinfo[out] = (shape, _dtype_for(0, fan_in))
-        elif binary_in:
-            wi = self.add_init(wmat, _dtype_for(int(wmat.min()), int(wmat.max())), "w")
-            self.nodes.append(helper.make_node("MatMul", [x, wi], [out], name=self.name("MatMul")))
-            self.repr[out] = ("affine", wmat.sum(axis=0).astype(np.int64))
-            lo = int(np.minimum(wmat, 0).sum(axis=0).min())
-            hi = int(np.maximum(wmat, 0).sum(axis=0).max())
-            self.vinfo[out] = (shape, _dtype_for(lo, hi))
-        else:
-            wdt = DataType["BIPOLAR"] if np.all(np.abs(wmat) == 1) else _dtype_for(
-                int(wmat.min()), int(wmat.max()))
-            wi = self.add_init(wmat, wdt, "w")
-            self.nodes.append(helper.make_node("MatMul", [x, wi], [out], name=self.name("MatMul")))
-            self.repr[out] = "int"
-            lo, hi = int(np.min(acc.lo)), int(np.max(acc.hi))
-            if out in self.negate:
-                lo, hi = min(lo, -hi), max(hi, -lo)
-            self.vinfo[out] = (shape, _dtype_for(lo, hi))
+            return
+        if binary_in:
+            x = self.recast_bipolar(x)
+        wdt = DataType["BIPOLAR"] if np.all(np.abs(wmat) == 1) else _dtype_for(
+            int(wmat.min()), int(wmat.max()))
+        wi = self.add_init(wmat, wdt, "w")
+        self.nodes.append(helper.make_node("MatMul", [x, wi], [out], name=self.name("MatMul")))
+        self.repr[out] = "int"
+        lo, hi = int(np.min(acc.lo)), int(np.max(acc.hi))
+        if out in self.negate:
+            lo, hi = min(lo, -hi), max(hi, -lo)
+        self.vinfo[out] = (shape, _dtype_for(lo, hi))
+
+    def recast_bipolar(self, b: str) -> str:
+        """The ``BIPOLAR`` view ``a = 2 b - 1`` of a BINARY stream ``b``: the same bits, so in
+        hardware a reinterpretation. FINN has no op that only relabels a stream, so it is its
+        one-threshold ``Thresholding`` layer (``b >= 1``, BIPOLAR output: ``2 b - 1`` in FINN's
+        python model, the input bit itself in the generated code), emitted as that HW layer
+        because qonnx's ``MultiThreshold`` needs ``out_scale 2`` for a bipolar output and FINN's
+        conversion takes only ``out_scale 1``. Padding stays in the BINARY domain before it
+        (``pad_value 0`` is the bipolar -1)."""
+        from qonnx.core.datatype import DataType
+
+        shape = self.vinfo[b][0]
+        c = shape[-1]
+        thr = self.add_init(np.ones((c, 1)), DataType["BINARY"], "thr_recast")
+        out = self.name("bipolar")
+        self.nodes.append(helper.make_node(
+            "Thresholding", [b, thr], [out], domain=HW_DOMAIN, backend="fpgadataflow",
+            NumChannels=c, PE=1, numSteps=1, inputDataType="BINARY", weightDataType="BINARY",
+            outputDataType="BIPOLAR", numInputVectors=list(shape[:-1]), ActVal=0,
+            name=self.name("Recast")))
+        self.vinfo[out] = (shape, DataType["BIPOLAR"])
+        return out
 
     def lower_threshold(self, nd: IRNode, pad_of: dict) -> None:
         from qonnx.core.datatype import DataType

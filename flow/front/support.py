@@ -1,7 +1,9 @@
 """What sibnn can take to hardware: the ONNX/QONNX ops (:data:`SUPPORTED_OPS`) and the one check
 (:func:`check_supported`) that names every unsupported layer before any work is done. A build
-runs it once, on the source graph with its own node names (:func:`flow.front.export.load_qonnx`, or
-the registry export); no step repeats it."""
+runs it once, on the graph it compiles: a file after constant folding and qonnx's cleanup
+(:func:`flow.front.export.load_qonnx`; a plain Brevitas export holds ops that only compute
+constants, e.g. TensorNorm's ``Pow`` on two initializers), or the registry export. Nodes are named
+as the file names them (:func:`tag_source_names`), not by cleanup's renaming; no step repeats it."""
 
 from __future__ import annotations
 
@@ -18,11 +20,43 @@ SUPPORTED_OPS = {
 """ONNX/QONNX ops the front end plus our steps can take to hardware (with the checks below)."""
 
 
+SOURCE_NAME_KEY = "sibnn.source_name"
+"""Node metadata key holding a node's name in the file it was loaded from."""
+
+
+def tag_source_names(model: ModelWrapper) -> None:
+    """Record each node's name in the file (``node i`` when it has none) in its metadata, where
+    it survives qonnx's cleanup, which folds constants and renames every node."""
+    for i, n in enumerate(model.graph.node):
+        if source_name(n) is None:
+            entry = n.metadata_props.add()
+            entry.key, entry.value = SOURCE_NAME_KEY, n.name or f"node {i}"
+
+
+def source_name(node) -> str | None:
+    """The name :func:`tag_source_names` recorded for ``node``, or None."""
+    return next((p.value for p in node.metadata_props if p.key == SOURCE_NAME_KEY), None)
+
+
+def untag_source_names(model: ModelWrapper) -> None:
+    """Remove what :func:`tag_source_names` added."""
+    for n in model.graph.node:
+        keep = [p for p in n.metadata_props if p.key != SOURCE_NAME_KEY]
+        if len(keep) != len(n.metadata_props):
+            del n.metadata_props[:]
+            n.metadata_props.extend(keep)
+
+
+def node_label(node) -> str:
+    """``op (name)``, with the name the source file gave the node where it was recorded."""
+    return f"{node.op_type} ({source_name(node) or node.name or 'unnamed'})"
+
+
 def unsupported_nodes(model: ModelWrapper) -> list[str]:
     """``"op (node): reason"`` for every node the flow cannot map."""
     bad = []
     for n in model.graph.node:
-        name = f"{n.op_type} ({n.name or 'unnamed'})"
+        name = node_label(n)
         if n.op_type not in SUPPORTED_OPS:
             bad.append(name)
             continue

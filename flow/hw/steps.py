@@ -192,11 +192,15 @@ def step_fold(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
 def step_minimize_bit_width(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
     """FINN's bit-width minimisation, then :class:`~flow.hw.transforms.FixXnorAccumulatorWidth`
     (FINN sizes XNOR accumulators too narrow and clips their thresholds) and
-    :class:`~flow.hw.transforms.KeepBipolarWeights` (FINN widens +-1 weights to INT2)."""
+    :class:`~flow.hw.transforms.KeepBipolarWeights` (FINN widens +-1 weights to INT2); weights
+    FINN would type BINARY or BIPOLAR without being +-1 keep a legal type
+    (:func:`~flow.hw.transforms.pin_legal_weight_types`)."""
     import copy
 
     before = copy.deepcopy(model)
+    pinned = T.pin_legal_weight_types(model)
     model = ctx.finn_steps.step_minimize_bit_width(model, ctx.finn_cfg)
+    T.unpin_weight_types(model, pinned)
     return model.transform(T.FixXnorAccumulatorWidth(before)).transform(T.KeepBipolarWeights())
 
 

@@ -689,15 +689,70 @@ class KeepBipolarWeights(Transformation):
             if not n.op_type.startswith("MVAU") or len(n.input) < 2:
                 continue
             inst = getCustomOp(n)
-            if inst.get_nodeattr("binaryXnorMode") or \
-                    inst.get_nodeattr("weightDataType") == "BIPOLAR":
-                continue
+            if inst.get_nodeattr("binaryXnorMode") or "BIPOLAR" in (
+                    inst.get_nodeattr("weightDataType"), inst.get_nodeattr("inputDataType")):
+                continue  # BIPOLAR x BIPOLAR would be FINN's popcount, another function
             w = model.get_initializer(n.input[1])
             if w is None or model.get_tensor_datatype(n.input[1]) != DataType["BIPOLAR"] or \
                     not np.all(np.abs(w) == 1):
                 continue
             inst.set_nodeattr("weightDataType", "BIPOLAR")
         return model, False
+
+
+def _finn_weight_type(w: np.ndarray) -> DataType:
+    """The type finn-plus 1.6.1's value-based ``MinimizeWeightBitWidth`` gives MVAU weights ``w``
+    (``MatrixVectorActivation.minimize_weight_bit_width``)."""
+    lo, hi = float(w.min()), float(w.max())
+    if lo < 0:
+        return DataType.get_smallest_possible(lo if abs(lo) > hi else -hi - 1)
+    return DataType.get_smallest_possible(hi)
+
+
+def pin_legal_weight_types(model: ModelWrapper) -> dict[str, int]:
+    """Before FINN's ``step_minimize_bit_width``: pin a legal weight type on every non-XNOR MVAU
+    whose weights FINN would type wrongly, and return ``{node: runtime_writeable_weights}`` for
+    :func:`unpin_weight_types`.
+
+    FINN types weights in ``{-1, 0}`` as ``BIPOLAR`` (the smallest type holding -1; a 0 is then
+    packed as -1, and on a BIPOLAR input FINN asserts in the threshold conversion) and weights in
+    ``{0, 1}`` as ``BINARY``, which its HLS MVAU takes only in XNOR mode ("True binary
+    (non-bipolar) inputs not yet supported" in ``hw_codegen``). A small layer of 2-bit weights can
+    draw only those values. Such a node gets the smallest 2+-bit integer type and keeps it through
+    FINN's step because it is marked runtime-writeable meanwhile (FINN then sizes its accumulator
+    from the types, not the values: wider, never wrong)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    pinned = {}
+    for n in model.graph.node:
+        if not n.op_type.startswith("MVAU") or len(n.input) < 2:
+            continue
+        inst = getCustomOp(n)
+        w = model.get_initializer(n.input[1])
+        if w is None or inst.get_nodeattr("binaryXnorMode"):
+            continue
+        finn = _finn_weight_type(w)
+        if finn not in (DataType["BINARY"], DataType["BIPOLAR"]) or (
+                finn == DataType["BIPOLAR"] and np.all(np.abs(w) == 1)):
+            continue
+        lo, hi = int(w.min()), int(w.max())
+        legal = next(DataType[f"{'INT' if lo < 0 else 'UINT'}{k}"] for k in range(2, 33)
+                     if DataType[f"{'INT' if lo < 0 else 'UINT'}{k}"].allowed(lo)
+                     and DataType[f"{'INT' if lo < 0 else 'UINT'}{k}"].allowed(hi))
+        pinned[n.name] = inst.get_nodeattr("runtime_writeable_weights")
+        inst.set_nodeattr("weightDataType", legal.name)
+        inst.set_nodeattr("runtime_writeable_weights", 1)
+        model.set_tensor_datatype(n.input[1], legal)
+    return pinned
+
+
+def unpin_weight_types(model: ModelWrapper, pinned: dict[str, int]) -> None:
+    """Undo :func:`pin_legal_weight_types`' runtime-writeable marks (the types stay)."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    for name, before in pinned.items():
+        getCustomOp(model.get_node_from_name(name)).set_nodeattr("runtime_writeable_weights",
+                                                                 before)
 
 
 class InferReplicateStreams(Transformation):
