@@ -43,7 +43,9 @@ from flow.config import (  # noqa: E402
     resolve_build_config,
     write_config,
 )
+from flow.guard import graph_tool_errors  # noqa: E402
 from flow.hw.finn_env import ToolStatus  # noqa: E402
+from sibnn_base import runlog, signals  # noqa: E402
 from sibnn_base.atomic import (  # noqa: E402
     DISK_ERRORS,
     TEMP_OWNER,
@@ -56,7 +58,6 @@ from sibnn_base.errors import (  # noqa: E402
     ArgumentParser,
     ConfigError,
     OutputDirError,
-    UserError,
     cli_errors,
 )
 
@@ -146,6 +147,15 @@ def _keep_failed(work: Path, final: Path, error: str) -> None:
         failed = final.with_name(f"{final.name}.failed-{n}")
     shutil.rmtree(failed, ignore_errors=True)
     os.replace(work, failed)
+    runlog.attach(failed / "build.log")
+
+
+def _commit(work: Path, final: Path) -> None:
+    """Swap the finished build in (:func:`~sibnn_base.atomic.swap_in`: a signal rolls it back)."""
+    try:
+        swap_in(work, final)
+    except OSError as err:
+        raise OutputDirError(f"cannot move the build into {final}: {err.strerror}") from None
 
 
 def _outputs(records, tools, stop_step: str | None) -> dict[str, str]:
@@ -214,9 +224,11 @@ def make_plan(cfg: BuildConfig) -> BuildPlan:
     """Check everything that can be checked before anything is written: board, tools, step
     names, the folding file, the output directory and what a partial rerun needs."""
     from flow.hw.finn_env import detect_tools
+    from flow.hw.parts import check_part
     from flow.hw.steps import step_names
 
     board = load_board(cfg.board, cfg.budget_fraction)
+    check_part(board)
     tools = detect_tools()
     if cfg.require_bitfile:
         tools.require_vivado("the bitfile (require_bitfile)")
@@ -392,9 +404,12 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
     started = time.time()
     running = False
     try:
+        runlog.attach(work / "build.log")
+        signals.check()
         if plan.resume:
             shutil.copytree(final, work, dirs_exist_ok=True)
-        resolve_source(plan, work)
+        with graph_tool_errors(final):
+            resolve_source(plan, work)
         all_steps, steps = plan.all_steps, plan.steps
         model = plan.exported
         if plan.resume:
@@ -421,12 +436,15 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         else:
             echo(f"  Vivado not found ({tools.reason}): Vivado-only outputs are skipped")
         verifier = _verifier(plan, verifier_factory)
+        signals.check()
         running = True
         baseline = verifier("export", plan.exported)
-        final_model, records, ctx = build_model_wrapper(
-            model, cfg, board, work, tools, front_end=plan.front_end, verifier=verifier,
-            echo=echo, ir=plan.ir, lowered=plan.lowered)
-        simulation = _simulate(plan, work, echo)
+        with graph_tool_errors(final):
+            final_model, records, ctx = build_model_wrapper(
+                model, cfg, board, work, tools, front_end=plan.front_end, verifier=verifier,
+                echo=echo, ir=plan.ir, lowered=plan.lowered)
+        with graph_tool_errors(final):
+            simulation = _simulate(plan, work, echo)
         summary = report.build_summary(
             model_name=cfg.model_name, board=board, out_dir=work, final_model=final_model,
             records=records, outputs=_outputs(records, tools, cfg.stop_step),
@@ -443,29 +461,22 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         report.write_summary(summary, work)
         write_status(work, "ok", model=cfg.model_name, board=board.name,
                      seconds=round(time.time() - started, 2))
+        _relocate(work, str(work), str(final))
         (work / TEMP_OWNER).unlink(missing_ok=True)
-    except UserError:
-        if not running:  # bad input: leave nothing behind
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        _keep_failed(work, final, "failed")
-        raise
-    except OSError as err:
-        if err.errno not in DISK_ERRORS:
-            _keep_failed(work, final, f"{type(err).__name__}: {err}")
-            raise
-        shutil.rmtree(work, ignore_errors=True)  # a full or read-only disk: keep nothing
-        raise OutputDirError(f"cannot write the build next to {final}: {err.strerror}; "
-                             f"{final} is unchanged") from None
+        _commit(work, final)
     except BaseException as err:
-        _keep_failed(work, final, f"{type(err).__name__}: {err}")
+        with signals.deferred():  # a signal now must not cut the cleanup short
+            disk = isinstance(err, OSError) and err.errno in DISK_ERRORS
+            if running and not disk:
+                _keep_failed(work, final, f"{type(err).__name__}: {err}")
+            else:  # bad input, a full or read-only disk, or a signal before any step
+                shutil.rmtree(work, ignore_errors=True)
+                runlog.attach(None)
+        if disk:
+            raise OutputDirError(f"cannot write the build next to {final}: {err.strerror}; "
+                                 f"{final} is unchanged") from None
         raise
-    try:
-        swap_in(work, final)
-    except OSError as err:
-        shutil.rmtree(work, ignore_errors=True)
-        raise OutputDirError(f"cannot move the build into {final}: {err.strerror}") from None
-    _relocate(final, str(work), str(final))
+    runlog.attach(final / "build.log")
     echo(report.format_summary(report.load_summary(final)))
     return final
 

@@ -1,0 +1,126 @@
+"""SIGINT, SIGTERM and SIGHUP: recorded first, raised where it is safe, checked at every boundary.
+
+Code we do not own can swallow an exception raised from a signal handler (a SIGTERM during
+torch's import was lost that way), so stopping never depends on that exception arriving:
+
+* the handler *records* the signal, ends every child process we started (:func:`run`), and raises
+  :class:`~sibnn_base.errors.Terminated` (``KeyboardInterrupt`` for SIGINT) once, for the first
+  signal only, so a second signal cannot interrupt the cleanup the first one started;
+* :func:`check` raises it again wherever a recorded signal must stop us: between steps, before an
+  output is swapped in or a file replaced, and every fraction of a second while a child runs;
+* the CLI wrapper (:func:`~sibnn_base.errors.cli_errors`) exits ``128 + n`` whenever a signal was
+  recorded, whatever ``main`` returned or raised.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+
+from sibnn_base.errors import Terminated
+
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+_received: list[int] = []
+_defer = [0]
+_children: set[subprocess.Popen] = set()
+_children_lock = threading.Lock()
+
+POLL_S = 0.2
+"""How often a wait on a child process looks for a recorded signal."""
+
+
+def install() -> None:
+    """Route SIGINT, SIGTERM and SIGHUP through :func:`_handler` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    for sig in HANDLED:
+        signal.signal(sig, _handler)
+
+
+def _interruption(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+def _handler(signum, _frame) -> None:
+    first = not _received
+    _received.append(signum)
+    kill_children()
+    if first and not _defer[0]:
+        raise _interruption(signum)
+
+
+@contextlib.contextmanager
+def deferred():
+    """A block no signal interrupts (a commit, a cleanup): a signal arriving inside is only
+    recorded; :func:`check` after the block raises it."""
+    _defer[0] += 1
+    try:
+        yield
+    finally:
+        _defer[0] -= 1
+
+
+def count() -> int:
+    """How many signals were recorded so far (a commit compares it before and after)."""
+    return len(_received)
+
+
+def received() -> int | None:
+    """The first signal recorded in this process, or None."""
+    return _received[0] if _received else None
+
+
+def check() -> None:
+    """Raise the interruption of a recorded signal, if there is one (any thread)."""
+    if _received:
+        raise _interruption(_received[0])
+
+
+def kill_children() -> None:
+    """End every child process (and its process group) started through :func:`run`."""
+    with _children_lock:
+        procs = list(_children)
+    for p in procs:
+        _kill_group(p)
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    try:
+        os.killpg(p.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run(cmd: list[str], *, cwd=None, env=None, timeout: float | None = None,
+        **_ignored) -> subprocess.CompletedProcess:
+    """``subprocess.run(cmd, capture_output=True, text=True)`` that a signal ends: the child runs
+    in its own process group (a compiler's own children included), the wait looks for a recorded
+    signal every :data:`POLL_S` seconds, and the whole group is killed on any way out that is not
+    the child's own exit."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, text=True, errors="replace",
+                            start_new_session=True)
+    with _children_lock:
+        _children.add(proc)
+    waited = 0.0
+    try:
+        while True:
+            check()
+            try:
+                out, err = proc.communicate(timeout=POLL_S)
+                break
+            except subprocess.TimeoutExpired:
+                waited += POLL_S
+                if timeout is not None and waited >= timeout:
+                    raise
+    finally:
+        with _children_lock:
+            _children.discard(proc)
+        if proc.returncode is None:
+            _kill_group(proc)
+            proc.wait()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
