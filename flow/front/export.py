@@ -263,6 +263,9 @@ def load_qonnx(path: str | Path, *, for_golden: bool = False):
     if len(proto.graph.node) == 0:
         raise UnsupportedGraphError(f"{path} has an empty graph")
     model = ModelWrapper(proto)
+    from flow.front.floatops import check_quantized  # the numbers, apart from op support
+
+    check_quantized(model)
     if for_golden:
         from flow.front.integerize import SUPPORTED
 
