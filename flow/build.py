@@ -271,7 +271,8 @@ def resolve_source(plan: BuildPlan, work: Path) -> BuildPlan:
         plan.weights = f"ONNX file {cfg.onnx}" + _described(plan.exported)
     else:
         net, weights = resolve_network(cfg.model or DEFAULT_MODEL, checkpoint=cfg.checkpoint,
-                                       overrides=cfg.model_overrides, seed=cfg.seed)
+                                       overrides=cfg.model_overrides, seed=cfg.seed,
+                                       strict_checkpoint=cfg.strict_checkpoint)
         plan.exported = check_supported(export_qonnx_model(net, work / "model.qonnx.onnx",
                                                            weights=weights))
         plan.weights = weights.description
@@ -495,6 +496,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--model", default=None, help=f"registry model (default {DEFAULT_MODEL})")
     src.add_argument("--onnx", default=None, help="QONNX file (e.g. a Brevitas export)")
     p.add_argument("--checkpoint", default=None, help="checkpoint for --model")
+    p.add_argument("--strict-checkpoint", action="store_true", default=None,
+                   help="refuse a checkpoint without a payload sha256 (default: load it with a "
+                        "warning in build.log)")
     p.add_argument("--output-dir", default=None, help="default build/<model>_<board>")
     p.add_argument("--config", default=None, help="build config YAML/JSON (keys of BuildConfig)")
     p.add_argument("--folding", default=None, help="FINN folding JSON (instead of auto folding)")
@@ -521,7 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     cfg = resolve_build_config(
         a.config, board=a.board, model=a.model, onnx=a.onnx, checkpoint=a.checkpoint,
-        output_dir=a.output_dir, folding=a.folding, start_step=a.start_step,
+        output_dir=a.output_dir, folding=a.folding, strict_checkpoint=a.strict_checkpoint,
+        start_step=a.start_step,
         stop_step=a.stop_step, target_fps=a.target_fps, front_end=a.front_end,
         require_bitfile=a.require_bitfile, allow_over_budget=a.allow_over_budget, sim=a.sim)
     build(cfg)
