@@ -95,17 +95,29 @@ def _kill_group(p: subprocess.Popen) -> None:
         pass
 
 
+def popen(cmd: list[str], **kwargs) -> subprocess.Popen:
+    """``subprocess.Popen`` in its own process group, ended by a signal (:func:`kill_children`)
+    until :func:`release` forgets it (after it exited)."""
+    proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+    with _children_lock:
+        _children.add(proc)
+    return proc
+
+
+def release(proc: subprocess.Popen) -> None:
+    """Forget a child from :func:`popen` (it has exited)."""
+    with _children_lock:
+        _children.discard(proc)
+
+
 def run(cmd: list[str], *, cwd=None, env=None, timeout: float | None = None,
         **_ignored) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd, capture_output=True, text=True)`` that a signal ends: the child runs
     in its own process group (a compiler's own children included), the wait looks for a recorded
     signal every :data:`POLL_S` seconds, and the whole group is killed on any way out that is not
     the child's own exit."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, text=True, errors="replace",
-                            start_new_session=True)
-    with _children_lock:
-        _children.add(proc)
+    proc = popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                 stdin=subprocess.DEVNULL, text=True, errors="replace")
     waited = 0.0
     try:
         while True:
@@ -118,8 +130,7 @@ def run(cmd: list[str], *, cwd=None, env=None, timeout: float | None = None,
                 if timeout is not None and waited >= timeout:
                     raise
     finally:
-        with _children_lock:
-            _children.discard(proc)
+        release(proc)
         if proc.returncode is None:
             _kill_group(proc)
             proc.wait()
