@@ -43,6 +43,7 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
+from sibnn_base import signals
 from sibnn_base.atomic import atomic_write, check_writable_dir
 from sibnn_base.errors import CheckpointError, ConfigError, OutputDirError, TrainingDivergedError
 from sibnn_base.typed import to_dict
@@ -700,6 +701,7 @@ def train_one_epoch(run: StageRun, epoch: int) -> tuple[dict[str, float], float]
     bar = _progress(steps, f"{stage.name} {epoch + 1}/{stage.epochs}", cfg.progress and env.main)
     t0 = time.perf_counter()
     for step in range(steps):
+        signals.check()  # a signal that library code swallowed stops the run at the next step
         idx = perm[step * stage.batch_size:(step + 1) * stage.batch_size]
         idx = idx[env.rank * local_b:(env.rank + 1) * local_b]
         x, y = train.x[idx], train.y[idx]
