@@ -81,18 +81,31 @@ def check() -> None:
 
 
 def kill_children() -> None:
-    """End every child process (and its process group) started through :func:`run`."""
+    """Ask every child process started through :func:`popen` (and its process group) to end:
+    SIGTERM, which lets a compiler driver delete its temp files; :func:`run` follows up with
+    SIGKILL for one that is still there a moment later."""
     with _children_lock:
         procs = list(_children)
     for p in procs:
-        _kill_group(p)
+        _signal_group(p, signal.SIGTERM)
 
 
-def _kill_group(p: subprocess.Popen) -> None:
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
     try:
-        os.killpg(p.pid, signal.SIGKILL)
+        os.killpg(p.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
+
+
+def _end(p: subprocess.Popen) -> None:
+    """End child ``p`` and its group: SIGTERM, then SIGKILL after a grace second."""
+    _signal_group(p, signal.SIGTERM)
+    try:
+        p.wait(timeout=1.0)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal_group(p, signal.SIGKILL)
+    p.wait()
 
 
 def popen(cmd: list[str], **kwargs) -> subprocess.Popen:
@@ -113,25 +126,39 @@ def release(proc: subprocess.Popen) -> None:
 def run(cmd: list[str], *, cwd=None, env=None, timeout: float | None = None,
         **_ignored) -> subprocess.CompletedProcess:
     """``subprocess.run(cmd, capture_output=True, text=True)`` that a signal ends: the child runs
-    in its own process group (a compiler's own children included), the wait looks for a recorded
-    signal every :data:`POLL_S` seconds, and the whole group is killed on any way out that is not
-    the child's own exit."""
-    proc = popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                 stdin=subprocess.DEVNULL, text=True, errors="replace")
-    waited = 0.0
+    in its own process group (a compiler's own children included) with a private ``TMPDIR`` that
+    is removed afterwards, the wait looks for a recorded signal every :data:`POLL_S` seconds,
+    and the whole group is ended on any way out that is not the child's own exit."""
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="sibnn-child-")
+    env = dict(os.environ if env is None else env, TMPDIR=scratch)
     try:
-        while True:
-            check()
-            try:
-                out, err = proc.communicate(timeout=POLL_S)
-                break
-            except subprocess.TimeoutExpired:
-                waited += POLL_S
-                if timeout is not None and waited >= timeout:
-                    raise
+        proc = popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                     stdin=subprocess.DEVNULL, text=True, errors="replace")
+        try:
+            out, err = _wait(proc, timeout)
+        finally:
+            if proc.returncode is None:
+                _end(proc)
+            release(proc)
     finally:
-        release(proc)
-        if proc.returncode is None:
-            _kill_group(proc)
-            proc.wait()
+        with deferred():
+            shutil.rmtree(scratch, ignore_errors=True)
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _wait(proc: subprocess.Popen, timeout: float | None) -> tuple[str, str]:
+    waited = 0.0
+    while True:
+        check()
+        try:
+            out = proc.communicate(timeout=POLL_S)
+        except subprocess.TimeoutExpired:
+            waited += POLL_S
+            if timeout is not None and waited >= timeout:
+                raise
+            continue
+        check()  # a child we ended because of a signal is that signal, not a tool failure
+        return out
