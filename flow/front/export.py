@@ -269,8 +269,10 @@ def load_qonnx(path: str | Path, *, for_golden: bool = False):
     if len(proto.graph.node) == 0:
         raise UnsupportedGraphError(f"{path} has an empty graph")
     model = ModelWrapper(proto)
-    from flow.front.floatops import check_quantized  # the numbers, apart from op support
+    from flow.front.floatops import check_quantized  # structure and numbers, apart from ops
+    from flow.front.wellformed import check_well_formed
 
+    check_well_formed(model)
     check_quantized(model)
     if for_golden:
         from flow.front.integerize import SUPPORTED
