@@ -439,8 +439,8 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         verifier = _verifier(plan, verifier_factory)
         signals.check()
         running = True
-        baseline = verifier("export", plan.exported)
         with graph_tool_errors(final):
+            baseline = verifier("export", plan.exported)
             final_model, records, ctx = build_model_wrapper(
                 model, cfg, board, work, tools, front_end=plan.front_end, verifier=verifier,
                 echo=echo, ir=plan.ir, lowered=plan.lowered)

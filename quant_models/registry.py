@@ -138,8 +138,12 @@ def model_from_ckpt(ckpt: dict) -> nn.Module:
     """The network an already loaded (:func:`~quant_models.checkpoint.load_checkpoint`)
     checkpoint describes, with its weights, in eval mode; nothing is read from disk."""
     name = ckpt["arch"]
-    model = get_entry(name).builder(NetSpec(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model = get_entry(name).builder(NetSpec(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint of {name!r}: its model_args and state_dict do not "
+                              f"describe one network ({' '.join(str(err).split())[:200]})") from None
     model.arch = name
     return model.eval()
 

@@ -1,6 +1,7 @@
 """A graph that is not a graph, refused before step 1: a node reading a tensor nothing produces
 (no node, no initializer, no graph input), a graph output nothing produces, a tensor produced
-twice, or a quantizer whose scale or bit width is no number a quantizer can have.
+twice, a quantizer whose scale or bit width is no number a quantizer can have, a NaN or
+infinite constant, or a standard op that ONNX's own checker rejects.
 
 Such a file parses as ONNX, so it used to reach shape inference or a rewrite and fail there,
 as a verification failure or an internal error, instead of as the bad input it is."""
@@ -35,12 +36,20 @@ def dangling(model) -> list[str]:
     return problems
 
 
+ARITY = {"Quant": 4, "BipolarQuant": 2, "Trunc": 5, "BinaryQuant": 2}
+"""How many inputs each QONNX quantizer takes (qonnx ``custom_op/general``)."""
+
+
 def bad_quantizers(model) -> list[str]:
-    """Quantizers with a scale that is not finite and positive, or a Quant bit width that is not
-    a positive integer (where those are constants)."""
+    """Quantizers with the wrong number of inputs, a scale that is not finite and positive, or
+    a Quant bit width that is not a positive integer (where those are constants)."""
     out = []
     for i, n in enumerate(model.graph.node):
-        if n.op_type not in ("Quant", "BipolarQuant", "Trunc") or len(n.input) < 2:
+        if n.op_type not in ARITY:
+            continue
+        if len(n.input) != ARITY[n.op_type]:
+            out.append(f"{_name(n, i)}: {len(n.input)} inputs, {n.op_type} takes "
+                       f"{ARITY[n.op_type]}")
             continue
         scale = model.get_initializer(n.input[1])
         if scale is not None and not (np.all(np.isfinite(scale)) and np.all(scale > 0)):
@@ -53,9 +62,35 @@ def bad_quantizers(model) -> list[str]:
     return out
 
 
+def non_finite(model) -> list[str]:
+    """Float initializers holding NaN or infinity (no network the flow compiles has them; the
+    comparison of NaN outputs could only fail)."""
+    from onnx import numpy_helper
+
+    out = []
+    for t in model.graph.initializer:
+        v = numpy_helper.to_array(t)
+        if v.dtype.kind == "f" and not np.all(np.isfinite(v)):
+            out.append(f"initializer {t.name!r} holds NaN or infinity")
+    return out
+
+
+def invalid_nodes(model) -> list[str]:
+    """What ONNX's own checker finds wrong (e.g. a standard op with the wrong inputs or
+    attributes; custom-domain ops such as QONNX's quantizers are left to the checks above)."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(model.model)
+    except onnx.checker.ValidationError as err:
+        return [" ".join(str(err).split())[:300]]
+    return []
+
+
 def check_well_formed(model) -> None:
     """Raise a one-line :class:`UnsupportedGraphError` naming what is malformed."""
-    problems = dangling(model) + bad_quantizers(model)
+    problems = dangling(model) + bad_quantizers(model) + non_finite(model)
+    problems = problems or invalid_nodes(model)
     if problems:
         raise UnsupportedGraphError("malformed graph: " + "; ".join(problems[:4]) +
                                     (f"; ... ({len(problems)} problems)" if len(problems) > 4
