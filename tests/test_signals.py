@@ -194,3 +194,43 @@ def test_signal_at_every_offset_of_a_build(setup, tmp_path):
             results.append(_interrupt_and_check(setup, argv, ("after", dt), sigs[i % 3],
                                                 tmp_path / f"{which}-{i}"))
     assert len(results) == 32
+
+
+def _results_snapshot() -> dict[str, str]:
+    return _snapshot(ROOT / "bench" / "results")
+
+
+OTHER_CLIS = {
+    "export": (["-m", "flow.front.export", "--out", "{t}/exp"], ("after", 4.0)),
+    "train": (["-m", "quant_models.train.cli", "--config", "{t}/train.yaml"], ("after", 6.0)),
+    "bench-sim": (["-m", "bench.sim", "--onnx", "{onnx}", "--jobs", "1"], ("compiler", 1.0)),
+}
+"""The other CLIs, each stopped once while it works: the export of the shipped model, a
+training run, and a benchmark while its g++ children compile."""
+
+
+@pytest.mark.parametrize("name", list(OTHER_CLIS))
+def test_signal_ends_every_other_cli_cleanly(setup, name, tmp_path):
+    if name == "bench-sim" and available_sim_mode() != "all":
+        pytest.skip("bench.sim needs g++, Verilator and finn-hlslib (make deps)")
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(
+        {"experiment": "t", "out_dir": str(tmp_path / "runs"), "num_threads": 1,
+         "progress": False, "data": {"name": "digits", "val_size": 100},
+         "model": {"width": 8, "depth": [1]},
+         "stages": [{"name": "s", "student": "resnet_w1a1", "epochs": 200, "batch_size": 32}]}))
+    argv, trigger = OTHER_CLIS[name]
+    argv = [a.replace("{t}", str(tmp_path)).replace("{onnx}", str(setup["onnx"])) for a in argv]
+    results = _results_snapshot()
+    run = _Run(argv, tmp_path / "scratch")
+    assert run.wait_for(trigger), f"{name} ended (exit {run.proc.returncode}) before {trigger}"
+    children = run.descendants()
+    run.proc.send_signal(signal.SIGTERM)
+    err = run.proc.communicate(timeout=120)[1]
+    assert run.proc.returncode == 143, (name, run.proc.returncode, err[-3000:])
+    assert "Traceback" not in err and err.splitlines()[-1:] == ["terminated by SIGTERM"], err
+    assert list(run.tmpdir.iterdir()) == [], list(run.tmpdir.iterdir())
+    time.sleep(0.5)
+    assert [p for p in children if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+    assert not (tmp_path / "exp").exists()
+    assert [p for p in tmp_path.rglob(".*") if p.parent.name != "scratch"] == []
+    assert _results_snapshot() == results
