@@ -30,6 +30,9 @@ if __package__ in (None, ""):  # run as a script: python flow/build.py
     _here = str(Path(__file__).resolve().parent)
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(_here)]
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from sibnn_base import signals as _signals  # handled from here on, imports included
+
+    _signals.install(early=True)
 
 from flow.config import (  # noqa: E402
     DEFAULT_MODEL,

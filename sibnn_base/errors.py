@@ -164,6 +164,7 @@ def cli_errors(main: Callable[..., int | None]) -> Callable[..., int]:
         signals.install()
         runlog.start(getattr(main, "__module__", "sibnn").rsplit(".", 1)[-1])
         try:
+            signals.started()
             rc = int(main(*args, **kwargs) or 0)
             signals.check()
         except SystemExit as exit_:

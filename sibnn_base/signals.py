@@ -33,12 +33,30 @@ POLL_S = 0.2
 """How often a wait on a child process looks for a recorded signal."""
 
 
-def install() -> None:
-    """Route SIGINT, SIGTERM and SIGHUP through :func:`_handler` (main thread only)."""
+_early = [False]
+
+
+def install(*, early: bool = False) -> None:
+    """Route SIGINT, SIGTERM and SIGHUP through :func:`_handler` (main thread only).
+
+    ``early``: a program's first line, before its imports (which take seconds: torch); a signal
+    then is only recorded, and :func:`started` raises it once the CLI's error handling runs."""
     if threading.current_thread() is not threading.main_thread():
         return
     for sig in HANDLED:
         signal.signal(sig, _handler)
+    if early and not _early[0]:
+        _early[0] = True
+        _defer[0] += 1
+
+
+def started() -> None:
+    """The CLI's ``main`` runs under its error handling: end the start-up deferral of
+    :func:`install` (``early``) and raise a signal recorded during start-up."""
+    if _early[0]:
+        _early[0] = False
+        _defer[0] -= 1
+    check()
 
 
 def _interruption(signum: int) -> BaseException:
