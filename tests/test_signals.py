@@ -160,10 +160,9 @@ DEFAULT = [("model", ("after", 0.3), signal.SIGTERM),
            ("model", ("after", 2.5), signal.SIGHUP),
            ("model", ("after", 5.0), signal.SIGINT),
            ("tfc", ("steps", 2), signal.SIGTERM),
-           ("tfc", ("compiler", 0.5), signal.SIGINT),
-           ("tfc", ("compiler", 3.0), signal.SIGTERM)]
-"""Start-up, torch's import and the export (the --model path), between steps, and twice while
-the generated code compiles."""
+           ("tfc", ("compiler", 2.0), signal.SIGINT)]
+"""Start-up, torch's import and the export (the --model path), between steps, and while the
+generated code compiles."""
 
 
 @pytest.mark.parametrize("which,trigger,sig", DEFAULT,
@@ -203,13 +202,15 @@ def _results_snapshot() -> dict[str, str]:
 OTHER_CLIS = {
     "export": (["-m", "flow.front.export", "--out", "{t}/exp"], ("after", 4.0)),
     "train": (["-m", "quant_models.train.cli", "--config", "{t}/train.yaml"], ("after", 6.0)),
+    "bench-golden": (["-m", "bench.golden_speed", "--n", "8", "--repeats", "1"], ("after", 5.0)),
     "bench-sim": (["-m", "bench.sim", "--onnx", "{onnx}", "--jobs", "1"], ("compiler", 1.0)),
 }
 """The other CLIs, each stopped once while it works: the export of the shipped model, a
-training run, and a benchmark while its g++ children compile."""
+training run, and two benchmarks (``slow``: the one stopped while its g++ children compile)."""
 
 
-@pytest.mark.parametrize("name", list(OTHER_CLIS))
+@pytest.mark.parametrize("name", [n if n != "bench-sim" else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in OTHER_CLIS])
 def test_signal_ends_every_other_cli_cleanly(setup, name, tmp_path):
     if name == "bench-sim" and available_sim_mode() != "all":
         pytest.skip("bench.sim needs g++, Verilator and finn-hlslib (make deps)")
