@@ -98,16 +98,6 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
-class Terminated(BaseException):
-    """SIGTERM or SIGHUP arrived (:mod:`sibnn_base.signals`): raised in the main thread so that
-    every ``finally`` and ``except BaseException`` cleanup runs exactly as for Ctrl-C (temp dirs
-    removed, a started build kept as ``<dir>.failed``), then the CLI exits with ``128 + signal``."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 GRAPH_TOOLS = ("finn", "qonnx", "onnx", "onnxruntime")
 """Third-party packages that judge a graph: an exception they raise is about the model."""
 
@@ -151,6 +141,14 @@ def _report(err: BaseException) -> int:
     return 1
 
 
+def _exit_code(code) -> int:
+    """``sys.exit(code)``'s status: None is 0, a message is printed and is 1 (Python's rule)."""
+    if code is None or isinstance(code, int):
+        return int(code or 0)
+    print(code, file=sys.stderr)
+    return 1
+
+
 def cli_errors(main: Callable[..., int | None]) -> Callable[..., int]:
     """Decorate a CLI ``main`` with the exit-code table (README): 0 ok, 2 bad input or a
     missing/incompatible tool, 3 verification failed, 1 internal error (one line with the log
@@ -168,8 +166,8 @@ def cli_errors(main: Callable[..., int | None]) -> Callable[..., int]:
             rc = int(main(*args, **kwargs) or 0)
             signals.check()
         except SystemExit as exit_:
-            rc = exit_.code if isinstance(exit_.code, int) else 2
-        except (KeyboardInterrupt, Terminated):
+            rc = _exit_code(exit_.code)
+        except (KeyboardInterrupt, signals.Terminated):
             rc = None
         except Exception as err:  # noqa: BLE001 - the one place every error becomes a code
             rc = None if signals.received() else _report(err)

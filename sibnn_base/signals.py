@@ -4,7 +4,7 @@ Code we do not own can swallow an exception raised from a signal handler (a SIGT
 torch's import was lost that way), so stopping never depends on that exception arriving:
 
 * the handler *records* the signal, ends every child process we started (:func:`run`), and raises
-  :class:`~sibnn_base.errors.Terminated` (``KeyboardInterrupt`` for SIGINT) once, for the first
+  :class:`Terminated` (``KeyboardInterrupt`` for SIGINT) once, for the first
   signal only, so a second signal cannot interrupt the cleanup the first one started;
 * :func:`check` raises it again wherever a recorded signal must stop us: between steps, before an
   output is swapped in or a file replaced, and every fraction of a second while a child runs;
@@ -20,7 +20,16 @@ import signal
 import subprocess
 import threading
 
-from sibnn_base.errors import Terminated
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: raised in the main thread so that every ``finally`` and
+    ``except BaseException`` cleanup runs exactly as for Ctrl-C (temp dirs removed, a started
+    build kept as ``<dir>.failed``); the CLI then exits with ``128 + signal``."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
