@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 
 from bench import accuracy, accuracy_per_lut, flow, golden_speed, sim
+from sibnn_base.errors import cli_errors
 
 BENCHMARKS = {
     "golden_speed": lambda: golden_speed.main([]),
@@ -27,6 +28,7 @@ BENCHMARKS = {
 }
 
 
+@cli_errors
 def main(argv: list[str]) -> int:
     names = argv or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]

@@ -90,6 +90,7 @@ from quant_models.networks import SI_ONLY_KEYS
 from quant_models.train.config import RUNTIME_KEYS, build_config
 from quant_models.train.engine import DistEnv, exp_dir, prepare_run_dir, train
 from quant_models.train.losses import distillation_loss, resolve_tap_weights
+from sibnn_base import signals
 from sibnn_base.errors import ArgumentParser, ConfigError, cli_errors
 from sibnn_base.typed import load_mapping, to_dict
 
@@ -1317,11 +1318,13 @@ def schedule(args, configs: dict, jobs: int, save) -> None:
                               ("--val-size", args.val_size)):
                 if val is not None:
                     cmd += [flag, str(val)]
-            running[key] = subprocess.Popen(cmd, cwd=REPO)
+            running[key] = signals.popen(cmd, cwd=REPO)  # a signal ends the jobs too
             todo.remove(key)
         time.sleep(0.5 if running else 0)
+        signals.check()
         for key, proc in list(running.items()):
             if proc.poll() is not None:
+                signals.release(proc)
                 del running[key]
                 if proc.returncode:
                     failed[key] = proc.returncode

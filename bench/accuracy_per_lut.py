@@ -23,12 +23,12 @@ two panels are not comparable with each other (other budgets, other foldings).
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
 
 from bench.common import RESULTS, write_results
+from sibnn_base.errors import ArgumentParser, cli_errors
 
 WIDTHS = (16, 24, 32, 48)
 DEPTH = (1, 1, 2)
@@ -154,8 +154,9 @@ def run(data: dict, source: str, widths=WIDTHS, depth=DEPTH, target_fps: int = T
     return res
 
 
+@cli_errors
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--accuracy", default=str(RESULTS / "accuracy.json"),
                    help="the ablation's results file (default bench/results/accuracy.json)")
     p.add_argument("--widths", type=int, nargs="+", default=list(WIDTHS))

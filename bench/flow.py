@@ -24,7 +24,6 @@ measured in this run, with FINN's own estimators (no Vivado):
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 
 from bench.common import write_results
 from flow.config import DEFAULT_BOARD
+from sibnn_base.errors import ArgumentParser, cli_errors
 
 HAND_CNV = [(16, 3), (32, 32), (16, 32), (16, 32), (4, 32), (1, 32), (1, 4), (1, 8), (5, 1)]
 """finn-examples ``build/bnn-pynq`` cnv-w1a1 folding: (PE, SIMD) of the 9 MVAUs in order."""
@@ -209,8 +209,9 @@ def run(board: str = DEFAULT_BOARD) -> dict:
                 "auto_vs_hand_folding_cnv": hand_vs_auto(tmp, board)}
 
 
+@cli_errors
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--board", default=DEFAULT_BOARD)
     a = p.parse_args(argv)
     res = run(a.board)

@@ -10,7 +10,6 @@ thread pools. Also measured: the share of the golden model's kernel time spent i
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 import torch
 
 from bench.common import write_results
+from sibnn_base.errors import ArgumentParser, cli_errors
 
 
 def _best_of(fn, repeats: int) -> float:
@@ -118,8 +118,9 @@ def run(n: int = 256, batches: tuple[int, ...] = (1, 64), repeats: int = 3,
     return res
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+@cli_errors
+def main(argv: list[str] | None = None) -> int | None:
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--model", default=None, help="registry model (default: the build's default)")
@@ -133,4 +134,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

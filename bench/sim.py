@@ -14,7 +14,6 @@ the sized design runs at >= 0.95x the slowest node's rate.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from bench.common import write_results
 from flow.config import DEFAULT_BOARD
+from sibnn_base.errors import ArgumentParser, cli_errors
 
 
 def _build(tmp: Path, name: str, cache: Path, **kw) -> tuple[dict, float]:
@@ -98,8 +98,9 @@ def run(board: str = DEFAULT_BOARD, onnx: str | None = None, jobs: int = 2) -> d
     }
 
 
+@cli_errors
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--board", default=DEFAULT_BOARD)
     p.add_argument("--onnx", default=None, help="a QONNX file instead of the default model")
     p.add_argument("--jobs", type=int, default=2)

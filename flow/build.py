@@ -30,6 +30,9 @@ if __package__ in (None, ""):  # run as a script: python flow/build.py
     _here = str(Path(__file__).resolve().parent)
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(_here)]
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from sibnn_base import signals as _signals  # handled from here on, imports included
+
+    _signals.install(early=True)
 
 from flow.config import (  # noqa: E402
     DEFAULT_MODEL,
@@ -44,7 +47,9 @@ from flow.config import (  # noqa: E402
     resolve_build_config,
     write_config,
 )
+from flow.guard import graph_tool_errors  # noqa: E402
 from flow.hw.finn_env import ToolStatus  # noqa: E402
+from sibnn_base import runlog, signals  # noqa: E402
 from sibnn_base.atomic import (  # noqa: E402
     DISK_ERRORS,
     TEMP_OWNER,
@@ -57,7 +62,6 @@ from sibnn_base.errors import (  # noqa: E402
     ArgumentParser,
     ConfigError,
     OutputDirError,
-    UserError,
     cli_errors,
 )
 
@@ -147,6 +151,15 @@ def _keep_failed(work: Path, final: Path, error: str) -> None:
         failed = final.with_name(f"{final.name}.failed-{n}")
     shutil.rmtree(failed, ignore_errors=True)
     os.replace(work, failed)
+    runlog.attach(failed / "build.log")
+
+
+def _commit(work: Path, final: Path) -> None:
+    """Swap the finished build in (:func:`~sibnn_base.atomic.swap_in`: a signal rolls it back)."""
+    try:
+        swap_in(work, final)
+    except OSError as err:
+        raise OutputDirError(f"cannot move the build into {final}: {err.strerror}") from None
 
 
 def _outputs(records, tools, stop_step: str | None) -> dict[str, str]:
@@ -219,9 +232,11 @@ def make_plan(cfg: BuildConfig) -> BuildPlan:
     """Check everything that can be checked before anything is written: board, tools, step
     names, the folding file, the output directory and what a partial rerun needs."""
     from flow.hw.finn_env import detect_tools
+    from flow.hw.parts import check_part
     from flow.hw.steps import step_names
 
     board = load_board(cfg.board, cfg.budget_fraction)
+    check_part(board)
     tools = detect_tools()
     if cfg.require_bitfile:
         tools.require_vivado("the bitfile (require_bitfile)")
@@ -284,7 +299,8 @@ def resolve_source(plan: BuildPlan, work: Path) -> BuildPlan:
         plan.weights = f"ONNX file {cfg.onnx}" + _described(plan.exported)
     else:
         net, weights = resolve_network(cfg.model or DEFAULT_MODEL, checkpoint=cfg.checkpoint,
-                                       overrides=cfg.model_overrides, seed=cfg.seed)
+                                       overrides=cfg.model_overrides, seed=cfg.seed,
+                                       strict_checkpoint=cfg.strict_checkpoint)
         plan.exported = check_supported(export_qonnx_model(net, work / "model.qonnx.onnx",
                                                            weights=weights))
         plan.weights = weights.description
@@ -508,9 +524,12 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
     started = time.time()
     running = False
     try:
+        runlog.attach(work / "build.log")
+        signals.check()
         if plan.resume:
             shutil.copytree(final, work, dirs_exist_ok=True)
-        resolve_source(plan, work)
+        with graph_tool_errors(final):
+            resolve_source(plan, work)
         all_steps, steps = plan.all_steps, plan.steps
         model = plan.exported
         if plan.resume:
@@ -537,10 +556,12 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         else:
             echo(f"  Vivado not found ({tools.reason}): Vivado-only outputs are skipped")
         verifier = _verifier(plan, verifier_factory)
+        signals.check()
         running = True
-        baseline = verifier("export", plan.exported)
-        final_model, records, ctx, simulation, stitched = _run_steps_and_sims(
-            plan, model, work, verifier, echo)
+        with graph_tool_errors(final):
+            baseline = verifier("export", plan.exported)
+            final_model, records, ctx, simulation, stitched = _run_steps_and_sims(
+                plan, model, work, verifier, echo)
         summary = report.build_summary(
             model_name=cfg.model_name, board=board, out_dir=work, final_model=final_model,
             records=records, outputs=_outputs(records, tools, cfg.stop_step),
@@ -558,29 +579,22 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         report.write_summary(summary, work)
         write_status(work, "ok", model=cfg.model_name, board=board.name,
                      seconds=round(time.time() - started, 2))
+        _relocate(work, str(work), str(final))
         (work / TEMP_OWNER).unlink(missing_ok=True)
-    except UserError:
-        if not running:  # bad input: leave nothing behind
-            shutil.rmtree(work, ignore_errors=True)
-            raise
-        _keep_failed(work, final, "failed")
-        raise
-    except OSError as err:
-        if err.errno not in DISK_ERRORS:
-            _keep_failed(work, final, f"{type(err).__name__}: {err}")
-            raise
-        shutil.rmtree(work, ignore_errors=True)  # a full or read-only disk: keep nothing
-        raise OutputDirError(f"cannot write the build next to {final}: {err.strerror}; "
-                             f"{final} is unchanged") from None
+        _commit(work, final)
     except BaseException as err:
-        _keep_failed(work, final, f"{type(err).__name__}: {err}")
+        with signals.deferred():  # a signal now must not cut the cleanup short
+            disk = isinstance(err, OSError) and err.errno in DISK_ERRORS
+            if running and not disk:
+                _keep_failed(work, final, f"{type(err).__name__}: {err}")
+            else:  # bad input, a full or read-only disk, or a signal before any step
+                shutil.rmtree(work, ignore_errors=True)
+                runlog.attach(None)
+        if disk:
+            raise OutputDirError(f"cannot write the build next to {final}: {err.strerror}; "
+                                 f"{final} is unchanged") from None
         raise
-    try:
-        swap_in(work, final)
-    except OSError as err:
-        shutil.rmtree(work, ignore_errors=True)
-        raise OutputDirError(f"cannot move the build into {final}: {err.strerror}") from None
-    _relocate(final, str(work), str(final))
+    runlog.attach(final / "build.log")
     echo(report.format_summary(report.load_summary(final)))
     return final
 
@@ -599,6 +613,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--model", default=None, help=f"registry model (default {DEFAULT_MODEL})")
     src.add_argument("--onnx", default=None, help="QONNX file (e.g. a Brevitas export)")
     p.add_argument("--checkpoint", default=None, help="checkpoint for --model")
+    p.add_argument("--strict-checkpoint", action="store_true", default=None,
+                   help="refuse a checkpoint without a payload sha256 (default: load it with a "
+                        "warning in build.log)")
     p.add_argument("--output-dir", default=None, help="default build/<model>_<board>")
     p.add_argument("--config", default=None, help="build config YAML/JSON (keys of BuildConfig)")
     p.add_argument("--folding", default=None, help="FINN folding JSON (instead of auto folding)")
@@ -630,7 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     cfg = resolve_build_config(
         a.config, board=a.board, model=a.model, onnx=a.onnx, checkpoint=a.checkpoint,
-        output_dir=a.output_dir, folding=a.folding, start_step=a.start_step,
+        output_dir=a.output_dir, folding=a.folding, strict_checkpoint=a.strict_checkpoint,
+        start_step=a.start_step,
         stop_step=a.stop_step, target_fps=a.target_fps, front_end=a.front_end,
         require_bitfile=a.require_bitfile, allow_over_budget=a.allow_over_budget, sim=a.sim,
         fifo_depths=a.fifo_depths)

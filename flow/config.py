@@ -132,6 +132,8 @@ class BuildConfig:
     """A QONNX file to build instead of a registry model."""
     checkpoint: str | None = None
     """Checkpoint for ``model``; None uses the shipped one when it exists, else seeded weights."""
+    strict_checkpoint: bool = False
+    """Refuse a ``checkpoint`` without a payload sha256 (otherwise: a warning in build.log)."""
     output_dir: str | None = None
     """Output directory; None means ``build/<model>_<board>``."""
     folding: str | None = None

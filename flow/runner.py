@@ -26,6 +26,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 
 from flow.hw.steps import FlowContext, Step
 from flow.proof.verify import Verifier, verify_step
+from sibnn_base import signals
 
 
 @dataclass
@@ -57,15 +58,17 @@ def run_steps(model: ModelWrapper, steps: list[Step], ctx: FlowContext,
             records.append(rec)
             echo(f"[{i}/{total}] {step.name} ({ctx.tools.skipped})")
             continue
+        signals.check()  # a signal that third-party code swallowed stops us here
         t0 = time.perf_counter()
-        with _tool_output(ctx.out_dir / "build.log", step.name):
+        with _tool_output(ctx.out_dir / "build.log", step.name), _noted(step.name):
             model = step.fn(model, ctx)
         dt = time.perf_counter() - t0
         model.save(str(inter / f"{index:02d}_{step.name}.onnx"))
         rec = StepRecord(index, step.name, dt, "done", ops=op_histogram(model))
         if verifier is not None:
             t1 = time.perf_counter()
-            with _tool_output(ctx.out_dir / "build.log", f"verify {step.name}"):
+            with _tool_output(ctx.out_dir / "build.log", f"verify {step.name}"), \
+                    _noted(f"verify {step.name}"):
                 rec.verification = verify_step(step.name, model, verifier, ctx.tools.has_vivado)
             rec.verify_seconds = time.perf_counter() - t1
         records.append(rec)
@@ -78,6 +81,18 @@ def run_steps(model: ModelWrapper, steps: list[Step], ctx: FlowContext,
         echo(f"[{i}/{total}] {step.name} ({dt:.2f} s){v}")
         _write_progress(ctx.out_dir, records)
     return model, records
+
+
+@contextmanager
+def _noted(step: str):
+    """Name the step on any exception raised inside it (:func:`flow.guard.failed_step`)."""
+    from flow.guard import STEP_NOTE
+
+    try:
+        yield
+    except Exception as err:
+        err.add_note(STEP_NOTE + step)
+        raise
 
 
 @contextmanager

@@ -8,7 +8,8 @@ Layout (plain types only)::
 
 ``payload_sha256`` hashes every tensor of ``state_dict`` (name, dtype, shape, bytes) and is checked
 on load, so flipped weight bytes are refused instead of exported and reported "exact".
-Checkpoints written before it existed load without the check.
+Checkpoints written before it existed load with an :class:`UnverifiedCheckpointWarning` (one
+line, in the run's log), or are refused with ``strict=True`` (``--strict-checkpoint``).
 
 ``model_args`` is the :class:`~quant_models.networks.NetSpec` as a dict, so the network rebuilds
 without any config file (nanoGPT's ``model_args``).
@@ -22,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +87,33 @@ def save_checkpoint(path: str | Path, model: nn.Module | None = None, *, ckpt: d
     return atomic_write(path, lambda fh: torch.save(ckpt, fh))
 
 
-def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict:
-    """Load and validate a checkpoint; every failure is a one-line :class:`CheckpointError`."""
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint without ``payload_sha256``: its tensors cannot be checked."""
+
+
+def _check_payload(path: Path, ckpt: dict, strict: bool) -> None:
+    want = ckpt.get("payload_sha256")
+    if want is None:
+        msg = (f"checkpoint {path} has no payload_sha256, so its tensors cannot be verified; "
+               "re-save it with quant_models.checkpoint.save_checkpoint")
+        if strict:
+            raise CheckpointError(f"{msg} (refused: --strict-checkpoint)")
+        import warnings
+
+        warnings.warn(msg, UnverifiedCheckpointWarning, stacklevel=3)
+        return
+    if not isinstance(ckpt["state_dict"], dict):
+        raise CheckpointError(f"checkpoint {path}: state_dict is not a mapping")
+    got = payload_sha256(ckpt["state_dict"])
+    if got != want:
+        raise CheckpointError(f"checkpoint {path} is corrupt: its tensors hash to "
+                              f"{got[:12]}..., the checkpoint records {str(want)[:12]}...")
+
+
+def load_checkpoint(path: str | Path, expected_arch: str | None = None, *,
+                    strict: bool = False) -> dict:
+    """Load and validate a checkpoint; every failure is a one-line :class:`CheckpointError`.
+    ``strict`` refuses a checkpoint without ``payload_sha256`` (else it loads with a warning)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -103,8 +128,8 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict:
                 "weights with quant_models.checkpoint.save_checkpoint") from None
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated (not a valid "
                               "pickle)") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, IndexError,
-            KeyError, TypeError, AttributeError) as err:
+    except Exception as err:  # noqa: BLE001 - torch's reader of a damaged file raises anything
+        # (RuntimeError, EOFError, BadZipFile, ValueError, OSError, AssertionError, ...)
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated "
                               f"({_first_line(err)})") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
@@ -116,14 +141,7 @@ def load_checkpoint(path: str | Path, expected_arch: str | None = None) -> dict:
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks key(s) {', '.join(missing)}")
-    want = ckpt.get("payload_sha256")
-    if want is not None:
-        if not isinstance(ckpt["state_dict"], dict):
-            raise CheckpointError(f"checkpoint {path}: state_dict is not a mapping")
-        got = payload_sha256(ckpt["state_dict"])
-        if got != want:
-            raise CheckpointError(f"checkpoint {path} is corrupt: its tensors hash to "
-                                  f"{got[:12]}..., the checkpoint records {want[:12]}...")
+    _check_payload(path, ckpt, strict)
     if expected_arch is not None and ckpt["arch"] != expected_arch:
         raise CheckpointError(f"checkpoint {path} is a {ckpt['arch']!r} checkpoint, "
                               f"not {expected_arch!r}")

@@ -138,16 +138,21 @@ def model_from_ckpt(ckpt: dict) -> nn.Module:
     """The network an already loaded (:func:`~quant_models.checkpoint.load_checkpoint`)
     checkpoint describes, with its weights, in eval mode; nothing is read from disk."""
     name = ckpt["arch"]
-    model = get_entry(name).builder(NetSpec(**ckpt["model_args"]))
-    model.load_state_dict(ckpt["state_dict"])
+    try:
+        model = get_entry(name).builder(NetSpec(**ckpt["model_args"]))
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        raise CheckpointError(f"checkpoint of {name!r}: its model_args and state_dict do not "
+                              f"describe one network ({' '.join(str(err).split())[:200]})") from None
     model.arch = name
     return model.eval()
 
 
-def model_from_checkpoint(path: str | Path, expected_arch: str | None = None) -> nn.Module:
+def model_from_checkpoint(path: str | Path, expected_arch: str | None = None, *,
+                          strict: bool = False) -> nn.Module:
     """Rebuild the network the checkpoint at ``path`` describes and load its weights (eval
-    mode); the file is read once."""
-    return model_from_ckpt(load_checkpoint(path, expected_arch))
+    mode); the file is read once. ``strict``: refuse a checkpoint without a payload hash."""
+    return model_from_ckpt(load_checkpoint(path, expected_arch, strict=strict))
 
 
 def verify_sha256(path: Path, expected: str) -> None:
@@ -161,7 +166,7 @@ def verify_sha256(path: Path, expected: str) -> None:
 
 @register_model("si_resnet_w1a1", defaults={"si": True, "binary": True}, pretrained=PretrainedEntry(
     file="si_resnet_w1a1_fmnist.pt",
-    sha256="6c36e053cfd0a96144399bee0f32e01c042382db0e01e59a672f5556b310fe39",
+    sha256="8015232d2173b0efa9c7025c87be5b30d05201fe209b6e389a6d310e8177eaff",
     dataset="fmnist", input_shape=(1, 28, 28), top1=86.77, teacher_top1=90.58,
     command="sibnn-train --config configs/fmnist_si_resnet.yaml "
             "--export quant_models/pretrained/si_resnet_w1a1_fmnist.pt"))

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from sibnn_base import signals
 from sibnn_base.errors import OutputDirError
 
 
@@ -41,7 +42,9 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with signals.deferred():
+            signals.check()  # an interrupted run never replaces the previous file
+            os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
         if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
@@ -49,7 +52,8 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
                                  "unchanged") from None
         raise
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with signals.deferred():
+            Path(tmp).unlink(missing_ok=True)
         raise
     return path
 
@@ -121,9 +125,10 @@ def make_temp_dir(final: Path, tag: str, kind: str) -> Path:
     remove_stale_temp_dirs(final, tag)
     tmp = None
     try:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{tag}", dir=final.parent))
-        (tmp / TEMP_OWNER).write_text(str(os.getpid()))
-        write_marker(tmp, kind)
+        with signals.deferred():  # never a temp dir without its owner file
+            tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{tag}", dir=final.parent))
+            (tmp / TEMP_OWNER).write_text(str(os.getpid()))
+            write_marker(tmp, kind)
         return tmp
     except OSError as err:
         if tmp is not None:
@@ -178,15 +183,27 @@ def owned_by_sibnn(path: Path) -> bool:
 
 def swap_in(src: Path, dest: Path) -> None:
     """Make directory ``src`` become ``dest`` with renames: an existing ``dest`` is moved aside
-    first and deleted only once ``src`` is in place, so ``dest`` is never half-written."""
+    first and deleted only once ``src`` is in place, so ``dest`` is never half-written.
+
+    A recorded signal stops the swap before it starts; one that arrives during the two renames
+    rolls them back, so an interrupted run never replaces ``dest`` (:mod:`sibnn_base.signals`).
+    One that arrives after the commit is only recorded: the CLI still exits ``128 + n``."""
     src, dest = Path(src), Path(dest)
     old = None
-    if dest.exists():
-        old = dest.parent / f".{dest.name}.{os.getpid()}.old"
-        os.replace(dest, old)
-    os.replace(src, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with signals.deferred():
+        signals.check()
+        seen = signals.count()
+        if dest.exists():
+            old = dest.parent / f".{dest.name}.{os.getpid()}.old"
+            os.replace(dest, old)
+        os.replace(src, dest)
+        if signals.count() != seen:  # interrupted mid-commit: put everything back
+            os.replace(dest, src)
+            if old is not None:
+                os.replace(old, dest)
+            old = None
+        elif old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -206,5 +223,6 @@ def atomic_output_dir(path: str | Path, kind: str) -> Iterator[Path]:
                                  "replaced") from None
         raise
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with signals.deferred():
+            shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -88,6 +88,8 @@ def _check_simulation(s: dict, mode: str) -> None:
     assert sim["python_only"] == [], sim["python_only_reasons"]
     assert sim["cppsim"]["exact"] is True and sim["rtlsim"]["exact"] is True
     assert sim["cppsim"]["nodes"] > 0 and sim["rtlsim"]["nodes"] > 0
+    st = s["stitched"]  # the whole accelerator too, with its FIFOs sized
+    assert st["exact"] is True and st["deadlock_free"] is True and st["throughput_held"] >= 0.99
 
 
 @pytest.mark.parametrize("si_weight_bits", [1, 2])

@@ -44,7 +44,8 @@ class Weights:
 
 def resolve_network(name: str | None = None, *, checkpoint: str | None = None,
                     overrides: dict | None = None, seed: int = 0,
-                    allow_untrained: bool = True) -> tuple[nn.Module, Weights]:
+                    allow_untrained: bool = True,
+                    strict_checkpoint: bool = False) -> tuple[nn.Module, Weights]:
     """The network to export and which weights it carries, in eval mode. The one rule:
 
     * a ``checkpoint`` path: its weights and architecture (``name``, if given, must match);
@@ -52,6 +53,8 @@ def resolve_network(name: str | None = None, *, checkpoint: str | None = None,
       sha256-verified checkpoint when there is one and no ``overrides`` change the network;
     * else seeded untrained weights (``torch.manual_seed(seed)``), unless ``allow_untrained`` is
       False (a one-line :class:`~sibnn_base.errors.CheckpointError`).
+
+    ``strict_checkpoint`` refuses a checkpoint without a payload hash (else: a logged warning).
     """
     from flow.config import DEFAULT_MODEL
     from quant_models import build_model, model_from_checkpoint
@@ -64,7 +67,7 @@ def resolve_network(name: str | None = None, *, checkpoint: str | None = None,
         if overrides:
             raise ConfigError("model overrides cannot be combined with a checkpoint: the "
                               "checkpoint's model_args define the network")
-        net = model_from_checkpoint(checkpoint, expected_arch=name)
+        net = model_from_checkpoint(checkpoint, expected_arch=name, strict=strict_checkpoint)
         return net.eval(), Weights(net.arch, "checkpoint", f"checkpoint {checkpoint}",
                                    file_sha256(checkpoint), seed)
     name = name or DEFAULT_MODEL
@@ -196,12 +199,14 @@ def export_bundle(out_dir: str | Path, *, model: nn.Module | None = None,
     from flow.front.golden import GoldenModel, build_golden
     from flow.front.integerize import integerize
     from flow.proof.verify import load_real_images, make_inputs, verify
+    from sibnn_base import runlog
     from sibnn_base.atomic import atomic_output_dir
 
     if (model is None) == (qonnx_path is None):
         raise ValueError("give exactly one of model / qonnx_path")
     t0 = time.perf_counter()
     with atomic_output_dir(out_dir, "export") as tmp:
+        runlog.attach(tmp / "export.log")  # warnings so far (an unhashed checkpoint) and after
         if model is not None:
             qonnx = export_qonnx_model(model, tmp / "model.qonnx.onnx", weights=weights)
             with_taps = export_qonnx_model(model, tmp / "taps.qonnx.onnx", with_taps=True)
@@ -234,6 +239,7 @@ def export_bundle(out_dir: str | Path, *, model: nn.Module | None = None,
             "seconds": round(time.perf_counter() - t0, 2),
         }
         (tmp / "verification.json").write_text(json.dumps(report, indent=2))
+    runlog.attach(Path(out_dir) / "export.log")
     return report
 
 
@@ -265,6 +271,11 @@ def load_qonnx(path: str | Path, *, for_golden: bool = False):
     if len(proto.graph.node) == 0:
         raise UnsupportedGraphError(f"{path} has an empty graph")
     model = ModelWrapper(proto)
+    from flow.front.floatops import check_quantized  # structure and numbers, apart from ops
+    from flow.front.wellformed import check_well_formed
+
+    check_well_formed(model)
+    check_quantized(model)
     tag_source_names(model)
     check = (lambda m: _check_for_golden(m, path)) if for_golden else check_supported
     clean = _cleaned(model, path, check)
@@ -324,6 +335,9 @@ def _main(argv: list[str] | None) -> int:
     p.add_argument("--out", required=True, help="output directory (written atomically)")
     p.add_argument("--n-inputs", type=int, default=64, help="verification images (default 64)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strict-checkpoint", action="store_true",
+                   help="refuse a checkpoint without a payload sha256 (default: load it with a "
+                        "warning in the log)")
     args = p.parse_args(argv)
     if args.n_inputs < 1:
         from sibnn_base.errors import ConfigError
@@ -336,7 +350,8 @@ def _main(argv: list[str] | None) -> int:
                             seed=args.seed)
     else:
         net, weights = resolve_network(args.model, checkpoint=args.checkpoint, seed=args.seed,
-                                       allow_untrained=False)
+                                       allow_untrained=False,
+                                       strict_checkpoint=args.strict_checkpoint)
         rep = export_bundle(args.out, model=net, weights=weights, n_inputs=args.n_inputs,
                             seed=args.seed)
     v = rep["verification"]

@@ -51,6 +51,7 @@ from flow.hw.sim_common import (
     select_nodes,
     source_digest,
 )
+from sibnn_base import signals
 from sibnn_base.errors import SimulationBuildError, ToolMissingError, VerificationError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -245,7 +246,7 @@ def _digest_extra(tools: CppsimTools, fingerprint: str) -> list[str]:
 
 def _run_logged(cmd: list[str], log: Path) -> int:
     """Run ``cmd``, appending the command and its output to ``log``; returns its exit status."""
-    proc = subprocess.run(cmd, capture_output=True, text=True, errors="replace", check=False)
+    proc = signals.run(cmd)  # a signal ends g++ too
     with log.open("a") as f:
         f.write("$ " + " ".join(cmd) + "\n" + proc.stdout + proc.stderr)
     return proc.returncode
@@ -276,13 +277,15 @@ def cnpy_object(tools: CppsimTools, cache_dir: Path) -> Path:
     log = tmp / "compile.log"
     cmd = [tools.gxx, *CXXFLAGS, *include_flags(tools, hlslib=False), "-c",
            str(npy2stream_dir() / "cnpy.cpp"), "-o", str(tmp / "cnpy.o")]
-    if _run_logged(cmd, log) != 0:
-        kept = cache_dir / "cppsim-cnpy-failed.log"
-        shutil.copyfile(log, kept)
+    try:
+        if _run_logged(cmd, log) != 0:
+            kept = cache_dir / "cppsim-cnpy-failed.log"
+            shutil.copyfile(log, kept)
+            raise SimulationBuildError(f"g++ failed on FINN's cnpy.cpp: {_first_error(kept)} "
+                                       f"(log: {kept})")
+        publish_entry(tmp, entry, "cnpy.o")
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise SimulationBuildError(f"g++ failed on FINN's cnpy.cpp: {_first_error(kept)} "
-                                   f"(log: {kept})")
-    publish_entry(tmp, entry, "cnpy.o")
     return entry / "cnpy.o"
 
 
@@ -307,8 +310,16 @@ class _Job:
 
 def _compile(job: _Job, tools: CppsimTools, cache_dir: Path, cnpy_o: Path) -> NodeBuild:
     """Compile one node into a temporary cache entry, then publish it under its digest."""
-    name, op = job.node.name, job.node.op_type
     tmp = Path(tempfile.mkdtemp(prefix=f".{job.digest[:16]}.", dir=cache_dir))
+    try:
+        return _compile_into(tmp, job, tools, cache_dir, cnpy_o)
+    finally:  # published entries were renamed away; anything left is a failed or cut attempt
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _compile_into(tmp: Path, job: _Job, tools: CppsimTools, cache_dir: Path,
+                  cnpy_o: Path) -> NodeBuild:
+    name, op = job.node.name, job.node.op_type
     log = job.node_dir / "compile.log"
     log.write_text("")
     t0 = time.perf_counter()

@@ -51,6 +51,7 @@ from flow.hw.sim_common import (
     select_nodes,
     source_digest,
 )
+from sibnn_base import signals
 from sibnn_base.errors import SimulationBuildError, ToolMissingError, VerificationError
 
 __all__ = ["RtlsimTools", "compile_rtl_nodes", "default_cache_dir", "find_rtlsim_tools",
@@ -463,7 +464,7 @@ class _Log:
         self.env = env
 
     def run(self, cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=self.env)
+        proc = signals.run(cmd, cwd=cwd, env=self.env)  # a signal ends Verilator/make/g++ too
         self.text += "$ " + " ".join(cmd) + "\n" + proc.stdout + proc.stderr
         if proc.returncode != 0:
             self.text += f"(exit status {proc.returncode})\n"
@@ -710,7 +711,7 @@ def run_rtl_node(model: ModelWrapper, node: NodeProto, context: dict[str, np.nda
         args.append(f"in{k}={scratch / f'in{i}.hex'}")
     for k, o in enumerate(outs):
         args += [f"out{k}={scratch / f'out{o}.hex'}", f"count{k}={_expected_beats(inst, o)}"]
-    proc = subprocess.run(args, cwd=scratch, capture_output=True, text=True)
+    proc = signals.run(args, cwd=scratch)
     (scratch / "sim.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
         msg = (proc.stderr.strip() or proc.stdout.strip() or f"exit status {proc.returncode}")

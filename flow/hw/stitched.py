@@ -26,7 +26,6 @@ several frames back to back, without Vivado.
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -373,8 +372,10 @@ def run_sim(exe: Path, data: Path, out: Path, frames: int, *, isolate: int | Non
         args.append(f"isolate={isolate}")
     if max_cycles:
         args.append(f"max_cycles={max_cycles}")
+    from sibnn_base import signals
+
     t0 = time.perf_counter()
-    proc = subprocess.run(args, capture_output=True, text=True)
+    proc = signals.run(args)  # a signal ends the simulator too
     wall = time.perf_counter() - t0
     if proc.returncode not in (0, 3) or not out.is_file():
         raise SimulationBuildError(f"stitched simulation failed (exit {proc.returncode}): "

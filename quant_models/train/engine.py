@@ -11,7 +11,8 @@ Each stage writes ``<out_dir>/<experiment>/<stage>/``:
 * ``final.pt``: the trained model alone (no optimizer), written when the stage completes: the last
   epoch's, or the best validation epoch's with ``select: best_val``.
 
-and ``<out_dir>/<experiment>/`` holds ``config.yaml`` (the resolved config) and ``results.json``.
+and ``<out_dir>/<experiment>/`` holds ``config.yaml`` (the resolved config), ``results.json`` and
+``train.log`` (third-party warnings, an internal error's traceback).
 Every file is written with :func:`sibnn_base.atomic.atomic_write` (``metrics.jsonl`` is rewritten
 whole each epoch), so an interrupted run never leaves a half-written file.
 
@@ -43,6 +44,7 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
+from sibnn_base import runlog, signals
 from sibnn_base.atomic import atomic_write, check_writable_dir
 from sibnn_base.errors import CheckpointError, ConfigError, OutputDirError, TrainingDivergedError
 from sibnn_base.typed import to_dict
@@ -346,6 +348,7 @@ def prepare_run_dir(cfg: TrainConfig, resume: bool, env: DistEnv) -> None:
     if env.main:  # a unique temp file: concurrent resumes of one run (bench.accuracy) may race
         text = yaml.safe_dump(resolved, sort_keys=False).encode()
         atomic_write(path, lambda fh: fh.write(text))
+        runlog.attach(exp_dir(cfg) / "train.log")  # the run's log: warnings so far and after
     _barrier(env)
 
 
@@ -700,6 +703,7 @@ def train_one_epoch(run: StageRun, epoch: int) -> tuple[dict[str, float], float]
     bar = _progress(steps, f"{stage.name} {epoch + 1}/{stage.epochs}", cfg.progress and env.main)
     t0 = time.perf_counter()
     for step in range(steps):
+        signals.check()  # a signal that library code swallowed stops the run at the next step
         idx = perm[step * stage.batch_size:(step + 1) * stage.batch_size]
         idx = idx[env.rank * local_b:(env.rank + 1) * local_b]
         x, y = train.x[idx], train.y[idx]
