@@ -165,8 +165,9 @@ def format_summary(summary: dict) -> str:
     if sim.get("n_inputs"):
         lines.append(f"  generated code (--sim {sim['mode']}): {simulation_line(sim)}")
     elif not st:
-        lines.append("  generated code: not run (--sim cppsim|rtlsim|all runs the HLS C++ with g++ "
-                     "and the RTL with Verilator)")
+        lines.append("  generated code: not run (--sim cppsim|rtlsim runs the HLS C++ with g++ "
+                     "and the RTL with Verilator node by node; --sim stitched runs the whole "
+                     "accelerator with its FIFOs; --sim all does both)")
     if st:
         lines.append(f"  stitched accelerator (--sim {sim.get('mode')}): {stitched_line(st)}")
     lines.append("  outputs:")
