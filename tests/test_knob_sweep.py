@@ -308,3 +308,16 @@ def test_random_topology_runs_as_generated_code(tmp_path, sim_cache, seed):
 
     arch, kw = random_overrides(np.random.default_rng(seed))
     build_knobs(tmp_path, arch, seed=seed, sim=True, **kw)
+
+
+def test_thresholds_finn_would_type_bipolar_keep_a_legal_type(tmp_path):
+    """Regression (found by the pairwise grid): a threshold layer whose thresholds lie in
+    ``[-1, 0]`` with a -1, which FINN's ``minimize_weight_bit_width`` types as BIPOLAR (no 0)
+    and then raises on; the pairwise case that drew them builds exact through
+    ``minimize_bit_width`` now (``pin_legal_weight_types``)."""
+    case = next(i for i, kw in enumerate(PAIR_GRID)
+                if _case_id("si_resnet_w1a1", kw) == "si_resnet_w1a1-depth1.1-width4-r1-"
+                "si_act_bits1-si_weight_bits1-res_bits4-res_scale_log20-si_inputh-head_bits1-"
+                "sign_biasTrue-stem_bits1-si_blocksall")
+    build_knobs(tmp_path, "si_resnet_w1a1", seed=300 + case, stop_step="minimize_bit_width",
+                **PAIR_GRID[case])

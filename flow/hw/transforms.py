@@ -709,6 +709,31 @@ def _finn_weight_type(w: np.ndarray) -> DataType:
     return DataType.get_smallest_possible(hi)
 
 
+def _finn_threshold_type_illegal(model: ModelWrapper, node) -> bool:
+    """Whether FINN's ``Thresholding.minimize_weight_bit_width`` would pick a type that cannot
+    hold the node's thresholds and raise ("Thresholds can't be expressed with type BIPOLAR"):
+    thresholds in ``[-1, 0]`` with a -1 get ``BIPOLAR`` (the smallest type holding -1), which
+    has no 0. Mirrors FINN's choice for integer inputs."""
+    from qonnx.custom_op.registry import getCustomOp
+
+    t = model.get_initializer(node.input[1]) if len(node.input) > 1 else None
+    if t is None:
+        return False
+    inst = getCustomOp(node)
+    if not (inst.get_input_datatype(0).is_integer() and inst.get_input_datatype(1).is_integer()):
+        return False
+    lo, hi = float(np.min(t)), float(np.max(t))
+    if lo == hi == 0:
+        return False
+    signed = inst.get_input_datatype(0).signed()
+    if lo < 0:
+        tdt = DataType.get_smallest_possible(lo if abs(lo) > hi else -hi - 1)
+    else:
+        tdt = DataType.get_smallest_possible(-hi - 1 if signed else hi)
+    hw = inst.get_hw_compatible_threshold_tensor(t)
+    return not bool(np.vectorize(tdt.allowed)(hw).all())
+
+
 def pin_legal_weight_types(model: ModelWrapper) -> dict[str, int]:
     """Before FINN's ``step_minimize_bit_width``: pin a legal weight type on every non-XNOR MVAU
     whose weights FINN would type wrongly, and return ``{node: runtime_writeable_weights}`` for
@@ -720,11 +745,18 @@ def pin_legal_weight_types(model: ModelWrapper) -> dict[str, int]:
     (non-bipolar) inputs not yet supported" in ``hw_codegen``). A small layer of 2-bit weights can
     draw only those values. Such a node gets the smallest 2+-bit integer type and keeps it through
     FINN's step because it is marked runtime-writeable meanwhile (FINN then sizes its accumulator
-    from the types, not the values: wider, never wrong)."""
+    from the types, not the values: wider, never wrong). A thresholding node whose thresholds FINN
+    would type as BIPOLAR while holding a 0 (:func:`_finn_threshold_type_illegal`) keeps its
+    present type the same way."""
     from qonnx.custom_op.registry import getCustomOp
 
     pinned = {}
     for n in model.graph.node:
+        if n.op_type.startswith("Thresholding") and _finn_threshold_type_illegal(model, n):
+            inst = getCustomOp(n)  # keep its present (legal, wider) type through FINN's step
+            pinned[n.name] = inst.get_nodeattr("runtime_writeable_weights")
+            inst.set_nodeattr("runtime_writeable_weights", 1)
+            continue
         if not n.op_type.startswith("MVAU") or len(n.input) < 2:
             continue
         inst = getCustomOp(n)
