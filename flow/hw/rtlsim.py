@@ -55,8 +55,8 @@ from sibnn_base import signals
 from sibnn_base.errors import SimulationBuildError, ToolMissingError, VerificationError
 
 __all__ = ["RtlsimTools", "compile_rtl_nodes", "default_cache_dir", "find_rtlsim_tools",
-           "depthwise_to_im2col", "pack_beats", "rtl_nodes", "run_rtl_node", "unpack_beats",
-           "unsupported_rtl_nodes"]
+           "depthwise_to_im2col", "im2col_to_depthwise", "pack_beats", "rtl_nodes",
+           "run_rtl_node", "unpack_beats", "unsupported_rtl_nodes"]
 
 HARNESS = Path(__file__).with_name("rtlsim_harness.cpp")
 """The harness template; its ``/*@...@*/`` markers are filled per node."""
@@ -667,14 +667,26 @@ def depthwise_to_im2col(inst, out: np.ndarray) -> np.ndarray:
     FINN's python model (im2col) gives ``(kernel, channels)``. Returns the python model's order
     (identity for other nodes). FINN's cppsim of ``ConvolutionInputGenerator_rtl`` applies the
     inverse of this, so a cppsim consumer of this tensor expects the streamed order."""
+    return _depthwise_reorder(inst, out, streamed=True)
+
+
+def im2col_to_depthwise(inst, x: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`depthwise_to_im2col`: the streamed order of a depthwise sliding
+    window's output from FINN's python model's (identity for other nodes)."""
+    return _depthwise_reorder(inst, x, streamed=False)
+
+
+def _depthwise_reorder(inst, x: np.ndarray, *, streamed: bool) -> np.ndarray:
+    """Swap a depthwise window's ``(channels/SIMD, kernel, SIMD)`` and ``(kernel, channels)``
+    orders; ``streamed``: ``x`` is in the first."""
     if not (inst.onnx_node.op_type.startswith("ConvolutionInputGenerator")
             and inst.get_nodeattr("depthwise")):
-        return out
+        return x
     simd, ch = inst.get_nodeattr("SIMD"), inst.get_nodeattr("IFMChannels")
     k2 = int(np.prod(inst.get_nodeattr("ConvKernelDim")))
-    lead = out.shape[:-1]
-    return (out.reshape(*lead, ch // simd, k2, simd).swapaxes(-3, -2)
-            .reshape(*lead, k2 * ch))
+    lead = x.shape[:-1]
+    inner = (ch // simd, k2, simd) if streamed else (k2, ch // simd, simd)
+    return x.reshape(*lead, *inner).swapaxes(-3, -2).reshape(*lead, k2 * ch)
 
 
 def _expected_beats(inst, o: int) -> int:

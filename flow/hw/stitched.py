@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
+from flow.hw import rtlsim
 from flow.hw.sim_common import run_parallel
 from sibnn_base.errors import SimulationBuildError, UnsupportedGraphError, VerificationError
 
@@ -260,18 +261,6 @@ def pack_words(x: np.ndarray, dt, words: int) -> np.ndarray:
     return np.packbits(bits, axis=1, bitorder="little").view("<u4")
 
 
-def _im2col_to_stream(inst, x: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`flow.hw.rtlsim.depthwise_to_im2col`: a depthwise sliding window streams
-    ``(channels/SIMD, kernel, SIMD)``, FINN's python model gives ``(kernel, channels)``."""
-    if not (inst.onnx_node.op_type.startswith("ConvolutionInputGenerator")
-            and inst.get_nodeattr("depthwise")):
-        return x
-    simd, ch = inst.get_nodeattr("SIMD"), inst.get_nodeattr("IFMChannels")
-    k2 = int(np.prod(inst.get_nodeattr("ConvKernelDim")))
-    lead = x.shape[:-1]
-    return (x.reshape(*lead, k2, ch // simd, simd).swapaxes(-3, -2).reshape(*lead, k2 * ch))
-
-
 def _stream_origins(model: ModelWrapper, chans: list[Channel]) -> dict[str, str]:
     """Channels carrying a depthwise sliding window's output (directly or through FIFOs and
     width converters, which pass beats on unchanged): channel -> that window node."""
@@ -320,7 +309,7 @@ def write_data(model: ModelWrapper, chans: list[Channel], frames: list[dict], da
             t = np.asarray(ctx[c.name], dtype=np.float32)
             if c.name in origin:  # a depthwise window's order, through FIFOs and converters
                 swg = _inst(by_name[origin[c.name]])
-                t = _im2col_to_stream(swg, t.reshape(tuple(swg.get_normal_output_shape(0))))
+                t = rtlsim.im2col_to_depthwise(swg, t.reshape(tuple(swg.get_normal_output_shape(0))))
             try:
                 beats.append(pack_words(t.reshape(tuple(folded)), dt, c.words))
             except VerificationError as err:
