@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-WALL_CLOCK_KEYS = {"build_seconds", "seconds", "wall_s", "time_s"}
+WALL_CLOCK_KEYS = {"build_seconds", "verify_seconds", "seconds", "wall_s", "time_s"}
 
 
 def _strip(obj):
