@@ -15,9 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flow.config import DEFAULT_BOARD, BuildConfig, list_boards, load_board
-
-RESOURCES = ("LUT", "BRAM_18K", "DSP")
+from flow.config import DEFAULT_BOARD, PLOTTED_RESOURCES, BuildConfig, list_boards
 
 
 def full_mode() -> bool:
@@ -43,10 +41,10 @@ def estimate(cfg: BuildConfig) -> dict:
     est = s["estimates"]
     return {
         "board": s["board"], "model": s["model"], "out_dir": str(out),
-        **{k: est[k] for k in RESOURCES}, "URAM": est["URAM"],
+        **{k: est[k] for k in PLOTTED_RESOURCES}, "URAM": est["URAM"],
         "fps": est["throughput_fps"], "latency_us": est["latency_ns"] / 1000.0,
-        **{f"{k}_budget": s["budget"][k] for k in RESOURCES},
-        **{f"{k}_capacity": s["capacity"][k] for k in RESOURCES},
+        **{f"{k}_budget": s["budget"][k] for k in PLOTTED_RESOURCES},
+        **{f"{k}_capacity": s["capacity"][k] for k in PLOTTED_RESOURCES},
         "all_nodes_hw": s["all_nodes_hw"],
         "exact_stages": sum(1 for v in s["verification"] if v["exact"]),
         "weights": s.get("weights", ""),
@@ -241,6 +239,3 @@ def mismatch_demo(trace: dict) -> str:
 def board_names() -> list[str]:
     return list_boards()
 
-
-def board_capacity(name: str) -> dict:
-    return dict(load_board(name).capacity)
