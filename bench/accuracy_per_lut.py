@@ -16,9 +16,9 @@ The ablation's budget is small; the networks trained at the shipped budget are t
 runs recorded with ``python -m bench.accuracy --record-runs`` (``full_runs``). The longest recipe
 among them that has an SI network and its twin without SI (of those, the recipe of the best run on
 val, as the shipped student is chosen) gets a panel of its own
-(:func:`bench.accuracy.longest_recipe_arms`, seeds pooled): each network built to estimates at
-the board's default folding, the folding the shipped build uses, with its own Pareto front. The
-two panels are not comparable with each other (other budgets, other foldings).
+(:func:`bench.ablation.compare.longest_recipe_arms`, seeds pooled): each network built to
+estimates at the board's default folding, the folding the shipped build uses, with its own Pareto
+front. The two panels are not comparable with each other (other budgets, other foldings).
 """
 
 from __future__ import annotations
@@ -65,9 +65,10 @@ def join(rows: list[dict], summary: dict, recipe_width: int = 32) -> list[dict]:
 
 
 def full_budget_points(arms: list[dict], out_root: str | Path, board: str) -> list[dict]:
-    """Each recorded network of the longest recipe (:func:`bench.accuracy.longest_recipe_arms`)
-    built to estimates at the board's default folding (its ``model_args`` as registry overrides;
-    resources do not depend on the trained weights), with its Pareto flag among these points."""
+    """Each recorded network of the longest recipe
+    (:func:`bench.ablation.compare.longest_recipe_arms`) built to estimates at the board's default
+    folding (its ``model_args`` as registry overrides; resources do not depend on the trained
+    weights), with its Pareto flag among these points."""
     from flow.config import BuildConfig
     from flow.studies import estimate, pareto_front
 
@@ -101,7 +102,7 @@ def budget_text(run: dict) -> str:
 
 def run(data: dict, source: str, widths=WIDTHS, depth=DEPTH, target_fps: int = TARGET_FPS,
         board: str = "pynq-z2", results_dir: Path | None = None) -> dict:
-    from bench.accuracy import longest_recipe_arms
+    from bench.ablation.compare import longest_recipe_arms
     from flow import plots, studies
 
     arms = longest_recipe_arms(data.get("full_runs") or {})

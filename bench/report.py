@@ -44,11 +44,8 @@ def _signed(x: float) -> str:
     return f"{x:+.2f}"
 
 
-def headline_rows(results_dir: Path = RESULTS) -> list[tuple[str, str, str]]:
-    """``(what, measured, source)`` rows of the README table, at most
-    :data:`MAX_HEADLINE_ROWS`. ``source`` is ``file.json: key``."""
-    r = _load(results_dir)
-    acc, apl, flw, sim, gold = (r[n] for n in FILES)
+def _accuracy_rows(acc: dict) -> list[tuple[str, str, str]]:
+    """The shipped student and teacher, and the method against plain W1A1 (accuracy.json)."""
     shipped = acc["shipped"]
     default = shipped["default_model"]
     student = shipped["models"][default]
@@ -56,16 +53,8 @@ def headline_rows(results_dir: Path = RESULTS) -> list[tuple[str, str, str]]:
     gap = shipped["goals"]["teacher_gap"]["measured"]
     (mc,) = acc["method_comparisons"].values()
     mg = acc["method_goal"]
-    b = flw["default_build"]
-    est = b["estimates"]
-    so = flw["si_overhead"]
-    cnv = flw["auto_vs_hand_folding_cnv"]
-    gb1, gb64 = gold["per_batch"]["1"], gold["per_batch"]["64"]
-    sc = acc["step_cost"]
-    si_pt = next(p for p in apl["full_budget"]["points"] if p["student"] == default)
-    twin_pt = next(p for p in apl["full_budget"]["points"] if p is not si_pt)
     seeds = ", ".join(str(s) for s in mg["seeds"])
-    rows = [
+    return [
         (f"default model `{default}`, Fashion-MNIST test top-1 (shipped weights, "
          f"{student['test_images']:,} images)", _pct(student["test_acc"]),
          "accuracy.json: shipped"),
@@ -79,6 +68,16 @@ def headline_rows(results_dir: Path = RESULTS) -> list[tuple[str, str, str]]:
          f"{_pm(mc['plain_test_mean'], mc['plain_test_std'])}% "
          f"({_signed(mg['measured_val'])} val, {_signed(mg['measured_test'])} test)",
          "accuracy.json: method_comparisons, method_goal"),
+    ]
+
+
+def _hardware_rows(default: str, apl: dict, flw: dict) -> list[tuple[str, str, str]]:
+    """The default model's estimates, the SI hardware cost and accuracy per LUT."""
+    est = flw["default_build"]["estimates"]
+    so = flw["si_overhead"]
+    si_pt = next(p for p in apl["full_budget"]["points"] if p["student"] == default)
+    twin_pt = next(p for p in apl["full_budget"]["points"] if p is not si_pt)
+    return [
         (f"default model on {flw['board']}, FINN estimates: LUT (with forks/adds priced), "
          "BRAM18, DSP",
          f"{est['LUT']:,.0f} ({est['LUT_modelled']:,.0f}), {est['BRAM_18K']:.0f}, "
@@ -96,6 +95,16 @@ def headline_rows(results_dir: Path = RESULTS) -> list[tuple[str, str, str]]:
          f" vs {_pm(twin_pt['test_acc_mean'], twin_pt['test_acc_std'])}% at "
          f"{twin_pt['LUT_modelled']:,.0f} (seeds {len(si_pt['seeds'])} vs "
          f"{len(twin_pt['seeds'])})", "accuracy_per_lut.json: full_budget"),
+    ]
+
+
+def _speed_rows(acc: dict, flw: dict, sim: dict, gold: dict) -> list[tuple[str, str, str]]:
+    """Build and simulation times, golden-model speed, CNV folding and the step cost."""
+    b = flw["default_build"]
+    cnv = flw["auto_vs_hand_folding_cnv"]
+    gb1, gb64 = gold["per_batch"]["1"], gold["per_batch"]["64"]
+    sc = acc["step_cost"]
+    return [
         ("default build to estimates + HLS/RTL code, every stage verified",
          f"{b['wall_seconds']:.1f} s ({b['steps_total_seconds']:.1f} s steps, "
          f"{b['verify_total_seconds']:.1f} s verification)", "flow.json: default_build"),
@@ -121,15 +130,30 @@ def headline_rows(results_dir: Path = RESULTS) -> list[tuple[str, str, str]]:
          f"x{sc['ratio']:.2f} ({sc['distill_step_s']:.2f} s / {sc['plain_step_s']:.2f} s)",
          "accuracy.json: step_cost"),
     ]
+
+
+def _stitched_row(st: dict) -> tuple[str, str, str]:
+    """The stitched accelerator's simulated run (sim.json: stitched)."""
+    return (
+        f"stitched accelerator (`--sim all`), default model: {st['frames']} frames back to "
+        "back, FIFOs sized without Vivado",
+        f"{st['fps_simulated']:,.0f} fps simulated vs {st['fps_finn_estimate']:,.0f} FINN "
+        f"estimate (x{st['simulated_over_finn']:.3f}), exact, "
+        f"{'no deadlock' if st['deadlock_free'] else 'DEADLOCK'}, {st['wall_s_cached']:.0f} s "
+        "cached", "sim.json: stitched")
+
+
+def headline_rows(results_dir: Path = RESULTS) -> list[tuple[str, str, str]]:
+    """``(what, measured, source)`` rows of the README table, at most
+    :data:`MAX_HEADLINE_ROWS`. ``source`` is ``file.json: key``."""
+    r = _load(results_dir)
+    acc, apl, flw, sim, gold = (r[n] for n in FILES)
+    rows = [*_accuracy_rows(acc), *_hardware_rows(acc["shipped"]["default_model"], apl, flw),
+            *_speed_rows(acc, flw, sim, gold)]
     st = sim.get("stitched") or {}
     if st.get("frames"):
-        rows.insert(next(i for i, r in enumerate(rows) if r[2] == "sim.json") + 1, (
-            f"stitched accelerator (`--sim all`), default model: {st['frames']} frames back to "
-            "back, FIFOs sized without Vivado",
-            f"{st['fps_simulated']:,.0f} fps simulated vs {st['fps_finn_estimate']:,.0f} FINN "
-            f"estimate (x{st['simulated_over_finn']:.3f}), exact, "
-            f"{'no deadlock' if st['deadlock_free'] else 'DEADLOCK'}, {st['wall_s_cached']:.0f} s "
-            "cached", "sim.json: stitched"))
+        rows.insert(next(i for i, r in enumerate(rows) if r[2] == "sim.json") + 1,
+                    _stitched_row(st))
     if len(rows) > MAX_HEADLINE_ROWS:
         raise ValueError(f"{len(rows)} headline rows, at most {MAX_HEADLINE_ROWS}")
     return rows

@@ -25,6 +25,7 @@ HW_CONFIG_DIR = Path(__file__).resolve().parent.parent / "hw_configs"
 """Where the board files live (one YAML per board, named ``<board-id>.yaml``)."""
 
 RESOURCES = ("LUT", "FF", "BRAM_18K", "URAM", "DSP")
+PLOTTED_RESOURCES = ("LUT", "BRAM_18K", "DSP")
 BUDGETED = ("LUT", "BRAM_18K", "URAM", "DSP")
 """Resources the folding keeps within budget (FINN's estimates do not model FF)."""
 

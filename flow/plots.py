@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flow.studies import RESOURCES, accuracy_by_width, pareto_front
+from flow.config import PLOTTED_RESOURCES
+from flow.studies import accuracy_by_width, pareto_front
 
 
 def _save(fig, path: Path) -> Path:
@@ -28,8 +29,8 @@ def plot_board_resources(rows: list[dict], png: str | Path):
 
     fig, ax = plt.subplots(figsize=(8, 4))
     x = np.arange(len(rows))
-    wbar = 0.8 / len(RESOURCES)
-    for i, k in enumerate(RESOURCES):
+    wbar = 0.8 / len(PLOTTED_RESOURCES)
+    for i, k in enumerate(PLOTTED_RESOURCES):
         pct = [100.0 * r[k] / r[f"{k}_capacity"] if r[f"{k}_capacity"] else 0.0 for r in rows]
         bars = ax.bar(x + (i - 1) * wbar, pct, wbar, label=k)
         for b, r in zip(bars, rows, strict=True):

@@ -1,7 +1,9 @@
 """Studies behind the notebooks: estimates per board, the SI sweep, the exactness trace.
 
 The notebooks in ``notebooks/`` only call these functions; every number comes from a real build
-(``flow.build.build``) with FINN's estimators, every plot is also written as PNG.
+(``flow.build.build``) with FINN's estimators, every plot is also written as PNG. The names of the
+accuracy ablation's variants live here too (:data:`VARIANTS`, :func:`width_name`,
+:func:`split_name`): ``bench.ablation`` trains them, the accuracy-per-LUT plot reads their rows.
 """
 
 from __future__ import annotations
@@ -10,14 +12,12 @@ import io
 import json
 import os
 from contextlib import redirect_stdout
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from flow.config import DEFAULT_BOARD, BuildConfig, list_boards, load_board
-
-RESOURCES = ("LUT", "BRAM_18K", "DSP")
+from flow.config import DEFAULT_BOARD, PLOTTED_RESOURCES, BuildConfig, list_boards
 
 
 def full_mode() -> bool:
@@ -43,10 +43,10 @@ def estimate(cfg: BuildConfig) -> dict:
     est = s["estimates"]
     return {
         "board": s["board"], "model": s["model"], "out_dir": str(out),
-        **{k: est[k] for k in RESOURCES}, "URAM": est["URAM"],
+        **{k: est[k] for k in PLOTTED_RESOURCES}, "URAM": est["URAM"],
         "fps": est["throughput_fps"], "latency_us": est["latency_ns"] / 1000.0,
-        **{f"{k}_budget": s["budget"][k] for k in RESOURCES},
-        **{f"{k}_capacity": s["capacity"][k] for k in RESOURCES},
+        **{f"{k}_budget": s["budget"][k] for k in PLOTTED_RESOURCES},
+        **{f"{k}_capacity": s["capacity"][k] for k in PLOTTED_RESOURCES},
         "all_nodes_hw": s["all_nodes_hw"],
         "exact_stages": sum(1 for v in s["verification"] if v["exact"]),
         "weights": s.get("weights", ""),
@@ -115,8 +115,69 @@ def load_accuracy(path: str | Path) -> dict[str, float] | None:
     return out or None
 
 
-ACCURACY_ARCHS = {"plain": "resnet_w1a1", "si_h_mbh": "si_h_resnet_w1a1_mbh"}
-"""The two families of the accuracy-per-LUT plot, by ablation variant name."""
+@dataclass(frozen=True)
+class Variant:
+    """One row of the accuracy ablation (``python -m bench.accuracy``)."""
+
+    model: str
+    label: str
+    loss: str = "full"
+    """``ce``, ``kd`` (CE + logit KD) or ``full`` (the recipe's CE + KD + block MSE)."""
+    overrides: dict = field(default_factory=dict)
+    """Model keys of this variant (over the recipe's ``model``)."""
+    si: bool = False
+    """Whether it is an SI variant distilled block-wise: a candidate for "the full method"."""
+
+
+# In order of priority: a run of the first few (``--variants``) is extended by a later run of more,
+# since a run's stages may only be appended to (the teachers first, then the shipped student's
+# variant, its twin without SI and the cheaper SI, then the older variants).
+VARIANTS: dict[str, Variant] = {
+    "teacher": Variant("si_resnet_fp", "FP teacher (si_resnet_fp), CE", "ce"),
+    "plain": Variant("resnet_w1a1", "W1A1 plain (resnet_w1a1), CE", "ce"),
+    "mbh": Variant("resnet_w1a1", "W1A1 + 8-bit head + sign bias + logit KD + block KD",
+                   overrides={"head_bits": 8, "sign_bias": True}),
+    "si_h_mbh": Variant("si_h_resnet_w1a1_mbh",
+                        "W1A1 + SI(h) + 8-bit head + sign bias + logit KD + block KD", si=True),
+    "si_h_mbh_ds": Variant("si_h_resnet_w1a1_mbh",
+                           "si_h_mbh with SI in the downsample blocks only",
+                           overrides={"si_blocks": "downsample"}, si=True),
+    "full": Variant("si_resnet_w1a1", "W1A1 + SI(a) + logit KD + block KD (full)", si=True),
+    "kd": Variant("resnet_w1a1", "W1A1 + logit KD", "kd"),
+    "si_kd": Variant("si_resnet_w1a1", "W1A1 + SI(a) + logit KD", "kd"),
+    "si_h": Variant("si_h_resnet_w1a1", "W1A1 + SI(h) + logit KD + block KD", si=True),
+    "staged": Variant("si_resnet_w1a1", "full, staged: binary activations first, then weights",
+                      si=True),
+    "mbh_ce": Variant("resnet_w1a1", "W1A1 + 8-bit head + sign bias, CE (plain, no SI)", "ce",
+                      overrides={"head_bits": 8, "sign_bias": True}),
+}
+
+WIDTH_VARIANTS = ("teacher", "plain", "si_h_mbh")
+"""Trained again at every extra ``--widths`` width (each width has its own teacher, since block
+KD and init need the same geometry): the points of the accuracy-per-LUT plot."""
+
+
+def width_name(width: int, variant: str) -> str:
+    """A variant trained at an extra width: ``w16_plain``."""
+    return f"w{width}_{variant}"
+
+
+def split_name(name: str) -> tuple[str, int | None]:
+    """``w16_plain`` -> ``("plain", 16)``; ``plain`` -> ``("plain", None)``."""
+    head, _, rest = name.partition("_")
+    if head[:1] == "w" and head[1:].isdigit() and rest in VARIANTS:
+        return rest, int(head[1:])
+    return name, None
+
+
+def variant_label(name: str) -> str:
+    """What a variant (or ``w<W>_<variant>``) is, for tables: its label and width."""
+    v, w = split_name(name)
+    return VARIANTS[v].label + ("" if w is None else f" @ width {w}")
+
+
+ACCURACY_ARCHS = {v: VARIANTS[v].model for v in WIDTH_VARIANTS[1:]}
+"""The two families of the accuracy-per-LUT plot, by ablation variant name (plain and SI)."""
 
 
 def accuracy_by_width(accuracy: dict[str, float] | None, recipe_width: int = 32
@@ -125,11 +186,9 @@ def accuracy_by_width(accuracy: dict[str, float] | None, recipe_width: int = 32
     ``si_h_mbh`` (at the recipe's width) and ``w<W>_plain``, ``w<W>_si_h_mbh`` rows."""
     out = {}
     for name, acc in (accuracy or {}).items():
-        head, _, rest = name.partition("_")
-        if name in ACCURACY_ARCHS:
-            out[(name, recipe_width)] = acc
-        elif head[:1] == "w" and head[1:].isdigit() and rest in ACCURACY_ARCHS:
-            out[(rest, int(head[1:]))] = acc
+        variant, width = split_name(name)
+        if variant in ACCURACY_ARCHS:
+            out[(variant, recipe_width if width is None else width)] = acc
     return out
 
 
@@ -240,7 +299,3 @@ def mismatch_demo(trace: dict) -> str:
 
 def board_names() -> list[str]:
     return list_boards()
-
-
-def board_capacity(name: str) -> dict:
-    return dict(load_board(name).capacity)

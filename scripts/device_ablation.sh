@@ -3,7 +3,7 @@
 # (scripts/device_prepare.sh makes both here):
 #   bash scripts/device_ablation.sh [EPOCHS] [SEEDS...]      (default: 30 epochs, seeds 0 1 2)
 # Environment:
-#   VARIANTS="teacher ..."    train only these, of bench.accuracy.VARIANTS (a later run of more
+#   VARIANTS="teacher ..."    train only these, of flow.studies.VARIANTS (a later run of more
 #                             extends the run). Default: the first five and mbh_ce, the shipped
 #                             network trained with CE only (teacher plain mbh si_h_mbh si_h_mbh_ds
 #                             mbh_ce: its students are CE steps, cheaper), what one 10-minute call

@@ -8,7 +8,9 @@ import json
 import pytest
 
 import bench.common
-from bench import accuracy
+from bench.ablation import cli, compare, goals, markdown, plan, results, schedule, stats
+from bench.ablation.cost import step_cost
+from flow import studies
 from quant_models.train.engine import resume_diff
 from sibnn_base.typed import to_dict
 
@@ -27,14 +29,14 @@ def _results(tmp_path, monkeypatch):
 def test_new_step_cost_keeps_the_ablation_numbers(tmp_path, monkeypatch):
     path = _results(tmp_path, monkeypatch)
     per_seed = {0: {"teacher": {"test_acc": 90.0}, "full": {"test_acc": 88.0}}}
-    summary = accuracy.summarise(per_seed, [0])
+    summary = stats.summarise(per_seed, [0])
     run = {"epochs": 2, "seeds": [0], "train_subset": 100, "student_init": "teacher",
            "threads": 1}
     bench.common.write_results("accuracy", {
         "complete": True, "run": run, "step_cost": {"batch": 256, "ratio": 1.2},
-        "summary": summary, "goals": accuracy.goals(summary),
+        "summary": summary, "goals": goals.ablation_goals(summary),
         "per_seed": {"0": per_seed[0]}, "configs": {}}, [["h"]])
-    accuracy.update_cost(path, {"batch": 256, "ratio": 1.4})
+    results.update_cost(path, {"batch": 256, "ratio": 1.4})
     data = json.loads(path.read_text())
     assert data["step_cost"]["ratio"] == 1.4
     assert data["summary"] == summary and data["complete"] is True
@@ -48,7 +50,7 @@ def test_new_step_cost_keeps_the_ablation_numbers(tmp_path, monkeypatch):
 def test_shipped_evaluation_is_stored_beside_the_ablation(tmp_path, monkeypatch):
     path = _results(tmp_path, monkeypatch)
     per_seed = {0: {"plain": {"test_acc": 80.0}}}
-    summary = accuracy.summarise(per_seed, [0])
+    summary = stats.summarise(per_seed, [0])
     bench.common.write_results("accuracy", {
         "complete": True, "run": None, "step_cost": None, "summary": summary, "goals": {},
         "per_seed": {"0": per_seed[0]}, "configs": {}}, [["h"]])
@@ -57,49 +59,49 @@ def test_shipped_evaluation_is_stored_beside_the_ablation(tmp_path, monkeypatch)
                                                  "matches_registry": False}},
           "goals": {"student_top1": {"goal": "shipped m >= 91.0 %", "measured": 89.5,
                                      "met": False}}}
-    accuracy.update_shipped(path, sh)
+    results.update_shipped(path, sh)
     data = json.loads(path.read_text())
     assert data["shipped"] == sh and data["summary"] == summary
     md = (tmp_path / "accuracy.md").read_text()
     assert "89.50" in md and "registry says 89.4" in md and "shipped m >= 91.0 %: 89.5 -> MISSED" in md
-    rows = accuracy.shipped_rows(sh, 6)
+    rows = markdown.shipped_rows(sh, 6)
     assert all(len(r) == 6 for r in rows)
 
 
 def test_step_cost_without_results_file(tmp_path, monkeypatch):
     path = _results(tmp_path, monkeypatch)
-    accuracy.update_cost(path, {"batch": 256, "ratio": 1.3})
+    results.update_cost(path, {"batch": 256, "ratio": 1.3})
     data = json.loads(path.read_text())
     assert data["complete"] is False and data["step_cost"]["ratio"] == 1.3
 
 
 def test_ablation_staged_variant_splits_the_same_epochs(tmp_path):
-    cfg = accuracy.ablation_config(0, 3, 100, "teacher", str(tmp_path), None, 1)
+    cfg = plan.ablation_config(0, 3, 100, "teacher", str(tmp_path), None, 1)
     act, staged = cfg.stage("staged_act"), cfg.stage("staged")
     assert act.model == {"float_weights": True} and act.init_from == "teacher"
     assert staged.model == {} and staged.init_from == "staged_act"
     assert act.epochs + staged.epochs == cfg.stage("full").epochs == 3
     assert act.loss_weights == staged.loss_weights == cfg.stage("full").loss_weights
-    one = accuracy.ablation_config(0, 1, 100, "teacher", str(tmp_path), None, 1)
-    assert "staged" not in accuracy.variants(1)
+    one = plan.ablation_config(0, 1, 100, "teacher", str(tmp_path), None, 1)
+    assert "staged" not in plan.variants(1)
     assert [s.name for s in one.stages] == ["teacher", "plain", "mbh", "si_h_mbh", "si_h_mbh_ds",
                                             "full", "kd", "si_kd", "si_h", "mbh_ce"]
     assert one.stage("mbh_ce").model == {"head_bits": 8, "sign_bias": True}
     assert one.stage("mbh_ce").teacher is None and one.stage("mbh_ce").init_from == "teacher"
     # a run recorded before mbh_ce existed (staged included) is extended, not reordered
-    old = accuracy.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1,
-                                   names=tuple(v for v in accuracy.VARIANTS if v != "mbh_ce"))
-    new = accuracy.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1)
+    old = plan.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1,
+                                   names=tuple(v for v in studies.VARIANTS if v != "mbh_ce"))
+    new = plan.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1)
     assert [s.name for s in new.stages] == [s.name for s in old.stages] + ["mbh_ce"]
     assert resume_diff(to_dict(old), to_dict(new)) == []
     assert one.stage("si_h_mbh_ds").model == {"si_blocks": "downsample"}
-    some = accuracy.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1,
+    some = plan.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1,
                                     names=("plain", "si_h_mbh"), compile=True)
     assert [s.name for s in some.stages] == ["teacher", "plain", "si_h_mbh"] and some.compile
     # a run of the first variants is resumed (extended) by a run of all of them
-    first = accuracy.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1,
+    first = plan.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1,
                                      names=("teacher", "plain", "mbh", "si_h_mbh"))
-    every = accuracy.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1)
+    every = plan.ablation_config(0, 2, 100, "teacher", str(tmp_path), None, 1)
     assert resume_diff(to_dict(first), to_dict(every)) == []
     # every stage trains with the shipped student recipe's augmentation, 8-bit stem and layout
     assert one.stage("teacher").crop_pad == 2 and one.stage("teacher").hflip is True
@@ -109,27 +111,27 @@ def test_ablation_staged_variant_splits_the_same_epochs(tmp_path):
     assert "si_blocks" not in one.model and one.stage("si_h_mbh").model == {}
     assert one.stage("mbh").model == {"head_bits": 8, "sign_bias": True}
     assert one.stage("mbh").student == "resnet_w1a1"
-    assert accuracy.needs(one, "si_h_mbh") == ["teacher", "teacher"]
-    assert accuracy.needs(cfg, "staged") == ["teacher", "staged_act"]
-    assert accuracy.needs(one, "plain") == ["teacher"]  # initialised from it
-    wide = accuracy.ablation_config(0, 1, 100, "teacher", str(tmp_path), None, 1, widths=(16,))
+    assert plan.needs(one, "si_h_mbh") == ["teacher", "teacher"]
+    assert plan.needs(cfg, "staged") == ["teacher", "staged_act"]
+    assert plan.needs(one, "plain") == ["teacher"]  # initialised from it
+    wide = plan.ablation_config(0, 1, 100, "teacher", str(tmp_path), None, 1, widths=(16,))
     assert [s.name for s in wide.stages][-3:] == ["w16_teacher", "w16_plain", "w16_si_h_mbh"]
     assert wide.stage("w16_si_h_mbh").model == {"width": 16}
     assert wide.stage("w16_si_h_mbh").student == "si_h_resnet_w1a1_mbh"
-    assert accuracy.needs(wide, "w16_plain") == ["w16_teacher"]
-    assert accuracy.split_name("w16_si_h_mbh") == ("si_h_mbh", 16)
-    assert accuracy.split_name("si_h_mbh") == ("si_h_mbh", None)
+    assert plan.needs(wide, "w16_plain") == ["w16_teacher"]
+    assert studies.split_name("w16_si_h_mbh") == ("si_h_mbh", 16)
+    assert studies.split_name("si_h_mbh") == ("si_h_mbh", None)
 
 
 def test_staged_recipe_is_compared_on_validation_accuracy_only():
     per_seed = {s: {"full": {"test_acc": 80.0, "val_acc": 81.0},
                     "staged": {"test_acc": 70.0, "val_acc": 81.0 + d}}
                 for s, d in ((0, 1.0), (1, -0.5))}
-    dec = accuracy.decisions(per_seed, [0, 1])["staged"]
+    dec = stats.decisions(per_seed, [0, 1])["staged"]
     assert dec["val_delta"] == 0.25 and dec["better_on_val"] is True  # the test accuracy plays no part
     per_seed[1]["staged"]["val_acc"] = 79.0
-    assert accuracy.decisions(per_seed, [0, 1])["staged"]["better_on_val"] is False
-    assert accuracy.decisions({0: {"full": {"val_acc": 1.0}}}, [0]) == {}
+    assert stats.decisions(per_seed, [0, 1])["staged"]["better_on_val"] is False
+    assert stats.decisions({0: {"full": {"val_acc": 1.0}}}, [0]) == {}
 
 
 def test_the_cheaper_si_is_judged_on_validation_accuracy_over_the_seeds_with_both():
@@ -138,10 +140,10 @@ def test_the_cheaper_si_is_judged_on_validation_accuracy_over_the_seeds_with_bot
                 1: {"si_h_mbh": {"test_acc": 91.0, "val_acc": 90.0},
                     "si_h_mbh_ds": {"test_acc": 90.0, "val_acc": 89.7}},
                 2: {"si_h_mbh": {"test_acc": 50.0, "val_acc": 50.0}}}  # no ds run: left out
-    dec = accuracy.decisions(per_seed, [0, 1, 2])["si_downsample_only"]
+    dec = stats.decisions(per_seed, [0, 1, 2])["si_downsample_only"]
     assert dec["seeds"] == [0, 1] and dec["val_delta"] == 0.1 and dec["test_delta"] == -1.0
     assert dec["as_good_on_val"] is True
-    rows = accuracy.table(accuracy.summarise(per_seed, [0, 1, 2]), per_seed, [0, 1, 2], None)
+    rows = markdown.table(stats.summarise(per_seed, [0, 1, 2]), per_seed, [0, 1, 2], None)
     assert any("2 seed(s): val +0.10, test -1.00" in r[0] for r in rows)
 
 
@@ -150,21 +152,21 @@ def test_goals_name_the_best_si_variant_by_validation_accuracy():
                     "plain": {"test_acc": 90.0, "val_acc": 90.0},
                     "full": {"test_acc": 91.0, "val_acc": 90.5},
                     "si_h": {"test_acc": 90.2, "val_acc": 91.5}}}
-    g = accuracy.goals(accuracy.summarise(per_seed, [0]))
+    g = goals.ablation_goals(stats.summarise(per_seed, [0]))
     assert g["full_top1"]["goal"].startswith("si_h")  # best on val, although worse on test
     assert g["method_gain"] == {"goal": "si_h - plain >= 0.5 points (same width and budget)",
                                 "measured": 0.2, "met": False, "best_student_on_val": "si_h"}
     # missed: the file names the best student on val, whichever it is
     per_seed[0]["plain"]["val_acc"] = 92.0
-    g = accuracy.goals(accuracy.summarise(per_seed, [0]))
+    g = goals.ablation_goals(stats.summarise(per_seed, [0]))
     assert g["method_gain"]["best_student_on_val"] == "plain"
-    rows = accuracy.table(accuracy.summarise(per_seed, [0]), per_seed, [0], None)
+    rows = markdown.table(stats.summarise(per_seed, [0]), per_seed, [0], None)
     assert any("MISSED; the best student on val at this budget: W1A1 plain" in r[0] for r in rows)
     # the shipped network's own baseline: its SI variants (best on val) against it trained with CE
     per_seed[0].update({"si_h_mbh": {"test_acc": 91.0, "val_acc": 91.0},
                         "si_h_mbh_ds": {"test_acc": 90.9, "val_acc": 91.2},
                         "mbh_ce": {"test_acc": 90.0, "val_acc": 90.0}})
-    m = accuracy.goals(accuracy.summarise(per_seed, [0]))["method_gain_mbh"]
+    m = goals.ablation_goals(stats.summarise(per_seed, [0]))["method_gain_mbh"]
     assert m["goal"].startswith("si_h_mbh_ds - mbh_ce") and m["measured"] == 0.9 and m["met"]
     assert g["teacher_top1"]["met"] is True
 
@@ -183,7 +185,7 @@ def test_ablation_runs_every_variant_as_concurrent_jobs_on_cpu(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads((tmp_path / "res" / "accuracy.json").read_text())
     assert data["complete"] is True and data["shipped"] == sh
-    assert set(data["per_seed"]["0"]) == set(accuracy.variants(1))
+    assert set(data["per_seed"]["0"]) == set(plan.variants(1))
     assert all(r["device"] == "cpu" and r["epochs"] == 1 for r in data["per_seed"]["0"].values())
     assert data["run"]["jobs_at_once"] == 2 and data["run"]["wall_s"] > 0
     assert "method_gain" in data["goals"] and "teacher_top1" in data["goals"]
@@ -204,7 +206,7 @@ def test_ablation_refuses_a_missing_gpu_in_one_line(tmp_path):
 
 
 def test_step_cost_times_fused_and_brevitas_forward():
-    cost = accuracy.step_cost(steps=1, batch=8, data_dir=None)
+    cost = step_cost(steps=1, batch=8, data_dir=None)
     assert cost["batch"] == 8 and cost["steps_each"] == 1
     for key in ("plain_step_s", "distill_step_s", "distill_step_brevitas_forward_s"):
         assert cost[key] > 0
@@ -253,7 +255,7 @@ def test_the_method_is_compared_with_plain_w1a1_trained_with_ce_only(tmp_path, c
     nor is a CE-only run started elsewhere."""
     runs, res = tmp_path / "runs", tmp_path / "res"
     res.mkdir()
-    (res / "accuracy.json").write_text(json.dumps(accuracy.EMPTY))
+    (res / "accuracy.json").write_text(json.dumps(results.EMPTY))
     _digits_run(runs, "teacher", "si_resnet_fp")
     t = str(runs / "teacher" / "student" / "final.pt")
     distil = {"teacher": t, "init_from": t, "loss_weights": {"ce": 1.0, "kd": 1.0, "block": 1.0}}
@@ -265,12 +267,12 @@ def test_the_method_is_compared_with_plain_w1a1_trained_with_ce_only(tmp_path, c
     _digits_run(runs, "kd_twin", "resnet_w1a1", stage=distil)
     _digits_run(runs, "ce_scratch", "resnet_w1a1")
     names += ["kd_twin", "ce_scratch"]
-    rc = accuracy.main(["--record-runs", *(str(runs / n) for n in names),
+    rc = cli.main(["--record-runs", *(str(runs / n) for n in names),
                         "--results-dir", str(res)])
     assert rc == 0 and "the method: si_resnet_w1a1 [" in capsys.readouterr().out
     data = json.loads((res / "accuracy.json").read_text())
     r = data["full_runs"]
-    assert [accuracy.loss_kind(r[n]) for n in ("method_s0", "ce_s0", "kd_twin")] == [
+    assert [compare.loss_kind(r[n]) for n in ("method_s0", "ce_s0", "kd_twin")] == [
         "block", "ce", "block"]
     (key, m), = data["method_comparisons"].items()
     assert key.startswith("si_resnet_w1a1 [") and key.endswith(
@@ -295,13 +297,13 @@ def test_the_method_is_compared_with_plain_w1a1_trained_with_ce_only(tmp_path, c
     assert f"the method: {key}, seed(s) 0, 1: val" in md
     assert "method goal at the largest recorded budget (1 epochs, 2 seed(s))" in md
     # one seed is reported, without a spread; no CE-only twin: no comparison, no goal
-    one = accuracy.method_comparisons({n: r[n] for n in ("method_s0", "ce_s0")})
+    one = compare.method_comparisons({n: r[n] for n in ("method_s0", "ce_s0")})
     assert [c["method_val_std"] for c in one.values()] == [None]
-    assert accuracy.method_comparisons({n: r[n] for n in ("method_s0", "kd_twin")}) == {}
-    g1 = accuracy.method_goal(one)  # one seed: reported, never met
+    assert compare.method_comparisons({n: r[n] for n in ("method_s0", "kd_twin")}) == {}
+    g1 = goals.method_goal(one)  # one seed: reported, never met
     assert g1["decided"] is False and g1["met"] is False and g1["seeds"] == [0]
     assert g["decided"] is True
-    assert accuracy.method_goal({}) is None
+    assert goals.method_goal({}) is None
 
 
 def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_path, capsys):
@@ -311,7 +313,7 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     runs, res = tmp_path / "runs", tmp_path / "res"
     res.mkdir()
     sh = {"default_model": "m", "models": {}, "goals": {}}
-    (res / "accuracy.json").write_text(json.dumps({**accuracy.EMPTY, "shipped": sh}))
+    (res / "accuracy.json").write_text(json.dumps({**results.EMPTY, "shipped": sh}))
     _digits_run(runs, "si", "si_resnet_w1a1")
     _digits_run(runs, "plain", "resnet_w1a1")
     _digits_run(runs, "plain_longer", "resnet_w1a1", epochs=2)
@@ -319,7 +321,7 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     _digits_run(runs, "si_down", "si_resnet_w1a1", si_blocks="downsample", r=2)
     _digits_run(runs, "si_wide", "si_resnet_w1a1", width=12)
     names = ("si", "plain", "plain_longer", "si_down", "si_wide")
-    rc = accuracy.main(["--record-runs", *(str(runs / n) for n in names),
+    rc = cli.main(["--record-runs", *(str(runs / n) for n in names),
                         "--results-dir", str(res)])
     assert rc == 0 and "si vs plain: val" in capsys.readouterr().out
     data = json.loads((res / "accuracy.json").read_text())
@@ -350,11 +352,11 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     old = copy.deepcopy(data["full_runs"])
     del old["plain"]["recipe"]["data"]["cutout"]
     del old["plain"]["recipe"]["stages"][0]["loss_weights"]["label_smoothing"]
-    assert "si vs plain" in accuracy.run_comparisons(old)
+    assert "si vs plain" in compare.run_comparisons(old)
     old["plain"]["recipe"]["data"]["cutout"] = 8
-    assert "si vs plain" not in accuracy.run_comparisons(old)
+    assert "si vs plain" not in compare.run_comparisons(old)
     assert c["test_delta_last_step_weights"] == round(si["test_acc_raw"] - plain["test_acc_raw"], 2)
-    accuracy.render(res / "accuracy.json")  # a re-render keeps the rows
+    results.render(res / "accuracy.json")  # a re-render keeps the rows
     md = (res / "accuracy.md").read_text()
     assert "run si: si_resnet_w1a1, 1 epochs on 256 training images" in md and "si vs plain" in md
     assert f"best on val of {', '.join(b['runs'])} (1 epochs): {top}" in md
@@ -365,7 +367,7 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     _digits_run(runs, "si_down_s1", "si_resnet_w1a1", seed=1, si_blocks="downsample", r=2)
     _digits_run(runs, "plain_s1", "resnet_w1a1", seed=1)
     _digits_run(runs, "si_s1", "si_resnet_w1a1", seed=1, si_blocks="all", r=4)
-    rc = accuracy.main(["--record-runs", *(str(runs / n) for n in ("si_down_s1", "plain_s1")),
+    rc = cli.main(["--record-runs", *(str(runs / n) for n in ("si_down_s1", "plain_s1")),
                         "--results-dir", str(res)])
     assert rc == 0 and "seeds [0, 1]" in capsys.readouterr().out
     data = json.loads((res / "accuracy.json").read_text())
@@ -392,14 +394,14 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
     assert pm["val_mean"] == round((pv[0] + pv[1]) / 2, 2) == m["plain_val_mean"]
     assert pm["test_std"] == m["plain_test_std"]
     assert f"{pk} (seeds 0, 1): val {pm['val_mean']:.2f}" in (res / "accuracy.md").read_text()
-    accuracy.main(["--record-runs", str(runs / "si_s1"), "--results-dir", str(res)])
+    cli.main(["--record-runs", str(runs / "si_s1"), "--results-dir", str(res)])
     capsys.readouterr()
     data = json.loads((res / "accuracy.json").read_text())
     # si (seed 0, r=4 by default) and si_s1 are the same network; both seeds now have it
     assert len(data["seed_means"]) == 2
     # the networks of the longest recipe with an SI/twin pair (plain_longer's has no pair), seeds
     # pooled: what the accuracy-per-LUT plot draws at the full budget
-    arms = {a["label"]: a for a in accuracy.longest_recipe_arms(data["full_runs"])}
+    arms = {a["label"]: a for a in compare.longest_recipe_arms(data["full_runs"])}
     assert set(arms) == {"no SI", "SI(a), all blocks, r=4", "SI(a), downsample blocks, r=2"}
     a = arms["no SI"]
     assert a["runs"] == ["plain", "plain_s1"] and a["seeds"] == [0, 1] and a["epochs"] == 1
@@ -407,7 +409,7 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
         (data["full_runs"]["plain"]["test_acc"] + data["full_runs"]["plain_s1"]["test_acc"]) / 2, 2)
     assert a["overrides"]["width"] == 8 and not {"si", "binary"} & set(a["overrides"])
     assert arms["SI(a), all blocks, r=4"]["test_acc_std"] is not None  # si and si_s1
-    one = accuracy.longest_recipe_arms({"si": data["full_runs"]["si"],
+    one = compare.longest_recipe_arms({"si": data["full_runs"]["si"],
                                         "plain": data["full_runs"]["plain"]})
     assert [x["test_acc_std"] for x in one] == [None, None]  # one seed: no spread
     # two recipes of as many epochs with a pair each: the one with the best run on val (how the
@@ -417,19 +419,19 @@ def test_recorded_runs_compare_each_si_run_with_its_twin_of_the_same_recipe(tmp_
         r["recipe"]["data"]["cutout"] = 8
     other["plain_b"]["val_acc"] = 101.0
     both = {**data["full_runs"], **other}
-    assert sorted(x["runs"][0] for x in accuracy.longest_recipe_arms(both)) == ["plain_b", "si_b"]
+    assert sorted(x["runs"][0] for x in compare.longest_recipe_arms(both)) == ["plain_b", "si_b"]
     other["plain_b"]["val_acc"] = -1.0
-    assert len(accuracy.longest_recipe_arms({**data["full_runs"], **other})) == 3
+    assert len(compare.longest_recipe_arms({**data["full_runs"], **other})) == 3
     from quant_models import build_model
     assert build_model(a["student"], **a["overrides"]).spec.width == 8
     before = (res / "accuracy.json").read_text()
     (runs / "half").mkdir()
     for bad, msg in ((runs / "half", "not a training run"), (runs / "si" / "student", "not a")):
-        rc = accuracy.main(["--record-runs", str(bad), "--results-dir", str(res)])
+        rc = cli.main(["--record-runs", str(bad), "--results-dir", str(res)])
         assert rc != 0 and msg in capsys.readouterr().err
     (runs / "si" / "student" / "metrics.jsonl").write_text(
         (runs / "si" / "student" / "metrics.jsonl").read_text().splitlines()[0] + "\n")
-    rc = accuracy.main(["--record-runs", str(runs / "si"), "--results-dir", str(res)])
+    rc = cli.main(["--record-runs", str(runs / "si"), "--results-dir", str(res)])
     assert rc != 0 and "has not finished" in capsys.readouterr().err
     assert (res / "accuracy.json").read_text() == before
 
@@ -508,15 +510,15 @@ def test_full_budget_points_build_each_recorded_network_and_mark_their_own_front
 
 
 def test_ablation_starts_every_seeds_variants_before_the_extra_widths(tmp_path):
-    configs = {s: accuracy.ablation_config(s, 2, 64, "teacher", str(tmp_path), None, 1,
+    configs = {s: plan.ablation_config(s, 2, 64, "teacher", str(tmp_path), None, 1,
                                            widths=(16,)) for s in (0, 1)}
-    order = accuracy.pending_jobs(configs)
+    order = schedule.pending_jobs(configs)
     widths = [i for i, (_, st) in enumerate(order) if st.startswith("w16_")]
-    assert len(widths) == 2 * len(accuracy.WIDTH_VARIANTS)
+    assert len(widths) == 2 * len(studies.WIDTH_VARIANTS)
     assert min(widths) == len(order) - len(widths)  # every width job comes last
     assert order[0] == (0, "teacher") and order[min(widths)] == (0, "w16_teacher")
-    assert [k for k in order if k[0] == 0][:len(accuracy.variants(2)) + 1] == [
-        (0, st.name) for st in configs[0].stages][:len(accuracy.variants(2)) + 1]
+    assert [k for k in order if k[0] == 0][:len(plan.variants(2)) + 1] == [
+        (0, st.name) for st in configs[0].stages][:len(plan.variants(2)) + 1]
 
 
 def test_an_incomplete_device_run_is_recorded_with_its_progress_and_without_discarded_runs(
@@ -525,7 +527,7 @@ def test_an_incomplete_device_run_is_recorded_with_its_progress_and_without_disc
 
     out, res = tmp_path / "out", tmp_path / "res"
     out.mkdir(), res.mkdir()
-    (res / "accuracy.json").write_text(json.dumps(accuracy.EMPTY))
+    (res / "accuracy.json").write_text(json.dumps(results.EMPTY))
     run = {"device_name": "NVIDIA H200", "epochs": 3, "seeds": [0, 1]}
     per_seed = {str(s): {"teacher": {"test_acc": 92.0 + s, "val_acc": 93.0},
                          "plain": {"test_acc": 10.0, "val_acc": 10.0}} for s in (0, 1)}
@@ -542,7 +544,7 @@ def test_an_incomplete_device_run_is_recorded_with_its_progress_and_without_disc
         tar.add(runs, arcname=".")
     (out / "ablation.log").write_text("[device_ablation 9s] MPS on\n[seed 0] [teacher] done\n"
                                       "[device_ablation 560s] wall 560 s, exit 124\n")
-    rc = accuracy.main(["--record-device-run", str(out), "--discard", "plain",
+    rc = cli.main(["--record-device-run", str(out), "--discard", "plain",
                         "--note", "students wrong", "--results-dir", str(res)])
     assert rc == 0
     rec = json.loads((res / "accuracy.json").read_text())["device_runs"][0]
@@ -565,7 +567,7 @@ def test_the_device_script_runs_the_ablation_and_returns_results_log_and_weights
     import sys
     import tarfile
 
-    repo = accuracy.REPO
+    repo = plan.REPO
     out = tmp_path / "out"
     env = {**os.environ, "DEVICE": "cpu", "PYTHON": sys.executable, "OUT": str(out),
            "RUNS_DIR": str(tmp_path / "runs"), "RESULTS_DIR": str(tmp_path / "res"),
@@ -587,7 +589,7 @@ def test_the_device_script_runs_the_ablation_and_returns_results_log_and_weights
 
 @pytest.mark.slow
 def test_step_cost_times_the_checked_compiled_step():
-    cost = accuracy.step_cost(steps=1, batch=8, data_dir=None, compile=True)
+    cost = step_cost(steps=1, batch=8, data_dir=None, compile=True)
     assert cost["compile_check"].startswith("compiled step checked")
     assert cost["distill_step_compiled_s"] > 0 and cost["compile_speedup"] > 0
 
@@ -595,7 +597,7 @@ def test_step_cost_times_the_checked_compiled_step():
 def test_recording_a_device_run_from_a_folder_without_its_output_is_a_one_line_error(tmp_path):
     res = tmp_path / "res"
     res.mkdir()
-    (res / "accuracy.json").write_text(json.dumps(accuracy.EMPTY))
+    (res / "accuracy.json").write_text(json.dumps(results.EMPTY))
     before = (res / "accuracy.json").read_text()
     assert_one_line_error(run_cli(["-m", "bench.accuracy", "--record-device-run", str(tmp_path),
                                    "--results-dir", str(res)]),
