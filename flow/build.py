@@ -47,8 +47,8 @@ from flow.config import (  # noqa: E402
     resolve_build_config,
     write_config,
 )
+from flow.env.finn import ToolStatus  # noqa: E402
 from flow.guard import graph_tool_errors  # noqa: E402
-from flow.hw.finn_env import ToolStatus  # noqa: E402
 from sibnn_base import runlog, signals  # noqa: E402
 from sibnn_base.atomic import (  # noqa: E402
     DISK_ERRORS,
@@ -116,7 +116,7 @@ def build_model_wrapper(model, cfg: BuildConfig, board: BoardConfig, out_dir: Pa
 
     Returns ``(final_model, records, ctx)``. Raises on any failure.
     """
-    from flow.hw.finn_env import dataflow_config, finn_session
+    from flow.env.finn import dataflow_config, finn_session
     from flow.hw.steps import FlowContext, select_steps, steps_for
     from flow.runner import run_steps
 
@@ -231,8 +231,8 @@ class BuildPlan:
 def make_plan(cfg: BuildConfig) -> BuildPlan:
     """Check everything that can be checked before anything is written: board, tools, step
     names, the folding file, the output directory and what a partial rerun needs."""
-    from flow.hw.finn_env import detect_tools
-    from flow.hw.parts import check_part
+    from flow.env.finn import detect_tools
+    from flow.env.parts import check_part
     from flow.hw.steps import step_names
 
     board = load_board(cfg.board, cfg.budget_fraction)
@@ -415,7 +415,7 @@ def _simulate_stitched(plan: BuildPlan, model, work: Path, echo) -> dict:
     in FINN's format) and its stitched graph saved as an intermediate model."""
     import json
 
-    from flow.hw.finn_env import finn_session
+    from flow.env.finn import finn_session
     from flow.hw.sim_common import default_cache_dir
     from flow.hw.stitched_run import load_fifo_depths, run_stitched
     from flow.report import finn_estimates, stitched_line

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from flow.hw.finn_env import MVAU_WWIDTH_MAX
+from flow.env.finn import MVAU_WWIDTH_MAX
 from sibnn_base.errors import ConfigError
 from sibnn_base.typed import check_keys, coerce, load_mapping, to_dict
 

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
+from flow.env.finn import HW_DOMAIN, dataflow_config, detect_tools, finn_session
 from flow.front.export import export_qonnx_model
 from flow.front.golden import GoldenModel, build_golden
 from flow.front.integerize import integerize
 from flow.front.lower import lower_to_finn
-from flow.hw.finn_env import HW_DOMAIN, dataflow_config, detect_tools, finn_session
 from flow.proof.verify import check_stage, make_inputs
 from quant_models import build_model
 from quant_models.stress import randomize_bn

@@ -21,7 +21,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
 from flow.config import BUDGETED, BoardConfig
-from flow.hw.finn_env import MVAU_WWIDTH_MAX, is_hw_node
+from flow.env.finn import MVAU_WWIDTH_MAX, is_hw_node
 from sibnn_base.errors import ConfigError
 
 FOLDING_ATTRS = ("PE", "SIMD", "parallel_window", "ram_style", "ram_style_thresholds",

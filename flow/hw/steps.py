@@ -24,8 +24,8 @@ from qonnx.transformation.infer_datatypes import InferDataTypes
 from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
 
 from flow.config import BoardConfig, BuildConfig
+from flow.env.finn import ToolStatus, is_hw_node
 from flow.hw import transforms as T
-from flow.hw.finn_env import ToolStatus, is_hw_node
 from sibnn_base.errors import ConfigError, UnsupportedGraphError
 
 
@@ -39,7 +39,7 @@ class FlowContext:
     finn_cfg: Any
     """FINN's ``DataflowBuildConfig`` (output_dir = the build's working directory)."""
     finn_steps: ModuleType
-    """``finn.builder.build_dataflow_steps``, imported through :mod:`flow.hw.finn_env`."""
+    """``finn.builder.build_dataflow_steps``, imported through :mod:`flow.env.finn`."""
     out_dir: Path
     all_steps: list = field(default_factory=list)
     """The whole step list of this build (intermediate models are numbered by it)."""

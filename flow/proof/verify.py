@@ -17,9 +17,9 @@ import numpy as np
 from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
 
+from flow.env.finn import HW_DOMAIN
 from flow.front.golden import GoldenModel
 from flow.hw import transforms as T
-from flow.hw.finn_env import HW_DOMAIN
 from sibnn_base.errors import VerificationError
 
 
