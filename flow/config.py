@@ -2,29 +2,30 @@
 
 Precedence is one way: dataclass defaults -> ``--config FILE.yaml`` -> CLI flags
 (:func:`resolve_build_config`). The resolved config is written into the output directory
-(``build_config.yaml``), as timm's ``train.py`` writes ``args.yaml``. Board files under
-``hw_configs/`` keep FINN's vocabulary (``board``, ``fpga_part``, ``synth_clk_period_ns``,
-``shell_flow_type``) plus the device capacity and the budget fraction.
+(``build_config.yaml``), as timm's ``train.py`` writes ``args.yaml``. Board files (package
+data in :mod:`flow.boards`, or a YAML path) keep FINN's vocabulary (``board``, ``fpga_part``,
+``synth_clk_period_ns``, ``shell_flow_type``) plus the device capacity and the budget fraction.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
+from importlib.resources import as_file
 from pathlib import Path
 
 import yaml
 
+from flow.boards import board_file, list_boards
 from flow.env.finn import MVAU_WWIDTH_MAX
 from sibnn_base.errors import ConfigError
 from sibnn_base.typed import check_keys, coerce, load_mapping, to_dict
 
-HW_CONFIG_DIR = Path(__file__).resolve().parent.parent / "hw_configs"
-"""Where the board files live (one YAML per board, named ``<board-id>.yaml``)."""
-
 RESOURCES = ("LUT", "FF", "BRAM_18K", "URAM", "DSP")
+"""The device resources a board file's ``capacity`` lists (FINN's resource names)."""
 BUDGETED = ("LUT", "BRAM_18K", "URAM", "DSP")
 """Resources the folding keeps within budget (FINN's estimates do not model FF)."""
 
@@ -91,7 +92,7 @@ class ShellFlow(str, Enum):
 
 @dataclass(frozen=True)
 class BoardConfig:
-    """One FPGA board (a file in ``hw_configs/``)."""
+    """One FPGA board (a file in :mod:`flow.boards`, or a board YAML the user passes)."""
 
     name: str
     """Our board id, the file stem (``pynq-z2``)."""
@@ -125,7 +126,7 @@ class BuildConfig:
     """Everything one ``flow/build.py`` run needs (FINN's ``DataflowBuildConfig`` is the model)."""
 
     board: str = DEFAULT_BOARD
-    """Board id: a file ``hw_configs/<board>.yaml``."""
+    """Board id: a file ``flow/boards/<board>.yaml`` (or the path of a board YAML)."""
     model: str | None = None
     """Registry model name; None with no ``onnx`` means the default model."""
     onnx: str | None = None
@@ -199,17 +200,22 @@ class BuildConfig:
         return to_dict(self)
 
 
-def list_boards() -> list[str]:
-    return sorted(p.stem for p in HW_CONFIG_DIR.glob("*.yaml"))
-
-
 def load_board(name: str, budget_fraction: float | None = None) -> BoardConfig:
-    """Load ``hw_configs/<name>.yaml`` (or a path to a board YAML)."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else HW_CONFIG_DIR / f"{name}.yaml"
-    if not path.is_file():
+    """Load the shipped board ``name`` (``flow/boards/<name>.yaml``) or a path to a board YAML."""
+    if name.endswith((".yaml", ".yml")):
+        board_id, found = Path(name).stem, (Path(name) if Path(name).is_file() else None)
+    else:
+        board_id, found = name, board_file(name)
+    if found is None:
         raise ConfigError(f"unknown board {name!r}; valid boards: {', '.join(list_boards())}")
-    data = load_mapping(path)
-    check_keys(BoardConfig, {**data, "name": path.stem}, str(path))
+    with nullcontext(found) if isinstance(found, Path) else as_file(found) as path:
+        return _board_from(load_mapping(path), board_id, path, budget_fraction)
+
+
+def _board_from(data: dict, board_id: str, path: Path,
+                budget_fraction: float | None) -> BoardConfig:
+    """Check one board file's mapping (read from ``path``) and make its :class:`BoardConfig`."""
+    check_keys(BoardConfig, {**data, "name": board_id}, str(path))
     cap = data.get("capacity")
     if not isinstance(cap, dict) or sorted(cap) != sorted(RESOURCES):
         raise ConfigError(f"{path}: capacity must list exactly {', '.join(RESOURCES)}")
@@ -229,7 +235,7 @@ def load_board(name: str, budget_fraction: float | None = None) -> BoardConfig:
                           f"{', '.join(f.value for f in ShellFlow)}, got "
                           f"{data.get('shell_flow_type')!r}") from None
     board = BoardConfig(
-        name=path.stem, board=get("board", str), fpga_part=get("fpga_part", str),
+        name=board_id, board=get("board", str), fpga_part=get("fpga_part", str),
         synth_clk_period_ns=get("synth_clk_period_ns", float), shell_flow_type=shell,
         capacity=dict(cap),
         budget_fraction=(float(budget_fraction) if budget_fraction is not None
