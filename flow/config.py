@@ -28,6 +28,9 @@ RESOURCES = ("LUT", "FF", "BRAM_18K", "URAM", "DSP")
 """The device resources a board file's ``capacity`` lists (FINN's resource names)."""
 BUDGETED = ("LUT", "BRAM_18K", "URAM", "DSP")
 """Resources the folding keeps within budget (FINN's estimates do not model FF)."""
+PLOTTED_RESOURCES = ("LUT", "BRAM_18K", "DSP")
+"""The budgeted resources the studies tabulate against budget and capacity and plot, one bar
+each (URAM is listed beside them)."""
 
 DEFAULT_MODEL = "si_h_resnet_w1a1_mbh"
 """The model a build without ``--model``/``--onnx`` compiles (the shipped student)."""
@@ -68,9 +71,15 @@ class SimMode(str, Enum):
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return {"none": (), "cppsim": ("cppsim",), "rtlsim": ("rtlsim",),
-                "stitched": ("stitched",),
-                "all": ("cppsim", "rtlsim", "stitched")}[self.value]
+        """The simulations this mode runs: ``cppsim``, ``rtlsim``, ``stitched`` (in that order)."""
+        if self is SimMode.ALL:
+            return tuple(m.value for m in SimMode if m not in (SimMode.NONE, SimMode.ALL))
+        return () if self is SimMode.NONE else (self.value,)
+
+
+SIM_OF_SUFFIX = {"_hls": SimMode.CPPSIM.value, "_rtl": SimMode.RTLSIM.value}
+"""The node-by-node simulation of a specialised node, by its op type's suffix (``MVAU_hls`` runs
+in cppsim, ``MVAU_rtl`` in rtlsim)."""
 
 
 class FifoSizing(str, Enum):

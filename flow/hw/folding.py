@@ -113,6 +113,8 @@ def _fold(model: ModelWrapper, target_cycles: int, wwidth_max: int) -> ModelWrap
 
 @dataclass(frozen=True)
 class FoldingResult:
+    """One automatic folding: the folded graph, its estimate and how the search found it."""
+
     model: ModelWrapper
     estimate: Estimate
     target_cycles: int
@@ -120,6 +122,34 @@ class FoldingResult:
     evaluated: int
     wwidth_max: int = MVAU_WWIDTH_MAX
     """The MVAU weight-stream cap the folding was found with (FINN's ``mvau_wwidth_max``)."""
+
+
+@dataclass(frozen=True)
+class FoldingRecord:
+    """What the build's fold step decided (:func:`flow.hw.steps.step_fold`), for the report."""
+
+    estimate: Estimate
+    """FINN's estimates of the folded graph (after :func:`use_dsp_multipliers`)."""
+    within_budget: bool
+    file: str | None = None
+    """The user's folding file; None for automatic folding."""
+    auto: FoldingResult | None = None
+    """The automatic folding's search result; None with a folding file."""
+    dsp_multipliers: tuple[str, ...] | None = None
+    """The MVAUs whose multipliers went to DSP slices; None where that was not tried."""
+
+    def to_summary(self) -> dict:
+        """``summary.json["folding"]``."""
+        if self.auto is None:
+            rec: dict = {"mode": "user", "file": self.file}
+        else:
+            rec = {"mode": "auto", "target_cycles": self.auto.target_cycles,
+                   "feasible": self.auto.feasible, "evaluated": self.auto.evaluated,
+                   "mvau_wwidth_max": self.auto.wwidth_max}
+            if self.dsp_multipliers is not None:
+                rec["dsp_multipliers"] = list(self.dsp_multipliers)
+        return {**rec, "estimate": self.estimate.resources, "max_cycles": self.estimate.max_cycles,
+                "bottleneck": self.estimate.bottleneck, "within_budget": self.within_budget}
 
 
 def auto_fold(model: ModelWrapper, board: BoardConfig, *, target_fps: int | None = None,
