@@ -125,10 +125,6 @@ class BoardConfig:
         """Per-resource budget: ``floor(capacity * budget_fraction)``."""
         return {k: int(self.capacity[k] * self.budget_fraction) for k in BUDGETED}
 
-    @property
-    def clock_mhz(self) -> float:
-        return 1000.0 / self.synth_clk_period_ns
-
 
 @dataclass(frozen=True)
 class BuildConfig:

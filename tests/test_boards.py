@@ -68,7 +68,7 @@ def test_auto_folding_fits_every_board(name, tfc_specialised, tmp_path):
     with finn_session(tmp_path / "finn", detect_tools()):
         res = auto_fold(tfc_specialised, b)
     assert res.feasible and res.estimate.within(b.budget)
-    assert res.estimate.fps(b.synth_clk_period_ns) > 0
+    assert 0 < res.estimate.max_cycles < 2**62
 
 
 def test_folding_search_estimates_each_distinct_folding_once(tfc_specialised, tmp_path,

@@ -43,12 +43,6 @@ class Estimate:
     bottleneck: str
     """Name of the slowest node."""
 
-    def fps(self, clock_ns: float) -> float:
-        return 1e9 / (clock_ns * self.max_cycles)
-
-    def latency_ns(self, clock_ns: float) -> float:
-        return self.critical_path_cycles * clock_ns
-
     valid: bool = True
     """Every node's folding passed FINN's consistency checks (:func:`folding_errors`)."""
 
