@@ -46,7 +46,7 @@ NOTEBOOKS_FULL ?= 1
 NBRUN := build/notebooks-run
 notebooks: install
 	rm -rf $(NBRUN) && mkdir -p $(NBRUN)
-	for d in flow quant_models hw_configs bench; do ln -s $(CURDIR)/$$d $(NBRUN)/$$d; done
+	for d in flow quant_models bench; do ln -s $(CURDIR)/$$d $(NBRUN)/$$d; done
 	cp notebooks/*.ipynb $(NBRUN)/
 	cd $(NBRUN) && for nb in *.ipynb; do \
 	  SIBNN_NOTEBOOKS_FULL=$(NOTEBOOKS_FULL) $(CURDIR)/$(VENV)/bin/jupyter-execute --inplace \

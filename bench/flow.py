@@ -169,8 +169,8 @@ def hand_vs_auto(tmp: Path, board: str) -> dict:
     from qonnx.custom_op.registry import getCustomOp
 
     from flow.config import load_board
+    from flow.env.finn import detect_tools, finn_session
     from flow.front.export import export_bnn_pynq
-    from flow.hw.finn_env import detect_tools, finn_session
     from flow.hw.folding import estimate
 
     onnx = export_bnn_pynq("CNV_1W1A", tmp / "cnv_w1a1.onnx")

@@ -15,45 +15,40 @@ partial build as ``<output_dir>.failed/`` with its ``status.json``.
 
 from __future__ import annotations
 
-import argparse
-import os
-import shutil
 import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-if __package__ in (None, ""):  # run as a script: python flow/build.py
-    # the repository root replaces the script's own directory on the path, so flow's modules
-    # (config, report, hw, ...) are imported as flow.* and never shadow an installed package
-    _here = str(Path(__file__).resolve().parent)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(_here)]
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from sibnn_base import signals as _signals  # handled from here on, imports included
+if __name__ == "__main__":  # python flow/build.py: exactly the sibnn-build console script
+    from sibnn_base.launch import build as _sibnn_build  # handles signals from its first line
 
-    _signals.install(early=True)
+    sys.exit(_sibnn_build())
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass, replace  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
 from flow.config import (  # noqa: E402
     DEFAULT_MODEL,
     SIM_INPUTS_DEFAULT,
     BoardConfig,
     BuildConfig,
-    FifoSizing,
     FrontEnd,
     SimMode,
     list_boards,
-    load_board,
     resolve_build_config,
     write_config,
 )
+from flow.env.finn import ToolStatus  # noqa: E402
 from flow.guard import graph_tool_errors  # noqa: E402
-from flow.hw.finn_env import ToolStatus  # noqa: E402
+from flow.plan import BuildPlan, ResolvedSource, make_plan, reaches, resolve_source  # noqa: E402
 from sibnn_base import runlog, signals  # noqa: E402
 from sibnn_base.atomic import (  # noqa: E402
     DISK_ERRORS,
     TEMP_OWNER,
-    check_target,
     make_temp_dir,
     owned_by_sibnn,
     swap_in,
@@ -65,11 +60,13 @@ from sibnn_base.errors import (  # noqa: E402
     cli_errors,
 )
 
+if TYPE_CHECKING:
+    from qonnx.core.modelwrapper import ModelWrapper
 
-def _check_output_dir(final: Path) -> None:
-    check_target(final, "build")
-    if final.exists() and not os.access(final, os.W_OK):
-        raise OutputDirError(f"output directory {final} is not writable")
+    from flow.hw.folding import FoldingRecord
+    from flow.hw.steps import FlowContext
+    from flow.proof.verify import Verifier
+    from flow.runner import StepRecord
 
 
 STEP_REPORTS = {"fold": ("folding_config.json",),
@@ -109,14 +106,16 @@ def _relocate(root: Path, old: str, new: str) -> None:
             m.save(str(f))
 
 
-def build_model_wrapper(model, cfg: BuildConfig, board: BoardConfig, out_dir: Path, tools,
-                        *, front_end: FrontEnd = FrontEnd.FINN, verifier=None, echo=print,
-                        ir=None, lowered=None):
+def build_model_wrapper(model: ModelWrapper, cfg: BuildConfig, board: BoardConfig,
+                        out_dir: Path, tools: ToolStatus, *, front_end: FrontEnd = FrontEnd.FINN,
+                        verifier: Verifier | None = None, echo: Callable[[str], None] = print,
+                        ir=None, lowered: ModelWrapper | None = None
+                        ) -> tuple[ModelWrapper, list[StepRecord], FlowContext]:
     """Run the selected steps on a cleaned QONNX ``model`` inside ``out_dir`` (exists, ours).
 
     Returns ``(final_model, records, ctx)``. Raises on any failure.
     """
-    from flow.hw.finn_env import dataflow_config, finn_session
+    from flow.env.finn import dataflow_config, finn_session
     from flow.hw.steps import FlowContext, select_steps, steps_for
     from flow.runner import run_steps
 
@@ -162,7 +161,8 @@ def _commit(work: Path, final: Path) -> None:
         raise OutputDirError(f"cannot move the build into {final}: {err.strerror}") from None
 
 
-def _outputs(records, tools, stop_step: str | None) -> dict[str, str]:
+def _outputs(records: list[StepRecord], tools: ToolStatus,
+             stop_step: str | None) -> dict[str, str]:
     from flow.hw.steps import BACK_END
 
     done = {r.name: r.status for r in records}
@@ -179,210 +179,30 @@ def _outputs(records, tools, stop_step: str | None) -> dict[str, str]:
     return out
 
 
-@dataclass
-class BuildPlan:
-    """Everything a build decides, resolved once before any step runs (:func:`make_plan`), then
-    completed with the source graph (:func:`resolve_source`). :mod:`flow.runner` only runs it;
-    :mod:`flow.proof.verify` owns the checking."""
+@dataclass(frozen=True)
+class StepsRun:
+    """What running the steps and the ``--sim`` simulations gave (:func:`_run_steps_and_sims`)."""
 
-    cfg: BuildConfig
-    board: BoardConfig
-    tools: ToolStatus
-    final: Path
-    """The output directory the build replaces atomically."""
-    resume: bool
-    """A partial rerun (``--start-step``) inside an earlier build of ``final``."""
-    # resolved from the source graph (resolve_source)
-    exported: Any = None
-    """The cleaned QONNX graph being compiled (``model.qonnx.onnx``)."""
-    weights: str = ""
-    """Which weights, in one line, for the report."""
-    golden: Any = None
-    """The golden model (ONNX Runtime), or None where the integer IR does not cover the graph."""
-    ir: Any = None
-    lowered: Any = None
-    """The exact front end's lowered graph from the front-end probe (reused by ``lower``)."""
-    front_end: FrontEnd = FrontEnd.FINN
-    front_end_note: str = ""
-    golden_io: dict | None = None
-    """The check of the golden model against ``sibnn-export``'s I/O pair, when the ONNX file
-    came with one."""
-    sims: Any = None
-    """The code simulators ``--sim`` needs (:class:`flow.proof.simulate.Simulators`), found
-    before anything is written; None for ``--sim none``."""
-    stitched: bool = False
-    """Run the stitched simulation: ``--sim stitched|all``, or a Vivado build whose FIFOs are
-    sized by it (``fifo_sizing: sim``), where it runs between ``hw_codegen`` and the Vivado
-    steps."""
-
-    @property
-    def all_steps(self) -> list:
-        from flow.hw.steps import steps_for
-
-        return steps_for(self.front_end)
-
-    @property
-    def steps(self) -> list:
-        from flow.hw.steps import select_steps
-
-        return select_steps(self.cfg.start_step, self.cfg.stop_step, self.front_end)
+    final_model: ModelWrapper
+    records: list[StepRecord]
+    folding: FoldingRecord | None
+    """The fold step's decision; None where this run did not include ``fold``."""
+    simulation: dict
+    """``summary.json["simulation"]`` (``{"mode": "none"}`` without ``--sim``)."""
+    stitched: dict | None
+    """``summary.json["stitched"]``, or None where the stitched simulation did not run."""
 
 
-def make_plan(cfg: BuildConfig) -> BuildPlan:
-    """Check everything that can be checked before anything is written: board, tools, step
-    names, the folding file, the output directory and what a partial rerun needs."""
-    from flow.hw.finn_env import detect_tools
-    from flow.hw.parts import check_part
-    from flow.hw.steps import step_names
-
-    board = load_board(cfg.board, cfg.budget_fraction)
-    check_part(board)
-    tools = detect_tools()
-    if cfg.require_bitfile:
-        tools.require_vivado("the bitfile (require_bitfile)")
-    for flag, name in (("--start-step", cfg.start_step), ("--stop-step", cfg.stop_step)):
-        if name is not None and name not in step_names():
-            raise ConfigError(f"{flag} {name!r} is not a step; steps: {', '.join(step_names())}")
-    sims = None
-    stitched = "stitched" in SimMode(cfg.sim).kinds or (
-        tools.has_vivado and FifoSizing(cfg.fifo_sizing) == FifoSizing.SIM
-        and _reaches(cfg, "set_fifo_depths"))
-    if SimMode(cfg.sim).kinds or stitched:
-        from flow.proof.simulate import find_simulators
-
-        _check_sim_steps(cfg)
-        # a missing g++/Verilator/finn-hlslib: fail first
-        sims = find_simulators(cfg.sim if SimMode(cfg.sim).kinds else "stitched")
-    if cfg.fifo_depths:
-        from flow.hw.stitched_run import load_fifo_depths
-
-        load_fifo_depths(cfg.fifo_depths)  # malformed file: fail before anything is written
-    if cfg.folding:
-        from flow.hw.folding import load_folding
-
-        load_folding(cfg.folding)  # malformed file: fail before anything is written
-    final = cfg.resolved_output_dir().absolute()
-    _check_output_dir(final)
-    resume = bool(cfg.start_step)
-    if resume and not (final / "model.qonnx.onnx").is_file():
-        raise ConfigError(f"--start-step {cfg.start_step} needs an earlier build in {final}")
-    return BuildPlan(cfg=cfg, board=board, tools=tools, final=final, resume=resume, sims=sims,
-                     stitched=stitched)
-
-
-def _reaches(cfg: BuildConfig, step: str) -> bool:
-    """Whether the selected steps include ``step`` (a back-end step)."""
-    from flow.hw.steps import BACK_END
-
-    names = [s.name for s in BACK_END]
-    stop = cfg.stop_step if cfg.stop_step in names else None
-    start = cfg.start_step if cfg.start_step in names else None
-    i = names.index(step)
-    return (stop is None or names.index(stop) >= i) and (start is None or names.index(start) <= i)
-
-
-def resolve_source(plan: BuildPlan, work: Path) -> BuildPlan:
-    """Load or export the source graph into ``work``, check once that every layer maps, build
-    the golden model and pick the front end (lowering once, kept for the ``lower`` step)."""
-    from qonnx.core.modelwrapper import ModelWrapper
-
-    from flow.front.export import export_qonnx_model, load_qonnx, resolve_network
-    from flow.front.support import check_supported
-
-    cfg = plan.cfg
-    if plan.resume:
-        plan.exported = ModelWrapper(str(work / "model.qonnx.onnx"))
-        plan.weights = "from the previous build"
-    elif cfg.onnx:
-        plan.exported = load_qonnx(cfg.onnx)  # checked with the file's own node names
-        plan.exported.save(str(work / "model.qonnx.onnx"))
-        plan.weights = f"ONNX file {cfg.onnx}" + _described(plan.exported)
-    else:
-        net, weights = resolve_network(cfg.model or DEFAULT_MODEL, checkpoint=cfg.checkpoint,
-                                       overrides=cfg.model_overrides, seed=cfg.seed,
-                                       strict_checkpoint=cfg.strict_checkpoint)
-        plan.exported = check_supported(export_qonnx_model(net, work / "model.qonnx.onnx",
-                                                           weights=weights))
-        plan.weights = weights.description
-    _pick_front_end(plan)
-    if cfg.onnx and plan.golden is not None:
-        plan.golden_io = _check_golden_io(Path(cfg.onnx), plan.golden)
-    return plan
-
-
-def _described(mw) -> str:
-    from flow.front.export import description
-
-    d = description(mw)
-    return f" ({d['sibnn_arch']}, {d.get('sibnn_weights', '?')})" if "sibnn_arch" in d else ""
-
-
-def _check_golden_io(onnx: Path, golden) -> dict | None:
-    """A ``sibnn-export`` bundle ships ``input.npy`` / ``expected_output.npy`` next to its QONNX:
-    the golden model this build verifies against must reproduce them bit for bit."""
-    import numpy as np
-
-    from flow.proof.verify import assert_equal
-
-    x, y = onnx.parent / "input.npy", onnx.parent / "expected_output.npy"
-    if not (x.is_file() and y.is_file()):
-        return None
-    px, expected = np.load(x), np.load(y)
-    assert_equal("scores", expected.astype(np.int64),
-                 golden.run(px)["scores"].astype(np.int64), f"{y.name} vs this build's golden")
-    return {"input": str(x), "n_inputs": int(len(px)), "exact": True}
-
-
-def _pick_front_end(plan: BuildPlan) -> None:
-    """``auto`` takes the exact front end (``flow.front.lower``) when the integer IR covers the graph and
-    FINN's otherwise (the note says why); ``exact`` makes that an error; ``finn`` always uses
-    FINN's. The golden model is used for verification whenever it builds."""
-    from flow.front.golden import golden_from_qonnx
-    from flow.front.lower import lower_to_finn
-    from sibnn_base.errors import UnsupportedGraphError
-
-    requested = FrontEnd(plan.cfg.front_end)
-    why = ""
-    try:
-        plan.golden, plan.ir = golden_from_qonnx(plan.exported)
-    except UnsupportedGraphError as err:
-        why = f"integer IR: {err}"
-    if requested == FrontEnd.FINN:
-        plan.front_end = FrontEnd.FINN
-        return
-    if plan.ir is not None:
-        try:
-            plan.lowered = lower_to_finn(plan.ir)
-            plan.front_end = FrontEnd.EXACT
-            return
-        except UnsupportedGraphError as err:
-            why = f"lowering: {err}"
-    if requested == FrontEnd.EXACT:
-        raise UnsupportedGraphError(f"the exact front end cannot take this graph ({why})")
-    plan.front_end, plan.front_end_note = FrontEnd.FINN, f"exact front end unavailable ({why})"
-
-
-def _pixels(plan: BuildPlan):
+def _pixels(plan: BuildPlan, src: ResolvedSource):
     from flow.proof.verify import verification_pixels
 
-    shape = plan.exported.get_tensor_shape(plan.exported.graph.input[0].name)
+    shape = src.exported.get_tensor_shape(src.exported.graph.input[0].name)
     return verification_pixels((shape[2], shape[3], shape[1]), plan.cfg.verify_inputs,
                                plan.cfg.seed)
 
 
-def _check_sim_steps(cfg: BuildConfig) -> None:
-    """``--sim`` runs the code ``hw_codegen`` generates: the build must get that far. Every
-    front end shares the back end from ``hw_codegen`` on, so this is known before any export."""
-    from flow.hw.steps import BACK_END
-
-    names = [s.name for s in BACK_END]
-    reaching = names[names.index("hw_codegen"):]
-    if cfg.stop_step is not None and cfg.stop_step not in reaching:
-        raise ConfigError(f"--sim {SimMode(cfg.sim).value} runs the code hw_codegen generates, "
-                          f"but --stop-step {cfg.stop_step} stops before it")
-
-
-def _simulate(plan: BuildPlan, work: Path, echo) -> tuple[dict, dict | None]:
+def _simulate(plan: BuildPlan, src: ResolvedSource, work: Path,
+              echo: Callable[[str], None]) -> tuple[dict, dict | None]:
     """Run the ``hw_codegen`` stage as generated code (``--sim``): the ``simulation`` record
     (node by node: cppsim/rtlsim) and the ``stitched`` record (the whole accelerator), or
     None where the mode does not include it."""
@@ -402,20 +222,21 @@ def _simulate(plan: BuildPlan, work: Path, echo) -> tuple[dict, dict | None]:
     rec: dict = {"mode": SimMode(plan.cfg.sim).value}
     echo(f"  simulation (--sim {SimMode(plan.cfg.sim).value}): {plan.sims.describe()}")
     if {"cppsim", "rtlsim"} & set(plan.sims.mode.kinds):
-        pixels = _pixels(plan)[: plan.cfg.sim_inputs or SIM_INPUTS_DEFAULT]
+        pixels = _pixels(plan, src)[: plan.cfg.sim_inputs or SIM_INPUTS_DEFAULT]
         rec = simulate(model, pixels, plan.sims, work=work / "sim", cache=default_cache_dir(),
-                       jobs=plan.cfg.sim_jobs, golden=plan.golden)
+                       jobs=plan.cfg.sim_jobs, golden=src.golden)
         echo(f"  simulation: {simulation_line(rec)} ({rec['seconds']['total']:.1f} s)")
-    stitched = _simulate_stitched(plan, model, work, echo) if plan.stitched else None
+    stitched = _simulate_stitched(plan, src, model, work, echo) if plan.stitched else None
     return rec, stitched
 
 
-def _simulate_stitched(plan: BuildPlan, model, work: Path, echo) -> dict:
+def _simulate_stitched(plan: BuildPlan, src: ResolvedSource, model: ModelWrapper, work: Path,
+                       echo: Callable[[str], None]) -> dict:
     """``--sim stitched``: the whole accelerator, its FIFOs sized (``report/fifo_depths.json``
     in FINN's format) and its stitched graph saved as an intermediate model."""
     import json
 
-    from flow.hw.finn_env import finn_session
+    from flow.env.finn import finn_session
     from flow.hw.sim_common import default_cache_dir
     from flow.hw.stitched_run import load_fifo_depths, run_stitched
     from flow.report import finn_estimates, stitched_line
@@ -425,7 +246,7 @@ def _simulate_stitched(plan: BuildPlan, model, work: Path, echo) -> dict:
         fps_finn = float(finn_estimates(work)["throughput_fps"])
     except (FileNotFoundError, KeyError, TypeError, ValueError):
         fps_finn = None
-    pixels = _pixels(plan)[: cfg.sim_frames]
+    pixels = _pixels(plan, src)[: cfg.sim_frames]
 
     def session():
         return finn_session(work / "finn_build", plan.tools, log_file=work / "build.log")
@@ -433,7 +254,7 @@ def _simulate_stitched(plan: BuildPlan, model, work: Path, echo) -> dict:
     rec, sized, fifo_cfg = run_stitched(
         model, pixels, fpga_part=board.fpga_part, clk_ns=board.synth_clk_period_ns,
         session=session, tools=plan.sims.rtlsim, cache=default_cache_dir() / "stitched",
-        work=work / "sim" / "stitched", jobs=cfg.sim_jobs, golden=plan.golden,
+        work=work / "sim" / "stitched", jobs=cfg.sim_jobs, golden=src.golden,
         imposed=imposed, fps_finn=fps_finn)
     inter = work / "intermediate_models"
     n = len(list(inter.glob("[0-9][0-9]_*.onnx")))
@@ -473,53 +294,116 @@ def _check_fifo_budget(plan: BuildPlan, work: Path, rec: dict) -> None:
                           "--allow-over-budget")
 
 
-def _run_steps_and_sims(plan: BuildPlan, model, work: Path, verifier, echo):
+def _run_steps_and_sims(plan: BuildPlan, src: ResolvedSource, model: ModelWrapper, work: Path,
+                        verifier: Verifier, echo: Callable[[str], None]) -> StepsRun:
     """The steps, and the ``--sim`` simulations of the ``hw_codegen`` graph. On a Vivado machine
     the simulations run between ``hw_codegen`` and the Vivado steps, so the FIFO depths the
-    stitched simulation sizes reach ``set_fifo_depths``. Returns ``(final model, step records,
-    context, simulation record, stitched record)``."""
-    import dataclasses
-
+    stitched simulation sizes reach ``set_fifo_depths``."""
     cfg = plan.cfg
-    kw = dict(front_end=plan.front_end, verifier=verifier, echo=echo, ir=plan.ir,
-              lowered=plan.lowered)
-    split = (plan.tools.has_vivado and plan.sims is not None and _reaches(cfg, "hw_codegen")
-             and _reaches(cfg, "hw_ipgen"))
+    kw = dict(front_end=src.front_end, verifier=verifier, echo=echo, ir=src.ir,
+              lowered=src.lowered)
+    split = (plan.tools.has_vivado and plan.sims is not None and reaches(cfg, "hw_codegen")
+             and reaches(cfg, "hw_ipgen"))
     if not split:
         final, records, ctx = build_model_wrapper(model, cfg, plan.board, work, plan.tools, **kw)
-        return (final, records, ctx, *_simulate(plan, work, echo))
-    first = dataclasses.replace(cfg, stop_step="hw_codegen")
+        return StepsRun(final, records, ctx.folding, *_simulate(plan, src, work, echo))
+    first = replace(cfg, stop_step="hw_codegen")
     final, records, ctx = build_model_wrapper(model, first, plan.board, work, plan.tools, **kw)
-    simulation, stitched = _simulate(plan, work, echo)
-    rest = dataclasses.replace(cfg, start_step="hw_ipgen")
+    folding = ctx.folding
+    simulation, stitched = _simulate(plan, src, work, echo)
+    rest = replace(cfg, start_step="hw_ipgen")
     final, more, ctx = build_model_wrapper(final, rest, plan.board, work, plan.tools, **kw)
-    return final, records + more, ctx, simulation, stitched
+    return StepsRun(final, records + more, folding, simulation, stitched)
 
 
-def _verifier(plan: BuildPlan, verifier_factory):
+def _verifier(plan: BuildPlan, src: ResolvedSource, verifier_factory) -> Verifier:
     from flow.proof.verify import ChainVerifier, GoldenVerifier
 
-    pixels = _pixels(plan)
+    pixels = _pixels(plan, src)
     if verifier_factory is not None:
-        return verifier_factory(pixels, plan.golden)
-    if plan.golden is not None:
-        return GoldenVerifier(plan.golden, pixels)
+        return verifier_factory(pixels, src.golden)
+    if src.golden is not None:
+        return GoldenVerifier(src.golden, pixels)
     return ChainVerifier(pixels)
 
 
-def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
+def _first_model(plan: BuildPlan, src: ResolvedSource, work: Path) -> ModelWrapper:
+    """The graph the first selected step takes: the source graph, or on a partial rerun the
+    previous step's intermediate model (what the old build wrote from there on is deleted).
+    A step name the chosen front end lacks is a ConfigError here, before any step runs."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    from flow.hw.steps import select_steps, steps_for
+
+    all_steps = steps_for(src.front_end)
+    first = all_steps.index(select_steps(plan.cfg.start_step, plan.cfg.stop_step,
+                                         src.front_end)[0])
+    if not plan.resume:
+        return src.exported
+    forget_outputs_from(work, all_steps, first)
+    if first == 0:
+        return src.exported
+    prev = all_steps[first - 1]
+    prev_file = work / "intermediate_models" / f"{first - 1:02d}_{prev.name}.onnx"
+    if not prev_file.is_file():
+        raise ConfigError(f"--start-step {plan.cfg.start_step} needs "
+                          f"{plan.final / prev_file.relative_to(work)} from an earlier build")
+    return ModelWrapper(str(prev_file))
+
+
+def _announce(plan: BuildPlan, src: ResolvedSource, echo: Callable[[str], None]) -> None:
+    """The build's first lines: what is built, for which board, and how it is checked."""
+    tools = plan.tools
+    echo(f"sibnn-build: {plan.cfg.model_name} ({src.weights}) -> {plan.board.name} "
+         f"[{plan.final}]")
+    echo(f"  front end: {src.front_end.value}" +
+         (f"; {src.front_end_note}" if src.front_end_note else ""))
+    echo("  verification against: " + ("the golden model" if src.golden is not None else
+                                      "the exported model (no golden model for this graph)"))
+    if src.golden_io:
+        echo(f"  golden model == the export's I/O pair on {src.golden_io['n_inputs']} inputs")
+    if tools.has_vivado:
+        echo(f"  Vivado: {tools.vivado}")
+    else:
+        echo(f"  Vivado not found ({tools.reason}): Vivado-only outputs are skipped")
+
+
+def _write_summary(plan: BuildPlan, src: ResolvedSource, run: StepsRun, baseline: dict,
+                   work: Path, started: float) -> None:
+    """``report/summary.json``: the report's fields, then this build's own records."""
+    from flow import report
+    from flow.hw.transforms import INPUT_LAYOUT_KEY, OUTPUT_AFFINE_KEY
+
+    cfg, final_model = plan.cfg, run.final_model
+    summary = report.build_summary(
+        model_name=cfg.model_name, board=plan.board, out_dir=work, final_model=final_model,
+        records=run.records, outputs=_outputs(run.records, plan.tools, cfg.stop_step),
+        extra={"weights": src.weights, "front_end": src.front_end.value,
+               "front_end_note": src.front_end_note,
+               "verified_against": "golden" if src.golden is not None else "export",
+               "golden_io": src.golden_io,
+               "simulation": run.simulation,
+               "stitched": run.stitched,
+               "folding": run.folding.to_summary() if run.folding is not None else None,
+               "output_affine": final_model.get_metadata_prop(OUTPUT_AFFINE_KEY),
+               "input_layout": final_model.get_metadata_prop(INPUT_LAYOUT_KEY) or "NCHW",
+               "build_seconds": round(time.time() - started, 2)})
+    summary["verification"].insert(0, baseline)
+    report.write_summary(summary, work)
+
+
+def build(cfg: BuildConfig, *, echo: Callable[[str], None] = print,
+          verifier_factory=None) -> Path:
     """The whole build for ``cfg``; returns the output directory. See the module docstring.
 
     ``verifier_factory(pixels_nhwc, golden)`` may replace the default verifier (the golden model
     where it builds, else :class:`~flow.proof.verify.ChainVerifier`).
     """
-    from qonnx.core.modelwrapper import ModelWrapper
-
     from flow import report
     from flow.runner import write_status
 
     plan = make_plan(cfg)
-    final, board, tools = plan.final, plan.board, plan.tools
+    final, board = plan.final, plan.board
     work = make_temp_dir(final, "tmp-", "build")
     started = time.time()
     running = False
@@ -529,54 +413,18 @@ def build(cfg: BuildConfig, *, echo=print, verifier_factory=None) -> Path:
         if plan.resume:
             shutil.copytree(final, work, dirs_exist_ok=True)
         with graph_tool_errors(final):
-            resolve_source(plan, work)
-        all_steps, steps = plan.all_steps, plan.steps
-        model = plan.exported
-        if plan.resume:
-            first = all_steps.index(steps[0])
-            forget_outputs_from(work, all_steps, first)
-            if first > 0:
-                prev = all_steps[first - 1]
-                prev_file = work / "intermediate_models" / f"{first - 1:02d}_{prev.name}.onnx"
-                if not prev_file.is_file():
-                    raise ConfigError(f"--start-step {cfg.start_step} needs "
-                                      f"{final / prev_file.relative_to(work)} from an earlier build")
-                model = ModelWrapper(str(prev_file))
+            src = resolve_source(plan, work)
+        model = _first_model(plan, src, work)
         write_config(cfg, board, work)
         write_status(work, "running", model=cfg.model_name, board=board.name)
-        echo(f"sibnn-build: {cfg.model_name} ({plan.weights}) -> {board.name} [{final}]")
-        echo(f"  front end: {plan.front_end.value}" +
-             (f"; {plan.front_end_note}" if plan.front_end_note else ""))
-        echo("  verification against: " + ("the golden model" if plan.golden is not None else
-                                          "the exported model (no golden model for this graph)"))
-        if plan.golden_io:
-            echo(f"  golden model == the export's I/O pair on {plan.golden_io['n_inputs']} inputs")
-        if tools.has_vivado:
-            echo(f"  Vivado: {tools.vivado}")
-        else:
-            echo(f"  Vivado not found ({tools.reason}): Vivado-only outputs are skipped")
-        verifier = _verifier(plan, verifier_factory)
+        _announce(plan, src, echo)
+        verifier = _verifier(plan, src, verifier_factory)
         signals.check()
         running = True
         with graph_tool_errors(final):
-            baseline = verifier("export", plan.exported)
-            final_model, records, ctx, simulation, stitched = _run_steps_and_sims(
-                plan, model, work, verifier, echo)
-        summary = report.build_summary(
-            model_name=cfg.model_name, board=board, out_dir=work, final_model=final_model,
-            records=records, outputs=_outputs(records, tools, cfg.stop_step),
-            extra={"weights": plan.weights, "front_end": plan.front_end.value,
-                   "front_end_note": plan.front_end_note,
-                   "verified_against": "golden" if plan.golden is not None else "export",
-                   "golden_io": plan.golden_io,
-                   "simulation": simulation,
-                   "stitched": stitched,
-                   "folding": ctx.results.get("folding"),
-                   "output_affine": final_model.get_metadata_prop("sibnn_output_affine"),
-                   "input_layout": final_model.get_metadata_prop("sibnn_input_layout") or "NCHW",
-                   "build_seconds": round(time.time() - started, 2)})
-        summary["verification"].insert(0, baseline)
-        report.write_summary(summary, work)
+            baseline = verifier("export", src.exported)
+            run = _run_steps_and_sims(plan, src, model, work, verifier, echo)
+        _write_summary(plan, src, run, baseline, work, started)
         write_status(work, "ok", model=cfg.model_name, board=board.name,
                      seconds=round(time.time() - started, 2))
         _relocate(work, str(work), str(final))
@@ -608,7 +456,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "stage that executes here.",
         epilog=f"boards: {', '.join(list_boards())}; steps (exact front end): "
                f"{', '.join(step_names('exact'))}; (finn front end): {', '.join(step_names('finn'))}")
-    p.add_argument("--board", default=None, help="board id (hw_configs/<board>.yaml)")
+    p.add_argument("--board", default=None, help="board id (flow/boards/<board>.yaml)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default=None, help=f"registry model (default {DEFAULT_MODEL})")
     src.add_argument("--onnx", default=None, help="QONNX file (e.g. a Brevitas export)")
@@ -654,7 +502,3 @@ def main(argv: list[str] | None = None) -> int:
         fifo_depths=a.fifo_depths)
     build(cfg)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

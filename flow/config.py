@@ -2,32 +2,35 @@
 
 Precedence is one way: dataclass defaults -> ``--config FILE.yaml`` -> CLI flags
 (:func:`resolve_build_config`). The resolved config is written into the output directory
-(``build_config.yaml``), as timm's ``train.py`` writes ``args.yaml``. Board files under
-``hw_configs/`` keep FINN's vocabulary (``board``, ``fpga_part``, ``synth_clk_period_ns``,
-``shell_flow_type``) plus the device capacity and the budget fraction.
+(``build_config.yaml``), as timm's ``train.py`` writes ``args.yaml``. Board files (package
+data in :mod:`flow.boards`, or a YAML path) keep FINN's vocabulary (``board``, ``fpga_part``,
+``synth_clk_period_ns``, ``shell_flow_type``) plus the device capacity and the budget fraction.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import typing
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from enum import Enum
+from importlib.resources import as_file
 from pathlib import Path
 
 import yaml
 
-from flow.hw.finn_env import MVAU_WWIDTH_MAX
+from flow.boards import board_file, list_boards
+from flow.env.finn import MVAU_WWIDTH_MAX
 from sibnn_base.errors import ConfigError
 from sibnn_base.typed import check_keys, coerce, load_mapping, to_dict
 
-HW_CONFIG_DIR = Path(__file__).resolve().parent.parent / "hw_configs"
-"""Where the board files live (one YAML per board, named ``<board-id>.yaml``)."""
-
 RESOURCES = ("LUT", "FF", "BRAM_18K", "URAM", "DSP")
-PLOTTED_RESOURCES = ("LUT", "BRAM_18K", "DSP")
+"""The device resources a board file's ``capacity`` lists (FINN's resource names)."""
 BUDGETED = ("LUT", "BRAM_18K", "URAM", "DSP")
 """Resources the folding keeps within budget (FINN's estimates do not model FF)."""
+PLOTTED_RESOURCES = ("LUT", "BRAM_18K", "DSP")
+"""The budgeted resources the studies tabulate against budget and capacity and plot, one bar
+each (URAM is listed beside them)."""
 
 DEFAULT_MODEL = "si_h_resnet_w1a1_mbh"
 """The model a build without ``--model``/``--onnx`` compiles (the shipped student)."""
@@ -68,9 +71,15 @@ class SimMode(str, Enum):
 
     @property
     def kinds(self) -> tuple[str, ...]:
-        return {"none": (), "cppsim": ("cppsim",), "rtlsim": ("rtlsim",),
-                "stitched": ("stitched",),
-                "all": ("cppsim", "rtlsim", "stitched")}[self.value]
+        """The simulations this mode runs: ``cppsim``, ``rtlsim``, ``stitched`` (in that order)."""
+        if self is SimMode.ALL:
+            return tuple(m.value for m in SimMode if m not in (SimMode.NONE, SimMode.ALL))
+        return () if self is SimMode.NONE else (self.value,)
+
+
+SIM_OF_SUFFIX = {"_hls": SimMode.CPPSIM.value, "_rtl": SimMode.RTLSIM.value}
+"""The node-by-node simulation of a specialised node, by its op type's suffix (``MVAU_hls`` runs
+in cppsim, ``MVAU_rtl`` in rtlsim)."""
 
 
 class FifoSizing(str, Enum):
@@ -92,7 +101,7 @@ class ShellFlow(str, Enum):
 
 @dataclass(frozen=True)
 class BoardConfig:
-    """One FPGA board (a file in ``hw_configs/``)."""
+    """One FPGA board (a file in :mod:`flow.boards`, or a board YAML the user passes)."""
 
     name: str
     """Our board id, the file stem (``pynq-z2``)."""
@@ -116,17 +125,13 @@ class BoardConfig:
         """Per-resource budget: ``floor(capacity * budget_fraction)``."""
         return {k: int(self.capacity[k] * self.budget_fraction) for k in BUDGETED}
 
-    @property
-    def clock_mhz(self) -> float:
-        return 1000.0 / self.synth_clk_period_ns
-
 
 @dataclass(frozen=True)
 class BuildConfig:
     """Everything one ``flow/build.py`` run needs (FINN's ``DataflowBuildConfig`` is the model)."""
 
     board: str = DEFAULT_BOARD
-    """Board id: a file ``hw_configs/<board>.yaml``."""
+    """Board id: a file ``flow/boards/<board>.yaml`` (or the path of a board YAML)."""
     model: str | None = None
     """Registry model name; None with no ``onnx`` means the default model."""
     onnx: str | None = None
@@ -200,17 +205,22 @@ class BuildConfig:
         return to_dict(self)
 
 
-def list_boards() -> list[str]:
-    return sorted(p.stem for p in HW_CONFIG_DIR.glob("*.yaml"))
-
-
 def load_board(name: str, budget_fraction: float | None = None) -> BoardConfig:
-    """Load ``hw_configs/<name>.yaml`` (or a path to a board YAML)."""
-    path = Path(name) if name.endswith((".yaml", ".yml")) else HW_CONFIG_DIR / f"{name}.yaml"
-    if not path.is_file():
+    """Load the shipped board ``name`` (``flow/boards/<name>.yaml``) or a path to a board YAML."""
+    if name.endswith((".yaml", ".yml")):
+        board_id, found = Path(name).stem, (Path(name) if Path(name).is_file() else None)
+    else:
+        board_id, found = name, board_file(name)
+    if found is None:
         raise ConfigError(f"unknown board {name!r}; valid boards: {', '.join(list_boards())}")
-    data = load_mapping(path)
-    check_keys(BoardConfig, {**data, "name": path.stem}, str(path))
+    with nullcontext(found) if isinstance(found, Path) else as_file(found) as path:
+        return _board_from(load_mapping(path), board_id, path, budget_fraction)
+
+
+def _board_from(data: dict, board_id: str, path: Path,
+                budget_fraction: float | None) -> BoardConfig:
+    """Check one board file's mapping (read from ``path``) and make its :class:`BoardConfig`."""
+    check_keys(BoardConfig, {**data, "name": board_id}, str(path))
     cap = data.get("capacity")
     if not isinstance(cap, dict) or sorted(cap) != sorted(RESOURCES):
         raise ConfigError(f"{path}: capacity must list exactly {', '.join(RESOURCES)}")
@@ -230,7 +240,7 @@ def load_board(name: str, budget_fraction: float | None = None) -> BoardConfig:
                           f"{', '.join(f.value for f in ShellFlow)}, got "
                           f"{data.get('shell_flow_type')!r}") from None
     board = BoardConfig(
-        name=path.stem, board=get("board", str), fpga_part=get("fpga_part", str),
+        name=board_id, board=get("board", str), fpga_part=get("fpga_part", str),
         synth_clk_period_ns=get("synth_clk_period_ns", float), shell_flow_type=shell,
         capacity=dict(cap),
         budget_fraction=(float(budget_fraction) if budget_fraction is not None

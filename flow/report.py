@@ -84,10 +84,6 @@ def load_summary(out_dir: str | Path) -> dict:
     return data
 
 
-def load_times(out_dir: str | Path) -> dict[str, float]:
-    return _read_json(Path(out_dir) / "time_per_step.json")
-
-
 def simulation_line(rec: dict) -> str:
     """``cppsim exact (N HLS nodes), rtlsim exact (M RTL nodes) on K inputs; ...`` from the
     ``simulation`` record of ``summary.json`` (:mod:`flow.proof.simulate`)."""
@@ -174,7 +170,3 @@ def format_summary(summary: dict) -> str:
     for k, v in summary["outputs"].items():
         lines.append(f"    {k:<22}{v}")
     return "\n".join(lines)
-
-
-def print_summary(out_dir: str | Path) -> None:
-    print(format_summary(load_summary(out_dir)))

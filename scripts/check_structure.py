@@ -20,7 +20,7 @@ MAX_MODULE, MAX_FUNCTION, MAX_CLASS = 600, 80, 300
 LAYERS: list[tuple[str, ...]] = [
     ("bench",),
     ("flow.studies", "flow.plots"),
-    ("flow.build", "flow.cli"),
+    ("flow.build", "flow.plan", "flow.cli"),
     ("flow.runner", "flow.report"),
     ("flow.sim",),            # generated code run: cppsim, rtlsim, the stitched accelerator
     ("flow.proof",),          # exactness: the stage executor and the verifiers

@@ -37,7 +37,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
     (t / "garbage.onnx").write_bytes(b"\x00not an onnx model\xff" * 10)
     (t / "string_board.yaml").write_text("just a string\n")
     (t / "list_board.yaml").write_text("- 1\n- 2\n")
-    good = yaml.safe_load((ROOT / "hw_configs" / "pynq-z2.yaml").read_text())
+    good = yaml.safe_load((ROOT / "flow" / "boards" / "pynq-z2.yaml").read_text())
     (t / "clock_board.yaml").write_text(yaml.safe_dump({**good, "synth_clk_period_ns": "fast"}))
     (t / "cap_board.yaml").write_text(yaml.safe_dump(
         {**good, "capacity": {**good["capacity"], "LUT": "many"}}))

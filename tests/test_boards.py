@@ -61,22 +61,22 @@ def tfc_specialised(tmp_path_factory):
 
 @pytest.mark.parametrize("name", BOARDS)
 def test_auto_folding_fits_every_board(name, tfc_specialised, tmp_path):
-    from flow.hw.finn_env import detect_tools, finn_session
+    from flow.env.finn import detect_tools, finn_session
     from flow.hw.folding import auto_fold
 
     b = load_board(name)
     with finn_session(tmp_path / "finn", detect_tools()):
         res = auto_fold(tfc_specialised, b)
     assert res.feasible and res.estimate.within(b.budget)
-    assert res.estimate.fps(b.synth_clk_period_ns) > 0
+    assert 0 < res.estimate.max_cycles < 2**62
 
 
 def test_folding_search_estimates_each_distinct_folding_once(tfc_specialised, tmp_path,
                                                              monkeypatch):
     """Neighbouring targets of the binary search often fold alike: each folding is estimated
     once, and the cached search finds what estimating every point finds."""
+    from flow.env.finn import detect_tools, finn_session
     from flow.hw import folding
-    from flow.hw.finn_env import detect_tools, finn_session
 
     b = load_board("pynq-z2")
     real, calls = folding.estimate, []
@@ -98,7 +98,7 @@ def test_folding_search_estimates_each_distinct_folding_once(tfc_specialised, tm
 @pytest.mark.vivado
 @pytest.mark.parametrize("name", BOARDS)
 def test_bitfile_per_board(name, tmp_path):
-    from flow.hw.finn_env import detect_tools
+    from flow.env.finn import detect_tools
 
     tools = detect_tools()
     if not tools.has_vivado:

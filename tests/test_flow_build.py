@@ -10,8 +10,8 @@ import pytest
 
 from flow.build import build
 from flow.config import resolve_build_config
+from flow.env.finn import detect_tools
 from flow.front.export import export_bnn_pynq
-from flow.hw.finn_env import detect_tools
 from flow.report import format_summary, load_summary
 from tests.conftest import assert_one_line_error, run_cli
 from tests.flow_models import si_resnet

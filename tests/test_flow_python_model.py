@@ -50,7 +50,7 @@ def test_xnor_accumulators_hold_their_popcount(small_build, tmp_path):
     from qonnx.core.datatype import DataType
     from qonnx.custom_op.registry import getCustomOp
 
-    from flow.hw.finn_env import dataflow_config, detect_tools, finn_session
+    from flow.env.finn import dataflow_config, detect_tools, finn_session
 
     def too_narrow(model):
         bad = []
@@ -79,7 +79,7 @@ def test_binary_weights_on_multibit_inputs_stay_one_bit(small_build, tmp_path):
     exact on this very stage."""
     from qonnx.custom_op.registry import getCustomOp
 
-    from flow.hw.finn_env import dataflow_config, detect_tools, finn_session
+    from flow.env.finn import dataflow_config, detect_tools, finn_session
 
     def weight_types(model):
         out = {}

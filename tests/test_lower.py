@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
+from flow.env.finn import HW_DOMAIN, dataflow_config, detect_tools, finn_session
 from flow.front.export import export_qonnx_model
 from flow.front.golden import GoldenModel, build_golden
 from flow.front.integerize import integerize
 from flow.front.lower import lower_to_finn
-from flow.hw.finn_env import HW_DOMAIN, dataflow_config, detect_tools, finn_session
-from flow.proof.verify import check_stage, make_inputs
+from flow.proof.verify import GoldenVerifier, make_inputs
 from quant_models import build_model
 from quant_models.stress import randomize_bn
 from tests.fuzz import random_model
@@ -33,11 +33,12 @@ def _lower_and_check(model, shape_chw, tmp_path, n=6, seed=0):
     golden = GoldenModel(None, build_golden(ir))
     c, h, w = shape_chw
     px = make_inputs((h, w, c), n, seed)
+    verify = GoldenVerifier(golden, px)
     finn = lower_to_finn(ir)
-    assert check_stage("lowered", finn, golden, px)["exact"]
+    assert verify("lowered", finn)["exact"]
     hw = _to_hw(finn, tmp_path)
     assert [n.op_type for n in hw.graph.node if n.domain != HW_DOMAIN] == []
-    assert check_stage("convert_to_hw", hw, golden, px)["exact"]
+    assert verify("convert_to_hw", hw)["exact"]
     return finn, hw
 
 

@@ -54,7 +54,7 @@ def originals(tmp_path_factory) -> dict:
     out = build(resolve_build_config(onnx=str(onnx), output_dir=str(d / "fold"),
                                      stop_step="fold", verify_inputs=4), echo=lambda *_: None)
     return {"qonnx": onnx.read_bytes(), "qonnx_graph": onnx.read_bytes(), "checkpoint": ckpt.read_bytes(),
-            "board": yaml.safe_load((ROOT / "hw_configs" / "pynq-z2.yaml").read_text()),
+            "board": yaml.safe_load((ROOT / "flow" / "boards" / "pynq-z2.yaml").read_text()),
             "config": {"verify_inputs": 4, "seed": 0, "front_end": "auto",
                        "target_fps": 100000, "mvau_wwidth_max": 36, "budget_fraction": 0.8},
             "folding": json.loads((out / "report" / "folding_config.json").read_text())}

@@ -31,9 +31,9 @@ def _execute(path: Path, workdir: Path, full: bool) -> None:
 
 @pytest.fixture
 def workdir(tmp_path):
-    # notebooks use repo-relative paths (flow/, hw_configs/, bench/): run them in a copy-free
+    # notebooks use repo-relative paths (flow/, bench/): run them in a copy-free
     # scratch dir that links those in, so build/ output lands in tmp_path
-    for name in ("flow", "quant_models", "sibnn_base", "hw_configs", "bench"):
+    for name in ("flow", "quant_models", "sibnn_base", "bench"):
         (tmp_path / name).symlink_to(ROOT / name)
     return tmp_path
 

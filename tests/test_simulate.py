@@ -62,7 +62,7 @@ def test_a_corrupted_threshold_is_caught_naming_node_and_index(sim_build, tmp_pa
     moved to the ends of the node's threshold range in the graph the generated code is compiled
     from; the python model of the same node (read from the original) disagrees, and the error
     names the node, the input and the index."""
-    from flow.hw.finn_env import detect_tools, finn_session
+    from flow.env.finn import detect_tools, finn_session
     from flow.hw.sim_common import default_cache_dir
     from flow.proof.simulate import simulate
     from flow.proof.verify import verification_pixels

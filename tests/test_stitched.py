@@ -104,7 +104,7 @@ def test_every_hls_node_has_its_cycles_next_to_finns_estimate(built):
 def test_skip_fifos_at_depth_2_deadlock_naming_the_fork_and_join(built, tmp_path):
     """Every skip FIFO at InsertFIFO's depth 2 (the rest as sized): the run stops as a
     deadlock, naming the fork, the join, the full FIFO, its depth and the depth it needs."""
-    from flow.hw.finn_env import detect_tools, finn_session
+    from flow.env.finn import detect_tools, finn_session
     from flow.hw.sim_common import default_cache_dir
     from flow.hw.stitched_run import DeadlockError, run_stitched
     from flow.proof.verify import verification_pixels
@@ -281,8 +281,8 @@ def test_cli_default_model_skip_fifos_at_depth_2_exit_3(tmp_path, sim_cache):
 def test_a_wrong_beat_is_caught_naming_its_channel(built, tmp_path):
     """Negative control: one word of what a Verilated node must send (a threshold's output) is
     changed in the expected stream: the run stops at that channel, frame and beat."""
+    from flow.env.finn import detect_tools, finn_session
     from flow.hw import stitched as S
-    from flow.hw.finn_env import detect_tools, finn_session
     from flow.hw.sim_common import default_cache_dir
     from flow.proof.verify import verification_pixels
 
@@ -311,13 +311,13 @@ def test_vivado_fifo_step_needs_the_sized_depths(tmp_path):
     decides whether a Vivado build runs the stitched sizing first."""
     from types import SimpleNamespace
 
-    from flow.build import _reaches
     from flow.config import resolve_build_config
     from flow.hw.steps import step_set_fifo_depths
+    from flow.plan import reaches
 
     ctx = SimpleNamespace(cfg=BuildConfig(), finn_cfg=None, out_dir=tmp_path, finn_steps=None)
     with pytest.raises(ConfigError, match="fifo_sizing: sim needs report/fifo_depths.json"):
         step_set_fifo_depths(None, ctx)
-    assert _reaches(BuildConfig(), "set_fifo_depths")
-    assert not _reaches(resolve_build_config(stop_step="hw_codegen"), "set_fifo_depths")
-    assert not _reaches(resolve_build_config(start_step="create_stitched_ip"), "set_fifo_depths")
+    assert reaches(BuildConfig(), "set_fifo_depths")
+    assert not reaches(resolve_build_config(stop_step="hw_codegen"), "set_fifo_depths")
+    assert not reaches(resolve_build_config(start_step="create_stitched_ip"), "set_fifo_depths")

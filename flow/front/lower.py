@@ -28,8 +28,8 @@ from __future__ import annotations
 import numpy as np
 from onnx import TensorProto, helper
 
+from flow.env.finn import HW_DOMAIN
 from flow.front.integerize import IntegerIR, IRNode
-from flow.hw.finn_env import HW_DOMAIN
 from sibnn_base.errors import UnsupportedGraphError
 
 QONNX_DOMAIN = "qonnx.custom_op.general"

@@ -1,1 +1,2 @@
-"""The FINN dataflow back end: the one FINN glue module (finn_env), graph rewrites, the build's step list, folding and resource models."""
+"""The FINN dataflow back end: graph rewrites, the build's step list, folding and resource models
+(the FINN glue itself is :mod:`flow.env.finn`)."""

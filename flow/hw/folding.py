@@ -21,7 +21,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
 from flow.config import BUDGETED, BoardConfig
-from flow.hw.finn_env import MVAU_WWIDTH_MAX, is_hw_node
+from flow.env.finn import MVAU_WWIDTH_MAX, is_hw_node
 from sibnn_base.errors import ConfigError
 
 FOLDING_ATTRS = ("PE", "SIMD", "parallel_window", "ram_style", "ram_style_thresholds",
@@ -42,12 +42,6 @@ class Estimate:
     """Pessimistic latency in cycles (sum along the critical path)."""
     bottleneck: str
     """Name of the slowest node."""
-
-    def fps(self, clock_ns: float) -> float:
-        return 1e9 / (clock_ns * self.max_cycles)
-
-    def latency_ns(self, clock_ns: float) -> float:
-        return self.critical_path_cycles * clock_ns
 
     valid: bool = True
     """Every node's folding passed FINN's consistency checks (:func:`folding_errors`)."""
@@ -113,6 +107,8 @@ def _fold(model: ModelWrapper, target_cycles: int, wwidth_max: int) -> ModelWrap
 
 @dataclass(frozen=True)
 class FoldingResult:
+    """One automatic folding: the folded graph, its estimate and how the search found it."""
+
     model: ModelWrapper
     estimate: Estimate
     target_cycles: int
@@ -120,6 +116,34 @@ class FoldingResult:
     evaluated: int
     wwidth_max: int = MVAU_WWIDTH_MAX
     """The MVAU weight-stream cap the folding was found with (FINN's ``mvau_wwidth_max``)."""
+
+
+@dataclass(frozen=True)
+class FoldingRecord:
+    """What the build's fold step decided (:func:`flow.hw.steps.step_fold`), for the report."""
+
+    estimate: Estimate
+    """FINN's estimates of the folded graph (after :func:`use_dsp_multipliers`)."""
+    within_budget: bool
+    file: str | None = None
+    """The user's folding file; None for automatic folding."""
+    auto: FoldingResult | None = None
+    """The automatic folding's search result; None with a folding file."""
+    dsp_multipliers: tuple[str, ...] | None = None
+    """The MVAUs whose multipliers went to DSP slices; None where that was not tried."""
+
+    def to_summary(self) -> dict:
+        """``summary.json["folding"]``."""
+        if self.auto is None:
+            rec: dict = {"mode": "user", "file": self.file}
+        else:
+            rec = {"mode": "auto", "target_cycles": self.auto.target_cycles,
+                   "feasible": self.auto.feasible, "evaluated": self.auto.evaluated,
+                   "mvau_wwidth_max": self.auto.wwidth_max}
+            if self.dsp_multipliers is not None:
+                rec["dsp_multipliers"] = list(self.dsp_multipliers)
+        return {**rec, "estimate": self.estimate.resources, "max_cycles": self.estimate.max_cycles,
+                "bottleneck": self.estimate.bottleneck, "within_budget": self.within_budget}
 
 
 def auto_fold(model: ModelWrapper, board: BoardConfig, *, target_fps: int | None = None,

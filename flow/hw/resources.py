@@ -27,7 +27,7 @@ from __future__ import annotations
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.custom_op.registry import getCustomOp
 
-from flow.hw.finn_env import is_hw_node
+from flow.env.finn import is_hw_node
 
 PORT_CONTROL_LUT = 4
 """LUTs of one stream port's valid/ready handshake (per register slice)."""

@@ -42,7 +42,7 @@ import numpy as np
 from onnx import NodeProto
 from qonnx.core.modelwrapper import ModelWrapper
 
-from flow.hw.finn_env import HW_DOMAIN
+from flow.env.finn import HW_DOMAIN
 from flow.hw.sim_common import (
     NodeBuild,
     default_cache_dir,

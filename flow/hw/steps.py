@@ -3,7 +3,8 @@
 FINN's own steps (``finn.builder.build_dataflow_steps``) are called by name where they fit; our
 steps close the gaps for the SI fork/join, the bipolar padding, the sum pool and the uint8
 interface (see :mod:`flow.hw.transforms`). ``ctx`` is a :class:`FlowContext`: our configs, FINN's
-``DataflowBuildConfig`` and the tool status.
+``DataflowBuildConfig`` and the tool status. A step that decides something the report needs
+leaves it in a typed field of the context (the fold step: :attr:`FlowContext.folding`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
@@ -23,32 +24,38 @@ from qonnx.transformation.infer_data_layouts import InferDataLayouts
 from qonnx.transformation.infer_datatypes import InferDataTypes
 from qonnx.transformation.lower_convs_to_matmul import LowerConvsToMatMul
 
-from flow.config import BoardConfig, BuildConfig
+from flow.config import BoardConfig, BuildConfig, FrontEnd
+from flow.env.finn import ToolStatus, is_hw_node
 from flow.hw import transforms as T
-from flow.hw.finn_env import ToolStatus, is_hw_node
+from flow.hw.folding import FoldingRecord
 from sibnn_base.errors import ConfigError, UnsupportedGraphError
+
+if TYPE_CHECKING:
+    from finn.builder.build_dataflow_config import DataflowBuildConfig
+
+    from flow.front.integerize import IntegerIR
 
 
 @dataclass
 class FlowContext:
-    """What every step may read (and where steps leave results for the report)."""
+    """What every step may read, and the typed records steps leave for the report."""
 
     cfg: BuildConfig
     board: BoardConfig
     tools: ToolStatus
-    finn_cfg: Any
+    finn_cfg: DataflowBuildConfig
     """FINN's ``DataflowBuildConfig`` (output_dir = the build's working directory)."""
     finn_steps: ModuleType
-    """``finn.builder.build_dataflow_steps``, imported through :mod:`flow.hw.finn_env`."""
+    """``finn.builder.build_dataflow_steps``, imported through :mod:`flow.env.finn`."""
     out_dir: Path
-    all_steps: list = field(default_factory=list)
+    all_steps: list[Step] = field(default_factory=list)
     """The whole step list of this build (intermediate models are numbered by it)."""
-    results: dict = field(default_factory=dict)
-    """Step results the report needs (folding estimate, skipped outputs, ...)."""
-    ir: Any = None
+    ir: IntegerIR | None = None
     """The integer IR of the source graph, when the plan built one (the exact front end's input)."""
     lowered: ModelWrapper | None = None
     """The exact front end's lowered graph, when the plan's front-end probe made it."""
+    folding: FoldingRecord | None = None
+    """What the fold step decided (``summary.json["folding"]``); None until it ran."""
 
 
 @dataclass(frozen=True)
@@ -153,26 +160,22 @@ def step_specialize_layers(model: ModelWrapper, ctx: FlowContext) -> ModelWrappe
 
 
 def step_fold(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
-    """Auto-fold to the board budget, or apply (after validating) the user's folding file."""
+    """Auto-fold to the board budget, or apply (after validating) the user's folding file; the
+    decision goes to :attr:`FlowContext.folding`."""
     from flow.hw import folding
 
     model = model.transform(GiveUniqueNodeNames())
-    report = ctx.out_dir / "report"
+    auto, dsp = None, None
     if ctx.cfg.folding:
         data = folding.load_folding(ctx.cfg.folding)
         model = folding.apply_folding(model, data, source=f"folding file {ctx.cfg.folding}")
         est = folding.estimate(model, ctx.board.fpga_part)
-        ctx.results["folding"] = {"mode": "user", "file": str(ctx.cfg.folding)}
     else:
-        res = folding.auto_fold(model, ctx.board, target_fps=ctx.cfg.target_fps,
-                                wwidth_max=ctx.cfg.mvau_wwidth_max)
-        model, est = res.model, res.estimate
-        ctx.results["folding"] = {"mode": "auto", "target_cycles": res.target_cycles,
-                                  "feasible": res.feasible, "evaluated": res.evaluated,
-                                  "mvau_wwidth_max": res.wwidth_max}
+        auto = folding.auto_fold(model, ctx.board, target_fps=ctx.cfg.target_fps,
+                                 wwidth_max=ctx.cfg.mvau_wwidth_max)
+        model, est = auto.model, auto.estimate
         if ctx.cfg.dsp_multipliers:
             model, est, dsp = folding.use_dsp_multipliers(model, ctx.board)
-            ctx.results["folding"]["dsp_multipliers"] = dsp
     over = {k: (est.resources.get(k, 0), ctx.board.budget[k]) for k in ctx.board.budget
             if est.resources.get(k, 0) > ctx.board.budget[k]}
     if over and not ctx.cfg.allow_over_budget:
@@ -182,10 +185,11 @@ def step_fold(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
         raise ConfigError(f"the model does not fit {ctx.board.name} within "
                           f"{ctx.board.budget_fraction:.0%} of its resources: {what} {need}; "
                           "fold further, choose a larger board, or pass --allow-over-budget")
-    folding.write_folding(model, report / "folding_config.json")
-    ctx.results["folding"].update({
-        "estimate": est.resources, "max_cycles": est.max_cycles, "bottleneck": est.bottleneck,
-        "within_budget": est.within(ctx.board.budget)})
+    folding.write_folding(model, ctx.out_dir / "report" / "folding_config.json")
+    ctx.folding = FoldingRecord(
+        estimate=est, within_budget=est.within(ctx.board.budget),
+        file=str(ctx.cfg.folding) if ctx.cfg.folding else None, auto=auto,
+        dsp_multipliers=tuple(dsp) if dsp is not None else None)
     return model
 
 
@@ -268,12 +272,12 @@ def step_lower(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
     return low
 
 
-FRONT_ENDS: dict[str, list[Step]] = {
-    "exact": [
+FRONT_ENDS: dict[FrontEnd, list[Step]] = {
+    FrontEnd.EXACT: [
         Step("lower", step_lower),
         Step("tidy_up", step_tidy_up),
     ],
-    "finn": [
+    FrontEnd.FINN: [
         Step("prepare_io", step_prepare_io),
         Step("qonnx_to_finn", step_qonnx_to_finn),
         Step("tidy_up", step_tidy_up),
@@ -281,7 +285,8 @@ FRONT_ENDS: dict[str, list[Step]] = {
     ],
 }
 """The two front ends: ``exact`` (sibnn's integer IR, ``flow.front.lower``) and ``finn`` (FINN's
-``ConvertQONNXtoFINN`` + streamlining with our rewrites, for graphs the IR does not cover)."""
+``ConvertQONNXtoFINN`` + streamlining with our rewrites, for graphs the IR does not cover);
+``auto`` is not one, it picks one of them (:mod:`flow.plan`)."""
 
 BACK_END: list[Step] = [
     Step("convert_to_hw", step_convert_to_hw),
@@ -301,18 +306,15 @@ BACK_END: list[Step] = [
 ]
 
 
-def steps_for(front_end: str) -> list[Step]:
+def steps_for(front_end: FrontEnd | str) -> list[Step]:
     """The whole build, in order, for one front end."""
     if front_end not in FRONT_ENDS:
-        raise ConfigError(f"unknown front end {front_end!r}; valid: {', '.join(FRONT_ENDS)}")
+        raise ConfigError(f"unknown front end {front_end!r}; valid: "
+                          f"{', '.join(fe.value for fe in FRONT_ENDS)}")
     return [*FRONT_ENDS[front_end], *BACK_END]
 
 
-STEPS = steps_for("finn")
-"""The build with FINN's front end (the one that takes any supported QONNX graph)."""
-
-
-def step_names(front_end: str | None = None) -> list[str]:
+def step_names(front_end: FrontEnd | str | None = None) -> list[str]:
     """Step names of one front end, or (``None``) of all, in order and without repeats."""
     if front_end is not None:
         return [s.name for s in steps_for(front_end)]
@@ -324,16 +326,25 @@ def step_names(front_end: str | None = None) -> list[str]:
     return names
 
 
-def select_steps(start: str | None, stop: str | None, front_end: str = "finn") -> list[Step]:
-    """The slice ``start..stop`` (inclusive) of the build; unknown names are ConfigError."""
-    steps = steps_for(front_end)
-    names = [s.name for s in steps]
+def check_step_names(start: str | None, stop: str | None,
+                     front_end: FrontEnd | str | None = None) -> None:
+    """``--start-step``/``--stop-step`` name steps of ``front_end`` (``None``: of either front
+    end, the check before the front end is known); else a ConfigError listing the steps."""
+    names = step_names(front_end)
     for flag, s in (("--start-step", start), ("--stop-step", stop)):
         if s is not None and s not in names:
-            other = [fe for fe in FRONT_ENDS if s in step_names(fe)]
-            hint = f" with the {front_end} front end (it is a step of: {', '.join(other)})" \
-                if other else ""
+            other = [fe.value for fe in FRONT_ENDS if s in step_names(fe)]
+            hint = f" with the {FrontEnd(front_end).value} front end (it is a step of: " \
+                   f"{', '.join(other)})" if other else ""
             raise ConfigError(f"{flag} {s!r} is not a step{hint}; steps: {', '.join(names)}")
+
+
+def select_steps(start: str | None, stop: str | None,
+                 front_end: FrontEnd | str = FrontEnd.FINN) -> list[Step]:
+    """The slice ``start..stop`` (inclusive) of the build; unknown names are ConfigError."""
+    check_step_names(start, stop, front_end)
+    steps = steps_for(front_end)
+    names = [s.name for s in steps]
     i = names.index(start) if start else 0
     j = names.index(stop) if stop else len(names) - 1
     if i > j:

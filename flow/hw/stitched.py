@@ -55,7 +55,7 @@ MIN_FIFO_DEPTH = 2
 
 def stitch(model: ModelWrapper, fpga_part: str, clk_ns: float) -> ModelWrapper:
     """The graph FINN's ``step_set_fifo_depths`` builds from a ``hw_codegen`` graph, with code
-    generated for the nodes it adds. Call inside :func:`flow.hw.finn_env.finn_session`."""
+    generated for the nodes it adds. Call inside :func:`flow.env.finn.finn_session`."""
     from finn.transformation.fpgadataflow.insert_dwc import InsertDWC
     from finn.transformation.fpgadataflow.insert_fifo import InsertFIFO
     from finn.transformation.fpgadataflow.prepare_ip import PrepareIP

@@ -220,7 +220,7 @@ def run_stitched(hw_model, pixels_nhwc: np.ndarray, *, fpga_part: str, clk_ns: f
                  imposed: dict[str, int] | None = None, fps_finn: float | None = None
                  ) -> tuple[dict, object, dict]:
     """The whole ``--sim stitched`` (see the module docstring). ``session``: a context manager
-    factory for FINN's settings (:func:`flow.hw.finn_env.finn_session` bound to the build).
+    factory for FINN's settings (:func:`flow.env.finn.finn_session` bound to the build).
     Returns ``(record, sized stitched model, FINN FIFO config)``."""
     from flow.proof.verify import GoldenVerifier
 

@@ -40,7 +40,7 @@ from qonnx.transformation.infer_datatypes import InferDataTypes
 from qonnx.transformation.infer_shapes import InferShapes
 from qonnx.util.basic import get_by_name
 
-from flow.hw.finn_env import HW_DOMAIN
+from flow.env.finn import HW_DOMAIN
 
 
 class FixedPoint(Transformation):

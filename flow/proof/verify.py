@@ -17,9 +17,9 @@ import numpy as np
 from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
 
+from flow.env.finn import HW_DOMAIN
 from flow.front.golden import GoldenModel
 from flow.hw import transforms as T
-from flow.hw.finn_env import HW_DOMAIN
 from sibnn_base.errors import VerificationError
 
 
@@ -292,21 +292,6 @@ def execute_stage(model, pixels_nhwc: np.ndarray) -> np.ndarray:
     run = StageExecutor(model)
     outs = [run({iname: x[i:i + 1].reshape(shape)})[oname] for i in range(x.shape[0])]
     return np.concatenate(outs, axis=0)
-
-
-def check_stage(step: str, model, golden: GoldenModel, pixels_nhwc: np.ndarray,
-                gold: dict | None = None) -> dict:
-    """Verify one executable FINN stage against the golden model.
-
-    The stage's primary output is either the float logits (before the final scale is removed) or
-    the integer scores; both are reduced to integers and compared with ``np.array_equal``.
-    Returns ``{"step", "exact", "n_inputs", "seconds"}``; raises :class:`VerificationError`.
-    """
-    t0 = time.perf_counter()
-    gold = gold if gold is not None else golden.run(pixels_nhwc, ["scores", "logits"])
-    check_scores(step, model, execute_stage(model, pixels_nhwc), golden, gold)
-    return {"step": step, "exact": True, "n_inputs": int(len(pixels_nhwc)),
-            "seconds": round(time.perf_counter() - t0, 3)}
 
 
 def check_scores(step: str, model, y: np.ndarray, golden: GoldenModel, gold: dict,

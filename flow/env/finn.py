@@ -49,8 +49,6 @@ class ToolStatus:
 
     vivado: str | None
     """The Vivado install directory (``XILINX_VIVADO`` with a ``vivado`` binary), or None."""
-    vitis_hls: str | None
-    """The Vitis HLS install directory (``XILINX_HLS``), or None."""
     reason: str
     """Why Vivado-only work is unavailable (empty when it is available)."""
 
@@ -70,7 +68,7 @@ class ToolStatus:
 
 
 def detect_tools(environ: dict[str, str] | None = None) -> ToolStatus:
-    """Look for Vivado and Vitis HLS (read-only; ``environ`` defaults to ``os.environ``)."""
+    """Look for Vivado (read-only; ``environ`` defaults to ``os.environ``)."""
     env = os.environ if environ is None else environ
     vivado = env.get("XILINX_VIVADO")
     reason = ""
@@ -78,10 +76,7 @@ def detect_tools(environ: dict[str, str] | None = None) -> ToolStatus:
         vivado, reason = None, "XILINX_VIVADO is not set"
     elif not (Path(vivado) / "bin" / "vivado").exists() and shutil.which("vivado") is None:
         vivado, reason = None, f"XILINX_VIVADO={env.get('XILINX_VIVADO')} has no bin/vivado"
-    hls = env.get("XILINX_HLS") or None
-    if hls is not None and not Path(hls).is_dir():
-        hls = None
-    return ToolStatus(vivado=vivado, vitis_hls=hls, reason=reason)
+    return ToolStatus(vivado=vivado, reason=reason)
 
 
 def _install_xsi_guard(tools: ToolStatus) -> None:
