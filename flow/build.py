@@ -248,13 +248,13 @@ def make_plan(cfg: BuildConfig) -> BuildPlan:
         tools.has_vivado and FifoSizing(cfg.fifo_sizing) == FifoSizing.SIM
         and _reaches(cfg, "set_fifo_depths"))
     if SimMode(cfg.sim).kinds or stitched:
-        from flow.proof.simulate import find_simulators
+        from flow.sim.simulate import find_simulators
 
         _check_sim_steps(cfg)
         # a missing g++/Verilator/finn-hlslib: fail first
         sims = find_simulators(cfg.sim if SimMode(cfg.sim).kinds else "stitched")
     if cfg.fifo_depths:
-        from flow.hw.stitched_run import load_fifo_depths
+        from flow.sim.stitched_run import load_fifo_depths
 
         load_fifo_depths(cfg.fifo_depths)  # malformed file: fail before anything is written
     if cfg.folding:
@@ -388,9 +388,9 @@ def _simulate(plan: BuildPlan, work: Path, echo) -> tuple[dict, dict | None]:
     None where the mode does not include it."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from flow.hw.sim_common import default_cache_dir
-    from flow.proof.simulate import simulate
     from flow.report import simulation_line
+    from flow.sim.sim_common import default_cache_dir
+    from flow.sim.simulate import simulate
 
     if plan.sims is None:
         return {"mode": "none"}, None
@@ -416,9 +416,9 @@ def _simulate_stitched(plan: BuildPlan, model, work: Path, echo) -> dict:
     import json
 
     from flow.hw.finn_env import finn_session
-    from flow.hw.sim_common import default_cache_dir
-    from flow.hw.stitched_run import load_fifo_depths, run_stitched
     from flow.report import finn_estimates, stitched_line
+    from flow.sim.sim_common import default_cache_dir
+    from flow.sim.stitched_run import load_fifo_depths, run_stitched
     cfg, board = plan.cfg, plan.board
     imposed = load_fifo_depths(cfg.fifo_depths) if cfg.fifo_depths else None
     try:

@@ -13,7 +13,7 @@ import pytest
 from qonnx.core.datatype import DataType
 from qonnx.core.modelwrapper import ModelWrapper
 
-from flow.hw import rtlsim
+from flow.sim import rtlsim
 from sibnn_base.errors import SimulationBuildError, ToolMissingError, VerificationError
 
 

@@ -1,5 +1,5 @@
 """Compile the stitched simulator of one graph: every RTL node's Verilated model (one C++ class
-per distinct staged source, cached like :mod:`flow.hw.rtlsim`'s binaries), a generated netlist
+per distinct staged source, cached like :mod:`flow.sim.rtlsim`'s binaries), a generated netlist
 that instantiates them and the HLS cycle models and wires the channels, and the engine
 (``stitched_sim.cpp``) around it.
 
@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
-from flow.hw import rtlsim
-from flow.hw.cycle_models import NoCycleModel, cycle_model
-from flow.hw.sim_common import publish_entry, run_parallel, source_digest
+from flow.sim import rtlsim
+from flow.sim.cycle_models import NoCycleModel, cycle_model
+from flow.sim.sim_common import publish_entry, run_parallel, source_digest
 from sibnn_base.errors import SimulationBuildError, UnsupportedGraphError
 
 TEMPLATE = Path(__file__).with_name("stitched_sim.cpp")

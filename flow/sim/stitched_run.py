@@ -1,7 +1,7 @@
 """``--sim stitched``: size the FIFOs, run the accelerator on several frames, report (the
 ``stitched`` record of ``summary.json`` and ``report/fifo_depths.json``).
 
-The sequence (:func:`run_stitched`), each part explained in :mod:`flow.hw.stitched`:
+The sequence (:func:`run_stitched`), each part explained in :mod:`flow.sim.stitched`:
 
 1. build the stitched graph (FINN's FIFO/DWC insertion), execute it in python on every frame;
 2. compile the simulator with FINN's simulation FIFOs (never full); run every non-FIFO node
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flow.hw import stitched as S
+from flow.sim import stitched as S
 from sibnn_base.errors import ConfigError, VerificationError
 
 GAP_EXPLAINED = 0.05
@@ -108,7 +108,7 @@ def _explain(inst, sim_cycles: float, exp: int, model) -> str:
 
 def node_table(stitched_model, iso: dict[str, float]) -> list[dict]:
     """Per non-FIFO node: simulated cycles per frame alone vs FINN's ``get_exp_cycles()``."""
-    from flow.hw import stitched_build as sb
+    from flow.sim import stitched_build as sb
 
     models = sb.hls_models(stitched_model)
     rows = []

@@ -43,7 +43,7 @@ from onnx import NodeProto
 from qonnx.core.modelwrapper import ModelWrapper
 
 from flow.hw.finn_env import HW_DOMAIN
-from flow.hw.sim_common import (
+from flow.sim.sim_common import (
     NodeBuild,
     default_cache_dir,
     publish_entry,

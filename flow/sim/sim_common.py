@@ -1,4 +1,4 @@
-"""What the two code simulators (``flow.hw.cppsim``: g++ on generated HLS C++, ``flow.hw.rtlsim``:
+"""What the two code simulators (``flow.sim.cppsim``: g++ on generated HLS C++, ``flow.sim.rtlsim``:
 Verilator on generated RTL) share: the record of one compiled node, the source digest that keys
 the compile cache, the cache location and the parallel compile loop.
 

@@ -8,7 +8,7 @@ them is needed for bit-accurate simulation. Here the same generated code (FINN's
 * FINN's ``npy2stream`` templates (``cnpy``), compiled once into a cached object;
 * finn-hlslib from FINN's deps directory (``$FINN_DEPS/finn-hlslib``, else ``<repo>/deps``);
 * the open ``ap_types`` headers (``<deps>/ap_types``, or ``$SIBNN_AP_TYPES``);
-* our shims (``flow/hw/cppsim_shims``) for Vitis-only headers and pieces missing from the
+* our shims (``flow/sim/cppsim_shims``) for Vitis-only headers and pieces missing from the
   finn-hlslib snapshot, searched *last*, so a real header always wins. The shims a node's compile
   actually read (g++'s dependency output) are recorded in :attr:`NodeBuild.shims`.
 
@@ -19,7 +19,7 @@ FINN's own ``execute_node`` (folding, BIPOLAR <-> BINARY, reshaping), so a node'
 the execution context exactly as FINN's cppsim puts them there.
 
 Binaries are cached under ``<cache_dir>/<digest>/node_model``, keyed by
-:func:`flow.hw.sim_common.source_digest` of the generated sources plus flags, g++ version, header
+:func:`flow.sim.sim_common.source_digest` of the generated sources plus flags, g++ version, header
 roots and a fingerprint of every header the compile can see. Nothing here touches FINN's global
 settings or installed files.
 """
@@ -44,7 +44,7 @@ from onnx import NodeProto
 from qonnx.core.modelwrapper import ModelWrapper
 
 from flow.hw.finn_env import HW_DOMAIN
-from flow.hw.sim_common import (
+from flow.sim.sim_common import (
     NodeBuild,
     publish_entry,
     run_parallel,

@@ -7,8 +7,8 @@ several frames back to back, without Vivado.
    FINN's code generation for the nodes they add (``StreamingFIFO_rtl``,
    ``StreamingDataWidthConverter_rtl``). Node and FIFO names are the ones a Vivado build gets.
 2. **Models.** Every RTL node is its generated RTL compiled by Verilator (staged like
-   :mod:`flow.hw.rtlsim`; one C++ class per distinct source, ``--prefix``), every HLS node a
-   cycle model of its loop (:mod:`flow.hw.cycle_models`). ``stitched_sim.cpp`` joins them by
+   :mod:`flow.sim.rtlsim`; one C++ class per distinct source, ``--prefix``), every HLS node a
+   cycle model of its loop (:mod:`flow.sim.cycle_models`). ``stitched_sim.cpp`` joins them by
    valid/ready channels, one per tensor of the graph (:class:`Channel`).
 3. **Data.** The graph's python execution (FINN's models of every node) on every frame gives
    the beats each channel must carry; the simulation compares every transferred beat with them,
@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
-from flow.hw import rtlsim
-from flow.hw.sim_common import run_parallel
+from flow.sim import rtlsim
+from flow.sim.sim_common import run_parallel
 from sibnn_base.errors import SimulationBuildError, UnsupportedGraphError, VerificationError
 
 TEMPLATE = Path(__file__).with_name("stitched_sim.cpp")
@@ -238,7 +238,7 @@ def skip_fifos(model: ModelWrapper, arrival: dict[str, int] | None = None) -> li
 
 def pack_words(x: np.ndarray, dt, words: int) -> np.ndarray:
     """Beats of ``x`` (folded shape, innermost dim = one beat) as little-endian uint32 words,
-    ``(beats, words)``: the same bits as :func:`flow.hw.rtlsim.pack_beats` (element ``k`` of
+    ``(beats, words)``: the same bits as :func:`flow.sim.rtlsim.pack_beats` (element ``k`` of
     a beat in bits ``[k*bw, (k+1)*bw)``, two's complement, BIPOLAR -1/+1 as 0/1)."""
     x = np.asarray(x, dtype=np.float64)
     if not dt.is_integer():
@@ -396,7 +396,7 @@ def prepare(model: ModelWrapper, frames: list[dict], tools, cache: Path, work: P
             gauge: bool, jobs: int, write: bool = True) -> Stitched:
     """Compile (or take from the cache) the simulator of ``model`` and write its data
     (``write=False``: reuse the data already in ``work``; FIFO depths do not change it)."""
-    from flow.hw import stitched_build as sb
+    from flow.sim import stitched_build as sb
 
     t0 = time.perf_counter()
     chans = channels(model)
