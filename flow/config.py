@@ -71,6 +71,7 @@ class SimMode(str, Enum):
                 "stitched": ("stitched",),
                 "all": ("cppsim", "rtlsim", "stitched")}[self.value]
 
+SIM_OF_SUFFIX = {"_hls": "cppsim", "_rtl": "rtlsim"}
 
 class FifoSizing(str, Enum):
     """Who sizes the FIFOs of the stitched design."""

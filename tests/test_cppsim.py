@@ -242,8 +242,8 @@ def test_second_compile_is_all_cached_and_runs_no_gxx(small, picks, builds, tool
                               names=list(picks.values()))
     first = builds[0]
     assert all(b.cached and b.compile_s == 0 for b in again.values())
-    assert {n: b.source_sha256 for n, b in again.items()} == \
-           {n: b.source_sha256 for n, b in first.items()}
+    assert {n: b.executable for n, b in again.items()} == \
+           {n: b.executable for n, b in first.items()}
     assert {n: b.shims for n, b in again.items()} == {n: b.shims for n, b in first.items()}
     assert not sentinel.exists()
 

@@ -203,15 +203,6 @@ def apply_output_affine(scores: np.ndarray, recorded: list[dict]) -> np.ndarray:
     return y
 
 
-def output_affine_scale_sign(recorded: list[dict]) -> int:
-    """+1 when the recorded chain is increasing (arg-max of scores = arg-max of logits)."""
-    sign = 1
-    for step in recorded:
-        if step["op"] in ("Mul", "Div") and step["const"] < 0:
-            sign = -sign
-    return sign
-
-
 class RemoveIdentityMultiThreshold(Transformation):
     """Drop a ``MultiThreshold`` whose input is an integer type and that maps each integer of that
     type to itself (out_scale 1, out_bias = input min, one threshold per level in (k-1, k])."""

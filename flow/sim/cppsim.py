@@ -357,7 +357,7 @@ def _compile_into(tmp: Path, job: _Job, tools: CppsimTools, cache_dir: Path,
     entry = cache_dir / job.digest
     publish_entry(tmp, entry, "node_model")
     return NodeBuild(node=name, op_type=op, kind="cppsim", executable=entry / "node_model",
-                     source_sha256=job.digest, cached=False, compile_s=compile_s, shims=shims)
+                     cached=False, compile_s=compile_s, shims=shims)
 
 
 def _cached(job: _Job, cache_dir: Path) -> NodeBuild | None:
@@ -369,7 +369,7 @@ def _cached(job: _Job, cache_dir: Path) -> NodeBuild | None:
     if not (entry / "node_model").is_file():
         return None
     return NodeBuild(node=job.node.name, op_type=job.node.op_type, kind="cppsim",
-                     executable=entry / "node_model", source_sha256=job.digest, cached=True,
+                     executable=entry / "node_model", cached=True,
                      compile_s=0.0, shims=tuple(meta.get("shims", ())))
 
 

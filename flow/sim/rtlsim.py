@@ -578,7 +578,7 @@ def compile_rtl_nodes(model: ModelWrapper, work_dir: Path, tools: RtlsimTools, *
         if not cached:
             seconds = _compile(st, tools, cache_dir, work_dir / node.name / "build.log")
         return NodeBuild(node=node.name, op_type=node.op_type, kind="rtlsim",
-                         executable=entry / EXE, source_sha256=digest, cached=cached,
+                         executable=entry / EXE, cached=cached,
                          compile_s=round(seconds, 3), shims=st.patches)
 
     return {b.node: b for b in run_parallel(one, nodes, jobs)}

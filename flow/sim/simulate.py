@@ -25,10 +25,8 @@ from typing import Any
 import numpy as np
 from onnx import numpy_helper
 
-from flow.config import SimMode
+from flow.config import SIM_OF_SUFFIX, SimMode
 from sibnn_base.errors import SimulationBuildError, VerificationError
-
-SIM_OF_SUFFIX = {"_hls": "cppsim", "_rtl": "rtlsim"}
 
 
 @dataclass(frozen=True)
