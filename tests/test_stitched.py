@@ -19,7 +19,7 @@ from .conftest import SMALL_HW, run_cli
 
 
 def _tools():
-    from flow.sim.rtlsim import find_rtlsim_tools
+    from flow.sim.verilator import find_rtlsim_tools
 
     try:
         return find_rtlsim_tools()

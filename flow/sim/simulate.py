@@ -37,7 +37,7 @@ class Simulators:
     cppsim: Any = None
     """:class:`flow.sim.cppsim.CppsimTools` when ``mode`` includes cppsim."""
     rtlsim: Any = None
-    """:class:`flow.sim.rtlsim.RtlsimTools` when ``mode`` includes rtlsim."""
+    """:class:`flow.sim.verilator.RtlsimTools` when ``mode`` includes rtlsim."""
 
     def describe(self) -> str:
         parts = []
@@ -60,7 +60,7 @@ def find_simulators(mode: SimMode | str) -> Simulators:
 
         cpp = find_cppsim_tools()
     if {"rtlsim", "stitched"} & set(mode.kinds):  # the stitched design runs RTL in Verilator
-        from flow.sim.rtlsim import find_rtlsim_tools
+        from flow.sim.verilator import find_rtlsim_tools
 
         rtl = find_rtlsim_tools()
     return Simulators(mode=mode, cppsim=cpp, rtlsim=rtl)
@@ -90,8 +90,9 @@ def compile_nodes(model, sims: Simulators, work: Path, cache: Path, jobs: int
                                         cache_dir=cache / "cppsim", jobs=jobs))
     if rtl and "rtlsim" in wanted:
         from flow.sim import rtlsim
+        from flow.sim.rtl_stage import unsupported_rtl_nodes
 
-        unsupported = rtlsim.unsupported_rtl_nodes(model)
+        unsupported = unsupported_rtl_nodes(model)
         python_only.update(unsupported)
         todo = [n for n in rtl if n not in unsupported]
         if todo:

@@ -34,11 +34,10 @@ import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
 from flow.sim import rtlsim
+from flow.sim import stitched_build as sb
+from flow.sim.rtl_stage import node_inst
 from flow.sim.sim_common import run_parallel
 from sibnn_base.errors import SimulationBuildError, UnsupportedGraphError, VerificationError
-
-TEMPLATE = Path(__file__).with_name("stitched_sim.cpp")
-"""The simulator's engine; ``netlist.inc`` (generated) is included into it."""
 
 QUIET_CYCLES = 4096
 """A run stops as deadlocked when no beat has moved on any channel, and no HLS pipeline has
@@ -46,7 +45,6 @@ advanced, for this many cycles while frames are still pending."""
 
 FIFO = "StreamingFIFO_rtl"
 DWC = "StreamingDataWidthConverter_rtl"
-FORK_OPS = ("ReplicateStream_hls", "DuplicateStreams_hls")
 MIN_FIFO_DEPTH = 2
 """FINN's ``fifo.sv`` refuses a depth below 2 (``$error``); ``InsertFIFO`` never makes one."""
 
@@ -73,18 +71,12 @@ def stitch(model: ModelWrapper, fpga_part: str, clk_ns: float) -> ModelWrapper:
     return model.transform(PrepareIP(fpga_part, clk_ns))
 
 
-def _inst(node):
-    from qonnx.custom_op.registry import getCustomOp
-
-    return getCustomOp(node)
-
-
 def fifo_nodes(model: ModelWrapper) -> list:
     return [n for n in model.graph.node if n.op_type == FIFO]
 
 
 def fifo_depths(model: ModelWrapper) -> dict[str, int]:
-    return {n.name: int(_inst(n).get_nodeattr("depth")) for n in fifo_nodes(model)}
+    return {n.name: int(node_inst(n).get_nodeattr("depth")) for n in fifo_nodes(model)}
 
 
 def apply_depths(model: ModelWrapper, depths: dict[str, int], fpga_part: str,
@@ -103,7 +95,7 @@ def apply_depths(model: ModelWrapper, depths: dict[str, int], fpga_part: str,
             + (f"; missing: {', '.join(missing[:5])}" if missing else ""))
     model = copy.deepcopy(model)
     for n in fifo_nodes(model):
-        inst = _inst(n)
+        inst = node_inst(n)
         d = int(depths[n.name])
         if d < MIN_FIFO_DEPTH:
             raise UnsupportedGraphError(f"FIFO {n.name}: depth {d} is below FINN's minimum of "
@@ -136,18 +128,13 @@ class Channel:
         return -(-self.bits // 32)
 
 
-def _stream_inputs(model: ModelWrapper, node) -> list[int]:
-    """Input indices of ``node`` that are streams (not initializers such as an MVAU's weights)."""
-    return [i for i, t in enumerate(node.input) if t and model.get_initializer(t) is None]
-
-
 def channels(model: ModelWrapper) -> list[Channel]:
     """Every stream of the stitched graph, in graph order of the producer."""
     out = []
     producer = {t: (n, j) for n in model.graph.node for j, t in enumerate(n.output)}
     consumer = {}
     for n in model.graph.node:
-        for i in _stream_inputs(model, n):
+        for i in sb.stream_inputs(model, n):
             if n.input[i] in consumer:
                 raise UnsupportedGraphError(f"tensor {n.input[i]} feeds two nodes without a "
                                             f"fork: not a stream graph")
@@ -158,10 +145,10 @@ def channels(model: ModelWrapper) -> list[Channel]:
         if p is None and c is None:
             continue
         if p is not None:
-            inst, j = _inst(p[0]), p[1]
+            inst, j = node_inst(p[0]), p[1]
             bits, folded = inst.get_outstream_width_padded(j), inst.get_folded_output_shape(j)
         else:
-            inst, i = _inst(c[0]), c[1]
+            inst, i = node_inst(c[0]), c[1]
             bits, folded = inst.get_instream_width_padded(i), inst.get_folded_input_shape(i)
         out.append(Channel(name=t, producer=p[0].name if p else None, out_index=p[1] if p else 0,
                            consumer=c[0].name if c else None, in_index=c[1] if c else 0,
@@ -178,7 +165,7 @@ def _dag(model: ModelWrapper) -> tuple[dict[str, list[str]], dict[str, int]]:
     pred: dict[str, list[str]] = {}
     order = {n.name: i for i, n in enumerate(model.graph.node)}
     for n in model.graph.node:
-        pred[n.name] = [p.name for i in _stream_inputs(model, n)
+        pred[n.name] = [p.name for i in sb.stream_inputs(model, n)
                         if (p := model.find_producer(n.input[i])) is not None]
     return pred, order
 
@@ -204,7 +191,7 @@ def skip_fifos(model: ModelWrapper, arrival: dict[str, int] | None = None) -> li
     by_name = {n.name: n for n in model.graph.node}
     out = []
     for n in model.graph.node:
-        ins = _stream_inputs(model, n)
+        ins = sb.stream_inputs(model, n)
         if len(ins) < 2:
             continue
         heads = [model.find_producer(n.input[i]) for i in ins[:2]]
@@ -272,7 +259,7 @@ def _stream_origins(model: ModelWrapper, chans: list[Channel]) -> dict[str, str]
         while p is not None and by_name[p].op_type in (FIFO, DWC):
             p = producer_of.get(by_name[p].input[0])
         if p is not None and by_name[p].op_type.startswith("ConvolutionInputGenerator") \
-                and _inst(by_name[p]).get_nodeattr("depthwise"):
+                and node_inst(by_name[p]).get_nodeattr("depthwise"):
             out[c.name] = p
     return out
 
@@ -297,18 +284,18 @@ def write_data(model: ModelWrapper, chans: list[Channel], frames: list[dict], da
     origin = _stream_origins(model, chans)
     for c in chans:
         if c.producer is not None:
-            inst = _inst(by_name[c.producer])
+            inst = node_inst(by_name[c.producer])
             folded, dt = inst.get_folded_output_shape(c.out_index), \
                 inst.get_output_datatype(c.out_index)
         else:
-            inst = _inst(by_name[c.consumer])
+            inst = node_inst(by_name[c.consumer])
             folded, dt = inst.get_folded_input_shape(c.in_index), \
                 inst.get_input_datatype(c.in_index)
         beats = []
         for ctx in frames:
             t = np.asarray(ctx[c.name], dtype=np.float32)
             if c.name in origin:  # a depthwise window's order, through FIFOs and converters
-                swg = _inst(by_name[origin[c.name]])
+                swg = node_inst(by_name[origin[c.name]])
                 t = rtlsim.im2col_to_depthwise(swg, t.reshape(tuple(swg.get_normal_output_shape(0))))
             try:
                 beats.append(pack_words(t.reshape(tuple(folded)), dt, c.words))
@@ -396,8 +383,6 @@ def prepare(model: ModelWrapper, frames: list[dict], tools, cache: Path, work: P
             gauge: bool, jobs: int, write: bool = True) -> Stitched:
     """Compile (or take from the cache) the simulator of ``model`` and write its data
     (``write=False``: reuse the data already in ``work``; FIFO depths do not change it)."""
-    from flow.sim import stitched_build as sb
-
     t0 = time.perf_counter()
     chans = channels(model)
     models = sb.hls_models(model)
