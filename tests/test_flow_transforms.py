@@ -1,4 +1,4 @@
-"""Our graph rewrites (flow/hw/transforms.py) on tiny hand-built graphs: exact on seeded inputs."""
+"""Our graph rewrites (flow/hw/transforms/) on tiny hand-built graphs: exact on seeded inputs."""
 
 from __future__ import annotations
 
