@@ -160,7 +160,7 @@ def channels(model: ModelWrapper) -> list[Channel]:
 
 # ------------------------------------------------------------------------------- fork / join
 
-def _dag(model: ModelWrapper) -> tuple[dict[str, list[str]], dict[str, int]]:
+def stream_dag(model: ModelWrapper) -> tuple[dict[str, list[str]], dict[str, int]]:
     """Predecessors of every node (over stream tensors) and its topological index."""
     pred: dict[str, list[str]] = {}
     order = {n.name: i for i, n in enumerate(model.graph.node)}
@@ -170,7 +170,8 @@ def _dag(model: ModelWrapper) -> tuple[dict[str, list[str]], dict[str, int]]:
     return pred, order
 
 
-def _ancestors(name: str, pred: dict[str, list[str]]) -> set[str]:
+def ancestors(name: str, pred: dict[str, list[str]]) -> set[str]:
+    """``name`` and every node upstream of it in ``pred`` (:func:`stream_dag`)."""
     seen, todo = set(), [name]
     while todo:
         x = todo.pop()
@@ -187,7 +188,7 @@ def skip_fifos(model: ModelWrapper, arrival: dict[str, int] | None = None) -> li
     cycle of its first beat, from a simulation) the shorter side is the one whose first beat
     reaches the join first; without it, the side with fewer compute nodes (FIFOs and width
     converters do not count)."""
-    pred, order = _dag(model)
+    pred, order = stream_dag(model)
     by_name = {n.name: n for n in model.graph.node}
     out = []
     for n in model.graph.node:
@@ -197,12 +198,12 @@ def skip_fifos(model: ModelWrapper, arrival: dict[str, int] | None = None) -> li
         heads = [model.find_producer(n.input[i]) for i in ins[:2]]
         if any(h is None for h in heads):
             continue
-        anc = [_ancestors(h.name, pred) for h in heads]
+        anc = [ancestors(h.name, pred) for h in heads]
         common = anc[0] & anc[1]
         if not common:
             continue
         fork = max(common, key=order.__getitem__)
-        below = {x for x in set().union(*anc) if fork in _ancestors(x, pred)} - {fork}
+        below = {x for x in set().union(*anc) if fork in ancestors(x, pred)} - {fork}
         sides = [sorted(a & below, key=order.__getitem__) for a in anc]
 
         ranks = []
