@@ -208,9 +208,9 @@ def _simulate(plan: BuildPlan, src: ResolvedSource, work: Path,
     None where the mode does not include it."""
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from flow.hw.sim_common import default_cache_dir
-    from flow.proof.simulate import simulate
     from flow.report import simulation_line
+    from flow.sim.sim_common import default_cache_dir
+    from flow.sim.simulate import simulate
 
     if plan.sims is None:
         return {"mode": "none"}, None
@@ -237,9 +237,9 @@ def _simulate_stitched(plan: BuildPlan, src: ResolvedSource, model: ModelWrapper
     import json
 
     from flow.env.finn import finn_session
-    from flow.hw.sim_common import default_cache_dir
-    from flow.hw.stitched_run import load_fifo_depths, run_stitched
     from flow.report import finn_estimates, stitched_line
+    from flow.sim.sim_common import default_cache_dir
+    from flow.sim.stitched_run import load_fifo_depths, run_stitched
     cfg, board = plan.cfg, plan.board
     imposed = load_fifo_depths(cfg.fifo_depths) if cfg.fifo_depths else None
     try:

@@ -55,17 +55,17 @@ class FrontEnd(str, Enum):
 
 
 class SimMode(str, Enum):
-    """Which generated code a build runs after ``hw_codegen`` (``flow.proof.simulate``)."""
+    """Which generated code a build runs after ``hw_codegen`` (``flow.sim.simulate``)."""
 
     NONE = "none"
     """No code simulation: after specialisation only FINN's python models of the layers run."""
     CPPSIM = "cppsim"
-    """Every ``*_hls`` node as its generated C++ compiled with g++ (``flow.hw.cppsim``)."""
+    """Every ``*_hls`` node as its generated C++ compiled with g++ (``flow.sim.cppsim``)."""
     RTLSIM = "rtlsim"
-    """Every ``*_rtl`` node as its generated RTL compiled with Verilator (``flow.hw.rtlsim``)."""
+    """Every ``*_rtl`` node as its generated RTL compiled with Verilator (``flow.sim.rtlsim``)."""
     STITCHED = "stitched"
     """The whole accelerator after FINN's FIFO/DWC insertion, cycle by cycle on several frames:
-    RTL nodes in Verilator, HLS nodes as cycle models; sizes the FIFOs (``flow.hw.stitched``)."""
+    RTL nodes in Verilator, HLS nodes as cycle models; sizes the FIFOs (``flow.sim.stitched``)."""
     ALL = "all"
     """cppsim + rtlsim + stitched."""
 

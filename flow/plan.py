@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from flow.front.golden import GoldenModel
     from flow.front.integerize import IntegerIR
-    from flow.proof.simulate import Simulators
+    from flow.sim.simulate import Simulators
 
 
 @dataclass(frozen=True)
@@ -94,13 +94,13 @@ def make_plan(cfg: BuildConfig) -> BuildPlan:
         tools.has_vivado and FifoSizing(cfg.fifo_sizing) == FifoSizing.SIM
         and reaches(cfg, "set_fifo_depths"))
     if SimMode(cfg.sim).kinds or stitched:
-        from flow.proof.simulate import find_simulators
+        from flow.sim.simulate import find_simulators
 
         _check_sim_steps(cfg)
         # a missing g++/Verilator/finn-hlslib: fail first
         sims = find_simulators(cfg.sim if SimMode(cfg.sim).kinds else "stitched")
     if cfg.fifo_depths:
-        from flow.hw.stitched_run import load_fifo_depths
+        from flow.sim.stitched_run import load_fifo_depths
 
         load_fifo_depths(cfg.fifo_depths)  # malformed file: fail before anything is written
     if cfg.folding:

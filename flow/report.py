@@ -86,7 +86,7 @@ def load_summary(out_dir: str | Path) -> dict:
 
 def simulation_line(rec: dict) -> str:
     """``cppsim exact (N HLS nodes), rtlsim exact (M RTL nodes) on K inputs; ...`` from the
-    ``simulation`` record of ``summary.json`` (:mod:`flow.proof.simulate`)."""
+    ``simulation`` record of ``summary.json`` (:mod:`flow.sim.simulate`)."""
     parts = [f"{k} exact ({rec[k]['nodes']} {'HLS' if k == 'cppsim' else 'RTL'} nodes)"
              for k in ("cppsim", "rtlsim") if k in rec]
     po = rec.get("python_only") or []
@@ -96,7 +96,7 @@ def simulation_line(rec: dict) -> str:
 
 def stitched_line(rec: dict) -> str:
     """``8 frames exact, 15898 fps (FINN estimate 15944), latency ..., no deadlock, FIFOs ...``
-    from the ``stitched`` record of ``summary.json`` (:mod:`flow.hw.stitched_run`)."""
+    from the ``stitched`` record of ``summary.json`` (:mod:`flow.sim.stitched_run`)."""
     est = rec.get("fps_finn_estimate")
     return (f"{rec['frames']} frames exact, {rec['fps']:.0f} fps simulated"
             + (f" (FINN estimate {est:.0f})" if est else "")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# finn-hlslib for cppsim with g++ (flow/hw/cppsim.py), where FINN itself looks for it:
+# finn-hlslib for cppsim with g++ (flow/sim/cppsim.py), where FINN itself looks for it:
 # $FINN_DEPS/finn-hlslib (default deps/), at the commit finn-plus pins in
 # finn/interface/external_dependencies.yaml. Needs network access to GitHub, or
 # HLSLIB_SRC=<a local git clone or mirror of Xilinx/finn-hlslib> (then the pinned commit is used
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 DEPS=${FINN_DEPS:-deps}
 DEST="$DEPS/finn-hlslib"
 PY=${VENV:-.venv}/bin/python
-PIN=$("$PY" -c "from flow.hw.cppsim import pinned_hlslib_commit; print(pinned_hlslib_commit())")
+PIN=$("$PY" -c "from flow.sim.cppsim import pinned_hlslib_commit; print(pinned_hlslib_commit())")
 SRC=${HLSLIB_SRC:-https://github.com/Xilinx/finn-hlslib.git}
 if [[ -f "$DEST/bnn-library.h" ]]; then
   echo "[deps] finn-hlslib already in $DEST ($(cat "$DEST/.sibnn-commit" 2>/dev/null || echo '?'))"

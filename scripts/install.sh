@@ -26,7 +26,7 @@ pip_quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a director
 "${PIP[@]}" install -r requirements.txt
 "${PIP[@]}" install --no-deps -e .
 "$VENV/bin/python" -c "import torch, brevitas, finn, qonnx, onnxruntime; print('[install] ok: torch', torch.__version__, 'brevitas', brevitas.__version__)"
-# Open ap_int/hls_stream headers for cppsim with g++ (flow/hw/cppsim.py): the hls4ml wheel ships
+# Open ap_int/hls_stream headers for cppsim with g++ (flow/sim/cppsim.py): the hls4ml wheel ships
 # them (hls4ml/templates/vivado/ap_types). Only the wheel is downloaded, nothing is installed.
 if [[ ! -f "$AP_TYPES/ap_int.h" ]]; then
   tmp=$(mktemp -d)

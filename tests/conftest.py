@@ -59,7 +59,7 @@ def available_sim_mode() -> str:
     """The widest ``--sim`` mode this machine's tools allow (``all``: cppsim, rtlsim and the
     stitched design; else ``cppsim``, ``rtlsim`` or ``none``), so the shared build runs every
     generated-code simulation that can run here."""
-    from flow.proof.simulate import find_simulators
+    from flow.sim.simulate import find_simulators
     from sibnn_base.errors import ToolMissingError
 
     ok = []

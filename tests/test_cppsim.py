@@ -1,4 +1,4 @@
-"""cppsim with plain g++ (``flow.hw.cppsim``): every HLS layer type of a small graph, compiled
+"""cppsim with plain g++ (``flow.sim.cppsim``): every HLS layer type of a small graph, compiled
 from FINN's generated C++, equals FINN's python model of that layer bit for bit, on real and
 extreme inputs; the compile cache, a corrupted threshold and missing tools are checked too."""
 
@@ -17,14 +17,14 @@ from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.core.onnx_exec import execute_node, execute_onnx
 from qonnx.custom_op.registry import getCustomOp
 
-from flow.hw.cppsim import (
+from flow.proof.verify import python_model_view, stage_input, verification_pixels
+from flow.sim.cppsim import (
     SHIMS,
     compile_hls_nodes,
     find_cppsim_tools,
     hls_nodes,
     run_hls_node,
 )
-from flow.proof.verify import python_model_view, stage_input, verification_pixels
 from sibnn_base.errors import SimulationBuildError, ToolMissingError
 
 N_IMAGES = 2
@@ -242,8 +242,8 @@ def test_second_compile_is_all_cached_and_runs_no_gxx(small, picks, builds, tool
                               names=list(picks.values()))
     first = builds[0]
     assert all(b.cached and b.compile_s == 0 for b in again.values())
-    assert {n: b.source_sha256 for n, b in again.items()} == \
-           {n: b.source_sha256 for n, b in first.items()}
+    assert {n: b.executable for n, b in again.items()} == \
+           {n: b.executable for n, b in first.items()}
     assert {n: b.shims for n, b in again.items()} == {n: b.shims for n, b in first.items()}
     assert not sentinel.exists()
 

@@ -76,7 +76,7 @@ def build_knobs(tmp_path, arch: str, seed: int, n_inputs: int = 32, build_kw: di
 def _check_simulation(s: dict, mode: str) -> None:
     """Every node ran as generated code (``--sim all``) and matched, or skip naming the tool."""
     if mode != "all":
-        from flow.proof.simulate import find_simulators
+        from flow.sim.simulate import find_simulators
         from sibnn_base.errors import ToolMissingError
 
         try:

@@ -19,7 +19,7 @@ from .conftest import assert_one_line_error, run_cli
 
 
 def _simulators(mode: str):
-    from flow.proof.simulate import find_simulators
+    from flow.sim.simulate import find_simulators
 
     try:
         return find_simulators(mode)
@@ -63,9 +63,9 @@ def test_a_corrupted_threshold_is_caught_naming_node_and_index(sim_build, tmp_pa
     from; the python model of the same node (read from the original) disagrees, and the error
     names the node, the input and the index."""
     from flow.env.finn import detect_tools, finn_session
-    from flow.hw.sim_common import default_cache_dir
-    from flow.proof.simulate import simulate
     from flow.proof.verify import verification_pixels
+    from flow.sim.sim_common import default_cache_dir
+    from flow.sim.simulate import simulate
 
     model = ModelWrapper(str(sim_build / "intermediate_models" / "08_hw_codegen.onnx"))
     node = next(n for n in model.graph.node if n.op_type == "MVAU_hls" and len(n.input) > 2)
@@ -139,7 +139,7 @@ def test_default_build_runs_entirely_as_generated_code(tmp_path):
 @pytest.mark.slow
 def test_brevitas_cnv_runs_entirely_as_generated_code(tmp_path):
     from flow.front.export import export_bnn_pynq
-    from flow.hw.cppsim import pinned_hlslib_commit
+    from flow.sim.cppsim import pinned_hlslib_commit
 
     have, pin = _simulators("all").cppsim.hlslib_commit, pinned_hlslib_commit()
     if not (have and pin and have.startswith(pin[:10])):

@@ -19,7 +19,7 @@ from .conftest import SMALL_HW, run_cli
 
 
 def _tools():
-    from flow.hw.rtlsim import find_rtlsim_tools
+    from flow.sim.verilator import find_rtlsim_tools
 
     try:
         return find_rtlsim_tools()
@@ -105,9 +105,9 @@ def test_skip_fifos_at_depth_2_deadlock_naming_the_fork_and_join(built, tmp_path
     """Every skip FIFO at InsertFIFO's depth 2 (the rest as sized): the run stops as a
     deadlock, naming the fork, the join, the full FIFO, its depth and the depth it needs."""
     from flow.env.finn import detect_tools, finn_session
-    from flow.hw.sim_common import default_cache_dir
-    from flow.hw.stitched_run import DeadlockError, run_stitched
     from flow.proof.verify import verification_pixels
+    from flow.sim.sim_common import default_cache_dir
+    from flow.sim.stitched_run import DeadlockError, run_stitched
 
     st = load_summary(built)["stitched"]
     depths = dict(st["fifo_depths"])
@@ -134,8 +134,8 @@ def test_skip_fifos_at_depth_2_deadlock_naming_the_fork_and_join(built, tmp_path
 def test_pack_words_is_finns_packing():
     from qonnx.core.datatype import DataType
 
-    from flow.hw.rtlsim import pack_beats
-    from flow.hw.stitched import pack_words
+    from flow.sim.rtlsim import pack_beats
+    from flow.sim.stitched import pack_words
 
     rng = np.random.default_rng(0)
     for name, n in (("BIPOLAR", 37), ("INT4", 9), ("UINT8", 3), ("INT24", 2), ("BINARY", 288)):
@@ -153,7 +153,7 @@ def test_cycle_model_schedules_count_finns_cycles(built):
     """The MVAU and eltwise schedules have exactly ``get_exp_cycles()`` iterations."""
     from qonnx.custom_op.registry import getCustomOp
 
-    from flow.hw.cycle_models import READ, WRITE, cycle_model
+    from flow.sim.cycle_models import READ, WRITE, cycle_model
 
     model = ModelWrapper(str(built / "intermediate_models" / "08_hw_codegen.onnx"))
     seen = set()
@@ -174,7 +174,7 @@ def test_cycle_model_schedules_count_finns_cycles(built):
 
 def test_fifo_depths_needs_stitched_and_a_valid_file(tmp_path):
     from flow.config import resolve_build_config
-    from flow.hw.stitched_run import load_fifo_depths
+    from flow.sim.stitched_run import load_fifo_depths
 
     with pytest.raises(ConfigError, match="--sim stitched"):
         resolve_build_config(fifo_depths="x.json")
@@ -282,9 +282,9 @@ def test_a_wrong_beat_is_caught_naming_its_channel(built, tmp_path):
     """Negative control: one word of what a Verilated node must send (a threshold's output) is
     changed in the expected stream: the run stops at that channel, frame and beat."""
     from flow.env.finn import detect_tools, finn_session
-    from flow.hw import stitched as S
-    from flow.hw.sim_common import default_cache_dir
     from flow.proof.verify import verification_pixels
+    from flow.sim import stitched as S
+    from flow.sim.sim_common import default_cache_dir
 
     model = ModelWrapper(str(built / "intermediate_models" / "08_hw_codegen.onnx"))
     with finn_session(tmp_path / "fb", detect_tools()):
@@ -311,13 +311,13 @@ def test_vivado_fifo_step_needs_the_sized_depths(tmp_path):
     decides whether a Vivado build runs the stitched sizing first."""
     from types import SimpleNamespace
 
+    from flow.build import _reaches
     from flow.config import resolve_build_config
     from flow.hw.steps import step_set_fifo_depths
-    from flow.plan import reaches
 
     ctx = SimpleNamespace(cfg=BuildConfig(), finn_cfg=None, out_dir=tmp_path, finn_steps=None)
     with pytest.raises(ConfigError, match="fifo_sizing: sim needs report/fifo_depths.json"):
         step_set_fifo_depths(None, ctx)
-    assert reaches(BuildConfig(), "set_fifo_depths")
-    assert not reaches(resolve_build_config(stop_step="hw_codegen"), "set_fifo_depths")
-    assert not reaches(resolve_build_config(start_step="create_stitched_ip"), "set_fifo_depths")
+    assert _reaches(BuildConfig(), "set_fifo_depths")
+    assert not _reaches(resolve_build_config(stop_step="hw_codegen"), "set_fifo_depths")
+    assert not _reaches(resolve_build_config(start_step="create_stitched_ip"), "set_fifo_depths")

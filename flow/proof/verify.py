@@ -382,7 +382,7 @@ class GoldenVerifier:
 
     def check(self, step: str, model: ModelWrapper, y: np.ndarray) -> dict:
         """Compare ``y``, ``model``'s primary output on :attr:`pixels` however it was computed
-        (python execution, or generated code in :mod:`flow.proof.simulate`), with the golden
+        (python execution, or generated code in :mod:`flow.sim.simulate`), with the golden
         model."""
         out = model.graph.output[0].name
         stripped = bool(model.get_metadata_prop(T.OUTPUT_AFFINE_KEY))

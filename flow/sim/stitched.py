@@ -7,8 +7,8 @@ several frames back to back, without Vivado.
    FINN's code generation for the nodes they add (``StreamingFIFO_rtl``,
    ``StreamingDataWidthConverter_rtl``). Node and FIFO names are the ones a Vivado build gets.
 2. **Models.** Every RTL node is its generated RTL compiled by Verilator (staged like
-   :mod:`flow.hw.rtlsim`; one C++ class per distinct source, ``--prefix``), every HLS node a
-   cycle model of its loop (:mod:`flow.hw.cycle_models`). ``stitched_sim.cpp`` joins them by
+   :mod:`flow.sim.rtlsim`; one C++ class per distinct source, ``--prefix``), every HLS node a
+   cycle model of its loop (:mod:`flow.sim.cycle_models`). ``stitched_sim.cpp`` joins them by
    valid/ready channels, one per tensor of the graph (:class:`Channel`).
 3. **Data.** The graph's python execution (FINN's models of every node) on every frame gives
    the beats each channel must carry; the simulation compares every transferred beat with them,
@@ -33,12 +33,11 @@ from pathlib import Path
 import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
-from flow.hw import rtlsim
-from flow.hw.sim_common import run_parallel
+from flow.sim import rtlsim
+from flow.sim import stitched_build as sb
+from flow.sim.rtl_stage import node_inst
+from flow.sim.sim_common import run_parallel
 from sibnn_base.errors import SimulationBuildError, UnsupportedGraphError, VerificationError
-
-TEMPLATE = Path(__file__).with_name("stitched_sim.cpp")
-"""The simulator's engine; ``netlist.inc`` (generated) is included into it."""
 
 QUIET_CYCLES = 4096
 """A run stops as deadlocked when no beat has moved on any channel, and no HLS pipeline has
@@ -46,7 +45,6 @@ advanced, for this many cycles while frames are still pending."""
 
 FIFO = "StreamingFIFO_rtl"
 DWC = "StreamingDataWidthConverter_rtl"
-FORK_OPS = ("ReplicateStream_hls", "DuplicateStreams_hls")
 MIN_FIFO_DEPTH = 2
 """FINN's ``fifo.sv`` refuses a depth below 2 (``$error``); ``InsertFIFO`` never makes one."""
 
@@ -73,18 +71,12 @@ def stitch(model: ModelWrapper, fpga_part: str, clk_ns: float) -> ModelWrapper:
     return model.transform(PrepareIP(fpga_part, clk_ns))
 
 
-def _inst(node):
-    from qonnx.custom_op.registry import getCustomOp
-
-    return getCustomOp(node)
-
-
 def fifo_nodes(model: ModelWrapper) -> list:
     return [n for n in model.graph.node if n.op_type == FIFO]
 
 
 def fifo_depths(model: ModelWrapper) -> dict[str, int]:
-    return {n.name: int(_inst(n).get_nodeattr("depth")) for n in fifo_nodes(model)}
+    return {n.name: int(node_inst(n).get_nodeattr("depth")) for n in fifo_nodes(model)}
 
 
 def apply_depths(model: ModelWrapper, depths: dict[str, int], fpga_part: str,
@@ -103,7 +95,7 @@ def apply_depths(model: ModelWrapper, depths: dict[str, int], fpga_part: str,
             + (f"; missing: {', '.join(missing[:5])}" if missing else ""))
     model = copy.deepcopy(model)
     for n in fifo_nodes(model):
-        inst = _inst(n)
+        inst = node_inst(n)
         d = int(depths[n.name])
         if d < MIN_FIFO_DEPTH:
             raise UnsupportedGraphError(f"FIFO {n.name}: depth {d} is below FINN's minimum of "
@@ -136,18 +128,13 @@ class Channel:
         return -(-self.bits // 32)
 
 
-def _stream_inputs(model: ModelWrapper, node) -> list[int]:
-    """Input indices of ``node`` that are streams (not initializers such as an MVAU's weights)."""
-    return [i for i, t in enumerate(node.input) if t and model.get_initializer(t) is None]
-
-
 def channels(model: ModelWrapper) -> list[Channel]:
     """Every stream of the stitched graph, in graph order of the producer."""
     out = []
     producer = {t: (n, j) for n in model.graph.node for j, t in enumerate(n.output)}
     consumer = {}
     for n in model.graph.node:
-        for i in _stream_inputs(model, n):
+        for i in sb.stream_inputs(model, n):
             if n.input[i] in consumer:
                 raise UnsupportedGraphError(f"tensor {n.input[i]} feeds two nodes without a "
                                             f"fork: not a stream graph")
@@ -158,10 +145,10 @@ def channels(model: ModelWrapper) -> list[Channel]:
         if p is None and c is None:
             continue
         if p is not None:
-            inst, j = _inst(p[0]), p[1]
+            inst, j = node_inst(p[0]), p[1]
             bits, folded = inst.get_outstream_width_padded(j), inst.get_folded_output_shape(j)
         else:
-            inst, i = _inst(c[0]), c[1]
+            inst, i = node_inst(c[0]), c[1]
             bits, folded = inst.get_instream_width_padded(i), inst.get_folded_input_shape(i)
         out.append(Channel(name=t, producer=p[0].name if p else None, out_index=p[1] if p else 0,
                            consumer=c[0].name if c else None, in_index=c[1] if c else 0,
@@ -173,17 +160,18 @@ def channels(model: ModelWrapper) -> list[Channel]:
 
 # ------------------------------------------------------------------------------- fork / join
 
-def _dag(model: ModelWrapper) -> tuple[dict[str, list[str]], dict[str, int]]:
+def stream_dag(model: ModelWrapper) -> tuple[dict[str, list[str]], dict[str, int]]:
     """Predecessors of every node (over stream tensors) and its topological index."""
     pred: dict[str, list[str]] = {}
     order = {n.name: i for i, n in enumerate(model.graph.node)}
     for n in model.graph.node:
-        pred[n.name] = [p.name for i in _stream_inputs(model, n)
+        pred[n.name] = [p.name for i in sb.stream_inputs(model, n)
                         if (p := model.find_producer(n.input[i])) is not None]
     return pred, order
 
 
-def _ancestors(name: str, pred: dict[str, list[str]]) -> set[str]:
+def ancestors(name: str, pred: dict[str, list[str]]) -> set[str]:
+    """``name`` and every node upstream of it in ``pred`` (:func:`stream_dag`)."""
     seen, todo = set(), [name]
     while todo:
         x = todo.pop()
@@ -200,22 +188,22 @@ def skip_fifos(model: ModelWrapper, arrival: dict[str, int] | None = None) -> li
     cycle of its first beat, from a simulation) the shorter side is the one whose first beat
     reaches the join first; without it, the side with fewer compute nodes (FIFOs and width
     converters do not count)."""
-    pred, order = _dag(model)
+    pred, order = stream_dag(model)
     by_name = {n.name: n for n in model.graph.node}
     out = []
     for n in model.graph.node:
-        ins = _stream_inputs(model, n)
+        ins = sb.stream_inputs(model, n)
         if len(ins) < 2:
             continue
         heads = [model.find_producer(n.input[i]) for i in ins[:2]]
         if any(h is None for h in heads):
             continue
-        anc = [_ancestors(h.name, pred) for h in heads]
+        anc = [ancestors(h.name, pred) for h in heads]
         common = anc[0] & anc[1]
         if not common:
             continue
         fork = max(common, key=order.__getitem__)
-        below = {x for x in set().union(*anc) if fork in _ancestors(x, pred)} - {fork}
+        below = {x for x in set().union(*anc) if fork in ancestors(x, pred)} - {fork}
         sides = [sorted(a & below, key=order.__getitem__) for a in anc]
 
         ranks = []
@@ -238,7 +226,7 @@ def skip_fifos(model: ModelWrapper, arrival: dict[str, int] | None = None) -> li
 
 def pack_words(x: np.ndarray, dt, words: int) -> np.ndarray:
     """Beats of ``x`` (folded shape, innermost dim = one beat) as little-endian uint32 words,
-    ``(beats, words)``: the same bits as :func:`flow.hw.rtlsim.pack_beats` (element ``k`` of
+    ``(beats, words)``: the same bits as :func:`flow.sim.rtlsim.pack_beats` (element ``k`` of
     a beat in bits ``[k*bw, (k+1)*bw)``, two's complement, BIPOLAR -1/+1 as 0/1)."""
     x = np.asarray(x, dtype=np.float64)
     if not dt.is_integer():
@@ -272,7 +260,7 @@ def _stream_origins(model: ModelWrapper, chans: list[Channel]) -> dict[str, str]
         while p is not None and by_name[p].op_type in (FIFO, DWC):
             p = producer_of.get(by_name[p].input[0])
         if p is not None and by_name[p].op_type.startswith("ConvolutionInputGenerator") \
-                and _inst(by_name[p]).get_nodeattr("depthwise"):
+                and node_inst(by_name[p]).get_nodeattr("depthwise"):
             out[c.name] = p
     return out
 
@@ -297,18 +285,18 @@ def write_data(model: ModelWrapper, chans: list[Channel], frames: list[dict], da
     origin = _stream_origins(model, chans)
     for c in chans:
         if c.producer is not None:
-            inst = _inst(by_name[c.producer])
+            inst = node_inst(by_name[c.producer])
             folded, dt = inst.get_folded_output_shape(c.out_index), \
                 inst.get_output_datatype(c.out_index)
         else:
-            inst = _inst(by_name[c.consumer])
+            inst = node_inst(by_name[c.consumer])
             folded, dt = inst.get_folded_input_shape(c.in_index), \
                 inst.get_input_datatype(c.in_index)
         beats = []
         for ctx in frames:
             t = np.asarray(ctx[c.name], dtype=np.float32)
             if c.name in origin:  # a depthwise window's order, through FIFOs and converters
-                swg = _inst(by_name[origin[c.name]])
+                swg = node_inst(by_name[origin[c.name]])
                 t = rtlsim.im2col_to_depthwise(swg, t.reshape(tuple(swg.get_normal_output_shape(0))))
             try:
                 beats.append(pack_words(t.reshape(tuple(folded)), dt, c.words))
@@ -396,8 +384,6 @@ def prepare(model: ModelWrapper, frames: list[dict], tools, cache: Path, work: P
             gauge: bool, jobs: int, write: bool = True) -> Stitched:
     """Compile (or take from the cache) the simulator of ``model`` and write its data
     (``write=False``: reuse the data already in ``work``; FIFO depths do not change it)."""
-    from flow.hw import stitched_build as sb
-
     t0 = time.perf_counter()
     chans = channels(model)
     models = sb.hls_models(model)

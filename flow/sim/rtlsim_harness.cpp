@@ -1,6 +1,6 @@
 // sibnn rtlsim harness: drives one Verilated FINN RTL node through its AXI streams.
 //
-// flow/hw/rtlsim.py fills in the markers: the stream counts, each stream's width in 32-bit
+// flow/sim/rtlsim.py fills in the markers: the stream counts, each stream's width in 32-bit
 // words, and the glue functions between the loop below and the node's ports (unused inputs,
 // e.g. an AXI-lite slave or an unused set-selection stream, are held at 0). The model class is
 // always Vtop (verilator --prefix Vtop); this file is compiled in one unit with the generated

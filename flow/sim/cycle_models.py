@@ -1,4 +1,4 @@
-"""Cycle models of the HLS nodes for the stitched simulation (:mod:`flow.hw.stitched`): one place
+"""Cycle models of the HLS nodes for the stitched simulation (:mod:`flow.sim.stitched`): one place
 that says, per op type, which finn-hlslib (or FINN-generated) loop the node's code runs, which
 iteration reads and which writes, and the pipeline depth assumed.
 

@@ -1,8 +1,8 @@
 """Run a built accelerator as its generated code, node by node, without Vivado.
 
 After ``hw_codegen`` every ``*_hls`` node has HLS C++ and every ``*_rtl`` node has RTL. With
-``--sim`` the build runs them: HLS C++ compiled with g++ (:mod:`flow.hw.cppsim`) and RTL compiled
-with Verilator (:mod:`flow.hw.rtlsim`). For every verification input the graph executes in
+``--sim`` the build runs them: HLS C++ compiled with g++ (:mod:`flow.sim.cppsim`) and RTL compiled
+with Verilator (:mod:`flow.sim.rtlsim`). For every verification input the graph executes in
 topological order with each simulated node fed by the *simulated* outputs of its producers, so
 the chain that runs is the generated code end to end. At every node the simulated outputs are
 compared (``np.array_equal``) with FINN's python model of the same node on the same inputs, so
@@ -25,10 +25,8 @@ from typing import Any
 import numpy as np
 from onnx import numpy_helper
 
-from flow.config import SimMode
+from flow.config import SIM_OF_SUFFIX, SimMode
 from sibnn_base.errors import SimulationBuildError, VerificationError
-
-SIM_OF_SUFFIX = {"_hls": "cppsim", "_rtl": "rtlsim"}
 
 
 @dataclass(frozen=True)
@@ -37,9 +35,9 @@ class Simulators:
 
     mode: SimMode
     cppsim: Any = None
-    """:class:`flow.hw.cppsim.CppsimTools` when ``mode`` includes cppsim."""
+    """:class:`flow.sim.cppsim.CppsimTools` when ``mode`` includes cppsim."""
     rtlsim: Any = None
-    """:class:`flow.hw.rtlsim.RtlsimTools` when ``mode`` includes rtlsim."""
+    """:class:`flow.sim.verilator.RtlsimTools` when ``mode`` includes rtlsim."""
 
     def describe(self) -> str:
         parts = []
@@ -58,11 +56,11 @@ def find_simulators(mode: SimMode | str) -> Simulators:
     mode = SimMode(mode)
     cpp = rtl = None
     if "cppsim" in mode.kinds:
-        from flow.hw.cppsim import find_cppsim_tools
+        from flow.sim.cppsim import find_cppsim_tools
 
         cpp = find_cppsim_tools()
     if {"rtlsim", "stitched"} & set(mode.kinds):  # the stitched design runs RTL in Verilator
-        from flow.hw.rtlsim import find_rtlsim_tools
+        from flow.sim.verilator import find_rtlsim_tools
 
         rtl = find_rtlsim_tools()
     return Simulators(mode=mode, cppsim=cpp, rtlsim=rtl)
@@ -86,14 +84,15 @@ def compile_nodes(model, sims: Simulators, work: Path, cache: Path, jobs: int
     hls = [n.name for n in model.graph.node if sim_kind(n) == "cppsim"]
     rtl = [n.name for n in model.graph.node if sim_kind(n) == "rtlsim"]
     if hls and "cppsim" in wanted:
-        from flow.hw.cppsim import compile_hls_nodes
+        from flow.sim.cppsim import compile_hls_nodes
 
         builds.update(compile_hls_nodes(model, work / "cppsim", sims.cppsim,
                                         cache_dir=cache / "cppsim", jobs=jobs))
     if rtl and "rtlsim" in wanted:
-        from flow.hw import rtlsim
+        from flow.sim import rtlsim
+        from flow.sim.rtl_stage import unsupported_rtl_nodes
 
-        unsupported = rtlsim.unsupported_rtl_nodes(model)
+        unsupported = unsupported_rtl_nodes(model)
         python_only.update(unsupported)
         todo = [n for n in rtl if n not in unsupported]
         if todo:
@@ -135,9 +134,9 @@ def simulate_one(model, view, builds: dict, x: np.ndarray, scratch: Path, image:
     code; raises :class:`VerificationError` at the first node whose outputs differ from its
     python model. Returns the graph output, the RTL cycle count per simulated RTL node and the
     seconds each simulated node ran. ``weight_files``: where MVAU weight files are shared between
-    inputs (:func:`~flow.hw.cppsim.run_hls_node`)."""
-    from flow.hw.cppsim import run_hls_node
-    from flow.hw.rtlsim import run_rtl_node
+    inputs (:func:`~flow.sim.cppsim.run_hls_node`)."""
+    from flow.sim.cppsim import run_hls_node
+    from flow.sim.rtlsim import run_rtl_node
 
     opset = model.model.opset_import[0].version if model.model.opset_import else 11
     ctx = model.make_empty_exec_context()
@@ -186,8 +185,8 @@ def simulate(model, pixels_nhwc: np.ndarray, sims: Simulators, *, work: Path, ca
     Raises :class:`VerificationError` at the first mismatch (node, input, index) and
     :class:`SimulationBuildError` when generated code does not compile.
     """
-    from flow.hw.sim_common import run_parallel
     from flow.proof.verify import GoldenVerifier, execute_stage, stage_input
+    from flow.sim.sim_common import run_parallel
 
     t0 = time.perf_counter()
     builds, python_only = compile_nodes(model, sims, work, cache, jobs)

@@ -8,7 +8,7 @@ them is needed for bit-accurate simulation. Here the same generated code (FINN's
 * FINN's ``npy2stream`` templates (``cnpy``), compiled once into a cached object;
 * finn-hlslib from FINN's deps directory (``$FINN_DEPS/finn-hlslib``, else ``<repo>/deps``);
 * the open ``ap_types`` headers (``<deps>/ap_types``, or ``$SIBNN_AP_TYPES``);
-* our shims (``flow/hw/cppsim_shims``) for Vitis-only headers and pieces missing from the
+* our shims (``flow/sim/cppsim_shims``) for Vitis-only headers and pieces missing from the
   finn-hlslib snapshot, searched *last*, so a real header always wins. The shims a node's compile
   actually read (g++'s dependency output) are recorded in :attr:`NodeBuild.shims`.
 
@@ -19,7 +19,7 @@ FINN's own ``execute_node`` (folding, BIPOLAR <-> BINARY, reshaping), so a node'
 the execution context exactly as FINN's cppsim puts them there.
 
 Binaries are cached under ``<cache_dir>/<digest>/node_model``, keyed by
-:func:`flow.hw.sim_common.source_digest` of the generated sources plus flags, g++ version, header
+:func:`flow.sim.sim_common.source_digest` of the generated sources plus flags, g++ version, header
 roots and a fingerprint of every header the compile can see. Nothing here touches FINN's global
 settings or installed files.
 """
@@ -44,7 +44,7 @@ from onnx import NodeProto
 from qonnx.core.modelwrapper import ModelWrapper
 
 from flow.env.finn import HW_DOMAIN
-from flow.hw.sim_common import (
+from flow.sim.sim_common import (
     NodeBuild,
     publish_entry,
     run_parallel,
@@ -357,7 +357,7 @@ def _compile_into(tmp: Path, job: _Job, tools: CppsimTools, cache_dir: Path,
     entry = cache_dir / job.digest
     publish_entry(tmp, entry, "node_model")
     return NodeBuild(node=name, op_type=op, kind="cppsim", executable=entry / "node_model",
-                     source_sha256=job.digest, cached=False, compile_s=compile_s, shims=shims)
+                     cached=False, compile_s=compile_s, shims=shims)
 
 
 def _cached(job: _Job, cache_dir: Path) -> NodeBuild | None:
@@ -369,7 +369,7 @@ def _cached(job: _Job, cache_dir: Path) -> NodeBuild | None:
     if not (entry / "node_model").is_file():
         return None
     return NodeBuild(node=job.node.name, op_type=job.node.op_type, kind="cppsim",
-                     executable=entry / "node_model", source_sha256=job.digest, cached=True,
+                     executable=entry / "node_model", cached=True,
                      compile_s=0.0, shims=tuple(meta.get("shims", ())))
 
 

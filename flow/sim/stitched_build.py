@@ -1,5 +1,5 @@
 """Compile the stitched simulator of one graph: every RTL node's Verilated model (one C++ class
-per distinct staged source, cached like :mod:`flow.hw.rtlsim`'s binaries), a generated netlist
+per distinct staged source, cached like :mod:`flow.sim.rtlsim`'s binaries), a generated netlist
 that instantiates them and the HLS cycle models and wires the channels, and the engine
 (``stitched_sim.cpp``) around it.
 
@@ -21,12 +21,32 @@ from pathlib import Path
 import numpy as np
 from qonnx.core.modelwrapper import ModelWrapper
 
-from flow.hw import rtlsim
-from flow.hw.cycle_models import NoCycleModel, cycle_model
-from flow.hw.sim_common import publish_entry, run_parallel, source_digest
+from flow.sim.cycle_models import NoCycleModel, cycle_model
+from flow.sim.rtl_stage import (
+    StagedRtl,
+    node_inst,
+    refuse_primitives,
+    rtl_nodes,
+    stage_rtl,
+    stream_ports,
+    top_ports,
+)
+from flow.sim.sim_common import publish_entry, run_parallel, source_digest
+from flow.sim.verilator import (
+    CXX_OPT,
+    VERILATOR_FLAGS,
+    BuildLog,
+    RtlsimTools,
+    compile_flags,
+    cxx_version,
+    verilate_into_cache,
+    verilator_runtime,
+)
 from sibnn_base.errors import SimulationBuildError, UnsupportedGraphError
 
 TEMPLATE = Path(__file__).with_name("stitched_sim.cpp")
+"""The simulator's engine; ``netlist.inc`` (generated) is included into it."""
+
 GAUGE_DEFINE = "FINN_SIMULATION"
 """Defined for the sizing run: FINN's FIFO wrapper then instantiates ``fifo_gauge`` (never
 full, records its maximum fill) instead of ``fifo``."""
@@ -52,55 +72,40 @@ def _hls(node_type: str) -> bool:
     return node_type.endswith("_hls")
 
 
-def _lib_key(st, tools, defines: tuple[str, ...]) -> str:
+def _lib_key(st: StagedRtl, tools: RtlsimTools, defines: tuple[str, ...]) -> str:
     return source_digest(
         [*st.sources, *st.data],
-        extra=[" ".join(rtlsim._flags(tools)), f"top={st.top}", "stitched-lib",
+        extra=[" ".join(compile_flags(tools)), f"top={st.top}", "stitched-lib",
                f"verilator {tools.verilator_version}", *(f"-D{d}" for d in defines),
-               f"cxx {tools.cxx} {rtlsim._cxx_version(tools.cxx)}",
+               f"cxx {tools.cxx} {cxx_version(tools.cxx)}",
                "sources " + " ".join(s.name for s in st.sources)])
 
 
-def _compile_lib(st, tools, cache: Path, digest: str, defines: tuple[str, ...],
-                 log_path: Path) -> float:
+def _compile_lib(st: StagedRtl, tools: RtlsimTools, cache: Path, digest: str,
+                 defines: tuple[str, ...], log_path: Path) -> float:
+    """Verilate ``st`` into ``<cache>/lib-<digest>/``: its model compiled into ``model.o``, the
+    generated headers in ``include/``, Verilator's make variables in ``flags.json``."""
     prefix = f"Vs{digest[:16]}"
-    log = rtlsim._Log(tools.environ())
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-lib-{digest[:12]}-", dir=cache))
-    t0 = time.monotonic()
-    try:
-        src, obj = tmp / "src", tmp / "obj"
-        shutil.copytree(st.dir, src)
-        proc = log.run([tools.verilator, *[f for f in rtlsim.VERILATOR_FLAGS if f != "Vtop"
-                                           and f != "--prefix"], "--prefix", prefix,
-                        *(f"-D{d}" for d in defines), "--top-module", st.top, "--Mdir", str(obj),
-                        *[str(src / s.name) for s in st.sources]], tmp)
-        if proc.returncode == 0:
-            mk = rtlsim._make_vars(obj, log, prefix)
-            unity = obj / "sibnn_unity.cpp"
-            unity.write_text("".join(f'#include "{c}.cpp"\n' for c in mk["CLASSES"]))
-            proc = log.run([tools.cxx, *mk["CXXFLAGS"], rtlsim.CXX_OPT, "-c", "-o",
-                            str(tmp / "model.o"), str(unity)], obj)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text(log.text)
-        if proc.returncode != 0 or not (tmp / "model.o").is_file():
-            raise rtlsim._build_error(st.node, log_path, log.text)
+
+    def compile_model(tmp: Path, src: Path, obj: Path, mk: dict, log: BuildLog):
+        unity = obj / "sibnn_unity.cpp"
+        unity.write_text("".join(f'#include "{c}.cpp"\n' for c in mk["CLASSES"]))
+        return log.run([tools.cxx, *mk["CXXFLAGS"], CXX_OPT, "-c", "-o",
+                        str(tmp / "model.o"), str(unity)], obj)
+
+    def headers(tmp: Path, obj: Path, mk: dict, seconds: float) -> None:
         (tmp / "include").mkdir()
         for h in obj.glob("*.h"):
             shutil.copyfile(h, tmp / "include" / h.name)
         (tmp / "flags.json").write_text(json.dumps(mk))
-        shutil.rmtree(obj)
-        shutil.move(str(src / "data"), tmp / "data")
-        (tmp / "build.log").write_text(log.text)
-        publish_entry(tmp, cache / f"lib-{digest}", "model.o")
-        return time.monotonic() - t0
-    except RuntimeError as err:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        log_path.write_text(log.text)
-        raise SimulationBuildError(f"stitched simulation: node {st.node.name} "
-                                   f"({st.node.op_type}): {err} (log: {log_path})") from None
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    flags = [f for f in VERILATOR_FLAGS if f != "Vtop" and f != "--prefix"]
+    return verilate_into_cache(
+        st, tools, entry=cache / f"lib-{digest}", product="model.o",
+        tmp_prefix=f".tmp-lib-{digest[:12]}-",
+        verilator_flags=[*flags, "--prefix", prefix, *(f"-D{d}" for d in defines)],
+        prefix=prefix, cxx_step=compile_model, finish=headers, log_path=log_path,
+        what="stitched simulation")
 
 
 def compile_libs(model: ModelWrapper, tools, cache: Path, work: Path, *, gauge: bool,
@@ -110,15 +115,12 @@ def compile_libs(model: ModelWrapper, tools, cache: Path, work: Path, *, gauge: 
     cache = Path(cache).absolute()
     cache.mkdir(parents=True, exist_ok=True)
     defines = (GAUGE_DEFINE,) if gauge else ()
-    nodes = rtlsim.rtl_nodes(model)
+    nodes = rtl_nodes(model)
 
     def one(node) -> ModelLib:
-        inst = rtlsim._inst(node)
-        st = rtlsim._stage(node, inst, tools.rtllib, Path(work) / "stage" / node.name)
-        prims = rtlsim._primitives(st.sources)
-        if prims:
-            raise SimulationBuildError(f"stitched simulation: node {node.name} ({node.op_type}): "
-                                       f"{rtlsim._unsupported_reason(prims)}")
+        inst = node_inst(node)
+        st = stage_rtl(node, inst, tools.rtllib, Path(work) / "stage" / node.name)
+        refuse_primitives(st, "stitched simulation")
         node_defines = defines if node.op_type == "StreamingFIFO_rtl" else ()
         digest = _lib_key(st, tools, node_defines)
         entry = cache / f"lib-{digest}"
@@ -127,8 +129,8 @@ def compile_libs(model: ModelWrapper, tools, cache: Path, work: Path, *, gauge: 
             seconds = _compile_lib(st, tools, cache, digest, node_defines,
                                    Path(work) / "logs" / f"{node.name}.log")
         return ModelLib(digest=digest, dir=entry, prefix=f"Vs{digest[:16]}",
-                        ports=rtlsim._top_ports(st.sources, st.top),
-                        streams=rtlsim._streams(inst), cached=cached,
+                        ports=top_ports(st.sources, st.top),
+                        streams=stream_ports(inst), cached=cached,
                         compile_s=round(seconds, 3))
 
     libs = run_parallel(one, nodes, jobs)
@@ -203,7 +205,7 @@ def netlist(model: ModelWrapper, chans: list, libs: dict[str, ModelLib],
         body.append(f"    d.chans[{i}] = new Chan{{{_c(c.name)}, {c.words}, {c.beats}}}; "
                     f"d.chans[{i}]->data.assign({c.words}, 0);")
     for k, n in enumerate(model.graph.node):
-        ins = [idx[n.input[i]] for i in rtlsim_inputs(model, n)]
+        ins = [idx[n.input[i]] for i in stream_inputs(model, n)]
         outs = [idx[t] for t in n.output if t in idx]
         if n.name in libs:
             lib = libs[n.name]
@@ -227,9 +229,9 @@ def netlist(model: ModelWrapper, chans: list, libs: dict[str, ModelLib],
             + "\n".join(body) + "\n}\n}  // namespace ss\n")
 
 
-def rtlsim_inputs(model: ModelWrapper, node) -> list[int]:
-    """Stream input indices of ``node`` in port order (initializers such as weights are not
-    streams)."""
+def stream_inputs(model: ModelWrapper, node) -> list[int]:
+    """Stream input indices of ``node`` in port order (initializers such as an MVAU's weights
+    are not streams)."""
     return [i for i, t in enumerate(node.input) if t and model.get_initializer(t) is None]
 
 
@@ -241,7 +243,7 @@ def hls_models(model: ModelWrapper) -> dict:
         if not _hls(n.op_type):
             continue
         try:
-            out[n.name] = cycle_model(rtlsim._inst(n))
+            out[n.name] = cycle_model(node_inst(n))
         except NoCycleModel as err:
             raise UnsupportedGraphError(f"stitched simulation: node {n.name}: {err}") from None
     return out
@@ -258,7 +260,7 @@ def link(model: ModelWrapper, chans: list, libs: dict[str, ModelLib], models: di
     work.mkdir(parents=True, exist_ok=True)
     (work / "netlist.inc").write_text(text)
     digest = source_digest([TEMPLATE, work / "netlist.inc"],
-                           extra=[lib.digest for lib in uniq] + [tools.cxx, rtlsim.CXX_OPT])
+                           extra=[lib.digest for lib in uniq] + [tools.cxx, CXX_OPT])
     entry = cache / f"sim-{digest}"
     if (entry / "sim").is_file():
         return entry / "sim", True, 0.0
@@ -268,14 +270,14 @@ def link(model: ModelWrapper, chans: list, libs: dict[str, ModelLib], models: di
     if mk is None:
         raise SimulationBuildError("stitched simulation: a graph without RTL nodes needs a "
                                    "Verilator model for its FIFOs; none was built")
-    log = rtlsim._Log(tools.environ())
+    log = BuildLog(tools.environ())
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-sim-", dir=cache))
     try:
         shutil.copyfile(TEMPLATE, tmp / "main.cpp")
         shutil.copyfile(work / "netlist.inc", tmp / "netlist.inc")
-        runtime = rtlsim._runtime(tools, cache, mk, log)
+        runtime = verilator_runtime(tools, cache, mk, log)
         incs = [f"-I{lib.dir / 'include'}" for lib in uniq]
-        proc = log.run([tools.cxx, *[f for f in mk["CXXFLAGS"] if f != "-I."], rtlsim.CXX_OPT,
+        proc = log.run([tools.cxx, *[f for f in mk["CXXFLAGS"] if f != "-I."], CXX_OPT,
                         "-I.", *incs, "-o", str(tmp / "sim"), str(tmp / "main.cpp"),
                         *[str(lib.dir / "model.o") for lib in uniq], *map(str, runtime),
                         *mk["LDLIBS"]], tmp)

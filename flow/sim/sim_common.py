@@ -1,4 +1,4 @@
-"""What the two code simulators (``flow.hw.cppsim``: g++ on generated HLS C++, ``flow.hw.rtlsim``:
+"""What the two code simulators (``flow.sim.cppsim``: g++ on generated HLS C++, ``flow.sim.rtlsim``:
 Verilator on generated RTL) share: the record of one compiled node, the source digest that keys
 the compile cache, the cache location and the parallel compile loop.
 
@@ -17,8 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-SIM_KINDS = ("cppsim", "rtlsim")
-
 
 @dataclass(frozen=True)
 class NodeBuild:
@@ -32,8 +30,6 @@ class NodeBuild:
     """``cppsim`` (g++ on the HLS C++) or ``rtlsim`` (Verilator on the RTL)."""
     executable: Path
     """The compiled simulation binary (inside the cache)."""
-    source_sha256: str
-    """Digest of everything that decides the binary; the cache key."""
     cached: bool
     """True when the binary came from the cache (nothing compiled)."""
     compile_s: float

@@ -1,8 +1,8 @@
 // sibnn stitched simulation: the whole accelerator, cycle by cycle, without Vivado.
 //
-// flow/hw/stitched.py generates `netlist.inc` (included below): one Verilated model per RTL node
+// flow/sim/stitched.py generates `netlist.inc` (included below): one Verilated model per RTL node
 // (FIFOs, data-width converters, thresholds, sliding windows, padding) and one cycle model per
-// HLS node (flow/hw/cycle_models.py documents them), joined by AXI-stream channels with
+// HLS node (flow/sim/cycle_models.py documents them), joined by AXI-stream channels with
 // valid/ready semantics. Every cycle:
 //   1. settle: every node drives its outputs (TVALID/TDATA of its output channels, TREADY of its
 //      input channels) from its state and its inputs, repeated until no channel changes
@@ -100,7 +100,7 @@ struct Node {
     virtual std::string state() const { return "{}"; }
 };
 
-// A cycle model of an HLS node (flow/hw/cycle_models.py): a flushable II=1 pipeline of
+// A cycle model of an HLS node (flow/sim/cycle_models.py): a flushable II=1 pipeline of
 // `depth` stages running a per-frame schedule of iterations. Iteration i reads one beat from
 // each input in sched[i] & 0xff and, `depth` cycles later, writes one beat to each output in
 // (sched[i] >> 8) & 0x7f; bit 15 marks a barrier (the pipeline drains before it issues: a new

@@ -1,7 +1,7 @@
 """``--sim stitched``: size the FIFOs, run the accelerator on several frames, report (the
 ``stitched`` record of ``summary.json`` and ``report/fifo_depths.json``).
 
-The sequence (:func:`run_stitched`), each part explained in :mod:`flow.hw.stitched`:
+The sequence (:func:`run_stitched`), each part explained in :mod:`flow.sim.stitched`:
 
 1. build the stitched graph (FINN's FIFO/DWC insertion), execute it in python on every frame;
 2. compile the simulator with FINN's simulation FIFOs (never full); run every non-FIFO node
@@ -23,7 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flow.hw import stitched as S
+from flow.sim import stitched as S
+from flow.sim.rtl_stage import node_inst
 from sibnn_base.errors import ConfigError, VerificationError
 
 GAP_EXPLAINED = 0.05
@@ -67,7 +68,7 @@ def fifo_config(model) -> dict:
     info = {"fifo_depths": {}, "fifo_sizes": {}, "impl_style": {}, "ram_style": {}}
     total = 0
     for n in S.fifo_nodes(model):
-        inst = S._inst(n)
+        inst = node_inst(n)
         depth = int(inst.get_nodeattr("depth"))
         size = int(inst.get_instream_width()) * depth
         info["fifo_depths"][n.name] = depth
@@ -84,7 +85,7 @@ def fifo_cost(model, fpga_part: str) -> dict:
     lut = bram = 0.0
     bits = 0
     for n in S.fifo_nodes(model):
-        inst = S._inst(n)
+        inst = node_inst(n)
         lut += float(inst.lut_estimation(fpga_part))
         bram += float(inst.bram_estimation(fpga_part))
         bits += int(inst.get_instream_width()) * int(inst.get_nodeattr("depth"))
@@ -108,14 +109,14 @@ def _explain(inst, sim_cycles: float, exp: int, model) -> str:
 
 def node_table(stitched_model, iso: dict[str, float]) -> list[dict]:
     """Per non-FIFO node: simulated cycles per frame alone vs FINN's ``get_exp_cycles()``."""
-    from flow.hw import stitched_build as sb
+    from flow.sim import stitched_build as sb
 
     models = sb.hls_models(stitched_model)
     rows = []
     for n in stitched_model.graph.node:
         if n.name not in iso:
             continue
-        inst = S._inst(n)
+        inst = node_inst(n)
         exp = int(inst.get_exp_cycles())
         sim = float(iso[n.name])
         gap = (sim - exp) / exp if exp else float("nan")
@@ -171,8 +172,8 @@ def _sized_runs(stitched, frames, depths: dict[str, int], *, ceiling: dict[str, 
     frames). FINN's real FIFO passes a beat on a cycle later than the simulation FIFO of the
     sizing run, so a long path of many FIFOs arrives later than sized, and its skip FIFO may need
     more. Returns ``(sized model, last run, rounds, simulator)``."""
-    pred, _ = S._dag(stitched)
-    upstream = S._ancestors(slowest, pred)
+    pred, _ = S.stream_dag(stitched)
+    upstream = S.ancestors(slowest, pred)
     rounds = []
     for k in range(REFINE_ROUNDS + 1):
         with session():
@@ -211,7 +212,7 @@ THROUGHPUT_HELD = 0.99
 
 
 def fifo_bits(model) -> int:
-    return sum(int(S._inst(n).get_instream_width()) * int(S._inst(n).get_nodeattr("depth"))
+    return sum(int(node_inst(n).get_instream_width()) * int(node_inst(n).get_nodeattr("depth"))
                for n in S.fifo_nodes(model))
 
 
@@ -260,7 +261,7 @@ def run_stitched(hw_model, pixels_nhwc: np.ndarray, *, fpga_part: str, clk_ns: f
     first_in = run.channels[stitched.graph.input[0].name]["first"]
     rows = node_table(stitched, iso)
     cost = fifo_cost(sized, fpga_part)
-    default_bits = sum(2 * int(S._inst(f).get_instream_width()) for f in S.fifo_nodes(sized))
+    default_bits = sum(2 * int(node_inst(f).get_instream_width()) for f in S.fifo_nodes(sized))
     rec = {
         "frames": n, "exact": True, "against": "golden" if golden is not None else "python",
         "cycles_per_frame": cpf, "latency_cycles": int(run.frame_done[0] - first_in),
