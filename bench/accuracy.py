@@ -87,9 +87,11 @@ from bench.common import write_results
 from quant_models import build_model, load_checkpoint
 from quant_models.fastpath import fast_forward, plain_forward
 from quant_models.networks import SI_ONLY_KEYS
+from quant_models.train import train
 from quant_models.train.config import RUNTIME_KEYS, build_config
-from quant_models.train.engine import DistEnv, exp_dir, prepare_run_dir, train
+from quant_models.train.distributed import DistEnv
 from quant_models.train.losses import distillation_loss, resolve_tap_weights
+from quant_models.train.resume import exp_dir, prepare_run_dir
 from sibnn_base import signals
 from sibnn_base.errors import ArgumentParser, ConfigError, cli_errors
 from sibnn_base.typed import load_mapping, to_dict
@@ -322,7 +324,8 @@ def step_cost(steps: int, batch: int, data_dir: str | None, compile: bool = Fals
     said: list[str] = []
     if compile:
         from quant_models.networks import TapOutputs
-        from quant_models.train.engine import checked_compile, forward_loss
+        from quant_models.train.compile_check import checked_compile
+        from quant_models.train.stage_setup import forward_loss
 
         s_c = copy.deepcopy(student_cl)  # fused forward and layout included
         t_c = copy.deepcopy(teacher).to(memory_format=torch.channels_last)

@@ -9,7 +9,7 @@ import pytest
 
 import bench.common
 from bench import accuracy
-from quant_models.train.engine import resume_diff
+from quant_models.train.resume import resume_diff
 from sibnn_base.typed import to_dict
 
 from .conftest import assert_one_line_error, run_cli

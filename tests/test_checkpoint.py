@@ -148,7 +148,7 @@ def test_model_from_checkpoint_reads_the_file_once(tmp_path, torch_loads):
 
 def test_teacher_checkpoint_is_read_once(tmp_path, torch_loads):
     from quant_models.train import build_config
-    from quant_models.train.engine import load_teacher
+    from quant_models.train.stage_setup import load_teacher
 
     path = save_checkpoint(tmp_path / "teacher.pt", _trained_like("si_resnet_fp"))
     cfg = build_config({"experiment": "x", "out_dir": str(tmp_path),
