@@ -118,6 +118,10 @@ def load_accuracy(path: str | Path) -> dict[str, float] | None:
 ACCURACY_ARCHS = {"plain": "resnet_w1a1", "si_h_mbh": "si_h_resnet_w1a1_mbh"}
 """The two families of the accuracy-per-LUT plot, by ablation variant name."""
 
+ACCURACY_ARCH_KEYS = {"si_h_mbh": {"stem_bits": 1, "si_blocks": "all"}}
+"""Model keys of a family beyond width and depth: ``si_h_mbh`` with a binary stem and SI in every
+block, not its registry defaults (the shipped network's 8-bit stem, SI in the downsample blocks)."""
+
 
 def accuracy_by_width(accuracy: dict[str, float] | None, recipe_width: int = 32
                       ) -> dict[tuple[str, int], float]:
@@ -141,7 +145,7 @@ def lut_sweep(out_root: str | Path, *, widths: list[int], depth: list[int],
     rows = []
     for width in widths:
         for variant, arch in ACCURACY_ARCHS.items():
-            ov = {"width": width, "depth": list(depth)}
+            ov = {"width": width, "depth": list(depth), **ACCURACY_ARCH_KEYS.get(variant, {})}
             cfg = BuildConfig(board=board, model=arch, model_overrides=ov,
                               output_dir=str(Path(out_root) / f"lut_{arch}_w{width}"),
                               target_fps=target_fps, verify_inputs=verify_inputs)
