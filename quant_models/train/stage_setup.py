@@ -131,18 +131,14 @@ class StageRun:
     steps: int
     """Optimizer steps per epoch."""
     student: nn.Module
-    wrapped: nn.Module
-    """The student as trained: taps in the forward pass, DDP-wrapped under ``torchrun``."""
-    teacher: nn.Module | None
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LambdaLR
-    tap_weights: dict[str, float]
-    """Per-tap weights of the block loss (:func:`~.losses.resolve_tap_weights`)."""
     ema: WeightEMA | None = None
     """The weight average, when the stage has ``ema_decay``."""
     forward_loss: Any = None
-    """``(x, y) -> (loss, parts, logits)`` of one training step (:func:`forward_loss`), compiled
-    when the config says ``compile``."""
+    """``(x, y) -> (loss, parts, logits)`` of one training step (:func:`forward_loss`: the
+    student with taps in its forward pass, DDP-wrapped under ``torchrun``, and the frozen
+    teacher), compiled when the config says ``compile``."""
 
     @property
     def shipped(self) -> nn.Module:
@@ -209,8 +205,7 @@ def setup_stage(cfg: TrainConfig, index: int, splits: Splits, env: DistEnv,
         opt, WarmupCosine(round(stage.warmup_epochs * steps), stage.epochs * steps))
     ema = WeightEMA(student, stage.ema_decay) if stage.ema_decay is not None else None
     step = forward_loss(stage, wrapped, teacher, tap_weights)
-    return StageRun(cfg, index, env, splits, train, steps, student, wrapped, teacher, opt, sched,
-                    tap_weights, ema, step)
+    return StageRun(cfg, index, env, splits, train, steps, student, opt, sched, ema, step)
 
 
 def compile_step(run: StageRun, log=print) -> None:
