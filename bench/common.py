@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import time
 from pathlib import Path
 
-from sibnn_base.atomic import atomic_write
+from sibnn_base.atomic import atomic_write, atomic_write_json
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -29,9 +28,7 @@ def write_results(name: str, data: dict, table: list[list[str]],
     out = Path(results_dir) if results_dir is not None else RESULTS
     out.mkdir(parents=True, exist_ok=True)
     data = {"benchmark": name, "machine": machine(), **data}
-    path = out / f"{name}.json"
-    text = (json.dumps(data, indent=2) + "\n").encode()
-    atomic_write(path, lambda fh: fh.write(text))
+    path = atomic_write_json(out / f"{name}.json", data)
     head, *rows = table
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     md += ["| " + " | ".join(r) + " |" for r in rows]

@@ -70,9 +70,10 @@ def default_build(tmp: Path, board: str) -> dict:
 
 SI_PAIRS = {
     "si_resnet_w1a1": ("si_resnet_w1a1", "resnet_w1a1", {"stem_bits": 1}, {}),
-    "si_h_resnet_w1a1_mbh": ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh", {"stem_bits": 1}, {}),
+    "si_h_resnet_w1a1_mbh": ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh", {"stem_bits": 1},
+                             {"si_blocks": "all"}),
     "si_h_resnet_w1a1_mbh, stem_bits=8": ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh",
-                                          {"stem_bits": 8}, {}),
+                                          {"stem_bits": 8}, {"si_blocks": "all"}),
     "si_h_resnet_w1a1_mbh, stem_bits=8, si_blocks=downsample": (
         "si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh", {"stem_bits": 8}, {"si_blocks": "downsample"}),
 }

@@ -138,7 +138,8 @@ VARIANTS: dict[str, Variant] = {
     "mbh": Variant("resnet_w1a1", "W1A1 + 8-bit head + sign bias + logit KD + block KD",
                    overrides={"head_bits": 8, "sign_bias": True}),
     "si_h_mbh": Variant("si_h_resnet_w1a1_mbh",
-                        "W1A1 + SI(h) + 8-bit head + sign bias + logit KD + block KD", si=True),
+                        "W1A1 + SI(h) + 8-bit head + sign bias + logit KD + block KD",
+                        overrides={"si_blocks": "all"}, si=True),
     "si_h_mbh_ds": Variant("si_h_resnet_w1a1_mbh",
                            "si_h_mbh with SI in the downsample blocks only",
                            overrides={"si_blocks": "downsample"}, si=True),
@@ -179,6 +180,10 @@ def variant_label(name: str) -> str:
 ACCURACY_ARCHS = {v: VARIANTS[v].model for v in WIDTH_VARIANTS[1:]}
 """The two families of the accuracy-per-LUT plot, by ablation variant name (plain and SI)."""
 
+ACCURACY_ARCH_KEYS = {"si_h_mbh": {"stem_bits": 1, "si_blocks": "all"}}
+"""Model keys of a family beyond width and depth: ``si_h_mbh`` with a binary stem and SI in every
+block, not its registry defaults (the shipped network's 8-bit stem, SI in the downsample blocks)."""
+
 
 def accuracy_by_width(accuracy: dict[str, float] | None, recipe_width: int = 32
                       ) -> dict[tuple[str, int], float]:
@@ -200,7 +205,7 @@ def lut_sweep(out_root: str | Path, *, widths: list[int], depth: list[int],
     rows = []
     for width in widths:
         for variant, arch in ACCURACY_ARCHS.items():
-            ov = {"width": width, "depth": list(depth)}
+            ov = {"width": width, "depth": list(depth), **ACCURACY_ARCH_KEYS.get(variant, {})}
             cfg = BuildConfig(board=board, model=arch, model_overrides=ov,
                               output_dir=str(Path(out_root) / f"lut_{arch}_w{width}"),
                               target_fps=target_fps, verify_inputs=verify_inputs)

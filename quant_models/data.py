@@ -90,14 +90,6 @@ class Splits:
         """All three splits on ``device`` (data resident on a GPU for training)."""
         return Splits(self.name, self.train.to(device), self.val.to(device), self.test.to(device))
 
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return tuple(self.train.x.shape[1:])  # type: ignore[return-value]
-
-    @property
-    def num_classes(self) -> int:
-        return 10
-
 
 def _parse_name(name: str | DatasetName) -> DatasetName:
     try:

@@ -28,10 +28,8 @@ manager) removes, and ``state_dict`` is unchanged.
 from __future__ import annotations
 
 import collections
-import contextlib
 import math
 import types
-from collections.abc import Iterator
 
 import brevitas.nn as qnn
 import torch
@@ -184,13 +182,3 @@ def plain_forward(model: nn.Module) -> None:
         if getattr(m, _MARK, None):
             del m.forward
             delattr(m, _MARK)
-
-
-@contextlib.contextmanager
-def fast(model: nn.Module) -> Iterator[nn.Module]:
-    """``with fast(model):`` runs ``model`` with the fused forward, and restores Brevitas' after."""
-    fast_forward(model)
-    try:
-        yield model
-    finally:
-        plain_forward(model)

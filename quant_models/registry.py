@@ -1,5 +1,14 @@
 """Model registry in timm's style: ``@register_model``, :func:`build_model`, :func:`list_models`.
 
+A name fixes what it says (``si_h_resnet_w1a1_mbh``: SI reading ``h``, binary weights, an 8-bit
+head, sign biases; :attr:`ModelEntry.fixed`, which an override may not change) and builds, unless
+overridden, the architecture of the weights it ships (:attr:`ModelEntry.defaults`: the shipped
+``si_h_resnet_w1a1_mbh`` has an 8-bit stem and SI in the downsample blocks only), so
+``build_model(name)`` and ``build_model(name, pretrained=True)`` are the same network, and training
+the default model from scratch trains the shipped one. ``build_model(name, stem_bits=1,
+si_blocks="all")`` builds the other variants. (Before, the defaults were :class:`NetSpec`'s, a
+binary stem and SI in every block, a different network from the one shipped under the name.)
+
 Nothing is downloaded, ever. ``pretrained=True`` loads a checkpoint shipped inside the package
 and verified by sha256; ``pretrained="path.pt"`` loads a user checkpoint of the same architecture.
 The registry depends on :mod:`quant_models.checkpoint` (it reads a checkpoint once, then builds
@@ -44,9 +53,15 @@ class PretrainedEntry:
 
 @dataclass(frozen=True)
 class ModelEntry:
+    """A registered name: its builder, the spec fields it fixes, those it defaults, its weights."""
+
     name: str
     builder: Callable[..., nn.Module]
+    fixed: dict
+    """:class:`NetSpec` fields the name stands for; an override may not change them."""
     defaults: dict
+    """:class:`NetSpec` fields the name builds unless overridden: with ``pretrained``, those of
+    the shipped file wherever they differ from :class:`NetSpec`'s own defaults."""
     pretrained: PretrainedEntry | None
     doc: str
 
@@ -56,13 +71,16 @@ _REGISTRY: dict[str, ModelEntry] = {}
 OVERRIDE_KEYS = ("dataset",) + tuple(n for n in NetSpec.field_names() if n not in ("si", "binary"))
 
 
-def register_model(name: str, *, defaults: dict, pretrained: PretrainedEntry | None = None):
-    """Register ``fn(spec) -> nn.Module`` under ``name`` with fixed spec ``defaults``."""
+def register_model(name: str, *, fixed: dict, defaults: dict | None = None,
+                   pretrained: PretrainedEntry | None = None):
+    """Register ``fn(spec) -> nn.Module`` under ``name`` with the spec fields it ``fixed`` and
+    those it ``defaults`` to (see :class:`ModelEntry`)."""
 
     def deco(fn: Callable[..., nn.Module]):
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, fn, dict(defaults), pretrained, (fn.__doc__ or "").strip())
+        _REGISTRY[name] = ModelEntry(name, fn, dict(fixed), dict(defaults or {}), pretrained,
+                                     (fn.__doc__ or "").strip())
         return fn
 
     return deco
@@ -96,12 +114,12 @@ def resolve_spec(name: str, **overrides) -> NetSpec:
         kw.setdefault("input_size", h)
         if dataset == "cifar10":
             kw.setdefault("width", 64)
-    fixed = sorted(k for k in kw if k in entry.defaults and kw[k] != entry.defaults[k])
+    fixed = sorted(k for k in kw if k in entry.fixed and kw[k] != entry.fixed[k])
     if fixed:
-        raise ConfigError(f"{name} fixes {', '.join(f'{k}={entry.defaults[k]!r}' for k in fixed)}; "
+        raise ConfigError(f"{name} fixes {', '.join(f'{k}={entry.fixed[k]!r}' for k in fixed)}; "
                           "use another registered model (or the base model with these keys)")
     try:
-        return NetSpec(**{**kw, **entry.defaults})
+        return NetSpec(**{**entry.defaults, **kw, **entry.fixed})
     except (TypeError, ValueError) as err:
         raise ConfigError(f"invalid model arguments for {name}: {err}") from None
 
@@ -164,7 +182,7 @@ def verify_sha256(path: Path, expected: str) -> None:
                               f"{expected[:12]}...: the file is corrupt or was replaced")
 
 
-@register_model("si_resnet_w1a1", defaults={"si": True, "binary": True}, pretrained=PretrainedEntry(
+@register_model("si_resnet_w1a1", fixed={"si": True, "binary": True}, pretrained=PretrainedEntry(
     file="si_resnet_w1a1_fmnist.pt",
     sha256="8015232d2173b0efa9c7025c87be5b30d05201fe209b6e389a6d310e8177eaff",
     dataset="fmnist", input_shape=(1, 28, 28), top1=86.77, teacher_top1=90.58,
@@ -175,13 +193,13 @@ def si_resnet_w1a1(spec: NetSpec) -> nn.Module:
     return SIResNet(spec)
 
 
-@register_model("resnet_w1a1", defaults={"si": False, "binary": True})
+@register_model("resnet_w1a1", fixed={"si": False, "binary": True})
 def resnet_w1a1(spec: NetSpec) -> nn.Module:
     """The same W1A1 network without SI (ablation and hardware-overhead reference)."""
     return SIResNet(spec)
 
 
-@register_model("si_resnet_fp", defaults={"si": True, "binary": False}, pretrained=PretrainedEntry(
+@register_model("si_resnet_fp", fixed={"si": True, "binary": False}, pretrained=PretrainedEntry(
     file="si_resnet_fp_fmnist.pt",
     sha256="0d5c51501942a6ea8e4fa1bf70789a54d913a852b0d8b14c6e5b1811677639e1",
     dataset="fmnist", input_shape=(1, 28, 28), top1=93.08,
@@ -192,15 +210,16 @@ def si_resnet_fp(spec: NetSpec) -> nn.Module:
     return SIResNet(spec)
 
 
-@register_model("si_h_resnet_w1a1", defaults={"si": True, "binary": True, "si_input": "h"})
+@register_model("si_h_resnet_w1a1", fixed={"si": True, "binary": True, "si_input": "h"})
 def si_h_resnet_w1a1(spec: NetSpec) -> nn.Module:
     """W1A1 network whose SI branch reads the block's multi-bit residual ``h`` instead of its
     binary input ``a``: it complements what the binary 3x3 conv cannot see."""
     return SIResNet(spec)
 
 
-@register_model("si_h_resnet_w1a1_mbh", defaults={"si": True, "binary": True, "si_input": "h",
-                                                  "head_bits": 8, "sign_bias": True},
+@register_model("si_h_resnet_w1a1_mbh", fixed={"si": True, "binary": True, "si_input": "h",
+                                               "head_bits": 8, "sign_bias": True},
+                defaults={"stem_bits": 8, "si_blocks": "downsample"},
                 pretrained=PretrainedEntry(
                     file="si_h_resnet_w1a1_mbh_fmnist.pt",
                     sha256="2b53ff237c6f9bc7882f094611cb4064dcd64a551c822114d89a9ee3159701cf",
@@ -209,15 +228,17 @@ def si_h_resnet_w1a1(spec: NetSpec) -> nn.Module:
                             "--export quant_models/pretrained/si_h_resnet_w1a1_mbh_fmnist.pt"))
 def si_h_resnet_w1a1_mbh(spec: NetSpec) -> nn.Module:
     """SI on ``h``, plus a multi-bit head (``h`` pooled into an FC with 8-bit weights) and a
-    learnable per-channel bias before every sign (absorbed into the thresholds)."""
+    learnable per-channel bias before every sign (absorbed into the thresholds); as shipped, an
+    8-bit stem and SI in the downsample blocks only."""
     return SIResNet(spec)
 
 
-@register_model("resnet_w1a1_mbh", defaults={"si": False, "binary": True, "head_bits": 8,
-                                             "sign_bias": True})
+@register_model("resnet_w1a1_mbh", fixed={"si": False, "binary": True, "head_bits": 8,
+                                          "sign_bias": True})
 def resnet_w1a1_mbh(spec: NetSpec) -> nn.Module:
-    """si_h_resnet_w1a1_mbh without SI (8-bit head, sign bias): the ablation's ``mbh`` row and
-    the hardware-overhead reference of SI on ``h``."""
+    """si_h_resnet_w1a1_mbh without SI (8-bit head, sign bias; binary stem unless
+    ``stem_bits``): the ablation's ``mbh`` row and the hardware-overhead reference of SI on
+    ``h``."""
     return SIResNet(spec)
 
 

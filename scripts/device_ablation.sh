@@ -15,7 +15,7 @@
 #   DEADLINE=540              seconds after which the jobs are stopped (they resume from their
 #                             last epoch on a rerun of this script on the same machine)
 #   COMPILE=0                 1: torch.compile every step, each compiled step checked against
-#                             the eager one on a batch first (quant_models.train.engine.
+#                             the eager one on a batch first (quant_models.train.compile_check.
 #                             checked_compile). On the H200 (torch 2.11) the compiled students
 #                             had wrong gradients (rejected now), the FP teacher was right at
 #                             2 s/epoch; the students' compile costs ~100 s for nothing

@@ -1,6 +1,7 @@
-"""Every write sibnn makes to the user's disk: atomic files (:func:`atomic_write`), the one
-writable-location check (:func:`check_writable_dir`), and atomic output directories: build in a
-temp sibling, then swap in with renames.
+"""Every write sibnn makes to the user's disk: atomic files (:func:`atomic_write`; JSON with
+:func:`atomic_write_json` and :func:`atomic_write_jsonl`), the one writable-location check
+(:func:`check_writable_dir`), and atomic output directories: build in a temp sibling, then swap
+in with renames.
 
 A failed or interrupted run leaves the previous directory untouched; a directory that exists and
 was not written by sibnn (no marker file) is never overwritten.
@@ -17,7 +18,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from sibnn_base import signals
 from sibnn_base.errors import OutputDirError
@@ -56,6 +57,19 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON (two spaces, a final newline) with :func:`atomic_write`."""
+    text = (json.dumps(obj, indent=2) + "\n").encode()
+    return atomic_write(path, lambda fh: fh.write(text))
+
+
+def atomic_write_jsonl(path: str | Path, rows: list[dict]) -> Path:
+    """Write ``rows`` as JSON lines (one object a line) with :func:`atomic_write`: the whole file
+    is rewritten."""
+    text = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    return atomic_write(path, lambda fh: fh.write(text))
 
 
 def check_writable_dir(path: str | Path, what: str) -> Path:

@@ -11,7 +11,7 @@ import bench.common
 from bench.ablation import cli, compare, goals, markdown, plan, results, schedule, stats
 from bench.ablation.cost import step_cost
 from flow import studies
-from quant_models.train.engine import resume_diff
+from quant_models.train.resume import resume_diff
 from sibnn_base.typed import to_dict
 
 from .conftest import assert_one_line_error, run_cli
@@ -108,7 +108,7 @@ def test_ablation_staged_variant_splits_the_same_epochs(tmp_path):
     assert one.data.crop_pad == 2 and one.data.hflip and one.channels_last
     assert one.model["stem_bits"] == 8 and one.stage("full").select.value == "best_val"
     # the ablation places SI per variant, whatever the shipped recipe ships (si_blocks)
-    assert "si_blocks" not in one.model and one.stage("si_h_mbh").model == {}
+    assert "si_blocks" not in one.model and one.stage("si_h_mbh").model == {"si_blocks": "all"}
     assert one.stage("mbh").model == {"head_bits": 8, "sign_bias": True}
     assert one.stage("mbh").student == "resnet_w1a1"
     assert plan.needs(one, "si_h_mbh") == ["teacher", "teacher"]

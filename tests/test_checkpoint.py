@@ -7,7 +7,13 @@ import pickle
 import pytest
 import torch
 
-from quant_models import build_model, load_checkpoint, model_from_checkpoint, save_checkpoint
+from quant_models import (
+    build_model,
+    list_models,
+    load_checkpoint,
+    model_from_checkpoint,
+    save_checkpoint,
+)
 from quant_models.checkpoint import REQUIRED_KEYS
 from quant_models.registry import get_entry
 from sibnn_base.errors import CheckpointError
@@ -111,6 +117,26 @@ def test_shipped_pretrained():
         assert tuple(m.spec.input_shape) == tuple(entry.pretrained.input_shape)
 
 
+SHIPPED = [n for n in list_models() if get_entry(n).pretrained is not None]
+
+
+def test_three_models_are_shipped():
+    assert SHIPPED == ["si_h_resnet_w1a1_mbh", "si_resnet_fp", "si_resnet_w1a1"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_name_builds_the_architecture_of_the_weights_it_ships(name):
+    """``build_model(name)`` trains from scratch the network ``build_model(name,
+    pretrained=True)`` loads: the same spec, module tree, parameter and buffer names and shapes."""
+    fresh, shipped = build_model(name), build_model(name, pretrained=True)
+    assert fresh.spec == shipped.spec
+    assert [(n, type(m).__name__) for n, m in fresh.named_modules()] == \
+        [(n, type(m).__name__) for n, m in shipped.named_modules()]
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == \
+        {k: v.shape for k, v in shipped.state_dict().items()}
+    assert [n for n, _ in fresh.named_parameters()] == [n for n, _ in shipped.named_parameters()]
+
+
 def test_cli_reports_corrupt_checkpoint(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"\x00" * 100)
     code = ("from quant_models import build_model\n"
@@ -148,7 +174,7 @@ def test_model_from_checkpoint_reads_the_file_once(tmp_path, torch_loads):
 
 def test_teacher_checkpoint_is_read_once(tmp_path, torch_loads):
     from quant_models.train import build_config
-    from quant_models.train.engine import load_teacher
+    from quant_models.train.stage_setup import load_teacher
 
     path = save_checkpoint(tmp_path / "teacher.pt", _trained_like("si_resnet_fp"))
     cfg = build_config({"experiment": "x", "out_dir": str(tmp_path),

@@ -39,7 +39,7 @@ def idx_dir(tmp_path):
 def test_digits_splits_are_deterministic_and_disjoint():
     a = load_splits("digits", val_size=300)
     b = load_splits("digits", val_size=300)
-    assert a.input_shape == (1, 8, 8)
+    assert tuple(a.train.x.shape[1:]) == (1, 8, 8)
     assert (len(a.train), len(a.val), len(a.test)) == (1138, 300, 359)
     assert torch.equal(a.val.x, b.val.x) and torch.equal(a.train.y, b.train.y)
     for s in (a.train, a.val, a.test):
@@ -109,7 +109,7 @@ def test_cifar10_python_layout(tmp_path):
         batch(f"data_batch_{i}", 4)
     batch("test_batch", 6)
     s = load_splits("cifar10", tmp_path, val_size=5)
-    assert s.input_shape == (3, 32, 32)
+    assert tuple(s.train.x.shape[1:]) == (3, 32, 32)
     assert (len(s.train), len(s.val), len(s.test)) == (15, 5, 6)
     # channel-major rows: the first 1024 bytes are the red plane
     everything = torch.cat([s.train.x, s.val.x])
@@ -128,5 +128,5 @@ def test_cifar10_needs_dir(tmp_path):
 def test_fashion_mnist_package():
     s = load_splits("fmnist")
     assert (len(s.train), len(s.val), len(s.test)) == (55000, 5000, 10000)
-    assert s.input_shape == (1, 28, 28)
+    assert tuple(s.train.x.shape[1:]) == (1, 28, 28)
     assert sorted(torch.bincount(s.test.y).tolist()) == [1000] * 10

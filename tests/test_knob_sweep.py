@@ -130,10 +130,10 @@ def test_multi_bit_si_weights_on_the_binary_stream_run_as_generated_code(tmp_pat
 
 @pytest.mark.parametrize("arch,knobs", [
     ("si_h_resnet_w1a1", {}),
-    ("si_h_resnet_w1a1_mbh", {}),
+    ("si_h_resnet_w1a1_mbh", {"stem_bits": 1, "si_blocks": "all"}),
     ("resnet_w1a1", {"head_bits": 4, "sign_bias": True}),
     ("si_resnet_w1a1", {"sign_bias": True, "si_weight_bits": 2}),
-    ("si_h_resnet_w1a1_mbh", {"stem_bits": 8}),
+    ("si_h_resnet_w1a1_mbh", {"stem_bits": 8, "si_blocks": "all"}),
     ("si_h_resnet_w1a1_mbh", {"stem_bits": 8, "si_blocks": "downsample"}),
 ], ids=["si_on_h", "si_on_h_8bit_head_sign_bias", "plain_4bit_head_sign_bias", "si_a_sign_bias",
         "si_on_h_mbh_8bit_stem", "si_on_h_mbh_downsample_blocks_only"])
@@ -156,7 +156,7 @@ def test_multi_bit_products_go_to_dsp_slices_within_the_dsp_budget(tmp_path):
     from flow.config import load_board
     from flow.hw.folding import use_dsp_multipliers
 
-    kw = {"seed": 3, "width": 8, "depth": [1, 1], "stem_bits": 8}
+    kw = {"seed": 3, "width": 8, "depth": [1, 1], "stem_bits": 8, "si_blocks": "all"}
     dsp = build_knobs(tmp_path / "dsp", "si_h_resnet_w1a1_mbh", **kw)
     lut = build_knobs(tmp_path / "lut", "si_h_resnet_w1a1_mbh", build_kw={
         "dsp_multipliers": False}, **kw)

@@ -54,7 +54,7 @@ def test_si_overhead_at_most_ten_percent(kw):
 
 def test_shipped_si_variant_and_its_twin_without_si_differ_by_the_si_params_only():
     s = summary(build_model("si_h_resnet_w1a1_mbh"))
-    plain = summary(build_model("resnet_w1a1_mbh"))
+    plain = summary(build_model("resnet_w1a1_mbh", stem_bits=8))
     assert s["total_params"] - s["si_params"] == plain["total_params"]
     assert s["total_params"] <= 1.10 * plain["total_params"]
 
@@ -209,6 +209,17 @@ def test_sign_bias_starts_at_zero_and_changes_nothing():
     assert not torch.equal(a(x), b(x))
 
 
+def test_registry_defaults_are_the_shipped_architecture_and_may_be_overridden():
+    """``si_h_resnet_w1a1_mbh`` builds its shipped network (8-bit stem, SI in the downsample
+    blocks) unless told otherwise; the keys its name stands for stay fixed."""
+    shipped = resolve_spec("si_h_resnet_w1a1_mbh")
+    assert (shipped.stem_bits, shipped.si_blocks) == (8, "downsample")
+    other = resolve_spec("si_h_resnet_w1a1_mbh", stem_bits=1, si_blocks="all")
+    assert (other.stem_bits, other.si_blocks) == (1, "all")
+    assert (other.si_input, other.head_bits, other.sign_bias) == ("h", 8, True)
+    assert resolve_spec("resnet_w1a1_mbh").stem_bits == 1  # nothing shipped: NetSpec's default
+
+
 def test_registry_variant_refuses_a_conflicting_fixed_key():
     with pytest.raises(ConfigError, match="si_h_resnet_w1a1 fixes si_input='h'"):
         build_model("si_h_resnet_w1a1", si_input="a")
@@ -229,7 +240,7 @@ def test_si_blocks_downsample_puts_si_only_where_the_block_changes_shape():
     from quant_models.info import summary
 
     kw = {"width": 8, "depth": [2, 1, 2], "input_size": 16}
-    every = build_model("si_h_resnet_w1a1_mbh", **kw)
+    every = build_model("si_h_resnet_w1a1_mbh", si_blocks="all", **kw)
     down = build_model("si_h_resnet_w1a1_mbh", si_blocks="downsample", **kw)
     assert [b.si is not None for b in every.blocks] == [True] * 5
     assert [b.si is not None for b in down.blocks] == [False, False, True, True, False]

@@ -12,12 +12,14 @@ import torch
 import yaml
 
 from quant_models import build_model, load_checkpoint, save_checkpoint
+from quant_models.augment import cutout
 from quant_models.data import load_splits
 from quant_models.train import build_config, load_config, train
 from quant_models.train.cli import main as train_main
+from quant_models.train.compile_check import LOSS_RTOL, _same_direction, checked_compile
 from quant_models.train.config import TapNorm
-from quant_models.train.engine import evaluate
-from quant_models.train.engine import validate as real_validate
+from quant_models.train.evaluation import evaluate
+from quant_models.train.evaluation import validate as real_validate
 from quant_models.train.losses import block_mse, logit_kd, normalise_tap
 from sibnn_base.errors import ConfigError, OutputDirError
 from sibnn_base.typed import to_dict
@@ -177,7 +179,7 @@ def test_export_copies_the_final_model_with_plain_file_mode(tiny_run, tmp_path):
 
 def test_recalibrate_bn_gives_the_average_of_batch_statistics():
     from quant_models.data import Split
-    from quant_models.train.engine import recalibrate_bn
+    from quant_models.train.evaluation import recalibrate_bn
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)).eval()
@@ -405,7 +407,7 @@ def test_shipped_default_model_full_test_set_matches_registry():
 
 
 def test_init_from_fp_keeps_the_binary_logit_scale(tmp_path):
-    from quant_models.train.engine import init_weights
+    from quant_models.train.stage_setup import init_weights
 
     fp = build_model("si_resnet_fp", dataset="digits", width=8, depth=[1, 1])
     with torch.no_grad():
@@ -426,14 +428,14 @@ def test_init_from_fp_keeps_the_binary_logit_scale(tmp_path):
 def test_weight_decay_only_on_conv_and_fc_weights(tmp_path):
     """Decay reaches the conv/FC weights (binary ones included: their latent floats), never
     BatchNorm, the 4-d sign biases or logit_scale."""
-    from quant_models.train.engine import _optimizer
+    from quant_models.train.stage_setup import make_optimizer
 
     d = tiny(tmp_path)
     d["stages"] = [{**d["stages"][1], "student": "si_h_resnet_w1a1_mbh", "weight_decay": 0.1,
                     "teacher": None, "init_from": None, "loss_weights": {"ce": 1.0}}]
     stage = build_config(d).stages[0]
     model = build_model("si_h_resnet_w1a1_mbh", dataset="digits", width=8, depth=[1, 1])
-    decay_group, rest_group = _optimizer(stage, model).param_groups
+    decay_group, rest_group = make_optimizer(stage, model).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     decayed = {names[id(p)] for p in decay_group["params"]}
     assert decay_group["weight_decay"] == 0.1 and rest_group["weight_decay"] == 0.0
@@ -513,7 +515,7 @@ def test_staged_recipe_trains_and_ends_w1a1(tmp_path):
 def test_logit_scale_moves_only_between_networks_of_the_same_weight_kind(tmp_path):
     """FP teacher -> float-weight stage copies the scale (both float); the float-weight stage ->
     W1A1 student does not (+-1 weights are ~10x larger than float ones)."""
-    from quant_models.train.engine import init_weights
+    from quant_models.train.stage_setup import init_weights
 
     cfg = build_config(staged(tmp_path))
     fp = build_model("si_resnet_fp", dataset="digits", width=8, depth=[1, 1])
@@ -583,7 +585,7 @@ def test_resume_of_a_run_from_before_per_epoch_re_estimation_still_re_estimates(
 # -- augmentation and devices -------------------------------------------------------------------
 
 def test_random_crop_is_a_shifted_window_of_the_zero_padded_image():
-    from quant_models.train.engine import random_crop
+    from quant_models.augment import random_crop
 
     x = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).reshape(2, 3, 4, 4) + 1
     assert torch.equal(random_crop(x, torch.tensor([[2, 2], [2, 2]]), 2), x)  # centred: identity
@@ -721,7 +723,7 @@ def _scripted_val(monkeypatch, accs: list[float], done: int = 0) -> list[dict]:
     weights it saw; returns the record."""
     import copy
 
-    import quant_models.train.engine as engine
+    import quant_models.train.loop as loop
 
     seen = []
 
@@ -730,7 +732,7 @@ def _scripted_val(monkeypatch, accs: list[float], done: int = 0) -> list[dict]:
         seen.append(copy.deepcopy(model.state_dict()))
         return {**out, "val_acc": accs[done + len(seen) - 1]}
 
-    monkeypatch.setattr(engine, "validate", validate)
+    monkeypatch.setattr(loop, "validate", validate)
     return seen
 
 
@@ -798,7 +800,7 @@ def _student_step():
     """A digits student, its eager training step (CE + KD + block loss) and one batch."""
     from quant_models.fastpath import fast_forward
     from quant_models.networks import TapOutputs
-    from quant_models.train.engine import forward_loss
+    from quant_models.train.stage_setup import forward_loss
 
     cfg = build_config(tiny("unused"))
     torch.manual_seed(0)
@@ -823,7 +825,7 @@ def test_a_compiled_step_with_wrong_gradients_is_rejected_and_training_stays_eag
         return wrong
 
     said = []
-    kept = train_engine().checked_compile(step, student, x, y, log=said.append,
+    kept = checked_compile(step, student, x, y, log=said.append,
                                           compiler=halves_gradients)
     assert kept is step
     assert "rejected" in said[0] and "training eager" in said[0]
@@ -833,7 +835,7 @@ def test_a_compiled_step_with_wrong_gradients_is_rejected_and_training_stays_eag
     def fails(fn):
         raise RuntimeError("no C compiler")
     said.clear()
-    assert train_engine().checked_compile(step, student, x, y, log=said.append,
+    assert checked_compile(step, student, x, y, log=said.append,
                                           compiler=fails) is step
     assert said == ["compile failed (RuntimeError: no C compiler); training eager"]
 
@@ -849,12 +851,12 @@ def test_a_compiled_loss_a_little_off_with_the_same_gradients_is_kept_and_a_far_
             return shifted
         return compiler
 
-    rtol = train_engine().LOSS_RTOL
+    rtol = LOSS_RTOL
     said = []
-    assert train_engine().checked_compile(step, student, x, y, log=said.append,
+    assert checked_compile(step, student, x, y, log=said.append,
                                           compiler=offset(0.4 * rtol)) is not step
     assert "match" in said[-1]
-    assert train_engine().checked_compile(step, student, x, y, log=said.append,
+    assert checked_compile(step, student, x, y, log=said.append,
                                           compiler=offset(2 * rtol)) is step
     assert "rejected" in said[-1] and "0 of" in said[-1]
 
@@ -864,7 +866,8 @@ def test_a_resumed_run_checks_its_compiled_step_on_the_weights_it_continues_from
     """With ``compile``, the check runs after a resume has restored the weights (a step rejected
     on a student fresh from its teacher gets another chance), and it leaves the run exact even if
     checking draws from the global RNG."""
-    eng = train_engine()
+    import quant_models.train.stage_setup as stage_setup
+
     seen = []
 
     def record(step, model, x, y, log=print, compiler=None):
@@ -873,7 +876,7 @@ def test_a_resumed_run_checks_its_compiled_step_on_the_weights_it_continues_from
         log("compiled step checked (recorded)")
         return step
 
-    monkeypatch.setattr(eng, "checked_compile", record)
+    monkeypatch.setattr(stage_setup, "checked_compile", record)
     full = train(build_config(tiny(tmp_path / "a", compile=True)), log=lambda *_: None)
     assert len(seen) == 2  # each stage once
 
@@ -902,18 +905,13 @@ def test_a_resumed_run_checks_its_compiled_step_on_the_weights_it_continues_from
 def test_torch_compile_of_a_student_step_matches_eager_on_cpu():
     student, step, x, y = _student_step()
     said = []
-    compiled = train_engine().checked_compile(step, student, x, y, log=said.append)
+    compiled = checked_compile(step, student, x, y, log=said.append)
     assert compiled is not step, said
     assert "match" in said[0]
 
 
-def train_engine():
-    from quant_models.train import engine
-    return engine
-
-
 def test_compiled_gradients_may_differ_by_a_few_flipped_signs_not_by_direction_or_size():
-    same = train_engine()._same_direction
+    same = _same_direction
     torch.manual_seed(0)
     g = torch.randn(4096)
     flipped = g.clone()
@@ -927,7 +925,6 @@ def test_compiled_gradients_may_differ_by_a_few_flipped_signs_not_by_direction_o
 # -- cutout and label smoothing ---------------------------------------------------------------------
 
 def test_cutout_zeros_a_square_clipped_at_the_border():
-    cutout = train_engine().cutout
     x = torch.ones(3, 2, 10, 10)
     y = cutout(x, torch.tensor([[5, 5], [0, 0], [9, 4]]), 4)
     assert y.shape == x.shape and torch.equal(y[:, 0], y[:, 1])  # every channel alike

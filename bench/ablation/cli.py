@@ -21,7 +21,9 @@ from bench.ablation.schedule import schedule
 from bench.ablation.shipped import shipped
 from bench.ablation.stats import decisions, summarise
 from flow.studies import VARIANTS
-from quant_models.train.engine import DistEnv, exp_dir, prepare_run_dir, train
+from quant_models.train import train
+from quant_models.train.distributed import DistEnv
+from quant_models.train.resume import exp_dir, prepare_run_dir
 from sibnn_base.errors import ArgumentParser, cli_errors
 from sibnn_base.typed import to_dict
 

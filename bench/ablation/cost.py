@@ -56,7 +56,8 @@ def _compiled_step(x, y, stage, student_cl, teacher, tap_w, said: list[str]):
     copy of the channels-last student, compiled and checked (``checked_compile``, its verdict
     appended to ``said``), run once."""
     from quant_models.networks import TapOutputs
-    from quant_models.train.engine import checked_compile, forward_loss
+    from quant_models.train.compile_check import checked_compile
+    from quant_models.train.stage_setup import forward_loss
 
     s_c = copy.deepcopy(student_cl)  # fused forward and layout included
     t_c = copy.deepcopy(teacher).to(memory_format=torch.channels_last)

@@ -12,7 +12,7 @@ from pathlib import Path
 from bench.ablation.stats import summarise
 from quant_models import load_checkpoint
 from quant_models.train.config import build_config
-from quant_models.train.engine import exp_dir
+from quant_models.train.resume import exp_dir
 from sibnn_base.errors import ConfigError
 from sibnn_base.typed import load_mapping, to_dict
 

@@ -9,7 +9,7 @@ import time
 
 from bench.ablation.plan import REPO, needs
 from flow.studies import split_name
-from quant_models.train.engine import exp_dir
+from quant_models.train.resume import exp_dir
 from sibnn_base import signals
 
 

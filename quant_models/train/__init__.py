@@ -4,7 +4,8 @@
 """
 
 from .config import DataConfig, LossWeights, Stage, TrainConfig, build_config, load_config
-from .engine import evaluate, train
+from .evaluation import evaluate
+from .loop import train
 
 __all__ = ["DataConfig", "LossWeights", "Stage", "TrainConfig", "build_config", "evaluate",
            "load_config", "train"]

@@ -3,7 +3,7 @@
     sibnn-train --config configs/fmnist_si_resnet.yaml [--set stages.student.epochs=3] [--resume]
     torchrun --nproc_per_node 2 -m quant_models.train.cli --config ...
 
-Three layers (qonnx style): :func:`~quant_models.train.engine.train` works on a config object,
+Three layers (qonnx style): :func:`~quant_models.train.loop.train` works on a config object,
 :func:`train_file` on a file, :func:`main` parses arguments.
 """
 
@@ -19,7 +19,8 @@ from sibnn_base.atomic import atomic_write, check_writable_dir
 from sibnn_base.errors import ArgumentParser, OutputDirError, cli_errors
 
 from .config import TrainConfig, load_config, parse_set
-from .engine import stage_dir, train
+from .loop import train
+from .resume import stage_dir
 
 
 def export_final(cfg: TrainConfig, dest: str | Path) -> Path:
