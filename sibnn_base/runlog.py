@@ -66,11 +66,6 @@ def attach(path: str | Path | None) -> None:
         _state["verbose"] = verbose
 
 
-def current() -> Path | None:
-    """The attached log file, or None."""
-    return _state["path"]
-
-
 def write_traceback(err: BaseException) -> Path:
     """Write ``err``'s traceback to the run's log (or a new file under ``~/.cache/sibnn/logs``
     when none is attached) and return that file."""
