@@ -255,7 +255,12 @@ def load_qonnx(path: str | Path, *, for_golden: bool = False):
     import onnx
     from qonnx.core.modelwrapper import ModelWrapper
 
-    from flow.front.support import check_supported, tag_source_names, untag_source_names
+    from flow.front.support import (
+        check_for_golden,
+        check_supported,
+        tag_source_names,
+        untag_source_names,
+    )
     from sibnn_base.errors import ConfigError, UnsupportedGraphError
 
     path = Path(path)
@@ -277,7 +282,7 @@ def load_qonnx(path: str | Path, *, for_golden: bool = False):
     check_well_formed(model)
     check_quantized(model)
     tag_source_names(model)
-    check = (lambda m: _check_for_golden(m, path)) if for_golden else check_supported
+    check = (lambda m: check_for_golden(m, path)) if for_golden else check_supported
     clean = _cleaned(model, path, check)
     check(clean)
     untag_source_names(clean)
@@ -299,21 +304,6 @@ def _cleaned(model, path: Path, check):
         raise UnsupportedGraphError(
             f"{path}: qonnx's cleanup (shape inference, constant folding) fails on this graph "
             f"({type(err).__name__}{': ' + msg if msg else ''})") from None
-
-
-def _check_for_golden(model, path: Path) -> None:
-    """What ``sibnn-export --onnx`` needs: Quant nodes, and only ops the integer IR covers."""
-    from flow.front.integerize import SUPPORTED
-    from flow.front.support import node_label
-    from sibnn_base.errors import UnsupportedGraphError
-
-    nodes = model.graph.node
-    if not any(n.op_type in ("Quant", "BipolarQuant") for n in nodes):
-        raise UnsupportedGraphError(f"{path} is not a QONNX model (no Quant/BipolarQuant nodes)")
-    bad = [node_label(n) for n in nodes if n.op_type not in SUPPORTED]
-    if bad:
-        raise UnsupportedGraphError(f"{path}: unsupported op(s) {', '.join(bad[:8])}"
-                                    f"{' ...' if len(bad) > 8 else ''}")
 
 
 def main(argv: list[str] | None = None) -> int:
