@@ -338,7 +338,7 @@ def _pick_front_end(plan: BuildPlan) -> None:
     FINN's otherwise (the note says why); ``exact`` makes that an error; ``finn`` always uses
     FINN's. The golden model is used for verification whenever it builds."""
     from flow.front.golden import golden_from_qonnx
-    from flow.front.lower import lower_to_finn
+    from flow.hw.lower import lower_to_finn
     from sibnn_base.errors import UnsupportedGraphError
 
     requested = FrontEnd(plan.cfg.front_end)

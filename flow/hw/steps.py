@@ -254,7 +254,7 @@ def step_lower(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
     import json
 
     from flow.front.integerize import integerize
-    from flow.front.lower import lower_to_finn
+    from flow.hw.lower import lower_to_finn
 
     ir = ctx.ir if ctx is not None and ctx.ir is not None else integerize(model)
     # the plan's probe already lowered this IR to pick the front end: reuse it, never lower twice
