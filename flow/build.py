@@ -470,7 +470,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--start-step", default=None)
     p.add_argument("--stop-step", default=None)
     p.add_argument("--front-end", default=None, choices=[f.value for f in FrontEnd],
-                   help="exact: sibnn's integer IR (flow.front.lower); finn: FINN's ConvertQONNXtoFINN "
+                   help="exact: sibnn's integer IR (flow.hw.lower); finn: FINN's ConvertQONNXtoFINN "
                         "+ streamlining; auto (default): exact where the IR covers the graph")
     p.add_argument("--require-bitfile", action="store_true", default=None,
                    help="fail (exit 2) instead of skipping the Vivado-only outputs")

@@ -49,7 +49,7 @@ class FrontEnd(str, Enum):
     AUTO = "auto"
     """``exact`` where sibnn's integer IR covers the graph, else ``finn``."""
     EXACT = "exact"
-    """sibnn's integer IR lowered to FINN ops (``flow.front.lower``): exact by construction."""
+    """sibnn's integer IR lowered to FINN ops (``flow.hw.lower``): exact by construction."""
     FINN = "finn"
     """FINN's ``ConvertQONNXtoFINN`` and streamlining with our rewrites (any supported graph)."""
 
@@ -149,7 +149,7 @@ class BuildConfig:
     stop_step: str | None = None
     """Last step to run."""
     front_end: FrontEnd = FrontEnd.AUTO
-    """``exact`` (sibnn's integer IR, ``flow.front.lower``), ``finn`` (FINN's ConvertQONNXtoFINN and
+    """``exact`` (sibnn's integer IR, ``flow.hw.lower``), ``finn`` (FINN's ConvertQONNXtoFINN and
     streamlining) or ``auto`` (exact where the IR covers the graph, else finn)."""
     target_fps: int | None = None
     """Throughput target for folding; None maximises throughput within the board budget."""

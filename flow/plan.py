@@ -199,11 +199,11 @@ def _check_golden_io(onnx: Path, golden: GoldenModel) -> dict | None:
 
 def _pick_front_end(exported: ModelWrapper, weights: str,
                     requested: FrontEnd) -> ResolvedSource:
-    """``auto`` takes the exact front end (``flow.front.lower``) when the integer IR covers the
+    """``auto`` takes the exact front end (``flow.hw.lower``) when the integer IR covers the
     graph and FINN's otherwise (the note says why); ``exact`` makes that an error; ``finn``
     always uses FINN's. The golden model is used for verification whenever it builds."""
     from flow.front.golden import golden_from_qonnx
-    from flow.front.lower import lower_to_finn
+    from flow.hw.lower import lower_to_finn
     from sibnn_base.errors import UnsupportedGraphError
 
     why = ""

@@ -29,7 +29,7 @@ def build() -> int:
 
 
 def export() -> int:
-    return _run("flow.front.export:main")
+    return _run("flow.proof.export:main")
 
 
 def train() -> int:

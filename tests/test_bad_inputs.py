@@ -17,7 +17,7 @@ import yaml
 from tests.conftest import ROOT, assert_one_line_error, run_cli
 
 BUILD = ["flow/build.py"]
-EXPORT = ["-m", "flow.front.export"]
+EXPORT = ["-m", "flow.proof.export"]
 TRAIN = ["-m", "quant_models.train.cli"]
 
 
@@ -308,5 +308,5 @@ def test_bad_inputs_change_no_file_and_leave_nothing_half_written(ran):
 
 def test_catalogue_covers_the_three_tools():
     tools = {c[1][0] if c[1][0] != "-m" else c[1][1] for c in CASES}
-    assert tools == {"flow/build.py", "flow.front.export", "quant_models.train.cli"}
+    assert tools == {"flow/build.py", "flow.proof.export", "quant_models.train.cli"}
     assert len(CASES) >= 80

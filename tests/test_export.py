@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from flow.front.export import export_bundle, export_qonnx_model
+from flow.front.export import export_qonnx_model
 from flow.front.golden import GoldenModel
+from flow.proof.export import export_bundle
 from quant_models import build_model, save_checkpoint
 from sibnn_base.errors import OutputDirError
 from tests.fuzz import random_model
@@ -54,11 +55,11 @@ def test_failed_export_leaves_previous_bundle_intact(tmp_path):
 def test_cli_with_checkpoint_and_onnx(tmp_path):
     m = build_model("resnet_w1a1", width=4, depth=[1])
     save_checkpoint(tmp_path / "r.pt", m)
-    proc = run_cli(["-m", "flow.front.export", "--model", "resnet_w1a1", "--checkpoint",
+    proc = run_cli(["-m", "flow.proof.export", "--model", "resnet_w1a1", "--checkpoint",
                     str(tmp_path / "r.pt"), "--out", str(tmp_path / "e1"), "--n-inputs", "6"])
     assert proc.returncode == 0, proc.stderr
     assert "golden == brevitas and qonnx on 6 inputs" in proc.stdout
-    proc = run_cli(["-m", "flow.front.export", "--onnx", str(tmp_path / "e1" / "model.qonnx.onnx"),
+    proc = run_cli(["-m", "flow.proof.export", "--onnx", str(tmp_path / "e1" / "model.qonnx.onnx"),
                     "--out", str(tmp_path / "e2"), "--n-inputs", "3"])
     assert proc.returncode == 0, proc.stderr
 
@@ -66,11 +67,11 @@ def test_cli_with_checkpoint_and_onnx(tmp_path):
 def test_cli_bad_inputs(tmp_path):
     m = build_model("resnet_w1a1", width=4, depth=[1])
     save_checkpoint(tmp_path / "plain.pt", m)
-    assert_one_line_error(run_cli(["-m", "flow.front.export", "--model", "si_resnet_w1a1",
+    assert_one_line_error(run_cli(["-m", "flow.proof.export", "--model", "si_resnet_w1a1",
                                    "--checkpoint", str(tmp_path / "plain.pt"), "--out",
                                    str(tmp_path / "o")]), "'resnet_w1a1' checkpoint")
     (tmp_path / "bad.onnx").write_bytes(b"garbage")
-    assert_one_line_error(run_cli(["-m", "flow.front.export", "--onnx", str(tmp_path / "bad.onnx"),
+    assert_one_line_error(run_cli(["-m", "flow.proof.export", "--onnx", str(tmp_path / "bad.onnx"),
                                    "--out", str(tmp_path / "o")]), "not a readable ONNX file")
     plain = export_qonnx_model(build_model("resnet_w1a1", width=4, depth=[1]).eval(),
                                tmp_path / "q.onnx")
@@ -78,11 +79,11 @@ def test_cli_bad_inputs(tmp_path):
         if n.op_type == "ReduceSum":
             n.op_type, n.name = "ReduceMax", "pool0"
     plain.save(str(tmp_path / "q.onnx"))
-    assert_one_line_error(run_cli(["-m", "flow.front.export", "--onnx", str(tmp_path / "q.onnx"),
+    assert_one_line_error(run_cli(["-m", "flow.proof.export", "--onnx", str(tmp_path / "q.onnx"),
                                    "--out", str(tmp_path / "o")]), "ReduceMax (pool0)")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "x").write_text("x")
-    assert_one_line_error(run_cli(["-m", "flow.front.export", "--model", "resnet_w1a1", "--checkpoint",
+    assert_one_line_error(run_cli(["-m", "flow.proof.export", "--model", "resnet_w1a1", "--checkpoint",
                                    str(tmp_path / "plain.pt"), "--out",
                                    str(tmp_path / "foreign")]), "not written by sibnn")
     assert not (tmp_path / "o").exists()

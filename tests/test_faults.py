@@ -168,7 +168,7 @@ def test_one_ownership_rule_for_every_tool(prior, tmp_path):
     from tests.conftest import assert_one_line_error, run_cli
 
     _, out = prior
-    proc = run_cli(["-m", "flow.front.export", "--out", str(out)])
+    proc = run_cli(["-m", "flow.proof.export", "--out", str(out)])
     assert_one_line_error(proc, str(out), "holds a sibnn 'build' result, not 'export'")
 
 

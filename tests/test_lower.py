@@ -11,7 +11,7 @@ from flow.env.finn import HW_DOMAIN, dataflow_config, detect_tools, finn_session
 from flow.front.export import export_qonnx_model
 from flow.front.golden import GoldenModel, build_golden
 from flow.front.integerize import integerize
-from flow.front.lower import lower_to_finn
+from flow.hw.lower import lower_to_finn
 from flow.proof.verify import GoldenVerifier, make_inputs
 from quant_models import build_model
 from quant_models.stress import randomize_bn
@@ -169,7 +169,7 @@ def test_tensor_datatypes_come_from_qonnx_candidates():
     """The lowering's datatypes are qonnx's smallest candidates on the stream widths it uses."""
     from qonnx.core.datatype import DataType
 
-    from flow.front.lower import _dtype_for
+    from flow.hw.lower import _dtype_for
     from sibnn_base.errors import UnsupportedGraphError
 
     cases = {(0, 1): "BINARY", (0, 2): "UINT2", (0, 255): "UINT8", (0, 256): "UINT16",

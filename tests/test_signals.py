@@ -202,7 +202,7 @@ def _results_snapshot() -> dict[str, str]:
 
 
 OTHER_CLIS = {
-    "export": (["-m", "flow.front.export", "--out", "{t}/exp"], ("after", 4.0)),
+    "export": (["-m", "flow.proof.export", "--out", "{t}/exp"], ("after", 4.0)),
     "train": (["-m", "quant_models.train.cli", "--config", "{t}/train.yaml"], ("after", 6.0)),
     "bench-golden": (["-m", "bench.golden_speed", "--n", "8", "--repeats", "1"], ("after", 5.0)),
     "bench-sim": (["-m", "bench.sim", "--onnx", "{onnx}", "--jobs", "1"], ("compiler", 1.0)),

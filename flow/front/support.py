@@ -3,21 +3,33 @@
 runs it once, on the graph it compiles: a file after constant folding and qonnx's cleanup
 (:func:`flow.front.export.load_qonnx`; a plain Brevitas export holds ops that only compute
 constants, e.g. TensorNorm's ``Pow`` on two initializers), or the registry export. Nodes are named
-as the file names them (:func:`tag_source_names`), not by cleanup's renaming; no step repeats it."""
+as the file names them (:func:`tag_source_names`), not by cleanup's renaming; no step repeats it.
+
+``sibnn-export --onnx`` checks instead what the integer IR takes (:func:`check_for_golden`); both
+sets come from the integer IR's handler table (:data:`~flow.front.integerize.INTEGER_IR_OPS`)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from qonnx.core.modelwrapper import ModelWrapper
 from qonnx.util.basic import get_by_name
 
+from flow.front.integerize import INTEGER_IR_OPS
 from sibnn_base.errors import UnsupportedGraphError
 
-SUPPORTED_OPS = {
-    "Quant", "BipolarQuant", "BinaryQuant", "Trunc", "MultiThreshold", "Conv", "MatMul", "Gemm",
-    "BatchNormalization", "Add", "Sub", "Mul", "Div", "Pad", "Reshape", "Flatten", "MaxPool",
-    "ReduceSum", "GlobalAveragePool", "Transpose", "Identity", "Relu",
-}
-"""ONNX/QONNX ops the front end plus our steps can take to hardware (with the checks below)."""
+FINN_FRONT_END_ONLY_OPS = frozenset({"BinaryQuant", "Trunc", "MultiThreshold"})
+"""Ops a build takes that the integer IR has no handler for: FINN's own front end
+(``--front-end finn``) maps them."""
+
+INTEGER_IR_ONLY_OPS = frozenset({"Squeeze", "Unsqueeze", "Clip"})
+"""Ops the integer IR maps (:data:`~flow.front.integerize.INTEGER_IR_OPS`, what
+``sibnn-export`` takes) that a build's check does not accept."""
+
+SUPPORTED_OPS = (INTEGER_IR_OPS - INTEGER_IR_ONLY_OPS) | FINN_FRONT_END_ONLY_OPS
+"""ONNX/QONNX ops the front end plus our steps can take to hardware (with the checks below):
+the integer IR's ops (its handler table is the one list) less :data:`INTEGER_IR_ONLY_OPS`, plus
+:data:`FINN_FRONT_END_ONLY_OPS`."""
 
 
 SOURCE_NAME_KEY = "sibnn.source_name"
@@ -96,3 +108,15 @@ def check_supported(model: ModelWrapper) -> ModelWrapper:
             f"the graph has {len(inputs)} inputs ({', '.join(inputs[:4])}) and "
             f"{len(model.graph.output)} outputs; the flow maps single-input single-output networks")
     return model
+
+
+def check_for_golden(model: ModelWrapper, path: Path) -> None:
+    """What ``sibnn-export --onnx`` needs: Quant nodes, and only ops the integer IR covers
+    (:data:`~flow.front.integerize.INTEGER_IR_OPS`)."""
+    nodes = model.graph.node
+    if not any(n.op_type in ("Quant", "BipolarQuant") for n in nodes):
+        raise UnsupportedGraphError(f"{path} is not a QONNX model (no Quant/BipolarQuant nodes)")
+    bad = [node_label(n) for n in nodes if n.op_type not in INTEGER_IR_OPS]
+    if bad:
+        raise UnsupportedGraphError(f"{path}: unsupported op(s) {', '.join(bad[:8])}"
+                                    f"{' ...' if len(bad) > 8 else ''}")

@@ -249,7 +249,7 @@ def _finn(name: str) -> Callable[[ModelWrapper, FlowContext], ModelWrapper]:
 
 
 def step_lower(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
-    """The exact front end (``flow.front.lower``): QONNX -> integer IR -> streamlined FINN graph.
+    """The exact front end (``flow.hw.lower``): QONNX -> integer IR -> streamlined FINN graph.
 
     Thresholds are exact by construction (ties round as Brevitas rounds them), the input is uint8
     NHWC pixels and the output the integer class scores; the dropped float logit scale is recorded
@@ -258,7 +258,7 @@ def step_lower(model: ModelWrapper, ctx: FlowContext) -> ModelWrapper:
     import json
 
     from flow.front.integerize import integerize
-    from flow.front.lower import lower_to_finn
+    from flow.hw.lower import lower_to_finn
 
     ir = ctx.ir if ctx is not None and ctx.ir is not None else integerize(model)
     # the plan's probe already lowered this IR to pick the front end: reuse it, never lower twice
@@ -284,7 +284,7 @@ FRONT_ENDS: dict[FrontEnd, list[Step]] = {
         Step("streamline", step_streamline),
     ],
 }
-"""The two front ends: ``exact`` (sibnn's integer IR, ``flow.front.lower``) and ``finn`` (FINN's
+"""The two front ends: ``exact`` (sibnn's integer IR, ``flow.hw.lower``) and ``finn`` (FINN's
 ``ConvertQONNXtoFINN`` + streamlining with our rewrites, for graphs the IR does not cover);
 ``auto`` is not one, it picks one of them (:mod:`flow.plan`)."""
 

@@ -29,7 +29,7 @@ import numpy as np
 from onnx import TensorProto, helper
 
 from flow.env.finn import HW_DOMAIN
-from flow.front.integerize import IntegerIR, IRNode
+from flow.front.ir import IntegerIR, IRNode
 from sibnn_base.errors import UnsupportedGraphError
 
 QONNX_DOMAIN = "qonnx.custom_op.general"
@@ -55,122 +55,8 @@ def _dtype_for(lo: int, hi: int):
             return dt
     raise UnsupportedGraphError(f"integer range [{lo}, {hi}] needs more than 32 bits")
 
-
-class _Lowering:
-    def __init__(self, ir: IntegerIR) -> None:
-        self.ir = ir
-        self.nodes: list = []
-        self.inits: dict[str, np.ndarray] = {}
-        self.vinfo: dict[str, tuple] = {}  # name -> (shape NHWC, DataType)
-        self.consumers: dict[str, list[IRNode]] = {}
-        for nd in ir.nodes:
-            for i in nd.inputs:
-                self.consumers.setdefault(i, []).append(nd)
-        self.producer = {nd.output: nd for nd in ir.nodes}
-        self.repr: dict[str, str] = {}  # IR tensor -> how it is carried: "int" | "binary"
-        self.negate: dict[str, np.ndarray] = {}  # acc tensor -> per-channel sign to fold in
-        self.n = 0
-
-    def name(self, hint: str) -> str:
-        self.n += 1
-        return f"{hint}_{self.n}"
-
-    def nhwc(self, t: str) -> tuple[int, ...]:
-        s = self.ir.tensors[t].shape
-        return (s[0], *s[2:], s[1]) if len(s) == 4 else tuple(s)
-
-    def add_init(self, arr: np.ndarray, dtype, hint: str) -> str:
-        n = self.name(hint)
-        self.inits[n] = np.asarray(arr, dtype=np.float32)
-        self.vinfo[n] = (tuple(np.shape(arr)), dtype)
-        return n
-
-    # -- classification of tensors -------------------------------------------------------------
-    def is_bipolar(self, t: str) -> bool:
-        p = self.producer.get(t)
-        if p is None:
-            return False
-        if p.op == "threshold":
-            return bool(p.attrs.get("bipolar"))
-        if p.op == "pad":
-            return self.is_bipolar(p.inputs[0]) and p.attrs["value"] == -1
-        if p.op in ("maxpool", "reshape"):  # max commutes with the bipolar -> binary map
-            return self.is_bipolar(p.inputs[0])
-        return False
-
-    def binary_consumer(self, nd: IRNode) -> bool:
-        """A conv/matmul that can read its bipolar input ``a`` as BINARY ``b = (a + 1) / 2``.
-
-        With +-1 weights its hardware accumulator is then an XNOR popcount ``p`` while the
-        IR's is ``W a = 2 p - N`` (``N`` the whole fan-in, padding included: a pad of -1 is a 0
-        bit), so every consumer must be a threshold that absorbs the correction. Multi-bit
-        weights read the bits back as ``a`` (:meth:`matmul`). A clip (a quantiser that is the
-        identity on the accumulator's range but for saturation) is thresholds too. Zero padding
-        is not in the bipolar alphabet, so a conv that pads ``a`` with 0 keeps the INT2
-        ``{-1, +1}`` form."""
-        if nd.op not in ("conv", "matmul") or not self.is_bipolar(nd.inputs[0]):
-            return False
-        if nd.op == "conv" and any(nd.attrs["pads"]):
-            return False
-        cons = self.consumers.get(nd.output, [])
-        return bool(cons) and all(c.op in ("threshold", "clip") for c in cons)
-
-    def all_consumers_binary(self, t: str) -> bool:
-        """Whether bipolar tensor ``t`` can be carried as BINARY: every consumer (through -1
-        pads, max pools and reshapes) is a :meth:`binary_consumer`. One consumer that is not
-        (the global pool, a zero-padded conv, an output layer) makes the whole tensor INT2,
-        and then no consumer may treat it as bits."""
-        cons = self.consumers.get(t, [])
-        out = []
-        for c in cons:
-            if c.op == "pad":
-                out.append(c.attrs["value"] == -1 and self.all_consumers_binary(c.output))
-            elif c.op in ("maxpool", "reshape"):
-                out.append(self.all_consumers_binary(c.output))
-            else:
-                out.append(self.binary_consumer(c))
-        return bool(cons) and all(out)
-
-    # -- emission ----------------------------------------------------------------------------------
-    def run(self):
-        from qonnx.core.datatype import DataType
-
-        ir = self.ir
-        self.plan_negations()
-        in_shape = self.nhwc(ir.input_name)
-        self.vinfo[ir.input_name] = (in_shape, DataType["UINT8"])
-        self.repr[ir.input_name] = "int"
-        pad_of: dict[str, IRNode] = {}
-        for nd in ir.nodes:
-            if nd.op == "input":
-                continue
-            if nd.op == "pad":
-                pad_of[nd.output] = nd
-                continue
-            handler = getattr(self, f"lower_{nd.op}", None)
-            if handler is None:
-                raise UnsupportedGraphError(f"the FINN lowering has no mapping for IR op {nd.op} "
-                                            f"(from {nd.source})")
-            handler(nd, pad_of)
-        prim = ir.outputs[0]
-        out = prim.tensor
-        return self.build(out)
-
-    def plan_negations(self) -> None:
-        """Decreasing threshold channels: negate the producing weight columns instead."""
-        for nd in self.ir.nodes:
-            if nd.op != "threshold" or np.all(nd.attrs["direction"] == 1):
-                continue
-            p = self.producer.get(nd.inputs[0])
-            if p is None or p.op not in ("conv", "matmul") or len(self.consumers[nd.inputs[0]]) != 1:
-                raise UnsupportedGraphError(
-                    f"{nd.source}: a decreasing quantiser on a tensor that is not a private "
-                    "accumulator cannot be lowered to FINN thresholds")
-            self.negate[p.output] = nd.attrs["direction"].astype(np.int64)
-
-    def tensor(self, t: str, dtype) -> str:
-        self.vinfo[t] = (self.nhwc(t), dtype)
-        return t
+class _ConvLowering:
+    """Convolutions and matrix products: ``Im2Col`` windows and (XNOR) ``MatMul`` s."""
 
     def lower_conv(self, nd: IRNode, pad_of: dict) -> None:
 
@@ -314,6 +200,10 @@ class _Lowering:
         self.vinfo[out] = (shape, DataType["BIPOLAR"])
         return out
 
+
+class _ThresholdLowering:
+    """Quantisers and clamps: ``MultiThreshold`` s on the (popcount-corrected) accumulators."""
+
     def lower_threshold(self, nd: IRNode, pad_of: dict) -> None:
         from qonnx.core.datatype import DataType
 
@@ -376,6 +266,122 @@ class _Lowering:
             t = -((-(t + rep[1][:, None])) // 2)
         self.threshold_node(nd.inputs[0], nd.output, t, _dtype_for(lo, hi), float(lo))
         self.repr[nd.output] = "int"
+
+
+class _Lowering(_ConvLowering, _ThresholdLowering):
+    """One lowering of an IR: the IR node of each op goes to ``lower_<op>``; the graph is built
+    last (:meth:`build`)."""
+
+    def __init__(self, ir: IntegerIR) -> None:
+        self.ir = ir
+        self.nodes: list = []
+        self.inits: dict[str, np.ndarray] = {}
+        self.vinfo: dict[str, tuple] = {}  # name -> (shape NHWC, DataType)
+        self.consumers: dict[str, list[IRNode]] = {}
+        for nd in ir.nodes:
+            for i in nd.inputs:
+                self.consumers.setdefault(i, []).append(nd)
+        self.producer = {nd.output: nd for nd in ir.nodes}
+        self.repr: dict[str, str] = {}  # IR tensor -> how it is carried: "int" | "binary"
+        self.negate: dict[str, np.ndarray] = {}  # acc tensor -> per-channel sign to fold in
+        self.n = 0
+
+    def name(self, hint: str) -> str:
+        self.n += 1
+        return f"{hint}_{self.n}"
+
+    def nhwc(self, t: str) -> tuple[int, ...]:
+        s = self.ir.tensors[t].shape
+        return (s[0], *s[2:], s[1]) if len(s) == 4 else tuple(s)
+
+    def add_init(self, arr: np.ndarray, dtype, hint: str) -> str:
+        n = self.name(hint)
+        self.inits[n] = np.asarray(arr, dtype=np.float32)
+        self.vinfo[n] = (tuple(np.shape(arr)), dtype)
+        return n
+
+    # -- classification of tensors -------------------------------------------------------------
+    def is_bipolar(self, t: str) -> bool:
+        p = self.producer.get(t)
+        if p is None:
+            return False
+        if p.op == "threshold":
+            return bool(p.attrs.get("bipolar"))
+        if p.op == "pad":
+            return self.is_bipolar(p.inputs[0]) and p.attrs["value"] == -1
+        if p.op in ("maxpool", "reshape"):  # max commutes with the bipolar -> binary map
+            return self.is_bipolar(p.inputs[0])
+        return False
+
+    def binary_consumer(self, nd: IRNode) -> bool:
+        """A conv/matmul that can read its bipolar input ``a`` as BINARY ``b = (a + 1) / 2``.
+
+        With +-1 weights its hardware accumulator is then an XNOR popcount ``p`` while the
+        IR's is ``W a = 2 p - N`` (``N`` the whole fan-in, padding included: a pad of -1 is a 0
+        bit), so every consumer must be a threshold that absorbs the correction. Multi-bit
+        weights read the bits back as ``a`` (:meth:`matmul`). A clip (a quantiser that is the
+        identity on the accumulator's range but for saturation) is thresholds too. Zero padding
+        is not in the bipolar alphabet, so a conv that pads ``a`` with 0 keeps the INT2
+        ``{-1, +1}`` form."""
+        if nd.op not in ("conv", "matmul") or not self.is_bipolar(nd.inputs[0]):
+            return False
+        if nd.op == "conv" and any(nd.attrs["pads"]):
+            return False
+        cons = self.consumers.get(nd.output, [])
+        return bool(cons) and all(c.op in ("threshold", "clip") for c in cons)
+
+    def all_consumers_binary(self, t: str) -> bool:
+        """Whether bipolar tensor ``t`` can be carried as BINARY: every consumer (through -1
+        pads, max pools and reshapes) is a :meth:`binary_consumer`. One consumer that is not
+        (the global pool, a zero-padded conv, an output layer) makes the whole tensor INT2,
+        and then no consumer may treat it as bits."""
+        cons = self.consumers.get(t, [])
+        out = []
+        for c in cons:
+            if c.op == "pad":
+                out.append(c.attrs["value"] == -1 and self.all_consumers_binary(c.output))
+            elif c.op in ("maxpool", "reshape"):
+                out.append(self.all_consumers_binary(c.output))
+            else:
+                out.append(self.binary_consumer(c))
+        return bool(cons) and all(out)
+
+    # -- emission ----------------------------------------------------------------------------------
+    def run(self):
+        from qonnx.core.datatype import DataType
+
+        ir = self.ir
+        self.plan_negations()
+        in_shape = self.nhwc(ir.input_name)
+        self.vinfo[ir.input_name] = (in_shape, DataType["UINT8"])
+        self.repr[ir.input_name] = "int"
+        pad_of: dict[str, IRNode] = {}
+        for nd in ir.nodes:
+            if nd.op == "input":
+                continue
+            if nd.op == "pad":
+                pad_of[nd.output] = nd
+                continue
+            handler = getattr(self, f"lower_{nd.op}", None)
+            if handler is None:
+                raise UnsupportedGraphError(f"the FINN lowering has no mapping for IR op {nd.op} "
+                                            f"(from {nd.source})")
+            handler(nd, pad_of)
+        prim = ir.outputs[0]
+        out = prim.tensor
+        return self.build(out)
+
+    def plan_negations(self) -> None:
+        """Decreasing threshold channels: negate the producing weight columns instead."""
+        for nd in self.ir.nodes:
+            if nd.op != "threshold" or np.all(nd.attrs["direction"] == 1):
+                continue
+            p = self.producer.get(nd.inputs[0])
+            if p is None or p.op not in ("conv", "matmul") or len(self.consumers[nd.inputs[0]]) != 1:
+                raise UnsupportedGraphError(
+                    f"{nd.source}: a decreasing quantiser on a tensor that is not a private "
+                    "accumulator cannot be lowered to FINN thresholds")
+            self.negate[p.output] = nd.attrs["direction"].astype(np.int64)
 
     def lower_add(self, nd: IRNode, pad_of: dict) -> None:
         t = self.ir.tensors[nd.output]
@@ -470,6 +476,7 @@ class _Lowering:
         mw = _remove_identities(mw)
         mw = mw.transform(RemoveUnusedTensors())
         return mw
+
 
 
 def _remove_identities(mw):
