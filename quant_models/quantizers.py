@@ -3,7 +3,7 @@
 Why powers of two: a float32 conv over values ``q * 2**k`` is *exact* (products and partial sums
 are dyadic rationals well inside float32's 24-bit mantissa), so Brevitas' float computation equals
 ``2**k * (integer accumulator)`` bit for bit, whatever the summation order. That is what lets the
-golden model (``flow/front/golden.py``) and FINN reproduce Brevitas exactly.
+golden model (``flow/front/golden/``) and FINN reproduce Brevitas exactly.
 
 Rounding semantics (the contract the thresholds reproduce):
 
