@@ -53,8 +53,13 @@ notebooks: install
 	    --timeout=-1 $$nb || exit 1; done
 	cp $(NBRUN)/*.ipynb notebooks/
 
+# ruff; vulture (dead code; its whitelist is scripts/vulture_whitelist.py); the size and layer
+# goals (scripts/check_structure.py: modules <= 600 lines, functions <= 80, classes <= 300,
+# imports one way down the layers, no cycle)
 lint: install
-	$(VENV)/bin/ruff check quant_models flow tests bench
+	$(VENV)/bin/ruff check quant_models flow tests bench scripts
+	$(VENV)/bin/vulture
+	$(PY) scripts/check_structure.py
 
 clean:
 	rm -rf build .pytest_cache
