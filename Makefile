@@ -26,7 +26,7 @@ test-slow: install
 	$(PY) -m pytest -m slow
 
 # Each benchmark rewrites bench/results/<name>.json|md; bench.report then regenerates
-# docs/results.md and the README's results block from them (tests/test_bench_report.py).
+# docs/results.md and the README's results block from them (tests/bench/test_bench_report.py).
 bench: install
 	$(PY) -m bench
 	$(PY) -m bench.report
@@ -41,7 +41,7 @@ bench-accuracy: install
 # sees the plots without running them. NOTEBOOKS_FULL=1 (default) is the full configuration (the
 # default model on every board, the width/r sweeps: about 13 minutes on 2 busy cores);
 # NOTEBOOKS_FULL=0 the small one the test suite runs. They run in a scratch directory that links
-# the sources in (as tests/test_notebooks.py does), so build output stays under build/.
+# the sources in (as tests/bench/test_notebooks.py does), so build output stays under build/.
 NOTEBOOKS_FULL ?= 1
 NBRUN := build/notebooks-run
 notebooks: install

@@ -4,7 +4,7 @@ Writes ``docs/results.md`` (the headline table, then every benchmark's own table
 when it was measured) and the README's results block, the Markdown between
 :data:`BEGIN` and :data:`END`. Nothing here is typed by hand: every number is read from a bench
 file and each headline row names the file and key it came from. ``--check`` writes nothing and
-exits 1 when either file differs from what would be written (``tests/test_bench_report.py`` holds
+exits 1 when either file differs from what would be written (``tests/bench/test_bench_report.py`` holds
 the README there).
 """
 

@@ -17,7 +17,7 @@ forward of one or two fused ops with the *same values and the same gradients* as
   where ``lo <= round(x / s) <= hi`` (``round_ste``, then a non-STE clamp).
 
 Every scale in sibnn is a power of two, so ``x / s`` and ``q * s`` are exact and the values are
-bit-identical to Brevitas'; ``tests/test_fastpath.py`` checks values *and* every gradient with
+bit-identical to Brevitas'; ``tests/models/test_fastpath.py`` checks values *and* every gradient with
 ``torch.equal`` on each registered binary network, in train and eval mode. Layers with any other
 quantizer (the multi-bit weights of a multi-bit head or SI, whose scale comes from weight
 statistics) keep Brevitas' forward. Export and the hardware flow never see the fast path: it is

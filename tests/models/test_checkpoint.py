@@ -17,8 +17,7 @@ from quant_models import (
 from quant_models.checkpoint import REQUIRED_KEYS
 from quant_models.registry import get_entry
 from sibnn_base.errors import CheckpointError
-
-from .conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli
 
 
 def _trained_like(name="si_resnet_w1a1", **kw):

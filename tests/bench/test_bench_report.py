@@ -12,7 +12,7 @@ import pytest
 
 from bench import report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_readme_results_block_is_generated():

@@ -19,9 +19,8 @@ from flow.config import resolve_build_config
 from flow.front.export import load_qonnx
 from flow.report import load_summary
 from sibnn_base.errors import ConfigError, UnsupportedGraphError
-
-from .conftest import assert_every_stage_exact, assert_one_line_error, run_cli
-from .flow_models import bnn_pynq_plain
+from tests.conftest import assert_every_stage_exact, assert_one_line_error, run_cli
+from tests.flow_models import bnn_pynq_plain
 
 EXPORTERS = {"torchscript": False, "default": None}
 

@@ -14,8 +14,7 @@ from qonnx.core.modelwrapper import ModelWrapper
 from flow.config import BuildConfig, SimMode
 from flow.report import format_summary, load_summary
 from sibnn_base.errors import ConfigError, ToolMissingError
-
-from .conftest import SMALL_HW, run_cli
+from tests.conftest import SMALL_HW, run_cli
 
 
 def _tools():
@@ -236,8 +235,7 @@ def test_stitched_onnx_networks(net, tmp_path, sim_cache):
     quantizers (``tests/flow_models.py``), through ``--onnx``: all frames exact, no deadlock."""
     from flow.build import build
     from flow.front.export import export_bnn_pynq
-
-    from .flow_models import bnn_pynq_residual
+    from tests.flow_models import bnn_pynq_residual
 
     _tools()
     onnx = (bnn_pynq_residual(tmp_path / "r.onnx") if net == "residual"

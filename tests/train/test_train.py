@@ -24,7 +24,7 @@ from quant_models.train.losses import block_mse, logit_kd, normalise_tap
 from sibnn_base.errors import ConfigError, OutputDirError
 from sibnn_base.typed import to_dict
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TIME_KEYS = ("epoch_time_s", "step_time_s", "train_time_s")
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from flow.report import finn_estimates, format_summary, load_summary
 
-FIXTURE = Path(__file__).parent / "fixtures" / "flow_build"
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "flow_build"
 """Reports of one default build (si_resnet_w1a1, pynq-z2, exact front end, no Vivado)."""
 
 

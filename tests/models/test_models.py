@@ -9,8 +9,7 @@ import torch
 from quant_models import TEACHER_OF, build_model, list_models, resolve_spec
 from quant_models.info import summary
 from sibnn_base.errors import ConfigError, UnknownModelError
-
-from .conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli
 
 DATASETS = {"fmnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 

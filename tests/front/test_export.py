@@ -12,9 +12,8 @@ from flow.front.golden import GoldenModel
 from flow.proof.export import export_bundle
 from quant_models import build_model, save_checkpoint
 from sibnn_base.errors import OutputDirError
+from tests.conftest import assert_one_line_error, run_cli
 from tests.fuzz import random_model
-
-from .conftest import assert_one_line_error, run_cli
 
 
 def test_bundle_contents(tmp_path):

@@ -26,8 +26,7 @@ from flow.report import load_summary
 from quant_models import build_model
 from quant_models.blocks import BiasedSign
 from quant_models.stress import randomize_bn
-
-from .conftest import assert_every_stage_exact, available_sim_mode
+from tests.conftest import assert_every_stage_exact, available_sim_mode
 
 SIM_INPUTS = 2
 """Verification inputs that run through the generated code (each node is compared with its

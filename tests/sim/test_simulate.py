@@ -14,8 +14,7 @@ from flow.build import build
 from flow.config import BuildConfig, SimMode
 from flow.report import format_summary, load_summary
 from sibnn_base.errors import ToolMissingError, VerificationError
-
-from .conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli
 
 
 def _simulators(mode: str):
@@ -43,7 +42,7 @@ def test_every_node_runs_as_generated_code_and_is_exact(sim_build):
     counts = {"cppsim": sum(n.op_type.endswith("_hls") for n in model.graph.node),
               "rtlsim": sum(n.op_type.endswith("_rtl") for n in model.graph.node)}
     assert counts["cppsim"] > 0 and counts["rtlsim"] > 0
-    ran = [k for k in SimMode(sim["mode"]).kinds if k != "stitched"]  # test_stitched.py
+    ran = [k for k in SimMode(sim["mode"]).kinds if k != "stitched"]  # tests/sim/test_stitched.py
     for kind in ran:
         rec = sim[kind]
         assert rec["nodes"] == counts[kind] and rec["exact"] is True

@@ -13,8 +13,7 @@ from bench.ablation.cost import step_cost
 from flow import studies
 from quant_models.train.resume import resume_diff
 from sibnn_base.typed import to_dict
-
-from .conftest import assert_one_line_error, run_cli
+from tests.conftest import assert_one_line_error, run_cli
 
 
 def test_bench_entry_point_rejects_unknown_benchmark():

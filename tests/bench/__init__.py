@@ -1,0 +1,1 @@
+"""Tests of benchmarks, results pages, notebooks (bench, flow/studies.py, flow/plots.py)."""

@@ -1,0 +1,1 @@
+"""Tests of the front end: export, integer IR, golden model (flow/front, flow/proof/export.py)."""

@@ -1,0 +1,1 @@
+"""Tests of models, quantizers, registry, checkpoints, data (quant_models)."""

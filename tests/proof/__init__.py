@@ -1,0 +1,1 @@
+"""Tests of the stage executor and the verifiers (flow/proof)."""

@@ -1,0 +1,1 @@
+"""Tests of generated code run: cppsim, rtlsim, the stitched accelerator (flow/sim)."""

@@ -1,0 +1,1 @@
+"""Tests of training and distillation (quant_models/train)."""
