@@ -10,6 +10,13 @@ thread pools. Also measured: the share of the golden model's kernel time spent i
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `python -m`: as the console script, signal handlers come first,
+    from sibnn_base.launch import run  # then this module's imports (torch: seconds), then main
+
+    sys.exit(run("bench.golden_speed:main"))
+
 import tempfile
 import time
 from pathlib import Path

@@ -14,6 +14,13 @@ the sized design runs at >= 0.95x the slowest node's rate.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `python -m`: as the console script, signal handlers come first,
+    from sibnn_base.launch import run  # then this module's imports (torch: seconds), then main
+
+    sys.exit(run("bench.sim:main"))
+
 import os
 import tempfile
 import time

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `python -m`: as the console script, signal handlers come first,
+    from sibnn_base.launch import run  # then this module's imports (torch: seconds), then main
+
+    sys.exit(run("quant_models.__main__:main"))
+
 import json
 
 import yaml

@@ -12,7 +12,9 @@ import importlib
 import sys
 
 
-def _run(target: str) -> int:
+def run(target: str) -> int:
+    """Install the signal handlers, then import ``module:func`` and run it (the console scripts,
+    and ``python -m <module>`` through the guard at the top of each CLI module)."""
     from sibnn_base import signals
 
     signals.install(early=True)
@@ -25,20 +27,20 @@ def _run(target: str) -> int:
 
 
 def build() -> int:
-    return _run("flow.build:main")
+    return run("flow.build:main")
 
 
 def export() -> int:
-    return _run("flow.proof.export:main")
+    return run("flow.proof.export:main")
 
 
 def train() -> int:
-    return _run("quant_models.train.cli:main")
+    return run("quant_models.train.cli:main")
 
 
 def models() -> int:
-    return _run("quant_models.__main__:main")
+    return run("quant_models.__main__:main")
 
 
 if __name__ == "__main__":
-    sys.exit(_run(sys.argv.pop(1)))
+    sys.exit(run(sys.argv.pop(1)))

@@ -9,6 +9,13 @@ proven equal before anything is written.
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `python -m`: as the console script, signal handlers come first,
+    from sibnn_base.launch import run  # then this module's imports (torch: seconds), then main
+
+    sys.exit(run("flow.proof.export:main"))
+
 from pathlib import Path
 from typing import TYPE_CHECKING
 

@@ -9,6 +9,13 @@ Three layers (qonnx style): :func:`~quant_models.train.loop.train` works on a co
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `python -m`: as the console script, signal handlers come first,
+    from sibnn_base.launch import run  # then this module's imports (torch: seconds), then main
+
+    sys.exit(run("quant_models.train.cli:main"))
+
 import argparse
 import shutil
 from pathlib import Path

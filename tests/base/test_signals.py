@@ -48,7 +48,7 @@ def setup(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("signals")
     onnx = export_bnn_pynq("TFC_1W1A", tmp / "tfc.onnx")
     cfg = tmp / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({"verify_inputs": 4, "sim_inputs": 2}))
+    cfg.write_text(yaml.safe_dump({"verify_inputs": 4, "sim_inputs": 2, "sim_frames": 2}))
     small = tmp / "small.yaml"
     small.write_text(yaml.safe_dump({"verify_inputs": 4, "model_overrides":
                                      {"width": 4, "depth": [1], "input_size": 28}}))
