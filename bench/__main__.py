@@ -16,6 +16,11 @@ from __future__ import annotations
 
 import sys
 
+if __name__ == "__main__":  # `python -m`: as the console script, signal handlers come first,
+    from sibnn_base.launch import run  # then this module's imports (torch: seconds), then main
+
+    sys.exit(run("bench.__main__:main"))
+
 from bench import accuracy, accuracy_per_lut, flow, golden_speed, sim
 from sibnn_base.errors import cli_errors
 
@@ -29,8 +34,8 @@ BENCHMARKS = {
 
 
 @cli_errors
-def main(argv: list[str]) -> int:
-    names = argv or list(BENCHMARKS)
+def main(argv: list[str] | None = None) -> int:
+    names = (sys.argv[1:] if argv is None else argv) or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
         print(f"error: unknown benchmark(s) {', '.join(unknown)}; choose from "
@@ -43,6 +48,3 @@ def main(argv: list[str]) -> int:
             return int(rc)
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

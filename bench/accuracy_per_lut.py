@@ -23,6 +23,13 @@ front. The two panels are not comparable with each other (other budgets, other f
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `python -m`: as the console script, signal handlers come first,
+    from sibnn_base.launch import run  # then this module's imports (torch: seconds), then main
+
+    sys.exit(run("bench.accuracy_per_lut:main"))
+
 import json
 import tempfile
 from pathlib import Path

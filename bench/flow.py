@@ -24,6 +24,13 @@ measured in this run, with FINN's own estimators (no Vivado):
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `python -m`: as the console script, signal handlers come first,
+    from sibnn_base.launch import run  # then this module's imports (torch: seconds), then main
+
+    sys.exit(run("bench.flow:main"))
+
 import json
 import tempfile
 import time
@@ -31,6 +38,7 @@ from pathlib import Path
 
 from bench.common import write_results
 from flow.config import DEFAULT_BOARD
+from quant_models.registry import SI_TWINS
 from sibnn_base.errors import ArgumentParser, cli_errors
 
 HAND_CNV = [(16, 3), (32, 32), (16, 32), (16, 32), (4, 32), (1, 32), (1, 4), (1, 8), (5, 1)]
@@ -68,14 +76,13 @@ def default_build(tmp: Path, board: str) -> dict:
             "goal_180s_met": wall <= 180.0}
 
 
+_A, _H = "si_resnet_w1a1", "si_h_resnet_w1a1_mbh"
 SI_PAIRS = {
-    "si_resnet_w1a1": ("si_resnet_w1a1", "resnet_w1a1", {"stem_bits": 1}, {}),
-    "si_h_resnet_w1a1_mbh": ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh", {"stem_bits": 1},
-                             {"si_blocks": "all"}),
-    "si_h_resnet_w1a1_mbh, stem_bits=8": ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh",
-                                          {"stem_bits": 8}, {"si_blocks": "all"}),
-    "si_h_resnet_w1a1_mbh, stem_bits=8, si_blocks=downsample": (
-        "si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh", {"stem_bits": 8}, {"si_blocks": "downsample"}),
+    _A: (_A, SI_TWINS[_A], {"stem_bits": 1}, {}),
+    _H: (_H, SI_TWINS[_H], {"stem_bits": 1}, {"si_blocks": "all"}),
+    f"{_H}, stem_bits=8": (_H, SI_TWINS[_H], {"stem_bits": 8}, {"si_blocks": "all"}),
+    f"{_H}, stem_bits=8, si_blocks=downsample": (_H, SI_TWINS[_H], {"stem_bits": 8},
+                                                {"si_blocks": "downsample"}),
 }
 """Label -> (SI network, its twin without SI, model keys of both, model keys of the SI side only):
 SI on the binary input ``a``; SI on the multi-bit residual ``h`` (with the 8-bit head and sign

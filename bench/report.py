@@ -10,9 +10,15 @@ the README there).
 
 from __future__ import annotations
 
+import sys
+
+if __name__ == "__main__":  # `python -m`: as the console script, signal handlers come first,
+    from sibnn_base.launch import run  # then this module's imports (torch: seconds), then main
+
+    sys.exit(run("bench.report:main"))
+
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from bench.common import RESULTS

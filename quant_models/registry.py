@@ -86,6 +86,13 @@ def register_model(name: str, *, fixed: dict, defaults: dict | None = None,
     return deco
 
 
+SI_TWINS = {"si_h_resnet_w1a1_mbh": "resnet_w1a1_mbh", "si_h_resnet_w1a1": "resnet_w1a1",
+            "si_resnet_w1a1": "resnet_w1a1"}
+"""Each registered SI network and its twin without SI (same head, sign bias and blocks): the
+reference that SI's cost in hardware (``bench.flow``) and its gain in accuracy (the ablation's
+recorded runs) are measured against."""
+
+
 def list_models() -> list[str]:
     return sorted(_REGISTRY)
 

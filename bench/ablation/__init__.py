@@ -63,7 +63,7 @@ the jobs run, with exactly what was run (epochs, seeds, subset, device, wall tim
 Full-budget runs: on CPU the ablation fits only a small budget, so single training runs at the
 shipped budget (``sibnn-train``, e.g. the shipped recipe with another student) are recorded beside
 it, each with its recipe, epochs, device, threads and wall time, and every SI run against its
-twin without SI trained with the same recipe (:data:`SI_TWIN`), on validation and on test::
+twin without SI trained with the same recipe (:data:`quant_models.registry.SI_TWINS`), on validation and on test::
 
     python -m bench.accuracy --record-runs runs/fmnist_plain_mbh_e18_ema runs/fmnist_si_h_mbh_e18_ema
 """

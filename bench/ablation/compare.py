@@ -20,13 +20,10 @@ from bench.ablation.goals import (
 )
 from bench.ablation.record import RUN_NAME_KEYS
 from quant_models.networks import SI_ONLY_KEYS
+from quant_models.registry import SI_TWINS
 from quant_models.train.config import RUNTIME_KEYS, build_config
 from sibnn_base.errors import ConfigError
 from sibnn_base.typed import to_dict
-
-SI_TWIN = {"si_h_resnet_w1a1_mbh": "resnet_w1a1_mbh", "si_h_resnet_w1a1": "resnet_w1a1",
-           "si_resnet_w1a1": "resnet_w1a1"}
-"""Each SI student and its twin without SI (same head and sign bias), for recorded runs."""
 
 
 def current_recipe(recipe: dict) -> dict:
@@ -69,7 +66,7 @@ def run_comparisons(runs: dict, keys: dict[str, str] | None = None) -> dict:
     keys = keys or {name: recipe_key(r) for name, r in runs.items()}
     out = {}
     for name, r in runs.items():
-        twin = SI_TWIN.get(r["student"])
+        twin = SI_TWINS.get(r["student"])
         for other, o in runs.items():
             if o["student"] == twin and keys[name] == keys[other]:
                 d = {"si_run": name, "plain_run": other,
@@ -152,7 +149,7 @@ def seed_means(runs: dict) -> dict:
     for arms in _seed_groups(runs).values():
         for arm, by_seed in arms.items():
             first = _any_run(runs, by_seed)
-            twin = SI_TWIN.get(first["student"])
+            twin = SI_TWINS.get(first["student"])
             if twin is None or not first["model_args"].get("si") or twin not in arms:
                 continue
             seeds = sorted(set(by_seed) & set(arms[twin]))
@@ -231,7 +228,7 @@ def method_comparisons(runs: dict) -> dict:
     for arms in groups.values():
         for (arm, kind), by_seed in arms.items():
             first = _any_run(runs, by_seed)
-            twin = SI_TWIN.get(first["student"])
+            twin = SI_TWINS.get(first["student"])
             base = arms.get((twin, "ce"))
             if kind != "block" or not first["model_args"].get("si") or not base:
                 continue
@@ -273,7 +270,7 @@ def longest_recipe_arms(runs: dict) -> list[dict]:
     best = None
     for arms in _seed_groups(runs).values():
         students = {_any_run(runs, ns)["student"] for ns in arms.values()}
-        if not any(SI_TWIN.get(st) in students for st in students):
+        if not any(SI_TWINS.get(st) in students for st in students):
             continue
         rank = (_any_run(runs, next(iter(arms.values())))["epochs"],
                 max(runs[n]["val_acc"] for ns in arms.values() for n in ns.values()),
