@@ -115,7 +115,7 @@ def test_ablation_staged_variant_splits_the_same_epochs(tmp_path):
     assert plan.needs(one, "plain") == ["teacher"]  # initialised from it
     wide = plan.ablation_config(0, 1, 100, "teacher", str(tmp_path), None, 1, widths=(16,))
     assert [s.name for s in wide.stages][-3:] == ["w16_teacher", "w16_plain", "w16_si_h_mbh"]
-    assert wide.stage("w16_si_h_mbh").model == {"width": 16}
+    assert wide.stage("w16_si_h_mbh").model == {"si_blocks": "all", "width": 16}
     assert wide.stage("w16_si_h_mbh").student == "si_h_resnet_w1a1_mbh"
     assert plan.needs(wide, "w16_plain") == ["w16_teacher"]
     assert studies.split_name("w16_si_h_mbh") == ("si_h_mbh", 16)
@@ -447,7 +447,8 @@ def test_si_overhead_headline_is_the_pair_of_the_default_model_as_shipped():
     eight = headline_pair("si_h_resnet_w1a1_mbh", {"si_blocks": "all", "stem_bits": 8})
     down = headline_pair("si_h_resnet_w1a1_mbh", {"si_blocks": "downsample", "stem_bits": 8})
     assert len({eight, down, "si_h_resnet_w1a1_mbh"}) == 3
-    assert SI_PAIRS[eight] == ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh", {"stem_bits": 8}, {})
+    assert SI_PAIRS[eight] == ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh", {"stem_bits": 8},
+                               {"si_blocks": "all"})
     assert SI_PAIRS[down] == ("si_h_resnet_w1a1_mbh", "resnet_w1a1_mbh", {"stem_bits": 8},
                               {"si_blocks": "downsample"})
     assert headline_pair("resnet_w1a1_mbh", None) == "si_resnet_w1a1"

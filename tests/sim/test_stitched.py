@@ -309,13 +309,13 @@ def test_vivado_fifo_step_needs_the_sized_depths(tmp_path):
     decides whether a Vivado build runs the stitched sizing first."""
     from types import SimpleNamespace
 
-    from flow.build import _reaches
+    from flow.plan import reaches
     from flow.config import resolve_build_config
     from flow.hw.steps import step_set_fifo_depths
 
     ctx = SimpleNamespace(cfg=BuildConfig(), finn_cfg=None, out_dir=tmp_path, finn_steps=None)
     with pytest.raises(ConfigError, match="fifo_sizing: sim needs report/fifo_depths.json"):
         step_set_fifo_depths(None, ctx)
-    assert _reaches(BuildConfig(), "set_fifo_depths")
-    assert not _reaches(resolve_build_config(stop_step="hw_codegen"), "set_fifo_depths")
-    assert not _reaches(resolve_build_config(start_step="create_stitched_ip"), "set_fifo_depths")
+    assert reaches(BuildConfig(), "set_fifo_depths")
+    assert not reaches(resolve_build_config(stop_step="hw_codegen"), "set_fifo_depths")
+    assert not reaches(resolve_build_config(start_step="create_stitched_ip"), "set_fifo_depths")
