@@ -8,7 +8,7 @@ The cleaned QONNX graph is walked in topological order. Every tensor becomes one
   Brevitas' own kernels) of an :class:`IntTensor`, not yet quantised;
 * a constant.
 
-A ``Quant``/``BipolarQuant`` on a :class:`Pending` becomes a :class:`ThresholdNode`: for every
+A ``Quant``/``BipolarQuant`` on a :class:`Pending` becomes a ``threshold`` :class:`IRNode`: for every
 channel the float32 function is evaluated on *every* integer of the accumulator's range and the
 thresholds are read off, so the result is exact by construction, ties included (Brevitas rounds
 half to even; FINN's formula ``(k - 0.5) * s`` would round them up). Accumulations are exact

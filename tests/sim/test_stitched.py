@@ -309,9 +309,9 @@ def test_vivado_fifo_step_needs_the_sized_depths(tmp_path):
     decides whether a Vivado build runs the stitched sizing first."""
     from types import SimpleNamespace
 
-    from flow.plan import reaches
     from flow.config import resolve_build_config
     from flow.hw.steps import step_set_fifo_depths
+    from flow.plan import reaches
 
     ctx = SimpleNamespace(cfg=BuildConfig(), finn_cfg=None, out_dir=tmp_path, finn_steps=None)
     with pytest.raises(ConfigError, match="fifo_sizing: sim needs report/fifo_depths.json"):

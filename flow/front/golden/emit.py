@@ -320,7 +320,7 @@ def _emit_outputs(g: GoldenGraph, primary: str | None) -> tuple[list, dict[str, 
             e.node("Cast", [o.tensor], "scores", to=TensorProto.INT32)
             x = o.tensor
             for op in o.chain:
-                x = _emit_float_op(e, x, op, len(t.shape))
+                x = _emit_float_op(e, x, op)
             e.node("Identity", [x], "logits")
             e.node("ArgMax", ["logits"], "top1", axis=1, keepdims=0)
             n_cls = t.shape[-1]
@@ -454,7 +454,7 @@ def _emit_threshold(e: GraphEmitter, nd, src, rank: int, mode: str) -> None:
         e.node("ScatterElements", [q, where, tb], nd.output, axis=1)
 
 
-def _emit_float_op(e: GraphEmitter, x: str, op: FloatOp, rank: int) -> str:
+def _emit_float_op(e: GraphEmitter, x: str, op: FloatOp) -> str:
     k, p = op.kind, op.params
     if k in ("mul", "add", "sub", "div"):
         onnx_op = {"mul": "Mul", "add": "Add", "sub": "Sub", "div": "Div"}[k]
