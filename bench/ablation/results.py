@@ -31,7 +31,7 @@ EMPTY = {"complete": False, "run": None, "step_cost": None, "summary": {}, "goal
 """A results file with no ablation in it yet."""
 
 KEPT_BY_ABLATION = ("shipped", "full_runs", "run_comparisons", "full_runs_best", "seed_means",
-                    "network_seed_means", "device_runs")
+                    "network_seed_means", "method_comparisons", "method_goal", "device_runs")
 """Sections an ablation run keeps from the file it rewrites (written by the other commands)."""
 
 

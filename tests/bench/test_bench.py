@@ -603,3 +603,22 @@ def test_recording_a_device_run_from_a_folder_without_its_output_is_a_one_line_e
                                    "--results-dir", str(res)]),
                           "accuracy.json or runs.tgz", "$OUT")
     assert (res / "accuracy.json").read_text() == before
+
+
+def test_an_ablation_rewrite_keeps_every_section_the_other_commands_wrote(tmp_path):
+    """``--record-runs``, ``--shipped`` and ``--record-device-run`` write sections an ablation run
+    does not compute; rewriting the file from the ablation keeps every one of them (it dropped
+    ``method_comparisons`` and ``method_goal``, the method's verdict, until a new --record-runs).
+    Checked on the committed results file and after a --record-runs on it."""
+    import shutil
+
+    from bench.ablation import results
+    from bench.common import RESULTS
+
+    path = tmp_path / "accuracy.json"
+    shutil.copy(RESULTS / "accuracy.json", path)
+    by_ablation = set(results.EMPTY) | {"decisions", "benchmark", "machine"}
+    for data in (json.loads(path.read_text()), results.update_runs(path, [])):
+        others = set(data) - by_ablation
+        assert {"method_comparisons", "method_goal", "shipped", "full_runs"} <= others
+        assert set(results.kept_by_ablation(path)) == others
