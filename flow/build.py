@@ -456,7 +456,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "stage that executes here.",
         epilog=f"boards: {', '.join(list_boards())}; steps (exact front end): "
                f"{', '.join(step_names('exact'))}; (finn front end): {', '.join(step_names('finn'))}")
-    p.add_argument("--board", default=None, help="board id (flow/boards/<board>.yaml)")
+    p.add_argument("--board", default=None, help="board id (flow/boards/<board>.yaml) or a path to a board YAML")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", default=None, help=f"registry model (default {DEFAULT_MODEL})")
     src.add_argument("--onnx", default=None, help="QONNX file (e.g. a Brevitas export)")

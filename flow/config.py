@@ -209,6 +209,9 @@ def load_board(name: str, budget_fraction: float | None = None) -> BoardConfig:
     """Load the shipped board ``name`` (``flow/boards/<name>.yaml``) or a path to a board YAML."""
     if name.endswith((".yaml", ".yml")):
         board_id, found = Path(name).stem, (Path(name) if Path(name).is_file() else None)
+        if found is None:
+            raise ConfigError(f"board file {name} not found; give an existing board YAML or a "
+                              f"shipped board: {', '.join(list_boards())}")
     else:
         board_id, found = name, board_file(name)
     if found is None:

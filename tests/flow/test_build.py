@@ -164,6 +164,10 @@ def test_cli_unknown_board(tmp_path):
     p = run_cli(["flow/build.py", "--board", "pynq-z9", "--output-dir", str(tmp_path / "out")])
     assert_one_line_error(p, "unknown board", "pynq-z2", "kv260")
     _no_output(tmp_path)
+    p = run_cli(["flow/build.py", "--board", str(tmp_path / "my-board.yaml"), "--output-dir",
+                 str(tmp_path / "out")])
+    assert_one_line_error(p, "my-board.yaml not found", "pynq-z2")
+    _no_output(tmp_path)
 
 
 def test_cli_bad_yaml_and_unknown_key(tmp_path):
