@@ -74,7 +74,36 @@ def _accuracy_rows(acc: dict) -> list[tuple[str, str, str]]:
          f"{_pm(mc['plain_test_mean'], mc['plain_test_std'])}% "
          f"({_signed(mg['measured_val'])} val, {_signed(mg['measured_test'])} test)",
          "accuracy.json: method_comparisons, method_goal"),
+        *_si_alone_rows(acc, default),
     ]
+
+
+def _si_alone_rows(acc: dict, default: str) -> list[tuple[str, str, str]]:
+    """The SI branch alone: the default model against its twin without SI, distilled the same
+    way, on the most seeds recorded (``seed_means``); whether SI pays (>= +0.5 on mean val)."""
+    import re
+
+    from quant_models.registry import SI_TWINS
+
+    twin = SI_TWINS.get(default)
+    pairs = [(k, m) for k, m in (acc.get("seed_means") or {}).items()
+             if k.startswith(f"{default} ") and f" vs {twin}, " in k]
+    if not pairs:
+        return []
+    key, m = max(pairs, key=lambda km: (len(km[1]["seeds"]),
+                                        int(re.search(r"(\d+) epochs$", km[0]).group(1))))
+    epochs = re.search(r"(\d+) epochs$", key).group(1)
+    seeds = ", ".join(str(s) for s in m["seeds"])
+    per_seed = ", ".join(_signed(d) for d in m["val_delta_per_seed"])
+    pays = ("SI pays at this budget" if m["si_better_by_0.5_on_mean_val"] else
+            "SI does not pay at this budget (< +0.5 on mean val)")
+    return [(f"SI alone: default model vs its twin without SI (`{twin}`), both with logit KD + "
+             f"block KD, {epochs} epochs, seeds {seeds}: val / test, mean ± std",
+             f"{_pm(m['si_val_mean'], m['si_val_std'])} / {_pm(m['si_test_mean'], m['si_test_std'])}"
+             f"% vs {_pm(m['plain_val_mean'], m['plain_val_std'])} / "
+             f"{_pm(m['plain_test_mean'], m['plain_test_std'])}% ({_signed(m['val_delta_mean'])} "
+             f"val, {_signed(m['test_delta_mean'])} test; val per seed {per_seed}): {pays}",
+             "accuracy.json: seed_means")]
 
 
 def _hardware_rows(default: str, apl: dict, flw: dict) -> list[tuple[str, str, str]]:
