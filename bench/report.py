@@ -81,24 +81,18 @@ def _accuracy_rows(acc: dict) -> list[tuple[str, str, str]]:
 def _si_alone_rows(acc: dict, default: str) -> list[tuple[str, str, str]]:
     """The SI branch alone: the default model against its twin without SI, distilled the same
     way, on the most seeds recorded (``seed_means``); whether SI pays (>= +0.5 on mean val)."""
-    import re
+    from bench.ablation.goals import GAIN, SI_BETTER_ON_MEAN_VAL  # numpy via flow.studies: lazily
 
-    from quant_models.registry import SI_TWINS
-
-    twin = SI_TWINS.get(default)
-    pairs = [(k, m) for k, m in (acc.get("seed_means") or {}).items()
-             if k.startswith(f"{default} ") and f" vs {twin}, " in k]
+    pairs = [m for m in (acc.get("seed_means") or {}).values() if m.get("student") == default]
     if not pairs:
         return []
-    key, m = max(pairs, key=lambda km: (len(km[1]["seeds"]),
-                                        int(re.search(r"(\d+) epochs$", km[0]).group(1))))
-    epochs = re.search(r"(\d+) epochs$", key).group(1)
+    m = max(pairs, key=lambda m: (len(m["seeds"]), m["epochs"]))
     seeds = ", ".join(str(s) for s in m["seeds"])
     per_seed = ", ".join(_signed(d) for d in m["val_delta_per_seed"])
-    pays = ("SI pays at this budget" if m["si_better_by_0.5_on_mean_val"] else
-            "SI does not pay at this budget (< +0.5 on mean val)")
-    return [(f"SI alone: default model vs its twin without SI (`{twin}`), both with logit KD + "
-             f"block KD, {epochs} epochs, seeds {seeds}: val / test, mean ± std",
+    pays = ("SI pays at this budget" if m[SI_BETTER_ON_MEAN_VAL] else
+            f"SI does not pay at this budget (< +{GAIN:g} on mean val)")
+    return [(f"SI alone: default model vs its twin without SI (`{m['twin']}`), both with logit "
+             f"KD + block KD, {m['epochs']} epochs, seeds {seeds}: val / test, mean ± std",
              f"{_pm(m['si_val_mean'], m['si_val_std'])} / {_pm(m['si_test_mean'], m['si_test_std'])}"
              f"% vs {_pm(m['plain_val_mean'], m['plain_val_std'])} / "
              f"{_pm(m['plain_test_mean'], m['plain_test_std'])}% ({_signed(m['val_delta_mean'])} "

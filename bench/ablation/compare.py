@@ -161,6 +161,7 @@ def seed_means(runs: dict) -> dict:
             (sv, svs), (pv, pvs) = (_mean_std([r["val_acc"] for r in x]) for x in (si, pl))
             (st, sts), (pt, pts) = (_mean_std([r["test_acc"] for r in x]) for x in (si, pl))
             out[f"{arm} vs {twin}, {first['epochs']} epochs"] = {
+                "student": first["student"], "twin": twin, "epochs": first["epochs"],
                 "seeds": seeds, "si_runs": [by_seed[s] for s in seeds],
                 "plain_runs": [arms[twin][s] for s in seeds],
                 "si_val_mean": sv, "si_val_std": svs, "plain_val_mean": pv, "plain_val_std": pvs,
